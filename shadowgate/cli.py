@@ -22,7 +22,9 @@ __all__ = ["cli", "main"]
 
 _COMMANDS: dict[str, str] = {
     "up": "shadowgate.commands.infra:up",
+    "topics": "shadowgate.commands.infra:topics",
     "down": "shadowgate.commands.infra:down",
+    "demo": "shadowgate.commands.demo:demo",
     "publish": "shadowgate.commands.publish:publish",
     "consume": "shadowgate.commands.publish:consume",
     "schemas": "shadowgate.commands.publish:schemas",
@@ -37,7 +39,8 @@ class _LazyGroup(click.Group):
         if cmd_name in _COMMANDS:
             module_name, attr = _COMMANDS[cmd_name].split(":")
             command = getattr(importlib.import_module(module_name), attr)
-            assert isinstance(command, click.Command)
+            if not isinstance(command, click.Command):
+                raise TypeError(f"{_COMMANDS[cmd_name]} is not a click command")
             return command
         return super().get_command(ctx, cmd_name)
 

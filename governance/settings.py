@@ -1,0 +1,68 @@
+"""Settings: one pydantic-settings model, read from ``SHADOWGATE_*`` environment variables.
+
+Nothing reads the environment at import time: call :func:`load_settings` (or build
+:class:`Settings` directly in tests). Secrets (Redis password in the URL) are masked in ``repr``.
+Nested fields use ``__``: ``SHADOWGATE_TOPICS__SCORES=my.scores``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from governance.errors import ConfigError
+
+__all__ = ["Settings", "Topics", "load_settings"]
+
+
+class Topics(BaseModel):
+    """Kafka topic names; every one is configurable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    scores: str = "scores"
+    labels: str = "labels"
+    dlq: str = "scores.dlq"
+    gates: str = "shadow.gates"
+    rollbacks: str = "shadow.rollbacks"
+    alerts: str = "shadow.alerts"
+    approvals: str = "governance.approvals"
+    lifecycle: str = "governance.lifecycle"
+    routing: str = "model.routing"
+
+
+class Settings(BaseSettings):
+    """Every runtime setting of shadowgate, with its default."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SHADOWGATE_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers, comma-separated")
+    redis_url: SecretStr = Field(SecretStr("redis://127.0.0.1:6379/0"), description="Redis URL")
+    redis_prefix: str = Field("sg", description="prefix of every Redis key shadowgate writes")
+    topics: Topics = Field(default_factory=Topics)
+    consumer_group: str = "shadowgate-worker"
+    join_window_s: float = Field(60.0, gt=0, description="event-time window to pair the two sides")
+    max_pending_pairs: int = Field(200_000, gt=0, description="bound of the half-pair buffer per worker")
+    label_horizon_s: float = Field(3 * 86400.0, gt=0, description="how long a pair waits for its label")
+    max_message_bytes: int = Field(1_048_576, gt=0, description="larger messages go to the DLQ")
+    evaluate_interval_s: float = Field(1.0, gt=0, description="evaluator timer period")
+    policy_path: str | None = Field(None, description="policy YAML; None = the shipped default")
+    keys_dir: str | None = Field(None, description="signing keys directory")
+    metrics_port: int = Field(9464, ge=0, le=65535, description="Prometheus /metrics port, 0 = off")
+
+    def redis_url_value(self) -> str:
+        return self.redis_url.get_secret_value()
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read settings from the environment; a bad value raises ConfigError naming the variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = "__".join(str(p) for p in err["loc"]).upper()
+        raise ConfigError(f"SHADOWGATE_{loc}: {err['msg']}") from None

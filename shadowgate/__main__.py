@@ -1,0 +1,5 @@
+"""``python -m shadowgate`` is the ``shadowgate`` command."""
+
+from shadowgate.cli import main
+
+main()

@@ -1,0 +1,142 @@
+"""``shadowgate publish | consume | schemas``: synthetic traffic, tailing a topic, JSON Schemas."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+
+from governance.errors import ConfigError
+from governance.settings import load_settings
+
+__all__ = ["consume", "export_schemas", "publish", "schemas"]
+
+
+@click.command()
+@click.option("--pairs", default=10_000, show_default=True, type=click.IntRange(1), help="requests to publish")
+@click.option("--model", default="fraud-risk", show_default=True)
+@click.option("--production-version", default="1.4.0", show_default=True)
+@click.option("--candidate-version", default="1.5.0", show_default=True)
+@click.option("--role", type=click.Choice(["shadow", "canary"]), default="shadow", show_default=True)
+@click.option("--batch-size", default=500, show_default=True, type=click.IntRange(0),
+              help="events per envelope (0 = one event per message)")
+@click.option("--shift", default=0.0, show_default=True, help="mean shift of the candidate's scores")
+@click.option("--error-rate", default=0.0, show_default=True, type=click.FloatRange(0, 1),
+              help="share of candidate requests that fail")
+@click.option("--labels/--no-labels", default=True, show_default=True, help="also publish labels")
+@click.option("--now/--historic", "use_now", default=True, show_default=True,
+              help="stamp events with the current time (default) or start at 2026-11-01")
+@click.option("--rate", default=1000.0, show_default=True, help="event-time requests per second")
+@click.option("--seed", default=7, show_default=True)
+def publish(pairs: int, model: str, production_version: str, candidate_version: str, role: str,
+            batch_size: int, shift: float, error_rate: float, labels: bool, use_now: bool, rate: float,
+            seed: int) -> None:
+    """Publish synthetic production/candidate traffic (and labels) through the SDK."""
+    from datetime import UTC, datetime
+
+    from shadowgate.sdk import LabelPublisher, ScorePublisher
+    from shadowgate.traffic import TrafficSpec, generate
+
+    settings = load_settings()
+    start = datetime.now(UTC) if use_now else TrafficSpec.start
+    spec = TrafficSpec(model=model, production_version=production_version,
+                       candidate_version=candidate_version, role=role, pairs=pairs, shift=shift,
+                       cand_error_rate=error_rate, start=start, rate_per_s=rate, seed=seed,
+                       label_delay_s=1.0 if use_now else 3600.0)
+    t0 = time.perf_counter()
+    with ScorePublisher(settings.kafka_bootstrap, settings.topics.scores, batch_size=batch_size) as scores, \
+            LabelPublisher(settings.kafka_bootstrap, settings.topics.labels) as label_pub:
+        for i, event in enumerate(generate(spec)):
+            kind = event.pop("kind")
+            if kind == "score":
+                scores.publish(event)
+            elif labels:
+                label_pub.publish(event)
+            if i and i % 50_000 == 0:
+                click.echo(f"  {i:,} events queued", err=True)
+    elapsed = time.perf_counter() - t0
+    click.echo(f"published {scores.stats.delivered:,} score events in {scores.stats.messages:,} messages "
+               f"and {label_pub.stats.delivered:,} labels to {settings.kafka_bootstrap} in {elapsed:.1f} s "
+               f"(failed: {scores.stats.failed + label_pub.stats.failed})")
+
+
+@click.command()
+@click.argument("topic")
+@click.option("--from-beginning/--latest", default=True, show_default=True)
+@click.option("--max-messages", default=0, show_default=True, type=click.IntRange(0), help="0 = no limit")
+@click.option("--idle-timeout", default=5.0, show_default=True, help="stop after this many idle seconds")
+def consume(topic: str, from_beginning: bool, max_messages: int, idle_timeout: float) -> None:
+    """Print the messages of TOPIC as JSON lines (with partition and offset)."""
+    import uuid
+
+    from confluent_kafka import Consumer
+
+    settings = load_settings()
+    consumer = Consumer({
+        "bootstrap.servers": settings.kafka_bootstrap,
+        "group.id": f"shadowgate-consume-{uuid.uuid4().hex[:8]}",
+        "auto.offset.reset": "earliest" if from_beginning else "latest",
+        "enable.auto.commit": False,
+    })
+    consumer.subscribe([topic])
+    seen, idle_since = 0, time.monotonic()
+    try:
+        while not max_messages or seen < max_messages:
+            msg = consumer.poll(0.5)
+            if msg is None:
+                if time.monotonic() - idle_since > idle_timeout:
+                    break
+                continue
+            if msg.error() is not None:
+                raise ConfigError(f"topic {topic}: {msg.error().str()}")
+            idle_since = time.monotonic()
+            seen += 1
+            value: Any
+            try:
+                value = orjson.loads(msg.value() or b"null")
+            except orjson.JSONDecodeError:
+                value = (msg.value() or b"").decode("utf-8", "replace")
+            click.echo(orjson.dumps({"partition": msg.partition(), "offset": msg.offset(),
+                                     "key": (msg.key() or b"").decode("utf-8", "replace"),
+                                     "value": value}).decode())
+    finally:
+        consumer.close()
+
+
+def export_schemas() -> dict[str, str]:
+    """File name -> JSON Schema text of every wire and governance event model."""
+    from governance.wire import LabelEvent, ScoreBatch, ScoreEvent
+
+    models: dict[str, Any] = {"score_event": ScoreEvent, "score_batch": ScoreBatch, "label_event": LabelEvent}
+    try:
+        from governance import events as gov_events
+
+        for name in getattr(gov_events, "SCHEMA_MODELS", {}):
+            models[name] = gov_events.SCHEMA_MODELS[name]
+    except ImportError:
+        pass
+    return {f"{name}.json": json.dumps(model.model_json_schema(mode="validation"), indent=2, sort_keys=True)
+            + "\n" for name, model in models.items()}
+
+
+@click.command()
+@click.option("--out", default="schemas", show_default=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--check", is_flag=True, help="exit 1 if the files differ from the models (CI)")
+def schemas(out: Path, check: bool) -> None:
+    """Write the JSON Schemas of the wire contract to OUT (or check they are current)."""
+    stale = []
+    for name, text in export_schemas().items():
+        path = out / name
+        if check:
+            if not path.exists() or path.read_text() != text:
+                stale.append(str(path))
+            continue
+        out.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        click.echo(f"wrote {path}")
+    if stale:
+        raise click.ClickException(f"stale JSON Schemas: {', '.join(stale)}; run `shadowgate schemas`")

@@ -1,0 +1,255 @@
+"""Publisher SDK for scoring services.
+
+::
+
+    from shadowgate import ScorePublisher
+
+    with ScorePublisher("127.0.0.1:9092", batch_size=500) as pub:
+        pub.publish({"request_id": rid, "model": "fraud", "version": "1.4.0", "role": "production",
+                     "score": 0.12, "latency_ms": 8.1, "ts": datetime.now(UTC)})
+        pub.publish({... "version": "1.5.0", "role": "shadow", ...})
+
+Guarantees: events are validated before anything is sent (an invalid event raises
+:class:`~governance.errors.EventValidationError` naming the field, and nothing of it is queued); the
+producer is idempotent with ``acks=all`` and lz4 compression, so a retry never duplicates a message;
+events are keyed by ``request_id`` so the production and candidate sides of a request land on the same
+partition, also when micro-batched into ``ScoreBatch`` envelopes (grouped per partition with Kafka's own
+murmur2 partitioner). Delivery failures are reported to ``on_delivery_error`` and counted in
+``stats``; ``flush()`` waits for every queued message and returns how many are still undelivered.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import orjson
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+
+from governance.errors import DeliveryError, InfrastructureError
+from governance.wire import LabelEvent, ScoreEvent, encode, validate_label, validate_score
+from shadowgate.partitioner import partition_for
+
+__all__ = ["LabelPublisher", "PublisherStats", "ScorePublisher"]
+
+DeliveryCallback = Callable[[DeliveryError], None]
+
+
+@dataclass
+class PublisherStats:
+    """What a publisher did so far (events, not Kafka messages, for ``queued``/``delivered``)."""
+
+    queued: int = 0
+    delivered: int = 0
+    failed: int = 0
+    messages: int = 0
+
+
+class _Base:
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        topic: str,
+        *,
+        on_delivery_error: DeliveryCallback | None = None,
+        producer_config: Mapping[str, Any] | None = None,
+    ) -> None:
+        config: dict[str, Any] = {
+            "bootstrap.servers": bootstrap_servers,
+            "enable.idempotence": True,
+            "acks": "all",
+            "compression.type": "lz4",
+            "linger.ms": 5,
+            "partitioner": "murmur2_random",
+            "queue.buffering.max.messages": 1_000_000,
+            "queue.buffering.max.kbytes": 1_048_576,
+        }
+        config.update(producer_config or {})
+        self.topic = topic
+        self.stats = PublisherStats()
+        self._on_error = on_delivery_error
+        try:
+            self._producer = Producer(config)
+        except KafkaException as exc:
+            raise InfrastructureError(
+                f"cannot create a Kafka producer for {bootstrap_servers}: {exc}"
+            ) from None
+        self._closed = False
+
+    def _delivered(self, count: int) -> Callable[[KafkaError | None, Message], None]:
+        def callback(err: KafkaError | None, msg: Message) -> None:
+            if err is None:
+                self.stats.delivered += count
+                return
+            self.stats.failed += count
+            key = msg.key()
+            error = DeliveryError(
+                f"delivery to topic {msg.topic()} partition {msg.partition()} "
+                f"key {key!r} failed: {err.str()} ({count} event(s))"
+            )
+            if self._on_error is not None:
+                self._on_error(error)
+
+        return callback
+
+    def _produce(self, value: bytes, key: bytes | None, count: int, partition: int | None = None) -> None:
+        if self._closed:
+            raise InfrastructureError("publisher is closed")
+        kwargs: dict[str, Any] = {"key": key, "value": value, "on_delivery": self._delivered(count)}
+        if partition is not None:
+            kwargs["partition"] = partition
+        while True:
+            try:
+                self._producer.produce(self.topic, **kwargs)
+                break
+            except BufferError:
+                # Local queue full: serve delivery reports to make room, then retry.
+                self._producer.poll(0.1)
+        self.stats.messages += 1
+        self._producer.poll(0)
+
+    def flush(self, timeout_s: float = 30.0) -> int:
+        """Send everything queued; return the number of messages still undelivered after the timeout."""
+        return int(self._producer.flush(timeout_s))
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Flush and close; raises DeliveryError when messages remain undelivered."""
+        if self._closed:
+            return
+        left = self.flush(timeout_s)
+        self._closed = True
+        if left:
+            raise DeliveryError(
+                f"{left} message(s) to topic {self.topic} undelivered after {timeout_s:.0f} s"
+            )
+
+    def __enter__(self) -> _Base:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class ScorePublisher(_Base):
+    """Publishes :class:`ScoreEvent` s, one per Kafka message or micro-batched into envelopes.
+
+    ``batch_size`` 0 (default) sends every event as its own message; N > 0 groups up to N events of the
+    same partition into one ``ScoreBatch`` envelope, sent when full, when ``linger_s`` has passed since
+    the envelope's first event (checked on every ``publish``), and on ``flush()``/``close()``.
+    """
+
+    def __init__(
+        self,
+        bootstrap_servers: str = "127.0.0.1:9092",
+        topic: str = "scores",
+        *,
+        batch_size: int = 0,
+        linger_s: float = 0.05,
+        on_delivery_error: DeliveryCallback | None = None,
+        producer_config: Mapping[str, Any] | None = None,
+        metadata_timeout_s: float = 10.0,
+    ) -> None:
+        if batch_size < 0:
+            raise ValueError("batch_size must be >= 0 (0 = one event per message)")
+        super().__init__(
+            bootstrap_servers, topic, on_delivery_error=on_delivery_error, producer_config=producer_config
+        )
+        self.batch_size = batch_size
+        self.linger_s = linger_s
+        self._partitions = 0
+        self._buffers: dict[int, list[bytes]] = {}
+        self._started: dict[int, float] = {}
+        if batch_size:
+            self._partitions = self._partition_count(metadata_timeout_s)
+
+    def _partition_count(self, timeout_s: float) -> int:
+        try:
+            md = self._producer.list_topics(self.topic, timeout=timeout_s)
+        except KafkaException as exc:
+            raise InfrastructureError(f"cannot read metadata of topic {self.topic}: {exc}") from None
+        topic = md.topics.get(self.topic)
+        if topic is None or topic.error is not None or not topic.partitions:
+            reason = topic.error.str() if topic is not None and topic.error is not None else "no partitions"
+            raise InfrastructureError(
+                f"topic {self.topic} is not available ({reason}): create it "
+                "(`shadowgate topics create`) or start the worker first"
+            )
+        return len(topic.partitions)
+
+    def publish(self, event: ScoreEvent | Mapping[str, Any]) -> None:
+        """Validate and queue one event; raises EventValidationError naming the field."""
+        ev = validate_score(dict(event) if isinstance(event, Mapping) else event)
+        key = ev.request_id.encode()
+        if not self.batch_size:
+            self._produce(encode(ev), key, 1)
+            self.stats.queued += 1
+            return
+        body = orjson.dumps(ev.model_dump(mode="json", exclude_none=True))
+        partition = partition_for(key, self._partitions)
+        buf = self._buffers.setdefault(partition, [])
+        if not buf:
+            self._started[partition] = time.monotonic()
+        buf.append(body)
+        self.stats.queued += 1
+        if len(buf) >= self.batch_size:
+            self._send_envelope(partition)
+        self._send_lingering()
+
+    def publish_many(self, events: Iterable[ScoreEvent | Mapping[str, Any]]) -> None:
+        """Validate every event first, then queue them all: one bad event queues none."""
+        validated = [validate_score(dict(e) if isinstance(e, Mapping) else e) for e in events]
+        for ev in validated:
+            self.publish(ev)
+
+    def _send_envelope(self, partition: int) -> None:
+        buf = self._buffers.pop(partition, [])
+        self._started.pop(partition, None)
+        if buf:
+            value = b'{"events":[' + b",".join(buf) + b"]}"
+            self._produce(value, None, len(buf), partition=partition)
+
+    def _send_lingering(self) -> None:
+        if not self._started:
+            return
+        now = time.monotonic()
+        for partition, started in list(self._started.items()):
+            if now - started >= self.linger_s:
+                self._send_envelope(partition)
+
+    def flush(self, timeout_s: float = 30.0) -> int:
+        for partition in list(self._buffers):
+            self._send_envelope(partition)
+        return super().flush(timeout_s)
+
+    def __enter__(self) -> ScorePublisher:
+        return self
+
+
+class LabelPublisher(_Base):
+    """Publishes :class:`LabelEvent` s keyed by ``request_id``."""
+
+    def __init__(
+        self,
+        bootstrap_servers: str = "127.0.0.1:9092",
+        topic: str = "labels",
+        *,
+        on_delivery_error: DeliveryCallback | None = None,
+        producer_config: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(
+            bootstrap_servers, topic, on_delivery_error=on_delivery_error, producer_config=producer_config
+        )
+
+    def publish(self, event: LabelEvent | Mapping[str, Any]) -> None:
+        """Validate and queue one label; raises EventValidationError naming the field."""
+        ev = validate_label(dict(event) if isinstance(event, Mapping) else event)
+        self._produce(encode(ev), ev.request_id.encode(), 1)
+        self.stats.queued += 1
+
+    def __enter__(self) -> LabelPublisher:
+        return self

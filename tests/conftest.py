@@ -1,0 +1,86 @@
+"""Shared fixtures: the real Kafka and Redis (see tests/infra.py), with per-test topics and key prefixes."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from tests.infra import Infra, find_infra, require_infra
+
+
+@pytest.fixture(scope="session")
+def infra() -> Iterator[Infra]:
+    yield from find_infra()
+
+
+def _missing(what: str) -> None:
+    message = (
+        f"no {what} server: set SHADOWGATE_{what.upper()}_* or run `make up` "
+        "(deploy/local/servers.sh up)"
+    )
+    if require_infra():
+        pytest.fail(message + " [SHADOWGATE_REQUIRE_INFRA=1: a missing server is a failure]")
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(infra: Infra) -> str:
+    if infra.kafka_bootstrap is None:
+        _missing("kafka")
+    assert infra.kafka_bootstrap is not None
+    return infra.kafka_bootstrap
+
+
+@pytest.fixture(scope="session")
+def redis_url(infra: Infra) -> str:
+    if infra.redis_url is None:
+        _missing("redis")
+    assert infra.redis_url is not None
+    return infra.redis_url
+
+
+@pytest.fixture
+def unique() -> str:
+    """A short unique token for topic names, key prefixes and consumer groups of one test."""
+    return uuid.uuid4().hex[:12]
+
+
+@pytest.fixture
+def redis_prefix(redis_url: str, unique: str) -> Iterator[str]:
+    """A Redis key prefix owned by this test; its keys are deleted afterwards."""
+    import redis
+
+    prefix = f"t{unique}"
+    yield prefix
+    client = redis.Redis.from_url(redis_url)
+    keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+@pytest.fixture
+def make_topic(kafka_bootstrap: str, unique: str) -> Iterator[Callable[..., str]]:
+    """Create a fresh topic (``make_topic("scores", partitions=4)``); deleted after the test."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    created: list[str] = []
+
+    def _make(name: str = "t", partitions: int = 1, config: dict[str, str] | None = None) -> str:
+        topic = f"test.{name}.{unique}"
+        futures = admin.create_topics(
+            [NewTopic(topic, num_partitions=partitions, replication_factor=1, config=config or {})]
+        )
+        futures[topic].result(timeout=30)
+        created.append(topic)
+        return topic
+
+    yield _make
+    if created:
+        for fut in admin.delete_topics(created).values():
+            with contextlib.suppress(Exception):  # cleanup of a test topic is best effort
+                fut.result(timeout=30)
