@@ -88,7 +88,8 @@ class WindowSnapshot:
     """One comparison over one time range [start, end), merged from the window slots.
 
     ``score_counts_production`` / ``score_counts_candidate`` are the fine score histograms (equal-width
-    bins on [0, 1], ``len`` bins each) from which the two-sample KS test is computed.
+    bins of logit(score), identical for both sides) from which the two-sample KS test is computed; KS is
+    invariant under the monotone logit, and logit bins keep the ranks of scores crowded near 0 or 1.
     ``latest_event_ts`` is the newest event time folded into the window; the gates call a window whose
     newest event is too old SOURCE_UNHEALTHY.
     """
