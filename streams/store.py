@@ -1,0 +1,227 @@
+"""The window store protocol: apply a batch of slot increments under an offset fence; read a window.
+
+A store keeps, per comparison, one flat map of integer fields per event-time slot (see
+:mod:`streams.windows`). It never interprets field names: the aggregator decides what ``"n"`` or
+``"d:12"`` means, the store only adds integers. Backends are sibling modules
+(:mod:`streams.memory_store`, :mod:`streams.redis_store`) and pass one contract suite
+(``tests/test_store_contract.py``).
+
+Guarantees every backend gives:
+
+* **Exact.** Fields are integers end to end (fixed-point sums included) and merging is plain integer
+  addition, so the result does not depend on batch order, slot order or the number of writers. Each
+  increment and each slot's total must fit a signed 64-bit integer (what Redis stores); a batch that
+  would overflow one is refused whole with StoreError. Merged windows are exact Python ints, however
+  large. Field names are non-empty strings without a newline.
+* **Exactly-once effect.** :meth:`WindowStore.apply` adds the whole batch, moves the ``(fence name,
+  partition)`` fence to ``fence.offset`` and stores the checkpoint blob in ONE atomic step, or does
+  nothing at all when ``fence.offset`` is not newer than the stored fence (it then returns ``False``).
+  So a batch redelivered by Kafka after a crash, or retried after a timeout whose outcome is unknown,
+  is counted exactly once, and the checkpoint read back always belongs to the fence read back.
+* **Concurrent writers.** Any number of writers (threads, processes, workers) may apply batches to the
+  same slots at the same time; totals are exact. Two writers racing with the same fence apply it once.
+* **Consistent reads.** :meth:`WindowStore.read` sees each batch entirely or not at all.
+* **Retention.** A slot disappears at ``slot.end_s + retention`` of its granularity (event-time
+  anchored; see :class:`streams.windows.Retention`).
+
+A field whose total is zero is absent from read results (absent means 0); so is a slot without any
+non-zero field.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import NamedTuple
+
+from governance.errors import StoreError
+from streams.windows import Granularity, Plan, Retention, Slot
+
+__all__ = [
+    "INT64_MAX",
+    "INT64_MIN",
+    "ComparisonMeta",
+    "Fence",
+    "FenceState",
+    "SlotBatch",
+    "SlotKey",
+    "WindowRead",
+    "WindowStore",
+]
+
+#: Every increment and every slot total must lie in [INT64_MIN, INT64_MAX].
+INT64_MAX = 2**63 - 1
+INT64_MIN = -(2**63)
+
+#: (comparison_id, granularity, slot start in epoch seconds)
+SlotKey = tuple[str, Granularity, int]
+_FORBIDDEN = "{}"  # braces would break the Redis Cluster hash tag {comparison_id}
+
+
+class Fence(NamedTuple):
+    """The newest Kafka offset of ``partition`` whose effect a batch contains.
+
+    ``name`` identifies the consumer of the partition, e.g. ``"shadowgate-worker/scores"`` (consumer
+    group and topic), so two pipelines reading the same topic keep separate fences.
+    """
+
+    name: str
+    partition: int
+    offset: int
+
+    def validate(self) -> None:
+        """Raise StoreError naming the bad part of the fence."""
+        _check_id("fence name", self.name)
+        if not _is_int(self.partition) or self.partition < 0:
+            raise StoreError(f"fence {self.name!r}: partition {self.partition!r} must be an int >= 0")
+        if not _is_int(self.offset) or not 0 <= self.offset < 2**53:
+            raise StoreError(
+                f"fence {self.name!r} partition {self.partition}: offset {self.offset!r} must be an int in [0, 2**53)"
+            )
+
+
+class FenceState(NamedTuple):
+    """What :meth:`WindowStore.read_fence` returns: the fenced offset and the checkpoint stored with it."""
+
+    offset: int
+    checkpoint: bytes | None
+
+
+@dataclass(frozen=True)
+class ComparisonMeta:
+    """Per-comparison facts kept beside the slots: its model and the event-time span seen (epoch ms).
+
+    Merging keeps the first model and the min of ``first_event_ms`` / max of ``last_event_ms``.
+    """
+
+    model: str
+    first_event_ms: int
+    last_event_ms: int
+
+    def merge(self, other: ComparisonMeta) -> ComparisonMeta:
+        return ComparisonMeta(
+            self.model,
+            min(self.first_event_ms, other.first_event_ms),
+            max(self.last_event_ms, other.last_event_ms),
+        )
+
+
+@dataclass
+class SlotBatch:
+    """Integer field increments per slot, plus comparison metadata, to apply in one step.
+
+    Memory: one dict entry per (slot, field) touched by the batch; build one per partition batch.
+    """
+
+    increments: dict[SlotKey, dict[str, int]] = field(default_factory=dict)
+    meta: dict[str, ComparisonMeta] = field(default_factory=dict)
+
+    def add(self, comparison_id: str, slot: Slot, fields: Mapping[str, int]) -> None:
+        """Add ``fields`` to the increments of ``slot`` of ``comparison_id`` (integer addition)."""
+        target = self.increments.setdefault((comparison_id, slot.granularity, slot.start_s), {})
+        for name, value in fields.items():
+            target[name] = target.get(name, 0) + value
+
+    def note(self, comparison_id: str, model: str, first_event_ms: int, last_event_ms: int) -> None:
+        """Record that ``comparison_id`` (of ``model``) saw events between the two times."""
+        new = ComparisonMeta(model, first_event_ms, last_event_ms)
+        old = self.meta.get(comparison_id)
+        self.meta[comparison_id] = new if old is None else old.merge(new)
+
+    def validate(self) -> None:
+        """Raise StoreError naming the first bad comparison id, slot, field or value."""
+        for (cid, gran, start_s), fields in self.increments.items():
+            _check_id("comparison id", cid)
+            where = f"slot {(cid, getattr(gran, 'value', gran), start_s)!r}"
+            if not isinstance(gran, Granularity):
+                raise StoreError(f"{where}: granularity must be a Granularity")
+            if not _is_int(start_s) or start_s % gran.step_s:
+                raise StoreError(f"{where}: start must be an int aligned to {gran.step_s} s")
+            for name, value in fields.items():
+                if not isinstance(name, str) or not name or "\n" in name:
+                    raise StoreError(f"{where}: field name {name!r} must be a non-empty str without newline")
+                if not _is_int(value) or not INT64_MIN <= value <= INT64_MAX:
+                    raise StoreError(
+                        f"{where} field {name!r}: increment {value!r} must be an int within signed 64 "
+                        "bits (scale sums to fixed-point integers, never floats)"
+                    )
+        for cid, meta in self.meta.items():
+            _check_id("comparison id", cid)
+            _check_id(f"model of comparison {cid!r}", meta.model)
+            if not (_is_int(meta.first_event_ms) and _is_int(meta.last_event_ms)):
+                raise StoreError(f"meta of comparison {cid!r}: event times must be int epoch milliseconds")
+            if meta.first_event_ms > meta.last_event_ms:
+                raise StoreError(f"meta of comparison {cid!r}: first_event_ms > last_event_ms")
+
+    def nonzero(self) -> dict[SlotKey, dict[str, int]]:
+        """The increments without zero values and without slots left empty (nothing to write)."""
+        out: dict[SlotKey, dict[str, int]] = {}
+        for key, fields in self.increments.items():
+            kept = {name: value for name, value in fields.items() if value}
+            if kept:
+                out[key] = kept
+        return out
+
+
+@dataclass(frozen=True)
+class WindowRead:
+    """One comparison's merged window: non-zero field totals, the plan that was read, and its meta."""
+
+    fields: dict[str, int]
+    plan: Plan
+    meta: ComparisonMeta | None
+
+
+class WindowStore(ABC):
+    """Abstract window store. Implementations are safe to share between threads."""
+
+    def __init__(self, retention: Retention | None = None) -> None:
+        self.retention = retention if retention is not None else Retention()
+
+    @abstractmethod
+    def apply(self, batch: SlotBatch, fence: Fence, checkpoint: bytes | None = None) -> bool:
+        """Apply ``batch``, move the fence to ``fence.offset`` and store ``checkpoint``, atomically.
+
+        Returns False, changing nothing, when the stored fence of ``(fence.name, fence.partition)`` is
+        already ``>= fence.offset``. ``checkpoint=None`` removes the previous checkpoint: the stored
+        checkpoint is always the one given with the stored fence. Idempotent, so safe to retry.
+        Raises StoreError (bad batch, nothing applied) or InfrastructureError (store unreachable).
+        """
+
+    @abstractmethod
+    def read_fence(self, name: str, partition: int) -> FenceState | None:
+        """The stored fence and checkpoint of ``(name, partition)``, or None if never applied."""
+
+    @abstractmethod
+    def read_slots(self, comparison_id: str, slots: Iterable[Slot], now_s: int) -> dict[Slot, dict[str, int]]:
+        """The non-zero fields of each slot still retained at ``now_s`` (empty or missing slots are absent)."""
+
+    @abstractmethod
+    def read(self, comparison_id: str, start_s: int, end_s: int, now_s: int) -> WindowRead:
+        """Merge the slots that :func:`streams.windows.plan` picks for ``[start_s, end_s)`` at ``now_s``."""
+
+    @abstractmethod
+    def comparisons(self, model: str | None = None) -> list[str]:
+        """Sorted ids of the comparisons ever applied (of ``model`` only, if given)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing to release
+        """Release connections; the store must not be used afterwards."""
+
+    def __enter__(self) -> WindowStore:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_id(what: str, value: object) -> None:
+    if not isinstance(value, str) or not value or any(c in value for c in _FORBIDDEN):
+        raise StoreError(f"{what} {value!r}: must be a non-empty str without '{{' or '}}'")

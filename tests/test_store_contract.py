@@ -1,0 +1,394 @@
+"""One contract for every window store: the same tests run against the memory and the Redis backend."""
+
+from __future__ import annotations
+
+import struct
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from governance.errors import StoreError
+from streams.memory_store import MemoryWindowStore
+from streams.redis_store import RedisWindowStore
+from streams.store import ComparisonMeta, Fence, FenceState, SlotBatch, WindowStore
+from streams.windows import DAY_S, HOUR_S, MINUTE_S, Granularity, Retention, Slot, slots_for
+
+StoreFactory = Callable[[], WindowStore]
+Event = tuple[int, dict[str, int]]  # (event time in epoch s, field increments)
+
+FIELDS = ["n", "sa", "d:0", "d:7", "d:19", "h:p:3", "h:c:3", "lat:p:41"]
+event_fields = st.dictionaries(st.sampled_from(FIELDS), st.integers(-(2**40), 2**40), min_size=1, max_size=len(FIELDS))
+
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.integration)])
+def store_factory(request: pytest.FixtureRequest) -> Iterator[StoreFactory]:
+    """Builds clients of ONE store: for Redis each call is a new client on the same keys."""
+    opened: list[WindowStore] = []
+    if request.param == "memory":
+        shared = MemoryWindowStore()
+
+        def make() -> WindowStore:
+            return shared
+    else:
+        url: str = request.getfixturevalue("redis_url")
+        prefix: str = request.getfixturevalue("redis_prefix")
+
+        def make() -> WindowStore:
+            store = RedisWindowStore.from_url(url, prefix=prefix)
+            opened.append(store)
+            return store
+
+    yield make
+    for store in opened:
+        store.close()
+
+
+@pytest.fixture
+def store(store_factory: StoreFactory) -> WindowStore:
+    return store_factory()
+
+
+def _cid() -> str:
+    return f"m{uuid.uuid4().hex[:8]}|v1|v2|shadow"
+
+
+def _now() -> int:
+    # Wall clock: the Redis server expires keys by its own clock, so TTL tests must agree with it.
+    return int(time.time())
+
+
+def _batch(cid: str, events: list[Event], model: str = "fraud") -> SlotBatch:
+    batch = SlotBatch()
+    for ts, fields in events:
+        for slot in slots_for(ts):
+            batch.add(cid, slot, fields)
+        batch.note(cid, model, ts * 1000, ts * 1000)
+    return batch
+
+
+def _oracle(events: list[Event], start_s: int, end_s: int) -> dict[str, int]:
+    total: Counter[str] = Counter()
+    for ts, fields in events:
+        if start_s <= ts < end_s:
+            total.update(fields)
+    return {k: v for k, v in total.items() if v}
+
+
+class TestWindowStoreContract:
+    @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(
+        events=st.lists(st.tuples(st.integers(0, 3 * HOUR_S), event_fields), min_size=1, max_size=30),
+        cuts=st.lists(st.integers(0, 30), max_size=4),
+        window=st.tuples(st.integers(0, 4 * HOUR_S), st.integers(0, 4 * HOUR_S)),
+    )
+    def test_read_equals_the_sum_of_increments_in_the_window(
+        self,
+        store: WindowStore,
+        events: list[tuple[int, dict[str, int]]],
+        cuts: list[int],
+        window: tuple[int, int],
+    ) -> None:
+        now = _now()
+        base = now - 4 * HOUR_S
+        evs = [(base + dt, f) for dt, f in events]
+        cid = _cid()  # one comparison per example: examples share the store
+        bounds = [0, *sorted(set(cuts)), len(evs)]
+        for offset, (lo, hi) in enumerate(zip(bounds, bounds[1:], strict=False)):
+            assert store.apply(_batch(cid, evs[lo:hi]), Fence(cid, 0, offset))
+        start, end = base + min(window), base + max(window)
+        got = store.read(cid, start, end, now)
+        assert got.fields == _oracle(evs, got.plan.start_s, got.plan.end_s)
+        # Merging the planned slots equals merging the minute slots of the same range (the union).
+        minutes = [Slot(Granularity.MINUTE, t) for t in range(got.plan.start_s, got.plan.end_s, MINUTE_S)]
+        merged: Counter[str] = Counter()
+        for fields in store.read_slots(cid, minutes, now).values():
+            merged.update(fields)
+        assert got.fields == {k: v for k, v in merged.items() if v}
+        assert got.meta == ComparisonMeta("fraud", min(t for t, _ in evs) * 1000, max(t for t, _ in evs) * 1000)
+
+    def test_fence_rejects_replays_and_older_offsets(self, store: WindowStore) -> None:
+        cid, now = _cid(), _now()
+        batch = _batch(cid, [(now - 90, {"n": 3, "sa": 2**59 + 1})])
+        assert store.apply(batch, Fence("g/scores", 0, 10))
+        assert not store.apply(batch, Fence("g/scores", 0, 10))
+        assert not store.apply(batch, Fence("g/scores", 0, 9))
+        # Other partitions and other fence names are independent fences.
+        assert store.apply(batch, Fence("g/scores", 1, 3))
+        assert store.apply(batch, Fence("other/scores", 0, 3))
+        got = store.read(cid, now - 600, now, now)
+        assert got.fields == {"n": 9, "sa": 3 * (2**59 + 1)}  # exact beyond 2**53: never a float
+        assert store.apply(batch, Fence("g/scores", 0, 11))
+        assert store.read(cid, now - 600, now, now).fields["n"] == 12
+
+    def test_checkpoint_is_stored_with_its_fence(self, store: WindowStore) -> None:
+        cid, now = _cid(), _now()
+        name = f"g/{cid}"
+        assert store.read_fence(name, 0) is None
+        blob = bytes(range(256)) * 3
+        assert store.apply(_batch(cid, [(now, {"n": 1})]), Fence(name, 0, 5), blob)
+        assert store.read_fence(name, 0) == FenceState(5, blob)
+        # A rejected batch changes neither the fence nor its checkpoint.
+        assert not store.apply(_batch(cid, [(now, {"n": 1})]), Fence(name, 0, 5), b"other")
+        assert store.read_fence(name, 0) == FenceState(5, blob)
+        # No checkpoint with the new fence: the old one must not survive beside it.
+        assert store.apply(SlotBatch(), Fence(name, 0, 6))
+        assert store.read_fence(name, 0) == FenceState(6, None)
+        assert store.apply(SlotBatch(), Fence(name, 0, 7), b"")
+        assert store.read_fence(name, 0) == FenceState(7, b"")
+        assert store.read_fence(name, 1) is None
+        assert store.read(cid, now - 60, now + 1, now).fields == {"n": 1}
+
+    @pytest.mark.parametrize(
+        "bad",
+        [{"n": 1.0}, {"n": True}, {"n": 2**63}, {"n": -(2**63) - 1}, {"": 1}, {"a\nb": 1}, {"n": "1"}],
+        ids=["float", "bool", "2**63", "below-int64", "empty-name", "newline-name", "str"],
+    )
+    def test_a_bad_batch_applies_nothing(self, store: WindowStore, bad: dict[str, object]) -> None:
+        cid, now = _cid(), _now()
+        batch = _batch(cid, [(now, {"n": 1})])
+        batch.increments[(cid, Granularity.MINUTE, now - now % MINUTE_S)].update(bad)  # type: ignore[arg-type]
+        with pytest.raises(StoreError, match="field|increment"):
+            store.apply(batch, Fence(cid, 0, 1), b"x")
+        assert store.read_fence(cid, 0) is None
+        assert store.read(cid, now - 60, now + 1, now).fields == {}
+        with pytest.raises(StoreError, match="comparison id"):
+            store.apply(_batch("a{b}", [(now, {"n": 1})]), Fence(cid, 0, 1))
+        with pytest.raises(StoreError, match="offset"):
+            store.apply(SlotBatch(), Fence(cid, 0, -1))
+
+    def test_a_batch_that_would_overflow_a_total_applies_nothing(self, store: WindowStore) -> None:
+        cid, now = _cid(), _now()
+        big = 5 * 2**60  # twice this passes 2**63
+        assert store.apply(_batch(cid, [(now, {"sa": big, "n": 1})]), Fence(cid, 0, 1), b"one")
+        # Other slots of the batch would be fine; the one overflowing field must refuse them all.
+        second = _batch(cid, [(now - 3 * HOUR_S, {"sa": 5, "new": 1}), (now, {"n": 1, "sa": big})])
+        with pytest.raises(StoreError, match="64 bits"):
+            store.apply(second, Fence(cid, 0, 2), b"two")
+        assert store.read_fence(cid, 0) == FenceState(1, b"one")
+        assert store.read(cid, now - 4 * HOUR_S, now + 1, now).fields == {"sa": big, "n": 1}
+        assert store.read_slots(cid, slots_for(now - 3 * HOUR_S), now) == {
+            s: {"sa": big, "n": 1} for s in slots_for(now - 3 * HOUR_S) if s in slots_for(now)
+        }
+        # Cancelling to zero leaves the field absent.
+        assert store.apply(_batch(cid, [(now, {"sa": -big})]), Fence(cid, 0, 3))
+        assert store.read(cid, now - 60, now + 1, now).fields == {"n": 1}
+
+    def test_windows_merge_exactly_beyond_int64(self, store: WindowStore) -> None:
+        cid, now = _cid(), _now()
+        near = 2**63 - 1
+        events = [(now - d * DAY_S, {"sa": near, "ss": -near}) for d in range(1, 6)]  # one per day slot
+        assert store.apply(_batch(cid, events), Fence(cid, 0, 1))
+        got = store.read(cid, now - 6 * DAY_S, now, now)
+        assert got.fields == {"sa": 5 * near, "ss": -5 * near}  # 5 * (2**63 - 1) > 2**63
+
+    def test_concurrent_writers_give_exact_totals(self, store_factory: StoreFactory) -> None:
+        cid, now = _cid(), _now()
+        writers, batches = 4, 15
+        plans = [
+            [
+                [(now - 60 * ((w + b + i) % 5), {"n": 1, f"d:{(w * b + i) % 7}": w + b + i}) for i in range(20)]
+                for b in range(batches)
+            ]
+            for w in range(writers)
+        ]
+        stores = [store_factory() for _ in range(writers)]  # Redis: one client per writer
+        barrier = threading.Barrier(writers)
+        errors: list[BaseException] = []
+
+        def write(w: int) -> None:
+            try:
+                barrier.wait()
+                for b, events in enumerate(plans[w]):
+                    assert stores[w].apply(_batch(cid, events), Fence(cid, w, b))
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=write, args=(w,)) for w in range(writers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert not errors, errors
+        every = [e for per_writer in plans for events in per_writer for e in events]
+        got = store_factory().read(cid, now - 600, now + 1, now)
+        assert got.fields == _oracle(every, got.plan.start_s, got.plan.end_s)
+        assert got.fields["n"] == writers * batches * 20
+
+    def test_writers_racing_with_the_same_fence_apply_it_once(self, store_factory: StoreFactory) -> None:
+        cid, now = _cid(), _now()
+        racers = 6
+        stores = [store_factory() for _ in range(racers)]
+        batch = _batch(cid, [(now, {"n": 7, "sa": 5})])
+        barrier = threading.Barrier(racers)
+        results: list[bool] = []
+        lock = threading.Lock()
+
+        def race(i: int) -> None:
+            barrier.wait()
+            applied = stores[i].apply(batch, Fence(cid, 0, 42), f"ck{i}".encode())
+            with lock:
+                results.append(applied)
+
+        threads = [threading.Thread(target=race, args=(i,)) for i in range(racers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert sorted(results) == [False] * (racers - 1) + [True]
+        assert store_factory().read(cid, now - 60, now + 1, now).fields == {"n": 7, "sa": 5}
+        state = store_factory().read_fence(cid, 0)
+        assert (
+            state is not None and state.offset == 42 and state.checkpoint in {f"ck{i}".encode() for i in range(racers)}
+        )
+
+    def test_slots_expire_by_granularity_retention(self, store: WindowStore) -> None:
+        cid, now = _cid(), _now()
+        ret = Retention()
+        ages = {"fresh": 90, "27h": 27 * HOUR_S, "16d": 16 * DAY_S, "36d": 36 * DAY_S}
+        events = [(now - age, {"n": 1, "age": age}) for age in ages.values()]
+        assert store.apply(_batch(cid, events), Fence(cid, 0, 1))
+        for label, age in ages.items():
+            slots = slots_for(now - age)
+            got = store.read_slots(cid, slots, now)
+            expected = {s for s in slots if now < s.end_s + ret.of(s.granularity)}
+            assert set(got) == expected, label
+            for fields in got.values():
+                assert fields == {"n": 1, "age": age}
+        # Read at a later now: the fresh minute slot has expired, its hour and day have not.
+        later = now + 27 * HOUR_S
+        fresh = slots_for(now - 90)
+        assert set(store.read_slots(cid, fresh, later)) == set(fresh[1:])
+        # The 24 h window cannot see the 27 h old event; 35 d of days no longer hold the 36 d old one.
+        assert store.read(cid, now - DAY_S, now + 1, now).fields == {"n": 1, "age": 90}
+        month = store.read(cid, now - 40 * DAY_S, now + 1, now)
+        assert month.plan.older_edge == "clipped"
+        assert month.fields == {"n": 3, "age": 90 + 27 * HOUR_S + 16 * DAY_S}
+
+    def test_read_of_an_empty_range_or_unknown_comparison_is_empty(self, store: WindowStore) -> None:
+        cid, now = _cid(), _now()
+        assert store.apply(_batch(cid, [(now - 30, {"n": 4})]), Fence(cid, 0, 1))
+        empty = store.read(cid, now - 30, now - 30, now)
+        assert empty.fields == {} and empty.plan.slots == ()
+        assert store.read(cid, now - 3 * HOUR_S, now - 2 * HOUR_S, now).fields == {}
+        unknown = store.read(_cid(), now - DAY_S, now, now)
+        assert unknown.fields == {} and unknown.meta is None
+
+    def test_fields_that_cancel_out_are_absent(self, store: WindowStore) -> None:
+        cid, now = _cid(), _now()
+        assert store.apply(_batch(cid, [(now, {"ss": 5, "n": 1})]), Fence(cid, 0, 1))
+        assert store.apply(_batch(cid, [(now, {"ss": -5, "n": 1})]), Fence(cid, 0, 2))
+        assert store.read(cid, now - 60, now + 1, now).fields == {"n": 2}
+
+    def test_meta_and_comparisons(self, store: WindowStore) -> None:
+        now = _now()
+        model = f"model{uuid.uuid4().hex[:6]}"
+        a, b = f"{model}|1|2|shadow", f"{model}|1|3|canary"
+        assert store.apply(_batch(a, [(now - 50, {"n": 1}), (now - 10, {"n": 1})], model), Fence(a, 0, 1))
+        assert store.apply(_batch(a, [(now - 70, {"n": 1})], model), Fence(a, 0, 2))
+        assert store.apply(_batch(b, [(now - 5, {"n": 1})], model), Fence(a, 1, 1))
+        assert store.read(a, now - 60, now, now).meta == ComparisonMeta(model, (now - 70) * 1000, (now - 10) * 1000)
+        assert store.comparisons(model) == sorted([a, b])
+        assert {a, b} <= set(store.comparisons())
+        assert store.comparisons(f"{model}-unknown") == []
+
+
+@pytest.mark.integration
+class TestRedisLayout:
+    """What the contract cannot see: the documented key layout and the server-side expiry."""
+
+    def test_keys_and_server_expiry(self, redis_url: str, redis_prefix: str) -> None:
+        import redis
+
+        client = redis.Redis.from_url(redis_url)
+        store = RedisWindowStore(client, prefix=redis_prefix)
+        cid, now = _cid(), _now()
+        ret = Retention()
+        old = now - 27 * HOUR_S
+        batch = _batch(cid, [(now, {"n": 1, "sa": -7}), (old, {"n": 1})], "fraud")
+        assert store.apply(batch, Fence("g/t", 3, 8), b"c")
+        assert client.hgetall(f"{redis_prefix}:fields:{{{cid}}}") == {b"n": b"0", b"sa": b"1"}
+        for slot in slots_for(now):
+            key = f"{redis_prefix}:w:{{{cid}}}:{slot.granularity.value}:{slot.start_s}"
+            assert store.slot_key(cid, slot) == key
+            assert client.execute_command("EXPIRETIME", key) == slot.end_s + ret.of(slot.granularity)
+            # Big-endian int64 per field index; the old event is in other slots (>= 24 h older).
+            assert client.get(key) == struct.pack(">qq", 1, -7)
+        # The 27 h old minute slot was deleted by the server itself, not just hidden by the read.
+        assert not client.exists(store.slot_key(cid, slots_for(old)[0]))
+        assert client.exists(store.slot_key(cid, slots_for(old)[1]))
+        assert client.hgetall(f"{redis_prefix}:fence:g/t:3") == {b"offset": b"8", b"checkpoint": b"c"}
+        assert client.hgetall(f"{redis_prefix}:meta:{{{cid}}}") == {
+            b"model": b"fraud",
+            b"first_ms": str(old * 1000).encode(),
+            b"last_ms": str(now * 1000).encode(),
+        }
+        assert client.smembers(f"{redis_prefix}:model:fraud") == {cid.encode()}
+        assert client.ttl(f"{redis_prefix}:fence:g/t:3") == -1
+        store.close()
+
+    def test_a_refused_batch_leaves_every_key_as_it_was(self, redis_url: str, redis_prefix: str) -> None:
+        import redis
+
+        client = redis.Redis.from_url(redis_url)
+        store = RedisWindowStore(client, prefix=redis_prefix)
+        cid, now = _cid(), _now()
+        assert store.apply(_batch(cid, [(now, {"sa": 2**63 - 1})]), Fence("g", 0, 1))
+        before = {k: (client.dump(k), client.pttl(k)) for k in client.scan_iter(match=f"{redis_prefix}*")}
+        # A new field and a brand-new slot key are written first, then the day slot overflows.
+        refused = _batch(cid, [(now - 2 * DAY_S, {"other": 1}), (now, {"new": 1, "sa": 1})])
+        with pytest.raises(StoreError, match="OVERFLOW"):
+            store.apply(refused, Fence("g", 0, 2))
+        after = {k: (client.dump(k), client.pttl(k)) for k in client.scan_iter(match=f"{redis_prefix}*")}
+        assert after.keys() == before.keys()
+        for key, (dump, pttl) in before.items():
+            assert after[key][0] == dump, key
+            assert abs(after[key][1] - pttl) < 5_000, key  # TTL kept (minus elapsed time)
+        store.close()
+
+    def test_a_cached_field_registry_learns_new_fields(self, redis_url: str, redis_prefix: str) -> None:
+        reader = RedisWindowStore.from_url(redis_url, prefix=redis_prefix)
+        writer = RedisWindowStore.from_url(redis_url, prefix=redis_prefix)
+        cid, now = _cid(), _now()
+        assert writer.apply(_batch(cid, [(now, {"n": 1})]), Fence(cid, 0, 1))
+        assert reader.read(cid, now - 60, now + 1, now).fields == {"n": 1}
+        assert writer.apply(_batch(cid, [(now, {"z": 4, "y": 2})]), Fence(cid, 0, 2))
+        assert reader.read(cid, now - 60, now + 1, now).fields == {"n": 1, "z": 4, "y": 2}
+        reader.close()
+        writer.close()
+
+    def test_refuses_a_decoding_client_and_a_braced_prefix(self, redis_url: str) -> None:
+        import redis
+
+        decoding = redis.Redis.from_url(redis_url, decode_responses=True)
+        with pytest.raises(StoreError, match="decode_responses"):
+            RedisWindowStore(decoding)  # type: ignore[arg-type]
+        decoding.close()
+        with pytest.raises(StoreError, match="prefix"):
+            RedisWindowStore.from_url(redis_url, prefix="a{b}")
+
+
+class TestMemoryBound:
+    def test_a_replay_keeps_only_retained_slots(self) -> None:
+        # Three days of event time, one event every 10 minutes: the store must not keep them all.
+        store = MemoryWindowStore()
+        t0 = 1_767_225_600
+        for i in range(3 * 144):
+            ts = t0 + 600 * i
+            assert store.apply(_batch("c|1|2|shadow", [(ts, {"n": 1})]), Fence("replay", 0, i))
+        last = t0 + 600 * (3 * 144 - 1)
+        ret = Retention()
+        alive = {
+            s
+            for i in range(3 * 144)
+            for s in slots_for(t0 + 600 * i)
+            if ret.expires_at_s(s) > last - last % MINUTE_S  # the watermark: newest slot start applied
+        }
+        assert store.slot_count() == len(alive) < 3 * 144
+        assert store.expire(last + 40 * DAY_S) == len(alive)
+        assert store.slot_count() == 0
