@@ -1,0 +1,98 @@
+"""STAGING gate (canary versus production): every boundary of the spec 2.1 STAGING table."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timedelta
+
+import pytest
+
+from governance.checks import GateResult
+from governance.gates import evaluate_staging_gate
+from governance.policy import load_policy
+from governance.snapshot import WindowSnapshot
+from tests.governance_factory import T0, snapshot
+
+NOW = T0 + timedelta(days=15)  # the factory's window end
+STARTED = NOW - timedelta(days=5)
+POLICY = load_policy()
+
+
+def below(x: float) -> float:
+    return math.nextafter(x, -math.inf)
+
+
+def above(x: float) -> float:
+    return math.nextafter(x, math.inf)
+
+
+def _staging(snap: WindowSnapshot | None = None, share: float | None = 0.05, started: datetime = STARTED) -> GateResult:
+    return evaluate_staging_gate(POLICY, snap or snapshot("canary"), started, share, NOW)
+
+
+def test_a_good_canary_is_ready() -> None:
+    result = _staging()
+    assert result.verdict == "READY", [c.message for c in result.blocking]
+    assert [c.name for c in result.checks] == [
+        "min_duration_met", "duration_guidance", "canary_traffic_share", "p99_latency_ms", "error_rate",
+        "kl_divergence", "feature_drift[amount]", "feature_drift[country]", "source_fresh",
+    ]
+
+
+# (metric, boundary, at, just below, just above): spec 2.2 validate_staging_gate and the 2.1 table.
+STAGING_BOUNDARIES = [
+    ("p99_latency_ms", 500.0, "FAIL", "PASS", "FAIL"),
+    ("error_rate", 0.001, "FAIL", "PASS", "FAIL"),
+    ("kl_divergence", 0.10, "WARN", "PASS", "WARN"),
+]
+
+
+@pytest.mark.parametrize(("metric", "boundary", "at", "low", "high"), STAGING_BOUNDARIES)
+def test_staging_boundaries(metric: str, boundary: float, at: str, low: str, high: str) -> None:
+    for value, expected in ((boundary, at), (below(boundary), low), (above(boundary), high)):
+        result = _staging(snapshot("canary", metrics={metric: value}))
+        assert result.check(metric).outcome == expected
+        assert result.verdict == ("BLOCKED" if expected == "FAIL" else "READY")
+
+
+def test_feature_drift_is_judged_per_feature() -> None:
+    for value, expected in ((0.05, "WARN"), (below(0.05), "PASS"), (above(0.05), "WARN")):
+        result = _staging(snapshot("canary", feature_drift={"amount": value, "country": 0.0}))
+        assert result.check("feature_drift[amount]").outcome == expected
+        assert result.check("feature_drift[country]").outcome == "PASS"
+        assert result.verdict == "READY"
+    missing = _staging(snapshot("canary", feature_drift={"amount": None}))
+    assert (missing.check("feature_drift[amount]").outcome, missing.verdict) == ("INCONCLUSIVE", "INCONCLUSIVE")
+    none = _staging(snapshot("canary", feature_drift={}))
+    assert (none.check("feature_drift").outcome, none.verdict) == ("INCONCLUSIVE", "INCONCLUSIVE")
+
+
+@pytest.mark.parametrize(
+    ("share", "expected"),
+    [(0.05, "PASS"), (0.10, "PASS"), (0.07, "PASS"), (below(0.05), "FAIL"), (above(0.10), "FAIL"), (0.5, "FAIL"),
+     (None, "INCONCLUSIVE")],
+)
+def test_canary_share_must_be_within_five_to_ten_percent(share: float | None, expected: str) -> None:
+    assert _staging(share=share).check("canary_traffic_share").outcome == expected
+
+
+def test_staging_duration_minimum_and_guidance() -> None:
+    assert _staging(started=NOW - timedelta(days=3)).check("min_duration_met").outcome == "PASS"
+    short = _staging(started=NOW - timedelta(days=3) + timedelta(seconds=1))
+    assert (short.check("min_duration_met").outcome, short.verdict) == ("FAIL", "BLOCKED")
+    assert _staging(started=NOW - timedelta(days=7)).check("duration_guidance").outcome == "PASS"
+    long = _staging(started=NOW - timedelta(days=7, seconds=1))
+    assert (long.check("duration_guidance").outcome, long.verdict) == ("WARN", "READY")
+
+
+def test_too_few_pairs_and_wrong_role() -> None:
+    few = _staging(snapshot("canary", sample_count=999, n=999))
+    assert {c.name for c in few.checks if c.outcome == "INCONCLUSIVE"} >= {"p99_latency_ms", "error_rate"}
+    assert few.verdict == "INCONCLUSIVE"
+    wrong = _staging(snapshot("shadow"))
+    assert (wrong.check("comparison_role").outcome, wrong.verdict) == ("ERROR", "ERROR")
+
+
+def test_stale_canary_source_blocks() -> None:
+    stale = _staging(snapshot("canary", latest_event_ts=NOW - timedelta(seconds=301)))
+    assert (stale.check("source_fresh").outcome, stale.verdict) == ("FAIL", "BLOCKED")
