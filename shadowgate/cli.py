@@ -28,6 +28,15 @@ _COMMANDS: dict[str, str] = {
     "publish": "shadowgate.commands.publish:publish",
     "consume": "shadowgate.commands.publish:consume",
     "schemas": "shadowgate.commands.publish:schemas",
+    "worker": "shadowgate.commands.streams:worker",
+    "windows": "shadowgate.commands.streams:windows",
+    "replay": "shadowgate.commands.streams:replay",
+    "keys": "shadowgate.commands.crypto:keys",
+    "sign": "shadowgate.commands.crypto:sign",
+    "verify": "shadowgate.commands.crypto:verify",
+    "encrypt": "shadowgate.commands.crypto:encrypt",
+    "decrypt": "shadowgate.commands.crypto:decrypt",
+    "crypto": "shadowgate.commands.crypto:crypto",
 }
 
 

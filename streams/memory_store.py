@@ -112,6 +112,10 @@ class MemoryWindowStore(WindowStore):
             meta = self._meta.get(comparison_id)
         return WindowRead({k: v for k, v in merged.items() if v}, window, meta)
 
+    def meta(self, comparison_id: str) -> ComparisonMeta | None:
+        with self._lock:
+            return self._meta.get(comparison_id)
+
     def comparisons(self, model: str | None = None) -> list[str]:
         with self._lock:
             if model is not None:

@@ -156,6 +156,13 @@ class RedisWindowStore(WindowStore):
         total = _sum([a for a in arrays if a is not None])
         return WindowRead(self._named(comparison_id, total), window, meta)
 
+    def meta(self, comparison_id: str) -> ComparisonMeta | None:
+        with self._errors(f"read meta of comparison {comparison_id!r}"):
+            raw: dict[bytes, bytes] = self._client.hgetall(self._meta_key(comparison_id))
+        if raw.get(b"model") is None:
+            return None
+        return ComparisonMeta(raw[b"model"].decode(), int(raw[b"first_ms"]), int(raw[b"last_ms"]))
+
     def comparisons(self, model: str | None = None) -> list[str]:
         with self._errors(f"list comparisons of model {model!r}"):
             if model is not None:

@@ -203,6 +203,10 @@ class WindowStore(ABC):
         """Merge the slots that :func:`streams.windows.plan` picks for ``[start_s, end_s)`` at ``now_s``."""
 
     @abstractmethod
+    def meta(self, comparison_id: str) -> ComparisonMeta | None:
+        """The comparison's model and event-time span, or None if it was never applied."""
+
+    @abstractmethod
     def comparisons(self, model: str | None = None) -> list[str]:
         """Sorted ids of the comparisons ever applied (of ``model`` only, if given)."""
 

@@ -32,21 +32,33 @@ __all__ = ["consume", "export_schemas", "publish", "schemas"]
               help="stamp events with the current time (default) or start at 2026-11-01")
 @click.option("--rate", default=1000.0, show_default=True, help="event-time requests per second")
 @click.option("--seed", default=7, show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="write JSON lines to this file (for `shadowgate replay`) instead of publishing")
 def publish(pairs: int, model: str, production_version: str, candidate_version: str, role: str,
             batch_size: int, shift: float, error_rate: float, labels: bool, use_now: bool, rate: float,
-            seed: int) -> None:
+            seed: int, out: Path | None) -> None:
     """Publish synthetic production/candidate traffic (and labels) through the SDK."""
     from datetime import UTC, datetime
 
     from shadowgate.sdk import LabelPublisher, ScorePublisher
     from shadowgate.traffic import TrafficSpec, generate
 
-    settings = load_settings()
     start = datetime.now(UTC) if use_now else TrafficSpec.start
     spec = TrafficSpec(model=model, production_version=production_version,
                        candidate_version=candidate_version, role=role, pairs=pairs, shift=shift,
                        cand_error_rate=error_rate, start=start, rate_per_s=rate, seed=seed,
                        label_delay_s=1.0 if use_now else 3600.0)
+    if out is not None:
+        written = 0
+        with out.open("wb") as fh:
+            for event in generate(spec):
+                if event.pop("kind") == "label" and not labels:
+                    continue
+                fh.write(orjson.dumps(event, option=orjson.OPT_OMIT_MICROSECONDS * 0) + b"\n")
+                written += 1
+        click.echo(f"wrote {written:,} events to {out}")
+        return
+    settings = load_settings()
     t0 = time.perf_counter()
     with ScorePublisher(settings.kafka_bootstrap, settings.topics.scores, batch_size=batch_size) as scores, \
             LabelPublisher(settings.kafka_bootstrap, settings.topics.labels) as label_pub:

@@ -1,0 +1,126 @@
+"""``shadowgate worker | windows | replay``: the streaming evaluator and reading its windows."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+import orjson
+
+from governance.errors import ConfigError
+from governance.settings import load_settings
+
+__all__ = ["replay", "windows", "worker"]
+
+
+@click.command()
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
+              help="Prometheus /metrics port (default SHADOWGATE_METRICS_PORT; 0 = off)")
+@click.option("--loglevel", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]))
+def worker(metrics_port: int | None, loglevel: str) -> None:
+    """Run a Faust worker: pair scores, fold windows into Redis. Start N of them to share partitions."""
+    import faust
+    from prometheus_client import REGISTRY, start_http_server
+
+    from governance.topics import ensure_topics, topic_specs
+    from streams.app import create_app
+    from streams.telemetry import WorkerMetrics
+
+    settings = load_settings()
+    _check_copartitioned(settings)
+    ensure_topics(settings.kafka_bootstrap, topic_specs(settings))
+    port = settings.metrics_port if metrics_port is None else metrics_port
+    metrics = WorkerMetrics(REGISTRY)
+    if port:
+        start_http_server(port)
+        click.echo(f"metrics on :{port}/metrics", err=True)
+    handle = create_app(settings, metrics=metrics)
+    faust.Worker(handle.app, loglevel=loglevel.upper()).execute_from_commandline()
+
+
+def _check_copartitioned(settings: object) -> None:
+    from confluent_kafka.admin import AdminClient
+
+    s = load_settings()
+    md = AdminClient({"bootstrap.servers": s.kafka_bootstrap}).list_topics(timeout=10)
+    counts = {t: len(md.topics[t].partitions) for t in (s.topics.scores, s.topics.labels) if t in md.topics}
+    if len(counts) == 2 and len(set(counts.values())) != 1:
+        raise ConfigError(
+            f"topics {s.topics.scores} and {s.topics.labels} must have the same partition count "
+            f"(they have {counts}): a label must land on the partition of its scores"
+        )
+
+
+@click.command()
+@click.option("--model", default=None, help="only this model's comparisons")
+@click.option("--window", "window_names", multiple=True, default=None,
+              help="5m, 1h, 24h, 7d, 14d or since=<ISO datetime>; repeatable (default: all five)")
+@click.option("--json", "as_json", is_flag=True, help="print the JSON document")
+def windows(model: str | None, window_names: tuple[str, ...], as_json: bool) -> None:
+    """Show the live windows of every comparison from Redis."""
+    from streams.redis_store import RedisWindowStore
+    from streams.snapshots import DEFAULT_WINDOWS, read_windows
+
+    settings = load_settings()
+    store = RedisWindowStore.from_url(settings.redis_url_value(), prefix=settings.redis_prefix)
+    doc = read_windows(store, model=model, windows=window_names or DEFAULT_WINDOWS)
+    store.close()
+    _print(doc, as_json)
+
+
+@click.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--window", "window_names", multiple=True, default=None,
+              help="windows to report (default: all five); repeatable")
+@click.option("--json", "as_json", is_flag=True, help="print the JSON document")
+def replay(file: Path, window_names: tuple[str, ...], as_json: bool) -> None:
+    """Evaluate recorded traffic (JSON lines of score, envelope and label events) with no Kafka or Redis."""
+    from streams.replay import replay_file
+    from streams.snapshots import DEFAULT_WINDOWS
+
+    doc = replay_file(file, windows=window_names or DEFAULT_WINDOWS,
+                      progress=lambda n: click.echo(f"  {n:,} lines", err=True))
+    _print(doc, as_json)
+
+
+_SHOWN = ("sample_count", "label_count", "mean_abs_delta", "p95_abs_delta", "p99_abs_delta", "kl_divergence",
+          "psi", "decision_flip_rate", "p99_latency_ms", "error_rate", "brier_score", "auc_roc",
+          "precision_at_10", "calibration_slope", "orphan_rate", "integrity_violations")
+
+
+def _print(doc: dict[str, object], as_json: bool) -> None:
+    if as_json:
+        sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    comparisons = doc.get("comparisons") or []
+    if not comparisons:
+        click.echo("no comparisons yet: publish scores and run `shadowgate worker`")
+        return
+    console = Console()
+    for comp in comparisons:  # type: ignore[attr-defined]
+        table = Table(title=f"{comp['model']}: {comp['production_version']} (production) vs "
+                            f"{comp['candidate_version']} ({comp['role']})")
+        table.add_column("metric")
+        names = list(comp["windows"])
+        for name in names:
+            table.add_column(name, justify="right")
+        for metric in _SHOWN:
+            table.add_row(metric, *[_fmt(comp["windows"][w].get(metric)) for w in names])
+        console.print(table)
+    logging.getLogger(__name__).debug("printed %d comparisons", len(comparisons))  # type: ignore[arg-type]
+
+
+def _fmt(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
