@@ -29,6 +29,7 @@ class Topics(BaseModel):
     rollbacks: str = "shadow.rollbacks"
     alerts: str = "shadow.alerts"
     approvals: str = "governance.approvals"
+    commands: str = "governance.commands"
     lifecycle: str = "governance.lifecycle"
     routing: str = "model.routing"
 
@@ -52,6 +53,7 @@ class Settings(BaseSettings):
     evaluate_interval_s: float = Field(1.0, gt=0, description="evaluator timer period")
     policy_path: str | None = Field(None, description="policy YAML; None = the shipped default")
     keys_dir: str | None = Field(None, description="signing keys directory")
+    catalog_path: str = Field("deploy/feature_catalog.yaml", description="governed feature catalog YAML")
     metrics_port: int = Field(9464, ge=0, le=65535, description="Prometheus /metrics port, 0 = off")
 
     def redis_url_value(self) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from governance.errors import InfrastructureError
 from governance.settings import Settings
@@ -27,6 +27,7 @@ def topic_specs(settings: Settings, partitions: int = 4) -> dict[str, tuple[int,
         t.rollbacks: (1, {"retention.ms": str(90 * _DAY_MS)}),
         t.alerts: (1, {"retention.ms": str(30 * _DAY_MS)}),
         t.approvals: (1, {"retention.ms": "-1"}),
+        t.commands: (1, {"retention.ms": "-1"}),
         # The audit log is the source of truth: kept forever.
         t.lifecycle: (1, {"retention.ms": "-1", "retention.bytes": "-1"}),
         # Current serving assignment per model: compacted, latest value wins.

@@ -37,6 +37,9 @@ _COMMANDS: dict[str, str] = {
     "encrypt": "shadowgate.commands.crypto:encrypt",
     "decrypt": "shadowgate.commands.crypto:decrypt",
     "crypto": "shadowgate.commands.crypto:crypto",
+    "governance": "shadowgate.commands.governance:governance",
+    "audit": "shadowgate.commands.governance:audit",
+    "model": "shadowgate.commands.model:model",
 }
 
 

@@ -1,0 +1,171 @@
+"""The few Kafka operations governance needs: a synchronous producer, and reading a partition's range.
+
+The governance consumer, the audit log, the routing publisher and the CLI all use these, so broker
+errors become one :class:`~governance.errors.InfrastructureError` (or :class:`DeliveryError`) naming the
+topic, partition and offset, never a librdkafka exception.
+
+Guarantees: :meth:`SyncProducer.send` returns only after the broker acknowledged the message
+(``acks=all``, idempotent producer), with the offset it was written at; :func:`read_range` returns the
+messages of one partition in offset order, from ``start`` up to (excluding) the high watermark read when
+it was called, and raises if they cannot all be read within the timeout (never a silent short read).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from governance.errors import DeliveryError, InfrastructureError
+
+__all__ = ["Record", "SyncProducer", "make_consumer", "partitions_of", "poll_records", "read_range", "watermarks"]
+
+
+@dataclass(frozen=True)
+class Record:
+    """One Kafka message as governance sees it."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+
+
+def make_consumer(bootstrap: str, purpose: str) -> Consumer:
+    """A consumer that is only ever ``assign``-ed (no group membership, no commits)."""
+    try:
+        return Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                # Required by librdkafka even when the consumer never joins the group.
+                "group.id": f"shadowgate-{purpose}-{uuid.uuid4().hex[:8]}",
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "auto.offset.reset": "earliest",
+                "isolation.level": "read_committed",
+            }
+        )
+    except KafkaException as exc:
+        raise InfrastructureError(f"cannot create a Kafka consumer for {bootstrap}: {exc}") from None
+
+
+def partitions_of(consumer: Consumer, topic: str, timeout_s: float = 10.0) -> list[int]:
+    """The partition ids of ``topic``; :class:`InfrastructureError` if it does not exist."""
+    try:
+        metadata = consumer.list_topics(topic, timeout=timeout_s)
+    except KafkaException as exc:
+        raise InfrastructureError(f"cannot read metadata of topic {topic}: {exc}") from None
+    info = metadata.topics.get(topic)
+    if info is None or info.error is not None or not info.partitions:
+        reason = info.error.str() if info is not None and info.error is not None else "no partitions"
+        raise InfrastructureError(f"topic {topic} is not available ({reason}); create it (`shadowgate topics`)")
+    return sorted(info.partitions)
+
+
+def watermarks(consumer: Consumer, topic: str, partition: int, timeout_s: float = 10.0) -> tuple[int, int]:
+    """``(low, high)`` offsets of one partition; high is the offset the next message will get."""
+    try:
+        low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout_s)
+    except KafkaException as exc:
+        raise InfrastructureError(f"cannot read the offsets of {topic}[{partition}]: {exc}") from None
+    return int(low), int(high)
+
+
+def _check(msg: Message) -> Record | None:
+    error = msg.error()
+    if error is not None:
+        if error.code() == KafkaError._PARTITION_EOF:
+            return None
+        raise InfrastructureError(f"reading {msg.topic()}[{msg.partition()}]: {error.str()}")
+    return Record(
+        topic=str(msg.topic()),
+        partition=int(msg.partition() or 0),
+        offset=int(msg.offset() or 0),
+        key=msg.key(),
+        value=msg.value() or b"",
+    )
+
+
+def poll_records(consumer: Consumer, timeout_s: float, max_messages: int = 500) -> list[Record]:
+    """The messages available within ``timeout_s`` (errors raised, end-of-partition markers dropped)."""
+    try:
+        messages = consumer.consume(num_messages=max_messages, timeout=timeout_s)
+    except KafkaException as exc:
+        raise InfrastructureError(f"Kafka consume failed: {exc}") from None
+    return [record for record in (_check(msg) for msg in messages) if record is not None]
+
+
+def read_range(
+    consumer: Consumer, topic: str, partition: int, start: int, timeout_s: float = 30.0
+) -> Iterator[Record]:
+    """Messages of ``topic[partition]`` from ``start`` up to the current high watermark, in order."""
+    low, high = watermarks(consumer, topic, partition)
+    begin = max(start, low)
+    if begin >= high:
+        return
+    consumer.assign([TopicPartition(topic, partition, begin)])
+    deadline = time.monotonic() + timeout_s
+    position = begin
+    try:
+        # The consumer's position, not the last offset seen, says when the end is reached: offsets may have
+        # gaps (compaction, transaction markers).
+        while position < high:
+            if time.monotonic() > deadline:
+                raise InfrastructureError(
+                    f"read of {topic}[{partition}] stopped at offset {position} of {high} after {timeout_s:.0f} s"
+                )
+            for record in poll_records(consumer, 0.5):
+                if record.offset >= high:
+                    return
+                yield record
+            position = max(position, consumer.position([TopicPartition(topic, partition)])[0].offset)
+    finally:
+        consumer.unassign()
+
+
+class SyncProducer:
+    """An idempotent producer whose :meth:`send` waits for the acknowledgement and returns the offset."""
+
+    def __init__(self, bootstrap: str, *, timeout_s: float = 30.0, config: dict[str, Any] | None = None) -> None:
+        settings: dict[str, Any] = {
+            "bootstrap.servers": bootstrap,
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 0,
+            "message.max.bytes": 4_194_304,
+        }
+        settings.update(config or {})
+        self.bootstrap = bootstrap
+        self.timeout_s = timeout_s
+        try:
+            self._producer = Producer(settings)
+        except KafkaException as exc:
+            raise InfrastructureError(f"cannot create a Kafka producer for {bootstrap}: {exc}") from None
+
+    def send(self, topic: str, value: bytes, key: bytes | None = None) -> tuple[int, int]:
+        """Write one message and wait for it; returns ``(partition, offset)`` or raises DeliveryError."""
+        outcome: dict[str, Any] = {}
+
+        def delivered(err: KafkaError | None, msg: Message) -> None:
+            outcome["error"], outcome["partition"], outcome["offset"] = err, msg.partition(), msg.offset()
+
+        try:
+            self._producer.produce(topic, value=value, key=key, on_delivery=delivered)
+        except (KafkaException, BufferError) as exc:
+            raise DeliveryError(f"cannot queue a message for topic {topic}: {exc}") from None
+        deadline = time.monotonic() + self.timeout_s
+        while "error" not in outcome and time.monotonic() < deadline:
+            self._producer.poll(0.05)
+        if "error" not in outcome:
+            raise DeliveryError(f"no acknowledgement from {self.bootstrap} for topic {topic} in {self.timeout_s:.0f} s")
+        if outcome["error"] is not None:
+            raise DeliveryError(f"delivery to topic {topic} key {key!r} failed: {outcome['error'].str()}")
+        return int(outcome["partition"]), int(outcome["offset"])
+
+    def close(self) -> None:
+        self._producer.flush(self.timeout_s)
