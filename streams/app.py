@@ -15,16 +15,30 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import tempfile
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import faust
+import orjson
+import redis
 from faust.types import TP, EventT
 
+from governance.crypto import Signer
+from governance.events import GovernanceEvent
+from governance.policy import Policy, load_policy
+from governance.publishing import encode_signed_event
 from governance.settings import Settings
+from governance.statestore import lifecycle_context
+from streams.evaluation import ContextSource, Evaluator, RedisStateStore, default_context
 from streams.processor import BatchOutcome, Processor, Record
 from streams.redis_store import RedisWindowStore
+from streams.snapshots import comparison_keys
 from streams.store import WindowStore
 from streams.telemetry import WorkerMetrics
 
@@ -39,12 +53,65 @@ BATCH_WITHIN_S = 0.25
 class WorkerHandle:
     """What ``create_app`` wires together, for tests and the CLI: the app, its processor and store."""
 
-    def __init__(self, app: faust.App, processor: Processor, store: WindowStore, metrics: WorkerMetrics) -> None:
+    def __init__(
+        self, app: faust.App, processor: Processor, store: WindowStore, metrics: WorkerMetrics, evaluator: Evaluator
+    ) -> None:
         self.app = app
         self.processor = processor
         self.store = store
         self.metrics = metrics
+        self.evaluator = evaluator
         self.outcomes: list[Callable[[BatchOutcome], None]] = []
+        self.emitted: list[Callable[[GovernanceEvent], None]] = []
+
+
+class EvaluationLoop:
+    """One evaluation round of the worker: every comparison this worker leases, at its watermark.
+
+    A comparison is evaluated when its newest event time advanced past the last evaluated second; the
+    Redis lease (``3 x`` the timer period) makes exactly one worker the evaluator of each comparison, and
+    the evaluator state lives in Redis, so a comparison moves to another worker without losing its
+    trigger and dedup state. Returns ``(topic, key, signed record bytes, event)`` to publish.
+    """
+
+    def __init__(
+        self, evaluator: Evaluator, signer: Signer | None, topics: dict[str, str], lease_s: float, owner: str
+    ) -> None:
+        self.evaluator = evaluator
+        self.signer = signer
+        self.topics = topics
+        self.lease_s = lease_s
+        self.owner = owner
+        self._last: dict[str, float] = {}
+
+    def round(self) -> list[tuple[str, bytes, bytes, GovernanceEvent]]:
+        out: list[tuple[str, bytes, bytes, GovernanceEvent]] = []
+        states = self.evaluator.states
+        for key in comparison_keys(self.evaluator.store):
+            cid = key.as_id()
+            meta = self.evaluator.store.meta(cid)
+            if meta is None or not states.lease(cid, self.owner, self.lease_s):
+                continue
+            now_s = math.floor(meta.last_event_ms / 1000)
+            if now_s <= self._last.get(cid, -math.inf):
+                continue
+            self._last[cid] = now_s
+            for event in self.evaluator.evaluate(key, datetime.fromtimestamp(now_s, UTC)):
+                out.append((self._topic(event), key.model.encode(), self._sign(event), event))
+        return out
+
+    def _topic(self, event: GovernanceEvent) -> str:
+        kind = type(event).__name__
+        if kind in ("GateReady", "GateBlocked"):
+            return self.topics["gates"]
+        if kind == "RollbackTrigger":
+            return self.topics["rollbacks"]
+        return self.topics["alerts"]
+
+    def _sign(self, event: GovernanceEvent) -> bytes:
+        if self.signer is None:
+            return orjson.dumps(event.model_dump(mode="json"))
+        return encode_signed_event(event, self.signer, datetime.now(UTC))
 
 
 def create_app(
@@ -53,8 +120,15 @@ def create_app(
     store: WindowStore | None = None,
     metrics: WorkerMetrics | None = None,
     app_id: str | None = None,
+    signer: Signer | None = None,
+    policy: Policy | None = None,
+    context: ContextSource | None = None,
 ) -> WorkerHandle:
-    """Build the Faust app for ``settings`` (no I/O happens until the app starts)."""
+    """Build the Faust app for ``settings`` (no I/O happens until the app starts).
+
+    ``signer`` signs every governance event (ML-DSA-65); without one events go out unsigned and the
+    governance consumer will refuse them, which is only useful in tests of the windows.
+    """
     app = faust.App(
         app_id or settings.consumer_group,
         broker=f"kafka://{settings.kafka_bootstrap.split(',')[0]}",
@@ -66,6 +140,8 @@ def create_app(
         topic_allow_declare=True,
         web_enabled=False,
         store="memory://",
+        # Faust keeps nothing we need on disk (state is in Redis); keep its data dir out of the cwd.
+        datadir=str(Path(tempfile.gettempdir()) / f"shadowgate-faust-{app_id or settings.consumer_group}"),
         producer_compression_type="lz4",
     )
     store = store if store is not None else RedisWindowStore.from_url(
@@ -83,14 +159,31 @@ def create_app(
         label_horizon_s=settings.label_horizon_s,
         max_message_bytes=settings.max_message_bytes,
     )
-    handle = WorkerHandle(app, processor, store, metrics)
+    policy = policy or load_policy(settings.policy_path)
+    client = redis.Redis.from_url(settings.redis_url_value())
+    if context is None:
+        # Registered versions are judged by their lifecycle facts; others fail closed (strictest rules).
+        context = lifecycle_context(client, settings.redis_prefix, default_context(policy))
+    evaluator = Evaluator(store, policy, RedisStateStore(client, settings.redis_prefix), context)
+    handle = WorkerHandle(app, processor, store, metrics, evaluator)
+    loop_ = EvaluationLoop(
+        evaluator,
+        signer,
+        {"gates": topics.gates, "rollbacks": topics.rollbacks, "alerts": topics.alerts},
+        lease_s=max(3 * settings.evaluate_interval_s, 2.0),
+        owner=uuid.uuid4().hex,
+    )
+    out_topics = {
+        name: app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+        for name in (topics.gates, topics.rollbacks, topics.alerts)
+    }
     source = app.topic(topics.scores, topics.labels, key_type=bytes, value_type=bytes,
                        key_serializer="raw", value_serializer="raw")
     dlq = app.topic(topics.dlq, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shadowgate-fold")
 
     @app.agent(source, name="ingest", concurrency=1)
-    async def ingest(stream: faust.StreamT[bytes]) -> None:
+    async def ingest(stream: Any) -> None:
         loop = asyncio.get_running_loop()
         async for events in stream.take_events(BATCH_MAX_EVENTS, within=BATCH_WITHIN_S):
             records = [_record(e) for e in events]
@@ -101,13 +194,29 @@ def create_app(
             for callback in handle.outcomes:
                 callback(outcome)
 
-    @app.on_partitions_revoked.connect
-    async def _revoked(app: faust.App, revoked: set[TP], **kwargs: Any) -> None:
+    async def evaluate() -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            produced = await loop.run_in_executor(executor, loop_.round)
+        except Exception:  # an evaluation error must not stop ingestion; it is logged and retried next tick
+            log.exception("evaluation round failed")
+            return
+        for topic, key, value, event in produced:
+            await out_topics[topic].send(key=key, value=value)
+            for callback in handle.emitted:
+                callback(event)
+
+    app.timer(settings.evaluate_interval_s, name="evaluate")(evaluate)
+
+    async def _revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        revoked: set[TP] = args[0] if args else kwargs.get("revoked", set())
         processor.revoke({tp.partition for tp in revoked if tp.topic in (topics.scores, topics.labels)})
+
+    app.on_partitions_revoked.connect(_revoked)
 
     return handle
 
 
-def _record(event: EventT) -> Record:
+def _record(event: EventT[Any]) -> Record:
     msg = event.message
     return Record(msg.topic, msg.partition, msg.offset, msg.key, msg.value)

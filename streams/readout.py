@@ -161,8 +161,8 @@ def _quantiles(sketch: LinearHistogram | LogHistogram, qs: tuple[float, ...]) ->
     return [sketch.quantile(q) for q in qs]
 
 
-def _side(parsed: _Fields, side: str, config: AggregateConfig) -> dict[str, float | None]:
-    """The per-side metrics of ``side`` (``p`` or ``c``)."""
+def _side(parsed: _Fields, side: str, config: AggregateConfig, full: bool = True) -> dict[str, float | None]:
+    """The per-side metrics of ``side`` (``p`` or ``c``); ``full=False`` skips the ranking metrics."""
     s = parsed.scalars
     scale = config.fixed_point_scale
     out: dict[str, float | None] = {}
@@ -176,6 +176,8 @@ def _side(parsed: _Fields, side: str, config: AggregateConfig) -> dict[str, floa
     neg, pos = parsed.dense[f"y{side}0"], parsed.dense[f"y{side}1"]
     labelled = int(neg.sum() + pos.sum())
     out["brier_score"] = _ratio(s.get(f"b{side}", 0) / scale, labelled)
+    if not full:
+        return out
     out["auc_roc"] = metrics.auc_roc(neg, pos)
     if labelled:
         out["precision_at_10"], out["recall_at_10"] = metrics.precision_recall_at(neg, pos, config.top_fraction)
@@ -198,12 +200,14 @@ def _feature_drift(parsed: _Fields, config: AggregateConfig) -> dict[str, float 
 
 
 def metrics_from_fields(
-    fields: Mapping[str, int], config: AggregateConfig | None = None
+    fields: Mapping[str, int], config: AggregateConfig | None = None, *, full: bool = True
 ) -> tuple[dict[str, float | None], dict[str, float | None]]:
     """(metrics, feature_drift) of one merged window; raises SketchError on fields it cannot read.
 
     ``feature_drift`` maps each feature seen on either side to the PSI of the candidate side against the
     production side over the union of their non-empty bins (None when one side never sent it).
+    ``full=False`` (the evaluator's short trigger windows) leaves the costly ranking metrics None:
+    decision flip rate, AUC, precision / recall at 10 %, calibration, and feature drift.
     """
     cfg = config or AggregateConfig()
     parsed = _parse(fields, cfg)
@@ -229,6 +233,10 @@ def metrics_from_fields(
     )
     delta = LinearHistogram.from_counts(0.0, 1.0, cfg.delta_bins, dict(enumerate(dense["a"].tolist())))
     out["p50_abs_delta"], out["p95_abs_delta"], out["p99_abs_delta"] = _quantiles(delta, (0.5, 0.95, 0.99))
+    if not full:
+        out.update(_side(parsed, "c", cfg, full=False))
+        out.update({f"production_{k}": v for k, v in _side(parsed, "p", cfg, full=False).items()})
+        return out, {}
     size = cfg.joint_bins
     out["decision_flip_rate"] = metrics.decision_flip_rate(
         dense["k"].reshape(cfg.logit_bins, 2 * cfg.band_halfwidth + 1),

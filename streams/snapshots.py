@@ -46,8 +46,15 @@ def read_snapshot(
     config: AggregateConfig | None = None,
     *,
     start: datetime | None = None,
+    tests: bool = True,
+    full: bool = True,
 ) -> WindowSnapshot:
-    """One comparison over one named window (or ``[start, now)`` when ``start`` is given)."""
+    """One comparison over one named window (or ``[start, now)`` when ``start`` is given).
+
+    ``tests=False`` leaves out the inputs of the statistical tests (fine score counts, delta sums), which
+    only the stage gate needs; ``full=False`` leaves out the costly ranking metrics (see
+    :func:`streams.readout.metrics_from_fields`).
+    """
     cfg = config or AggregateConfig()
     cid = key.as_id()
     if now is None:
@@ -58,8 +65,8 @@ def read_snapshot(
     else:
         start_s, end_s = named_window(window, now_s)
     read = store.read(cid, start_s, end_s, now_s)
-    metrics, drift = metrics_from_fields(read.fields, cfg)
-    prod_counts, cand_counts = score_counts(read.fields, cfg)
+    metrics, drift = metrics_from_fields(read.fields, cfg, full=full)
+    prod_counts, cand_counts = score_counts(read.fields, cfg) if tests else (None, None)
     meta = read.meta
     return WindowSnapshot(
         key=key,
@@ -68,7 +75,7 @@ def read_snapshot(
         end=datetime.fromtimestamp(read.plan.end_s, UTC),
         metrics=metrics,
         feature_drift=drift,
-        delta_sums=delta_sums(read.fields, cfg),
+        delta_sums=delta_sums(read.fields, cfg) if tests else None,
         score_counts_production=prod_counts,
         score_counts_candidate=cand_counts,
         latest_event_ts=datetime.fromtimestamp(meta.last_event_ms / 1000, UTC) if meta else None,

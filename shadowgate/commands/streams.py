@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 import orjson
 
-from governance.errors import ConfigError
-from governance.settings import load_settings
+from governance.errors import ConfigError, ShadowgateError
+from governance.settings import Settings, load_settings
 
 __all__ = ["replay", "windows", "worker"]
 
@@ -20,16 +21,32 @@ __all__ = ["replay", "windows", "worker"]
               help="Prometheus /metrics port (default SHADOWGATE_METRICS_PORT; 0 = off)")
 @click.option("--loglevel", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
-def worker(metrics_port: int | None, loglevel: str) -> None:
-    """Run a Faust worker: pair scores, fold windows into Redis. Start N of them to share partitions."""
+@click.option("--keys-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              envvar="SHADOWGATE_KEYS_DIR", help="keyring whose active ML-DSA key signs the governance events")
+def worker(metrics_port: int | None, loglevel: str, keys_dir: Path | None) -> None:
+    """Run a Faust worker: pair scores, fold windows into Redis, emit signed gate events.
+
+    Start N of them to share the partitions (one consumer group).
+    """
+    from datetime import UTC, datetime
+
     import faust
     from prometheus_client import REGISTRY, start_http_server
 
+    from governance.crypto import Keyring, default_keys_dir
     from governance.topics import ensure_topics, topic_specs
     from streams.app import create_app
     from streams.telemetry import WorkerMetrics
 
     settings = load_settings()
+    keyring = Keyring(keys_dir or default_keys_dir())
+    try:
+        signer = keyring.signer(datetime.now(UTC))
+    except ShadowgateError as exc:
+        raise ConfigError(
+            f"the worker signs governance events and cannot: {exc} "
+            f"(create a key with `shadowgate keys generate --keys-dir {keys_dir or default_keys_dir()}`)"
+        ) from None
     _check_copartitioned(settings)
     ensure_topics(settings.kafka_bootstrap, topic_specs(settings))
     port = settings.metrics_port if metrics_port is None else metrics_port
@@ -37,14 +54,13 @@ def worker(metrics_port: int | None, loglevel: str) -> None:
     if port:
         start_http_server(port)
         click.echo(f"metrics on :{port}/metrics", err=True)
-    handle = create_app(settings, metrics=metrics)
+    handle = create_app(settings, metrics=metrics, signer=signer)
     faust.Worker(handle.app, loglevel=loglevel.upper()).execute_from_commandline()
 
 
-def _check_copartitioned(settings: object) -> None:
+def _check_copartitioned(s: Settings) -> None:
     from confluent_kafka.admin import AdminClient
 
-    s = load_settings()
     md = AdminClient({"bootstrap.servers": s.kafka_bootstrap}).list_topics(timeout=10)
     counts = {t: len(md.topics[t].partitions) for t in (s.topics.scores, s.topics.labels) if t in md.topics}
     if len(counts) == 2 and len(set(counts.values())) != 1:
@@ -76,14 +92,25 @@ def windows(model: str | None, window_names: tuple[str, ...], as_json: bool) -> 
 @click.option("--window", "window_names", multiple=True, default=None,
               help="windows to report (default: all five); repeatable")
 @click.option("--json", "as_json", is_flag=True, help="print the JSON document")
-def replay(file: Path, window_names: tuple[str, ...], as_json: bool) -> None:
+@click.option("--model-type", type=click.Choice(["risk_scoring", "classification", "anomaly_detection", "ranking"]),
+              default=None, help="shadow rules to apply (default: the strictest of the policy)")
+@click.option("--policy", "policy_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, envvar="SHADOWGATE_POLICY_PATH", help="policy YAML (default: the shipped policy)")
+@click.option("--evaluate-every", default=60.0, show_default=True, type=click.FloatRange(min=1.0),
+              help="seconds of event time between evaluations (the live worker evaluates every second)")
+def replay(file: Path, window_names: tuple[str, ...], as_json: bool, model_type: str | None,
+           policy_path: Path | None, evaluate_every: float) -> None:
     """Evaluate recorded traffic (JSON lines of score, envelope and label events) with no Kafka or Redis."""
+    from governance.policy import load_policy
     from streams.replay import replay_file
     from streams.snapshots import DEFAULT_WINDOWS
 
-    doc = replay_file(file, windows=window_names or DEFAULT_WINDOWS,
+    doc = replay_file(file, windows=window_names or DEFAULT_WINDOWS, policy=load_policy(policy_path),
+                      model_type=model_type, evaluate_every_s=evaluate_every,
                       progress=lambda n: click.echo(f"  {n:,} lines", err=True))
     _print(doc, as_json)
+    if not as_json:
+        _print_events(doc)
 
 
 _SHOWN = ("sample_count", "label_count", "mean_abs_delta", "p95_abs_delta", "p99_abs_delta", "kl_divergence",
@@ -114,6 +141,18 @@ def _print(doc: dict[str, object], as_json: bool) -> None:
             table.add_row(metric, *[_fmt(comp["windows"][w].get(metric)) for w in names])
         console.print(table)
     logging.getLogger(__name__).debug("printed %d comparisons", len(comparisons))  # type: ignore[arg-type]
+
+
+def _print_events(doc: dict[str, Any]) -> None:
+    events = doc.get("events") or []
+    stats = doc.get("stats") or {}
+    click.echo(f"{stats.get('lines', 0):,} lines: {stats.get('pairs', 0):,} pairs, "
+               f"{stats.get('labeled_pairs', 0):,} labelled, {stats.get('dead_letters', 0):,} invalid; "
+               f"{len(events)} governance events")
+    for event in events:
+        detail = event.get("verdict") or event.get("action") or event.get("severity") or ""
+        failing = ", ".join(c.get("name", "") for c in event.get("failing_checks") or [])
+        click.echo(f"  {event['ts']}  {event['type']:<16} {detail:<12} {failing}")
 
 
 def _fmt(value: object) -> str:

@@ -1,0 +1,146 @@
+"""The streaming worker as users run it: real `shadowgate worker` processes, the real broker and Redis.
+
+Two workers share the partitions; the live windows (`shadowgate windows --json`) must equal the offline
+replay of the same events (`shadowgate replay --json`), invalid messages must reach the dead-letter topic
+with their reason, and a worker killed with SIGKILL mid-stream must, once restarted, leave every window
+exactly equal to the replay: each event counted once, no pair lost.
+"""
+
+from __future__ import annotations
+
+import signal
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from confluent_kafka import Consumer, Producer
+
+from governance.crypto import Keyring
+from shadowgate.sdk import LabelPublisher, ScorePublisher
+from shadowgate.traffic import TrafficSpec, generate
+from tests.worker_kit import WorkerEnv, jsonl, wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+INVALID = [
+    b'{"request_id":"bad-1","model":"fraud-risk","version":"1.5.0","role":"shadow","score":1.5,'
+    b'"latency_ms":3,"ts":"2026-11-26T00:00:00Z"}',
+    b"this is not json",
+    b'{"request_id":"bad-2","model":"fraud-risk","version":"1.5.0","role":"champion","score":0.5,'
+    b'"latency_ms":3,"ts":"2026-11-26T00:00:00Z"}',
+]
+
+
+def _env(kafka_bootstrap: str, redis_url: str, unique: str, tmp_path: Path) -> WorkerEnv:
+    keys = tmp_path / "keys"
+    Keyring(keys).generate(datetime.now(UTC))
+    env = WorkerEnv(kafka_bootstrap, redis_url, unique, keys)
+    env.create_topics()
+    return env
+
+
+def _traffic(pairs: int) -> list[dict[str, Any]]:
+    start = (datetime.now(UTC) - timedelta(minutes=20)).replace(microsecond=0)
+    spec = TrafficSpec(pairs=pairs, start=start, rate_per_s=pairs / 600.0, label_delay_s=30.0, seed=11)
+    return list(generate(spec))
+
+
+def _publish(env: WorkerEnv, events: list[dict[str, Any]], invalid: list[bytes] = ()) -> None:  # type: ignore[assignment]
+    t = env.topics
+    with ScorePublisher(env.kafka_bootstrap, t.scores, batch_size=200) as scores, \
+            LabelPublisher(env.kafka_bootstrap, t.labels) as labels:
+        for event in events:
+            body = dict(event)
+            if body.pop("kind") == "score":
+                scores.publish(body)
+            else:
+                labels.publish(body)
+    if invalid:
+        producer = Producer({"bootstrap.servers": env.kafka_bootstrap})
+        for raw in invalid:
+            producer.produce(t.scores, key=b"bad", value=raw)
+        assert producer.flush(30) == 0
+
+
+def _replay_file(tmp_path: Path, events: list[dict[str, Any]], invalid: list[bytes] = ()) -> Path:  # type: ignore[assignment]
+    path = tmp_path / "traffic.jsonl"
+    body = [{k: v for k, v in e.items() if k != "kind"} for e in events]
+    path.write_bytes(jsonl(iter(body)) + b"".join(raw + b"\n" for raw in invalid))
+    return path
+
+
+def _windows(env: WorkerEnv) -> dict[str, Any]:
+    out = env.cli("windows", "--json")
+    assert out.returncode == 0, out.stderr.decode()
+    return orjson.loads(out.stdout)  # type: ignore[no-any-return]
+
+
+def _counts(doc: dict[str, Any]) -> tuple[int, int]:
+    if not doc["comparisons"]:
+        return 0, 0
+    w = doc["comparisons"][0]["windows"]["24h"]
+    return w["sample_count"], w["label_count"]
+
+
+def test_two_workers_match_the_replay_and_dead_letter_invalid_messages(
+    kafka_bootstrap: str, redis_url: str, unique: str, tmp_path: Path
+) -> None:
+    env = _env(kafka_bootstrap, redis_url, unique, tmp_path)
+    events = _traffic(3000)
+    try:
+        env.start_worker(tmp_path)
+        env.start_worker(tmp_path)
+        _publish(env, events, INVALID)
+        live = wait_for(lambda: (d := _windows(env)) and _counts(d) == (3000, 3000) and d, 240,
+                        "both workers to fold 3000 pairs and labels", env)
+        replay = env.cli("replay", str(_replay_file(tmp_path, events, INVALID)), "--json")
+        assert replay.returncode == 0, replay.stderr.decode()
+        offline = orjson.loads(replay.stdout)
+        assert offline["stats"]["dead_letters"] == len(INVALID)
+        assert live["comparisons"] == offline["comparisons"], _diff(live["comparisons"], offline["comparisons"])
+        w = live["comparisons"][0]["windows"]["24h"]
+        assert w["integrity_violations"] == 2  # the line that is not JSON names no model
+        dlq = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": f"dlq-{unique}",
+                        "auto.offset.reset": "earliest"})
+        dlq.subscribe([env.topics.dlq])
+        dead = wait_for(lambda: dlq.consume(num_messages=10, timeout=2.0), 60, "dead letters", env)
+        while len(dead) < len(INVALID):
+            dead += dlq.consume(num_messages=10, timeout=2.0)
+        dlq.close()
+        assert sorted(m.value() for m in dead) == sorted(INVALID)
+        reasons = [dict(m.headers())["shadowgate.reason"].decode() for m in dead]
+        assert any("score" in r for r in reasons) and any("JSON" in r for r in reasons)
+        assert all(dict(m.headers())["shadowgate.source"].startswith(env.topics.scores.encode()) for m in dead)
+    finally:
+        env.stop_all()
+
+
+def test_sigkill_mid_stream_then_restart_counts_every_event_exactly_once(
+    kafka_bootstrap: str, redis_url: str, unique: str, tmp_path: Path
+) -> None:
+    env = _env(kafka_bootstrap, redis_url, unique, tmp_path)
+    events = _traffic(6000)
+    try:
+        first = env.start_worker(tmp_path)
+        _publish(env, events)
+        wait_for(lambda: _counts(_windows(env))[0] >= 1000, 240, "the first worker to make progress", env)
+        env.kill(first, signal.SIGKILL)
+        partial = _counts(_windows(env))
+        env.start_worker(tmp_path)
+        live = wait_for(lambda: (d := _windows(env)) and _counts(d) == (6000, 6000) and d, 240,
+                        "the restarted worker to finish", env)
+        replay = env.cli("replay", str(_replay_file(tmp_path, events)), "--json")
+        offline = orjson.loads(replay.stdout)
+        assert live["comparisons"] == offline["comparisons"], (partial, _diff(live["comparisons"], offline["comparisons"]))
+    finally:
+        env.stop_all()
+
+
+def _diff(a: Any, b: Any, path: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b)) for d in _diff(a.get(k), b.get(k), f"{path}.{k}")]
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return [d for i, (x, y) in enumerate(zip(a, b, strict=True)) for d in _diff(x, y, f"{path}[{i}]")]
+    return [] if a == b else [f"{path}: live {a!r} != replay {b!r}"]
