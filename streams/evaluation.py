@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Literal, Protocol
 
@@ -26,6 +27,7 @@ from governance.events import GovernanceEvent
 from governance.policy import Policy
 from governance.snapshot import ComparisonKey, WindowSnapshot
 from streams.aggregate import AggregateConfig
+from streams.processor import integrity_id
 from streams.snapshots import read_snapshot
 from streams.store import WindowStore
 
@@ -207,6 +209,29 @@ class Evaluator:
             out[name] = snap
         return out
 
+    def integrity_violations(self, key: ComparisonKey, context: EvaluationContext, now: datetime) -> int:
+        """Invalid messages of the model in the policy's lookback (spec 3.2 check 5), from the windows.
+
+        Counted on this comparison and on the model's pseudo comparison (violations seen before any
+        comparison of the model existed); cached like the other long windows.
+        """
+        days = self.policy.shadow.lookback_days
+        total = 0
+        for cid in (key.as_id(), integrity_id(key.model)):
+            name = f"integrity-{days}d"
+            cached = self._cache.get((cid, name))
+            if cached is not None and timedelta(0) <= now - cached[0] < timedelta(seconds=self.max_refresh_s):
+                total += int(cached[1].metric("integrity_violations") or 0)
+                continue
+            if self.store.meta(cid) is None:
+                continue
+            snap = read_snapshot(self.store, key, name, now,
+                                 self.config, start=now - timedelta(days=days), tests=False, full=False,
+                                 comparison_id=cid)
+            self._cache[(cid, name)] = (now, snap)
+            total += int(snap.metric("integrity_violations") or 0)
+        return total
+
     def evaluate(self, key: ComparisonKey, now: datetime | None = None) -> list[GovernanceEvent]:
         """Evaluate ``key`` at event time ``now`` (default: its newest event); return the events."""
         meta = self.store.meta(key.as_id())
@@ -216,6 +241,8 @@ class Evaluator:
         if now is None:
             now = datetime.fromtimestamp(meta.last_event_ms / 1000, UTC)
         context = self.context(key, first)
+        if context.integrity_violations_7d is None:
+            context = replace(context, integrity_violations_7d=self.integrity_violations(key, context, now))
         cid = key.as_id()
         raw = self.states.get(cid)
         state = EvaluatorState.from_json(raw) if raw else EvaluatorState()

@@ -48,6 +48,7 @@ def read_snapshot(
     start: datetime | None = None,
     tests: bool = True,
     full: bool = True,
+    comparison_id: str | None = None,
 ) -> WindowSnapshot:
     """One comparison over one named window (or ``[start, now)`` when ``start`` is given).
 
@@ -56,7 +57,7 @@ def read_snapshot(
     :func:`streams.readout.metrics_from_fields`).
     """
     cfg = config or AggregateConfig()
-    cid = key.as_id()
+    cid = comparison_id or key.as_id()  # another id: a pseudo comparison read on behalf of ``key``
     if now is None:
         now = _latest(store, cid) or datetime.now(UTC)
     now_s = to_epoch_s(now)
