@@ -1,5 +1,5 @@
--- apply_batch.lua: one partition batch of window increments, its offset fence and its checkpoint,
--- applied atomically. Redis runs a script without interleaving other commands; if any increment would
+-- apply_batch.lua: one partition batch of window increments, its offset fence, its checkpoint and its
+-- state delta, applied atomically. Redis runs a script without interleaving other commands; if any increment would
 -- overflow a signed 64-bit total, every slot already written is restored from its snapshot and the
 -- script returns an error, so a refused batch changes nothing.
 --
@@ -8,26 +8,34 @@
 --
 -- KEYS[1]              fence hash of (fence name, partition): fields "offset", "checkpoint"
 -- KEYS[2]              set of models
+-- KEYS[3]              state hash of (fence name, partition): entry key -> bytes
 -- per meta entry:      the model's set of comparison ids, the comparison's meta hash
 -- per comparison:      the comparison's field registry, then its slot keys
 --
 -- ARGV: offset, "1"/"0" (store/delete checkpoint), checkpoint bytes,
+--       expected fence offset ("" = none: only require offset > stored; "-1" = no fence stored yet),
 --       number of meta entries, then per entry: model, comparison id, first_event_ms, last_event_ms,
 --       number of comparisons, then per comparison: its field names joined by "\n", number of slots,
---       then per slot: expire_at_s, "<name position>:<increment>;" repeated (positions 1-based).
+--       then per slot: expire_at_s, "<name position>:<increment>;" repeated (positions 1-based),
+--       number of state deletes, the keys, number of state upserts, then key, value per upsert.
 --
--- Returns 1 when applied, 0 when the stored fence is already >= offset (nothing changed).
+-- Returns 1 when applied, 0 when the fence refuses (nothing changed): the stored fence is already
+-- >= offset, or an expected offset is given and the stored fence (-1 if none) is not it.
 -- Increments stay strings until BITFIELD parses them: Lua numbers are doubles and would round.
 
 local CHUNK = 1000 -- ops per call: unpack() of more than ~8000 values overflows the Lua C stack
 
 local fence = KEYS[1]
 local stored = redis.call('HGET', fence, 'offset')
-if stored and tonumber(stored) >= tonumber(ARGV[1]) then
+if ARGV[4] ~= '' then
+  if tonumber(stored or '-1') ~= tonumber(ARGV[4]) then
+    return 0
+  end
+elseif stored and tonumber(stored) >= tonumber(ARGV[1]) then
   return 0
 end
 
-local cursor = 3
+local cursor = 4
 local function arg()
   cursor = cursor + 1
   return ARGV[cursor]
@@ -57,7 +65,7 @@ local function undo()
   end
 end
 
-local k = 3 + 2 * #metas
+local k = 4 + 2 * #metas
 for _ = 1, tonumber(arg()) do
   local registry = KEYS[k]
   k = k + 1
@@ -122,8 +130,8 @@ end
 for i, m in ipairs(metas) do
   local model, cid, first, last = m[1], m[2], m[3], m[4]
   redis.call('SADD', KEYS[2], model)
-  redis.call('SADD', KEYS[1 + 2 * i], cid)
-  local meta = KEYS[2 + 2 * i]
+  redis.call('SADD', KEYS[2 + 2 * i], cid)
+  local meta = KEYS[3 + 2 * i]
   redis.call('HSETNX', meta, 'model', model)
   local cur = redis.call('HMGET', meta, 'first_ms', 'last_ms')
   if not cur[1] or tonumber(first) < tonumber(cur[1]) then
@@ -133,6 +141,19 @@ for i, m in ipairs(metas) do
     redis.call('HSET', meta, 'last_ms', last)
   end
 end
+-- State delta: deletes, then upserts, straight from ARGV (no copies), in chunks that unpack() can take.
+local state = KEYS[3]
+local deletes = tonumber(arg())
+for i = 1, deletes, CHUNK do
+  redis.call('HDEL', state, unpack(ARGV, cursor + i, cursor + math.min(i + CHUNK - 1, deletes)))
+end
+cursor = cursor + deletes
+local values = 2 * tonumber(arg())
+for i = 1, values, 2 * CHUNK do
+  redis.call('HSET', state, unpack(ARGV, cursor + i, cursor + math.min(i + 2 * CHUNK - 1, values)))
+end
+cursor = cursor + values
+
 redis.call('HSET', fence, 'offset', ARGV[1])
 if ARGV[2] == '1' then
   redis.call('HSET', fence, 'checkpoint', ARGV[3])

@@ -1,9 +1,12 @@
 """Shared plumbing of the two stateful joins (:mod:`streams.pairing`, :mod:`streams.labels`).
 
 * event time as float epoch seconds (the joins compare and heap-order plain floats, never datetimes);
-* the versioned checkpoint envelope: ``{"format": <kind>, "version": <int>, ...}`` serialised with
-  orjson. Never pickle: a checkpoint is read back from Redis or Kafka, where anyone with write access
-  could plant bytes. A checkpoint of another kind or version is refused with :class:`CheckpointError`;
+* incremental state: a join's state is a set of *entries*, one short string key per remembered item
+  plus one meta entry (key ``"m"``: format version, watermark, sequence counter), each encoded as a
+  compact orjson array. :class:`StateDelta` is what changed since the previous delta: upserts and
+  deletes. Accumulating every delta into one mapping (:func:`accumulate`) gives the whole state back,
+  which ``restore_entries`` rebuilds. Never pickle: entries are read back from Redis, where anyone with
+  write access could plant bytes; a malformed entry is refused with :class:`CheckpointError`;
 * a bounded string interner, so the thousands of pending events that share a model or version name
   share one string object instead of each keeping its own decoded copy.
 """
@@ -11,6 +14,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, MutableMapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -18,11 +23,126 @@ import orjson
 
 from governance.errors import ConfigError, StoreError
 
-__all__ = ["CheckpointError", "Interner", "dump_checkpoint", "epoch_s", "load_checkpoint", "positive"]
+__all__ = [
+    "META_KEY",
+    "CheckpointError",
+    "Interner",
+    "StateDelta",
+    "accumulate",
+    "combine",
+    "dump_meta",
+    "epoch_s",
+    "is_int",
+    "is_num",
+    "load_entry",
+    "load_meta",
+    "parse_seq",
+    "positive",
+    "section",
+]
+
+#: The key of the one meta entry of a join's state (never a valid item key: those start otherwise).
+META_KEY = "m"
 
 
 class CheckpointError(StoreError, ValueError):
-    """A join checkpoint that cannot be restored (other kind, unknown version, malformed entry)."""
+    """Join state that cannot be restored (unknown version, malformed entry)."""
+
+
+@dataclass(frozen=True)
+class StateDelta:
+    """What changed in a keyed state since the previous delta.
+
+    Applying it (:func:`accumulate`) deletes ``deletes`` first, then sets ``upserts``; a key in both ends
+    up set. A join never reuses a key, so its deltas never hold one key twice. Treat both as read-only.
+    """
+
+    upserts: dict[str, bytes]
+    deletes: frozenset[str]
+
+    def __len__(self) -> int:
+        return len(self.upserts) + len(self.deletes)
+
+    @classmethod
+    def empty(cls) -> StateDelta:
+        return cls({}, frozenset())
+
+
+def accumulate(entries: MutableMapping[str, bytes], delta: StateDelta) -> None:
+    """Apply ``delta`` to ``entries`` in place (deletes, then upserts)."""
+    for key in delta.deletes:
+        entries.pop(key, None)
+    entries.update(delta.upserts)
+
+
+def combine(parts: Mapping[str, StateDelta]) -> StateDelta:
+    """One delta of several states, each under its key prefix (``{"p/": pairer, "l/": joiner}``)."""
+    upserts: dict[str, bytes] = {}
+    deletes: set[str] = set()
+    for prefix, delta in parts.items():
+        for key, value in delta.upserts.items():
+            upserts[prefix + key] = value
+        deletes.update(prefix + key for key in delta.deletes)
+    return StateDelta(upserts, frozenset(deletes))
+
+
+def section(entries: Mapping[str, bytes], prefix: str) -> dict[str, bytes]:
+    """The entries under ``prefix``, with the prefix removed (the inverse of :func:`combine`)."""
+    cut = len(prefix)
+    return {key[cut:]: value for key, value in entries.items() if key.startswith(prefix)}
+
+
+def load_meta(kind: str, version: int, entries: Mapping[str, bytes]) -> tuple[float, int] | None:
+    """``(watermark_s, next_seq)`` from the meta entry, or None for an empty state.
+
+    The watermark is ``-inf`` before any event. Raises CheckpointError when items exist without a meta
+    entry, or the meta entry is of another format version or malformed.
+    """
+    raw = entries.get(META_KEY)
+    if raw is None:
+        if entries:
+            raise CheckpointError(f"{kind} state: {len(entries)} entries but no meta entry {META_KEY!r}")
+        return None
+    doc = load_entry(kind, META_KEY, raw)
+    if len(doc) != 3 or doc[0] != version:
+        raise CheckpointError(
+            f"{kind} state meta {doc!r:.80}: expected [{version}, watermark_s, next_seq] "
+            f"(this build reads format version {version})"
+        )
+    _, watermark, next_seq = doc
+    if not (watermark is None or is_num(watermark)) or not is_int(next_seq) or next_seq < 0:
+        raise CheckpointError(f"{kind} state meta {doc!r:.80}: watermark must be a number or null, next_seq an int")
+    return (-math.inf if watermark is None else float(watermark)), next_seq
+
+
+def dump_meta(version: int, watermark_s: float, next_seq: int) -> bytes:
+    return orjson.dumps([version, None if watermark_s == -math.inf else watermark_s, next_seq])
+
+
+def load_entry(kind: str, key: str, raw: bytes) -> list[Any]:
+    """One entry's JSON array, or CheckpointError naming the key."""
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise CheckpointError(f"{kind} state entry {key!r} is not valid JSON: {exc}") from None
+    if not isinstance(doc, list):
+        raise CheckpointError(f"{kind} state entry {key!r} must be a JSON array, got {type(doc).__name__}")
+    return doc
+
+
+def parse_seq(kind: str, key: str, digits: str) -> int:
+    """The sequence number a key carries as lowercase hex, or CheckpointError naming the key."""
+    if not digits or digits.strip("0123456789abcdef") or (digits[0] == "0" and len(digits) > 1):
+        raise CheckpointError(f"{kind} state key {key!r} is not a known entry key (canonical hex sequence)")
+    return int(digits, 16)
+
+
+def is_num(value: Any) -> bool:
+    return isinstance(value, float | int) and not isinstance(value, bool)
+
+
+def is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def epoch_s(value: datetime, name: str = "now") -> float:
@@ -37,28 +157,6 @@ def positive(name: str, value: float) -> float:
     if not math.isfinite(value) or value <= 0:
         raise ConfigError(f"{name}={value!r}: must be a finite number > 0")
     return float(value)
-
-
-def dump_checkpoint(kind: str, version: int, body: dict[str, Any]) -> bytes:
-    """Serialise a checkpoint body under its kind and format version."""
-    return orjson.dumps({"format": kind, "version": version, **body})
-
-
-def load_checkpoint(data: bytes, kind: str, version: int) -> dict[str, Any]:
-    """Parse a checkpoint written by :func:`dump_checkpoint` for the same kind and version."""
-    try:
-        doc = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise CheckpointError(f"{kind} checkpoint is not valid JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise CheckpointError(f"{kind} checkpoint must be a JSON object, got {type(doc).__name__}")
-    if doc.get("format") != kind:
-        raise CheckpointError(f"checkpoint format {doc.get('format')!r} is not {kind!r}: wrong state key?")
-    if doc.get("version") != version:
-        raise CheckpointError(
-            f"{kind} checkpoint version {doc.get('version')!r} is not supported (this build reads {version})"
-        )
-    return doc
 
 
 class Interner(dict[str, str]):

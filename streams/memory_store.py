@@ -9,7 +9,8 @@ a replay it also drops, on apply, every slot whose expiry is at or before the *e
 (the newest slot start applied so far), and :meth:`MemoryWindowStore.expire` drops slots expired at a
 given ``now_s``. Memory: about 100 bytes per stored (slot, field) plus one heap entry per slot; with the
 default retention at most 26 h of minute slots, 15 d of hour slots and 35 d of day slots per comparison.
-Checkpoints are kept as the bytes given (copied), never unpickled.
+Checkpoints and state entries are kept as the bytes given, never unpickled; the state map of a fence
+costs its entries (a state delta is applied in time proportional to its size).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import threading
 from collections.abc import Iterable
 
 from governance.errors import StoreError
+from streams.joinstate import StateDelta, accumulate
 from streams.store import (
     INT64_MAX,
     INT64_MIN,
@@ -29,6 +31,7 @@ from streams.store import (
     SlotKey,
     WindowRead,
     WindowStore,
+    check_state,
 )
 from streams.windows import Retention, Slot, plan
 
@@ -46,17 +49,21 @@ class MemoryWindowStore(WindowStore):
         self._meta: dict[str, ComparisonMeta] = {}
         self._by_model: dict[str, set[str]] = {}
         self._fences: dict[tuple[str, int], FenceState] = {}
+        self._states: dict[tuple[str, int], dict[str, bytes]] = {}
         self._watermark_s: int | None = None
 
-    def apply(self, batch: SlotBatch, fence: Fence, checkpoint: bytes | None = None) -> bool:
+    def apply(
+        self, batch: SlotBatch, fence: Fence, checkpoint: bytes | None = None, state: StateDelta | None = None
+    ) -> bool:
         fence.validate()
         batch.validate()
         if checkpoint is not None and not isinstance(checkpoint, bytes | bytearray | memoryview):
             raise StoreError(f"fence {fence.name!r} partition {fence.partition}: checkpoint must be bytes")
+        check_state(fence, state)
         increments = batch.nonzero()
         with self._lock:
             stored = self._fences.get((fence.name, fence.partition))
-            if stored is not None and stored.offset >= fence.offset:
+            if not fence.admits(None if stored is None else stored.offset):
                 return False
             # Compute every new total before touching state, so an overflow leaves nothing applied.
             updates: dict[SlotKey, dict[str, int]] = {}
@@ -90,6 +97,8 @@ class MemoryWindowStore(WindowStore):
             self._fences[(fence.name, fence.partition)] = FenceState(
                 fence.offset, None if checkpoint is None else bytes(checkpoint)
             )
+            if state is not None and (state.deletes or state.upserts):
+                accumulate(self._states.setdefault((fence.name, fence.partition), {}), state)
             if self._watermark_s is not None:
                 self._expire_locked(self._watermark_s)
         return True
@@ -97,6 +106,10 @@ class MemoryWindowStore(WindowStore):
     def read_fence(self, name: str, partition: int) -> FenceState | None:
         with self._lock:
             return self._fences.get((name, partition))
+
+    def read_state(self, name: str, partition: int) -> dict[str, bytes]:
+        with self._lock:
+            return dict(self._states.get((name, partition), {}))
 
     def read_slots(self, comparison_id: str, slots: Iterable[Slot], now_s: int) -> dict[Slot, dict[str, int]]:
         with self._lock:

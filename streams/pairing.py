@@ -27,37 +27,61 @@ Rules (all in event time; no clock):
 Guarantees: every event is exactly one of: a side of one or more pairs (only a production can be in
 several), a duplicate, or an orphan (late and evicted are subsets of orphans). The outcome does not depend
 on how the stream is cut into batches, provided ``now`` is the partition's max event ts. Orphans are
-reported when they expire, with their event ts. :meth:`Pairer.checkpoint` / :meth:`Pairer.restore`
-carry the whole state (versioned orjson, never pickle): restore then continue == never stopped.
+reported when they expire, with their event ts.
+
+State. :meth:`Pairer.state_delta` returns what changed since the previous call: one entry per remembered
+event (key: its arrival sequence number in hex; value: a compact orjson array) and a meta entry
+(watermark, sequence counter). Its cost is proportional to the events of the batch, never to the state.
+Accumulating every delta (:func:`streams.joinstate.accumulate`) and :meth:`Pairer.restore_entries`
+gives a pairer whose further output AND further deltas equal those of one that never stopped. An event
+that arrives and expires between two deltas never appears in one. Between two deltas the tracking holds
+at most one reference per remembered event plus the keys of events dropped since (never pickle).
 
 Memory (tracemalloc over 100k pending events decoded from JSON, 36-character request ids, CPython 3.11;
 the event's own strings and floats included, model and version names interned): about 480 bytes per
 unpaired event without features, about 390 per event once paired (paired candidates keep only their
 identity), plus the feature dict (about 470 bytes more for 8 numeric features). The default bound of 200k
-events therefore costs about 100 MB without features. A checkpoint takes about 120 bytes per remembered
-event plus its features as JSON (100k events: 12 MB, written in about 60 ms).
+events therefore costs about 100 MB without features. A state entry (36-character request id) takes
+about 125 bytes without features, 80 for a paired candidate's tombstone, plus the features as JSON (8
+numeric features: about 190 more).
 """
 
 from __future__ import annotations
 
 import heapq
+import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
+import orjson
 
 from governance.errors import ConfigError
 from governance.snapshot import ComparisonKey, Role
 from governance.wire import ScoreEvent
-from streams.joinstate import CheckpointError, Interner, dump_checkpoint, epoch_s, load_checkpoint, positive
+from streams.joinstate import (
+    META_KEY,
+    CheckpointError,
+    Interner,
+    StateDelta,
+    dump_meta,
+    epoch_s,
+    is_int,
+    is_num,
+    load_entry,
+    load_meta,
+    parse_seq,
+    positive,
+)
 
-__all__ = ["CHECKPOINT_FORMAT", "Features", "PairColumns", "Pairer", "PairingResult", "Side"]
+__all__ = ["STATE_FORMAT", "Features", "PairColumns", "Pairer", "PairingResult", "Side"]
 
-CHECKPOINT_FORMAT = ("shadowgate.pairer", 1)
+#: (kind, version) of the state entries; the version travels in the meta entry.
+STATE_FORMAT = ("shadowgate.pairer", 2)
 
 Features = dict[str, float | int | str | None] | None
 FloatArray = npt.NDArray[np.float64]
@@ -69,6 +93,8 @@ _OPEN = 1  # a production that paired, kept open for a late second candidate
 _DONE = 2  # a candidate that paired: a tombstone kept only to recognise duplicates
 
 _ROLES: dict[str, Role] = {"production": "production", "shadow": "shadow", "canary": "canary"}
+_ROLE_CODES: tuple[Role, ...] = ("production", "shadow", "canary")  # a role is stored as its index
+_ROLE_CODE = {role: i for i, role in enumerate(_ROLE_CODES)}
 _CANDIDATES: dict[str, Literal["shadow", "canary"]] = {"shadow": "shadow", "canary": "canary"}
 
 
@@ -223,8 +249,9 @@ class _Out:
 class Pairer:
     """Event-time join of production with shadow/canary scores for one partition (see module doc).
 
-    Not thread-safe; one instance per partition. Idempotency comes from :meth:`checkpoint`: store it
-    atomically with the partition offset it corresponds to, and restore it before replaying from there.
+    Not thread-safe; one instance per partition. Idempotency comes from :meth:`state_delta`: store each
+    delta atomically with the partition offset it corresponds to, and restore the accumulated entries
+    before replaying from there.
     """
 
     def __init__(self, join_window_s: float = 60.0, max_pending: int = 200_000) -> None:
@@ -236,11 +263,17 @@ class Pairer:
         self._clear()
 
     def _clear(self) -> None:
-        self._w = float("-inf")
+        self._w = -math.inf
         self._seq = 0
         self._groups: dict[str, list[_Half]] = {}
         # (ts, seq, half): seq is unique, so tuple comparison never reaches the half.
         self._heap: list[tuple[float, int, _Half]] = []
+        # Change tracking since the last delta: events with seq >= _synced_seq were never in a delta, so
+        # dropping one needs no delete.
+        self._dirty: dict[int, _Half] = {}
+        self._gone: list[int] = []
+        self._synced_seq = 0
+        self._synced_meta: tuple[float, int] = (-math.inf, 0)
 
     @property
     def join_window_s(self) -> float:
@@ -253,7 +286,7 @@ class Pairer:
 
     @property
     def watermark_s(self) -> float | None:
-        return None if self._w == float("-inf") else self._w
+        return None if self._w == -math.inf else self._w
 
     def add_batch(self, events: Sequence[ScoreEvent], now: datetime) -> PairingResult:
         """Process ``events`` in order, then raise the watermark to ``now`` (the partition's max ts).
@@ -301,16 +334,20 @@ class Pairer:
                     if other.state == _PENDING and other.model == model and other.role != "production":
                         out.pair(half, other)
                         other.retire()
+                        self._dirty[other.seq] = other
                         half.state = _OPEN
             else:
                 for other in group:
                     if other.role == "production" and other.model == model:
                         out.pair(other, half)
-                        other.state = _OPEN
+                        if other.state != _OPEN:
+                            other.state = _OPEN
+                            self._dirty[other.seq] = other
                         half.retire()
                         break
             group.append(half)
         heapq.heappush(self._heap, (ts, self._seq, half))
+        self._dirty[self._seq] = half
         self._seq += 1
         if len(self._heap) > self._max:
             self._evict(out)
@@ -330,6 +367,9 @@ class Pairer:
             del self._groups[half.request_id]
         else:
             group.remove(half)
+        self._dirty.pop(half.seq, None)
+        if half.seq < self._synced_seq:
+            self._gone.append(half.seq)
         if half.state == _PENDING:
             side = (half.model, half.version, half.role)
             out.orphan(side, half.ts, half.error)
@@ -350,59 +390,99 @@ class Pairer:
             watermark_s=self.watermark_s,
         )
 
-    def checkpoint(self) -> bytes:
-        """Everything remembered, as versioned JSON (orjson); see :meth:`restore`."""
-        entries = [
-            [h.request_id, h.model, h.version, h.role, h.ts, h.seq, h.state, h.score, h.latency_ms,
-             h.error, h.features]
-            for _, _, h in sorted(self._heap, key=lambda item: item[1])
-        ]  # fmt: skip
-        kind, version = CHECKPOINT_FORMAT
-        body = {"watermark_s": self.watermark_s, "next_seq": self._seq, "entries": entries}
-        return dump_checkpoint(kind, version, body)
+    def state_delta(self) -> StateDelta:
+        """The entries changed since the previous call (or restore); see the module doc.
 
-    def restore(self, data: bytes) -> None:
-        """Replace the whole state by a checkpoint's; on any error the current state is kept.
+        Store it with the offsets it covers; the next call starts from an empty change set.
+        """
+        upserts = {f"{seq:x}": self._encode(half) for seq, half in self._dirty.items()}
+        meta = (self._w, self._seq)
+        if meta != self._synced_meta:
+            upserts[META_KEY] = dump_meta(STATE_FORMAT[1], *meta)
+        delta = StateDelta(upserts, frozenset([f"{seq:x}" for seq in self._gone]))
+        self._dirty = {}
+        self._gone = []
+        self._synced_seq = self._seq
+        self._synced_meta = meta
+        return delta
+
+    def entries(self) -> dict[str, bytes]:
+        """The whole state as entries: what accumulating every delta so far gives (for tests, tools)."""
+        out = {f"{half.seq:x}": self._encode(half) for _, _, half in self._heap}
+        if (self._w, self._seq) != (-math.inf, 0):
+            out[META_KEY] = dump_meta(STATE_FORMAT[1], self._w, self._seq)
+        return out
+
+    def restore_entries(self, entries: Mapping[str, bytes]) -> None:
+        """Replace the whole state by accumulated entries; on any error the current state is kept.
 
         The join window and bound of THIS pairer apply from now on: a smaller bound evicts at the next
-        call, a different window applies at the next expiry.
+        call, a different window applies at the next expiry. Raises CheckpointError naming the bad entry.
         """
-        kind, version = CHECKPOINT_FORMAT
-        doc = load_checkpoint(data, kind, version)
-        watermark, next_seq, raw = doc.get("watermark_s"), doc.get("next_seq"), doc.get("entries")
-        if not (watermark is None or isinstance(watermark, float | int)) or isinstance(watermark, bool):
-            raise CheckpointError(f"{kind} checkpoint: watermark_s={watermark!r} must be a number or null")
-        if not isinstance(next_seq, int) or isinstance(next_seq, bool) or not isinstance(raw, list):
-            raise CheckpointError(f"{kind} checkpoint: next_seq must be an integer and entries a list")
-        halves = sorted((_parse_half(i, e, self._intern) for i, e in enumerate(raw)), key=lambda h: h.seq)
-        seqs = [h.seq for h in halves]
-        if len(set(seqs)) != len(seqs) or (seqs and seqs[-1] >= next_seq):
-            raise CheckpointError(f"{kind} checkpoint: entry seqs must be unique and below next_seq={next_seq}")
+        kind, version = STATE_FORMAT
+        meta = load_meta(kind, version, entries)
+        if meta is None:
+            self._clear()
+            return
+        watermark, next_seq = meta
+        halves = []
+        for key, raw in entries.items():
+            if key != META_KEY:
+                seq = parse_seq(kind, key, key)
+                if seq >= next_seq:
+                    raise CheckpointError(f"{kind} state entry {key!r}: seq {seq} is not below next_seq {next_seq}")
+                halves.append(_parse_half(key, seq, load_entry(kind, key, raw), self._intern))
+        halves.sort(key=lambda h: h.seq)
         self._clear()
-        self._w = float("-inf") if watermark is None else float(watermark)
-        self._seq = next_seq
+        self._w, self._seq = watermark, next_seq
         for half in halves:  # in seq order, so every group keeps its arrival order
             self._groups.setdefault(half.request_id, []).append(half)
         self._heap = [(h.ts, h.seq, h) for h in halves]
         heapq.heapify(self._heap)
+        self._synced_seq = next_seq
+        self._synced_meta = meta
+
+    @staticmethod
+    def _encode(h: _Half) -> bytes:
+        if h.state == _DONE:
+            return orjson.dumps([h.request_id, h.model, h.version, _ROLE_CODE[h.role], h.ts, _DONE])
+        row = [h.request_id, h.model, h.version, _ROLE_CODE[h.role], h.ts, h.state, h.score, h.latency_ms,
+               int(h.error), h.features]  # fmt: skip
+        try:
+            return orjson.dumps(row)
+        except orjson.JSONEncodeError:
+            # Only an integer feature beyond 64 bits (the wire accepts any int) fails: keep the nearest
+            # float in memory too, so the restored and the running pairer stay identical.
+            h.features = {k: _fit(v) for k, v in (h.features or {}).items()}
+            row[-1] = h.features
+            return orjson.dumps(row)
 
 
-def _parse_half(index: int, entry: Any, intern: Interner) -> _Half:
-    where = f"{CHECKPOINT_FORMAT[0]} checkpoint entry {index}"
-    if not isinstance(entry, list) or len(entry) != 11:
-        raise CheckpointError(f"{where}: expected a list of 11 fields, got {entry!r:.80}")
-    rid, model, version, role, ts, seq, state, score, latency_ms, error, features = entry
-    if not all(isinstance(v, str) for v in (rid, model, version)) or role not in _ROLES:
-        raise CheckpointError(f"{where}: request_id/model/version must be strings and role known")
-    if not all(isinstance(v, float | int) and not isinstance(v, bool) for v in (ts, score, latency_ms)):
+def _fit(value: float | int | str | None) -> float | int | str | None:
+    """An integer orjson can encode (64 bits): a larger one becomes the nearest float."""
+    if isinstance(value, int) and not -(2**63) <= value < 2**64:
+        return float(value)
+    return value
+
+
+def _parse_half(key: str, seq: int, entry: list[Any], intern: Interner) -> _Half:
+    where = f"{STATE_FORMAT[0]} state entry {key!r}"
+    if len(entry) == 6 and entry[5] == _DONE:
+        entry = [*entry, 0.0, 0.0, 0, None]
+    if len(entry) != 10:
+        raise CheckpointError(f"{where}: expected 10 fields (6 for a tombstone), got {entry!r:.80}")
+    rid, model, version, role, ts, state, score, latency_ms, error, features = entry
+    if not all(isinstance(v, str) for v in (rid, model, version)) or role not in (0, 1, 2) or not is_int(role):
+        raise CheckpointError(f"{where}: request_id/model/version must be strings and role 0, 1 or 2")
+    if not all(is_num(v) for v in (ts, score, latency_ms)):
         raise CheckpointError(f"{where}: ts, score and latency_ms must be numbers")
-    if not isinstance(seq, int) or state not in (_PENDING, _OPEN, _DONE) or not isinstance(error, bool):
-        raise CheckpointError(f"{where}: seq must be an integer, state 0-2 and error a boolean")
+    if state not in (_PENDING, _OPEN, _DONE) or not is_int(state) or error not in (0, 1) or not is_int(error):
+        raise CheckpointError(f"{where}: state must be 0-2 and error 0 or 1")
     if features is not None and not isinstance(features, dict):
         raise CheckpointError(f"{where}: features must be an object or null")
     return _Half(
-        rid, intern[model], intern[version], _ROLES[role], float(ts), seq, state,
-        float(score), float(latency_ms), error, features,
+        rid, intern[model], intern[version], _ROLE_CODES[role], float(ts), seq, state,
+        float(score), float(latency_ms), bool(error), features,
     )  # fmt: skip
 
 

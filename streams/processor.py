@@ -8,20 +8,31 @@ Per partition it keeps a :class:`~streams.pairing.Pairer` and a :class:`~streams
 The scores and labels topics are co-partitioned (same partition count, keyed by ``request_id``), so
 partition ``p`` of both belongs to one worker and one state.
 
-Exactly-once effect. After each batch of partition ``p`` the processor applies, in ONE atomic store
-step, the batch's slot increments, the fence and a checkpoint of the partition state (pending half-pairs,
-pairs waiting for labels, and the next offset of each topic). The fence offset is the sum of the next
-offsets of the two topics, which grows with every batch. After a crash Kafka redelivers from the last
-committed offset; the restored state skips every record below its checkpointed offsets, so each event
-is counted exactly once. If another worker advanced the fence meanwhile (a rebalance race), ``apply``
-refuses and the processor reloads the state from the store and reprocesses what is new.
+Exactly-once effect. After each batch of partition ``p`` the processor applies in ONE atomic store step:
+the slot increments, the fence, a small checkpoint blob (next offset of each topic; the production version
+each candidate last paired with) and the *state delta* of the joins, i.e. the remembered half-pairs, pairs
+waiting for labels and labels that changed since the previous batch (``Pairer.state_delta`` under ``p/``,
+``LabelJoiner.state_delta`` under ``l/``). The store accumulates the deltas into one map per partition, so
+a batch writes in proportion to its events, never to the state (hours of pairs waiting for labels). The
+fence offset is the sum of the next offsets of the two topics, which grows with every batch.
+
+The apply is a compare-and-set (``Fence.expected``: the fence the in-memory state was loaded at or last
+stored with), because a delta only means something on top of the exact state it came from. After a crash
+Kafka redelivers from the last committed offset; the new owner loads the state (``read_state`` between two
+fence reads that agree) and skips every record below its checkpointed offsets: each event counts once. If
+another worker moved the fence (a rebalance race), ``apply`` refuses; the delta was taken (the joins'
+change tracking restarted) but not stored, so the in-memory state is dropped, the other worker's state
+reloaded and what is new redone. Any exception from the fold or the store (outcome unknown) drops the
+partition's in-memory state too. Counts and dead letters of a refused attempt are discarded.
 
 Errors are data: an invalid message becomes a :class:`DeadLetter` (original bytes, reason, coordinates)
-and, when its model can be read, an integrity violation of that model; it never stops the worker.
+and, when its model can be read, an integrity violation of that model, counted at the ts the message
+claims (never past the partition's score watermark, which it is when it claims none); never fatal.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections import defaultdict
@@ -45,9 +56,10 @@ from streams.aggregate import (
     fold_orphans,
     fold_pairs,
 )
+from streams.joinstate import combine, section
 from streams.labels import LabelJoiner, LabelResult
 from streams.pairing import PairColumns, Pairer, PairingResult, Side
-from streams.store import Fence, SlotBatch, WindowStore
+from streams.store import NO_FENCE, Fence, FenceState, SlotBatch, WindowStore
 from streams.windows import slots_for
 
 __all__ = ["INTEGRITY_ROLE", "BatchOutcome", "DeadLetter", "Processor", "Record", "integrity_id"]
@@ -56,8 +68,15 @@ log = logging.getLogger(__name__)
 
 #: Comparison ids ending in this role hold a model's integrity violations that no comparison claimed.
 INTEGRITY_ROLE = "integrity"
-_CHECKPOINT_VERSION = 1
+_CHECKPOINT_VERSION = 2
 _MAX_RETRIES = 5
+_PAIRER = "p/"  # state key prefixes of the two joins
+_JOINER = "l/"
+_COUNTS = (
+    "skipped", "score_events", "labels", "pairs", "labeled_pairs", "orphans", "duplicates", "evicted",
+    "unplaced_violations",
+)  # fmt: skip
+_NO_PAIRS = PairingResult({}, {}, {}, {}, {}, {}, 0, None)
 
 
 def integrity_id(model: str) -> str:
@@ -105,18 +124,28 @@ class BatchOutcome:
     duplicates: int = 0
     evicted: int = 0
     retries: int = 0
+    unplaced_violations: int = 0  # invalid messages of a model counted nowhere: no time known at all
     dead_letters: list[DeadLetter] = field(default_factory=list)
     comparisons: set[str] = field(default_factory=set)
     watermark_s: dict[int, float] = field(default_factory=dict)
 
+    def absorb(self, part: BatchOutcome) -> None:
+        """Add the counts, dead letters and watermarks of ``part`` (one applied partition batch)."""
+        for name in _COUNTS:
+            setattr(self, name, getattr(self, name) + getattr(part, name))
+        self.dead_letters.extend(part.dead_letters)
+        self.comparisons |= part.comparisons
+        self.watermark_s.update(part.watermark_s)
+
 
 class _PartitionState:
-    __slots__ = ("joiner", "next_offsets", "pairer", "production_of")
+    __slots__ = ("joiner", "next_offsets", "pairer", "production_of", "stored_offset")
 
     def __init__(self, pairer: Pairer, joiner: LabelJoiner) -> None:
         self.pairer = pairer
         self.joiner = joiner
         self.next_offsets: dict[str, int] = {}
+        self.stored_offset = NO_FENCE  # the store's fence this state is: the apply's expected fence
         # (model, candidate version, role) -> production version it was last paired with, and
         # (model, production version) -> candidate comparisons: to attribute orphans and duplicates.
         self.production_of: dict[tuple[str, str, str], str] = {}
@@ -163,35 +192,56 @@ class Processor:
         )
 
     def _load(self, partition: int) -> _PartitionState:
+        stored, entries = self._read_stored(partition)
         state = self._new_state()
-        stored = self.store.read_fence(self.fence_name, partition)
-        if stored is not None and stored.checkpoint:
-            doc = orjson.loads(stored.checkpoint)
-            if doc.get("v") != _CHECKPOINT_VERSION:
+        if stored is not None:
+            where = f"checkpoint of {self.fence_name!r} partition {partition}"
+            if stored.checkpoint is None:
                 raise StoreError(
-                    f"checkpoint of {self.fence_name!r} partition {partition} has version {doc.get('v')!r}; "
-                    f"this worker reads version {_CHECKPOINT_VERSION}"
+                    f"fence {self.fence_name!r} partition {partition} is at {stored.offset} but has no checkpoint: "
+                    "written by something else? give this worker a fence name of its own"
+                )
+            try:
+                doc = orjson.loads(stored.checkpoint)
+            except orjson.JSONDecodeError as exc:
+                raise StoreError(f"{where} is not valid JSON: {exc}") from None
+            if not isinstance(doc, dict) or doc.get("v") != _CHECKPOINT_VERSION:
+                version = doc.get("v") if isinstance(doc, dict) else None
+                raise StoreError(
+                    f"{where} has version {version!r}; this worker reads version {_CHECKPOINT_VERSION} "
+                    "(version 1 kept the whole join state in the blob: replay into a fresh fence name)"
                 )
             state.next_offsets = {str(k): int(v) for k, v in doc["offsets"].items()}
-            state.production_of = {tuple(k.split("|")): v for k, v in doc["production_of"].items()}  # type: ignore[misc]
-            state.pairer.restore(orjson.dumps(doc["pairer"]))
-            state.joiner.restore(orjson.dumps(doc["labels"]))
+            state.production_of = {tuple(k.split("|")): v for k, v in doc["production_of"].items()}
+            state.pairer.restore_entries(section(entries, _PAIRER))
+            state.joiner.restore_entries(section(entries, _JOINER))
+            state.stored_offset = stored.offset
+        elif entries:
+            raise StoreError(f"fence {self.fence_name!r} partition {partition}: state entries without a fence")
         self._states[partition] = state
         return state
 
+    def _read_stored(self, partition: int) -> tuple[FenceState | None, dict[str, bytes]]:
+        """The fence, its checkpoint and the state map, all of one fence (the state read is not atomic)."""
+        before = self.store.read_fence(self.fence_name, partition)
+        for _ in range(_MAX_RETRIES):
+            entries = self.store.read_state(self.fence_name, partition)
+            after = self.store.read_fence(self.fence_name, partition)
+            if (before and before.offset) == (after and after.offset):
+                return after, entries
+            before = after
+        raise StoreError(
+            f"fence {self.fence_name!r} partition {partition} moved during each of {_MAX_RETRIES} state reads: "
+            "is another worker processing this partition?"
+        )
+
     def _checkpoint(self, state: _PartitionState) -> bytes:
-        return b"".join(
-            [
-                b'{"v":%d,"offsets":' % _CHECKPOINT_VERSION,
-                orjson.dumps(state.next_offsets),
-                b',"production_of":',
-                orjson.dumps({"|".join(k): v for k, v in state.production_of.items()}),
-                b',"pairer":',
-                state.pairer.checkpoint(),
-                b',"labels":',
-                state.joiner.checkpoint(),
-                b"}",
-            ]
+        return orjson.dumps(
+            {
+                "v": _CHECKPOINT_VERSION,
+                "offsets": state.next_offsets,
+                "production_of": {"|".join(k): v for k, v in state.production_of.items()},
+            }
         )
 
     def revoke(self, partitions: Iterable[int]) -> None:
@@ -216,36 +266,54 @@ class Processor:
         return outcome
 
     def _process_partition(self, partition: int, records: list[Record], outcome: BatchOutcome) -> None:
-        state = self._states.get(partition) or self._load(partition)
-        for attempt in range(_MAX_RETRIES):
-            fresh = [r for r in records if r.offset >= state.next_offsets.get(r.topic, -1)]
-            outcome.skipped += len(records) - len(fresh)
-            if not fresh:
-                return
-            batch = SlotBatch()
-            self._fold_partition(state, fresh, batch, outcome)
-            for record in fresh:
-                state.next_offsets[record.topic] = max(state.next_offsets.get(record.topic, 0), record.offset + 1)
-            fence = Fence(self.fence_name, partition, state.fence_offset())
-            if self.store.apply(batch, fence, self._checkpoint(state)):
-                return
-            # Someone else advanced this partition's fence: take their state and redo what is new.
-            outcome.retries += 1
-            log.warning(
-                "fence %s/%d moved by another worker (attempt %d): reloading the partition state",
-                self.fence_name, partition, attempt + 1,
-            )
-            state = self._load(partition)
+        try:
+            state = self._states.get(partition) or self._load(partition)
+            for attempt in range(_MAX_RETRIES):
+                if self._attempt(state, partition, records, outcome):
+                    return
+                outcome.retries += 1
+                log.warning(
+                    "fence %s/%d moved by another worker (attempt %d): reloading the partition state",
+                    self.fence_name,
+                    partition,
+                    attempt + 1,
+                )
+                # The refused delta was taken from the joins (their change tracking restarted) but not
+                # stored, and the store holds another worker's state: only a reload matches the store.
+                state = self._load(partition)
+        except BaseException:
+            # Apply outcome unknown, or a failure mid-fold: the in-memory state may be ahead of the store.
+            self._states.pop(partition, None)
+            raise
+        self._states.pop(partition, None)
         raise StoreError(
             f"fence {self.fence_name!r} partition {partition}: gave up after {_MAX_RETRIES} concurrent updates"
         )
 
+    def _attempt(self, state: _PartitionState, partition: int, records: list[Record], outcome: BatchOutcome) -> bool:
+        """Fold the records the state has not seen and apply them; False if the fence refused."""
+        fresh = [r for r in records if r.offset >= state.next_offsets.get(r.topic, -1)]
+        part = BatchOutcome(skipped=len(records) - len(fresh))
+        if fresh:
+            batch = SlotBatch()
+            self._fold_partition(state, fresh, batch, part)
+            for record in fresh:
+                state.next_offsets[record.topic] = max(state.next_offsets.get(record.topic, 0), record.offset + 1)
+            fence = Fence(self.fence_name, partition, state.fence_offset(), state.stored_offset)
+            delta = combine({_PAIRER: state.pairer.state_delta(), _JOINER: state.joiner.state_delta()})
+            if not self.store.apply(batch, fence, self._checkpoint(state), delta):
+                return False
+            state.stored_offset = fence.offset
+        outcome.absorb(part)
+        return True
+
     def _decode(
         self, records: list[Record], outcome: BatchOutcome
-    ) -> tuple[list[ScoreEvent], list[LabelEvent], dict[str, int]]:
+    ) -> tuple[list[ScoreEvent], list[LabelEvent], dict[str, list[float | None]]]:
+        """Valid events, and per model the ts each of its invalid messages claims (None: unreadable)."""
         scores: list[ScoreEvent] = []
         labels: list[LabelEvent] = []
-        violations: dict[str, int] = defaultdict(int)
+        violations: dict[str, list[float | None]] = defaultdict(list)
         for record in records:
             raw = record.value or b""
             try:
@@ -258,10 +326,10 @@ class Processor:
                 else:
                     scores.extend(decode_scores(raw))
             except EventValidationError as exc:
-                model = _model_of(raw)
+                model, ts_s = _identify(raw)
                 outcome.dead_letters.append(DeadLetter(record, str(exc), model))
                 if model is not None:
-                    violations[model] += 1
+                    violations[model].append(ts_s)
         return scores, labels, violations
 
     def _fold_partition(
@@ -270,18 +338,22 @@ class Processor:
         scores, labels, violations = self._decode(records, outcome)
         outcome.score_events += len(scores)
         outcome.labels += len(labels)
-        now = _watermark(scores, state.pairer.watermark_s)
-        paired = state.pairer.add_batch(scores, now)
+        score_s = _newest(scores, state.pairer.watermark_s)
+        # A partition that never saw a score has no score time: the pairer waits rather than get a made-up one.
+        paired = _NO_PAIRS if score_s is None else state.pairer.add_batch(scores, _utc(score_s))
         for key in paired.pairs:
             state.production_of[(key.model, key.candidate_version, key.role)] = key.production_version
-        joined_now = _watermark(labels, state.joiner.watermark_s, now)
-        from_pairs = state.joiner.add_pairs(paired.pairs, joined_now)
-        from_labels = state.joiner.add_labels(labels, joined_now)
+        known_s = _newest(labels, state.joiner.watermark_s, score_s)
+        if known_s is not None:
+            from_pairs = state.joiner.add_pairs(paired.pairs, _utc(known_s))
+            from_labels = state.joiner.add_labels(labels, _utc(known_s))
+            self._fold_labels(from_pairs, batch, outcome)
+            self._fold_labels(from_labels, batch, outcome)
         self._fold_pairs(paired, batch, outcome)
-        self._fold_labels(from_pairs, batch, outcome)
-        self._fold_labels(from_labels, batch, outcome)
         self._fold_sides(state, paired, batch, outcome)
-        self._fold_integrity(state, violations, batch, now)
+        if violations:
+            # Never past the partition's score time: a window read at a comparison's latest pair covers it.
+            self._fold_integrity(state, violations, batch, known_s if score_s is None else score_s, outcome)
         if paired.watermark_s is not None:
             outcome.watermark_s[records[0].partition] = paired.watermark_s
 
@@ -293,10 +365,14 @@ class Processor:
             batch.note(cid, key.model, int(cols.ts.min() * 1000), int(cols.ts.max() * 1000))
             for idx, ts_s in _by_minute(cols.ts):
                 fields = fold_pairs(
-                    cols.prod_score[idx], cols.cand_score[idx],
-                    cols.prod_latency_ms[idx], cols.cand_latency_ms[idx],
-                    cols.prod_error[idx], cols.cand_error[idx],
-                    _features(cols, idx, "prod"), _features(cols, idx, "cand"),
+                    cols.prod_score[idx],
+                    cols.cand_score[idx],
+                    cols.prod_latency_ms[idx],
+                    cols.cand_latency_ms[idx],
+                    cols.prod_error[idx],
+                    cols.cand_error[idx],
+                    _features(cols, idx, "prod"),
+                    _features(cols, idx, "cand"),
                     self.config,
                 )
                 _add_to_slots(batch, cid, ts_s, fields)
@@ -319,10 +395,8 @@ class Processor:
                 for idx, ts_s in _by_minute(ts):
                     n = len(idx)
                     n_err = int(errors[idx].sum()) if errors is not None else 0
-                    if side.role == "production":
-                        fields = fold_orphans(n, 0, n_err, 0)
-                    else:
-                        fields = fold_orphans(0, n, 0, n_err)
+                    production = side.role == "production"
+                    fields = fold_orphans(n, 0, n_err, 0) if production else fold_orphans(0, n, 0, n_err)
                     _add_to_slots(batch, cid, ts_s, fields)
         for side, ts in paired.duplicates.items():
             outcome.duplicates += len(ts)
@@ -342,47 +416,82 @@ class Processor:
         prod = state.production_of.get((side.model, side.version, side.role))
         if prod is None:
             return []
-        return [ComparisonKey(side.model, prod, side.version, side.role).as_id()]  # type: ignore[arg-type]
+        return [ComparisonKey(side.model, prod, side.version, side.role).as_id()]
 
     def _fold_integrity(
-        self, state: _PartitionState, violations: Mapping[str, int], batch: SlotBatch, now: datetime
+        self,
+        state: _PartitionState,
+        violations: Mapping[str, list[float | None]],
+        batch: SlotBatch,
+        ceiling_s: float | None,
+        outcome: BatchOutcome,
     ) -> None:
-        ts_s = now.timestamp()
-        for model, count in violations.items():
-            claimants = sorted({
-                ComparisonKey(m, prod, cand, role).as_id()  # type: ignore[arg-type]
-                for (m, cand, role), prod in state.production_of.items()
-                if m == model
-            }) or [integrity_id(model)]
+        """Count invalid messages at the ts they claim, never past ``ceiling_s`` (the partition's watermark).
+
+        The message's own ts keeps the count independent of batching and partitioning; without one, the
+        watermark; without either, the message is only a dead letter (``unplaced_violations``).
+        """
+        for model, claimed in violations.items():
+            placed = [t if t is not None and (ceiling_s is None or t <= ceiling_s) else ceiling_s for t in claimed]
+            ts = np.array([t for t in placed if t is not None], dtype=np.float64)
+            unplaced = len(claimed) - len(ts)
+            if unplaced:
+                outcome.unplaced_violations += unplaced
+                log.warning("%d invalid messages of model %r carry no time: in no window", unplaced, model)
+            if not len(ts):
+                continue
+            claimants = sorted(
+                {
+                    ComparisonKey(m, prod, cand, role).as_id()  # type: ignore[arg-type]
+                    for (m, cand, role), prod in state.production_of.items()
+                    if m == model
+                }
+            )
+            if not claimants:
+                # The pseudo comparison exists only through its violations; a real one's span stays its events'.
+                claimants = [integrity_id(model)]
+                batch.note(claimants[0], model, int(ts.min() * 1000), int(ts.max() * 1000))
             for cid in claimants:
-                batch.note(cid, model, int(ts_s * 1000), int(ts_s * 1000))
-                _add_to_slots(batch, cid, ts_s, fold_integrity(count))
+                for idx, ts_s in _by_minute(ts):
+                    _add_to_slots(batch, cid, ts_s, fold_integrity(len(idx)))
 
 
-def _model_of(raw: bytes) -> str | None:
-    """The model an invalid message names, if any can be read (for integrity attribution)."""
+def _identify(raw: bytes) -> tuple[str | None, float | None]:
+    """The model an invalid message names and the ts it claims, where they can be read (for attribution)."""
     try:
         doc = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        return None
-    if isinstance(doc, dict):
-        if isinstance(doc.get("events"), list) and doc["events"] and isinstance(doc["events"][0], dict):
-            doc = doc["events"][0]
-        model = doc.get("model")
-        if isinstance(model, str) and 0 < len(model) <= 128 and "|" not in model and "{" not in model:
-            return model
-    return None
+        try:
+            # The stdlib parser also reads NaN and Infinity, so a message refused for them is still attributed.
+            doc = json.loads(raw)
+        except (ValueError, RecursionError):
+            return None, None
+    if not isinstance(doc, dict):
+        return None, None
+    if isinstance(doc.get("events"), list) and doc["events"] and isinstance(doc["events"][0], dict):
+        doc = doc["events"][0]
+    model = doc.get("model")
+    if not (isinstance(model, str) and 0 < len(model) <= 128 and "|" not in model and "{" not in model):
+        return None, None
+    ts = doc.get("ts")
+    try:
+        when = datetime.fromisoformat(ts) if isinstance(ts, str) else None
+    except ValueError:
+        when = None
+    if when is not None and when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)  # refused for being naive, but still the best guess of its time
+    return model, None if when is None else when.timestamp()
 
 
-def _watermark(
-    events: Sequence[ScoreEvent] | Sequence[LabelEvent], previous_s: float | None, floor: datetime | None = None
-) -> datetime:
+def _newest(events: Sequence[ScoreEvent] | Sequence[LabelEvent], *known: float | None) -> float | None:
+    """The newest of the events' ts and the known times (None: nothing known)."""
     candidates = [e.ts.timestamp() for e in events]
-    if previous_s is not None:
-        candidates.append(previous_s)
-    if floor is not None:
-        candidates.append(floor.timestamp())
-    return datetime.fromtimestamp(max(candidates) if candidates else 0.0, UTC)
+    candidates += [t for t in known if t is not None]
+    return max(candidates) if candidates else None
+
+
+def _utc(ts_s: float) -> datetime:
+    return datetime.fromtimestamp(ts_s, UTC)
 
 
 def _by_minute(ts: npt.NDArray[np.float64]) -> list[tuple[npt.NDArray[np.intp], float]]:

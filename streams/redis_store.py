@@ -10,6 +10,7 @@ Key layout (``P`` = the configurable prefix, default ``sg``; ``C`` = comparison 
     P:models               set     every model seen                                        no expiry
     P:model:<model>        set     comparison ids of the model                             no expiry
     P:fence:<name>:<part>  hash    offset, checkpoint (opaque bytes)                       no expiry
+    P:state:<name>:<part>  hash    state entry key -> bytes (accumulated state deltas)     no expiry
 
 Why packed strings and not one hash field per field: a 24 h window merges up to 83 slots of 300-1000
 fields. With hashes (``HINCRBY`` / ``HGETALL``) that read moved ~54,000 field/value pairs and took a
@@ -22,13 +23,19 @@ hash). Writes cost about the same (Redis spends ~3 us per ``BITFIELD`` op, as pe
 Writes: :meth:`RedisWindowStore.apply` is ONE ``EVALSHA`` of ``apply_batch.lua`` (registered once per
 client; redis-py reloads it after a server restart): fence check, field-index lookup (new names are
 appended to the registry), ``BITFIELD OVERFLOW FAIL INCRBY i64`` per slot, ``EXPIREAT`` per slot, meta,
-then the new fence and checkpoint. Redis runs a script without interleaving, so readers and other
+then the state delta (``HDEL`` / ``HSET`` in chunks of 1000 entries), the new fence and checkpoint. The
+fence check comes first: a refused batch (stale fence, or a compare-and-set whose expected fence is not
+the stored one) touches nothing. Redis runs a script without interleaving, so readers and other
 writers see a batch entirely or not at all. If an increment would overflow 64 bits the script restores
 every slot it wrote from the snapshot it took (``GET`` before the first ``BITFIELD``), removes the names
 it registered and returns an error: nothing changes. The one failure it cannot undo is a command
 failing inside the script (a foreign key of the wrong type under the prefix, or the server out of
 memory): use a prefix of your own. Field names and increments travel as one string per comparison and
 per slot, because redis-py packs each argument separately.
+
+State reads: :meth:`RedisWindowStore.read_state` walks the state hash with ``HSCAN`` (10 000 entries per
+call) so a state of millions of entries never blocks the server; it is not atomic, so compare the fence
+read before and after it (see :mod:`streams.store`).
 
 Reads: :meth:`RedisWindowStore.read` is ONE ``MULTI``/``EXEC`` of ``GET`` per planned slot plus the meta
 hash (a consistent snapshot), then a numpy int64 sum, with an exact Python-int fallback whenever the
@@ -37,7 +44,7 @@ index the cache does not know (the registry is append-only, so the cache is neve
 deleting keys by hand under a live prefix is not supported).
 
 Redis Cluster: the slot, registry and meta keys of one comparison share the hash tag ``{C}``, but the
-fence key and the model sets live elsewhere, so a batch touches several cluster slots and a
+fence and state keys and the model sets live elsewhere, so a batch touches several cluster slots and a
 multi-comparison batch several shards. Only a single Redis node (or one shard) is supported now; a
 cluster would need the fence stored per comparison or a per-shard batch split.
 """
@@ -55,13 +62,24 @@ import numpy.typing as npt
 import redis
 
 from governance.errors import InfrastructureError, StoreError
-from streams.store import ComparisonMeta, Fence, FenceState, SlotBatch, SlotKey, WindowRead, WindowStore
+from streams.joinstate import StateDelta
+from streams.store import (
+    ComparisonMeta,
+    Fence,
+    FenceState,
+    SlotBatch,
+    SlotKey,
+    WindowRead,
+    WindowStore,
+    check_state,
+)
 from streams.windows import Retention, Slot, plan
 
 __all__ = ["RedisWindowStore"]
 
 _I64 = np.dtype(">i8")  # BITFIELD i64 is big-endian two's complement
 _SAFE_SUM = 2**62  # below this bound on the sum of absolute values int64 addition cannot overflow
+_SCAN_COUNT = 10_000  # state entries per HSCAN call
 
 
 class RedisWindowStore(WindowStore):
@@ -97,14 +115,21 @@ class RedisWindowStore(WindowStore):
         """The Redis key of one slot of one comparison."""
         return f"{self._prefix}:w:{{{comparison_id}}}:{slot.granularity.value}:{slot.start_s}"
 
-    def apply(self, batch: SlotBatch, fence: Fence, checkpoint: bytes | None = None) -> bool:
+    def apply(
+        self, batch: SlotBatch, fence: Fence, checkpoint: bytes | None = None, state: StateDelta | None = None
+    ) -> bool:
         fence.validate()
         batch.validate()
         if checkpoint is not None and not isinstance(checkpoint, bytes | bytearray | memoryview):
             raise StoreError(f"fence {fence.name!r} partition {fence.partition}: checkpoint must be bytes")
-        keys: list[str] = [self._fence_key(fence.name, fence.partition), f"{self._prefix}:models"]
+        check_state(fence, state)
+        keys: list[str] = [
+            self._fence_key(fence.name, fence.partition),
+            f"{self._prefix}:models",
+            self._state_key(fence.name, fence.partition),
+        ]
         args: list[Any] = [fence.offset, 0, b""] if checkpoint is None else [fence.offset, 1, checkpoint]
-        args.append(len(batch.meta))
+        args += ["" if fence.expected is None else fence.expected, len(batch.meta)]
         for cid, meta in batch.meta.items():
             keys += [f"{self._prefix}:model:{meta.model}", self._meta_key(cid)]
             args += [meta.model, cid, meta.first_event_ms, meta.last_event_ms]
@@ -126,6 +151,14 @@ class RedisWindowStore(WindowStore):
                 keys.append(self.slot_key(cid, slot))
                 pairs = "".join([f"{position[name]}:{value};" for name, value in fields.items()])
                 args += [self.retention.expires_at_s(slot), pairs]
+        if state is None:
+            args += [0, 0]
+        else:
+            args.append(len(state.deletes))
+            args += state.deletes
+            args.append(len(state.upserts))
+            for item in state.upserts.items():
+                args += item
         where = f"apply batch of fence {fence.name!r} partition {fence.partition} offset {fence.offset}"
         with self._errors(where):
             return bool(self._apply_script(keys=keys, args=args))
@@ -137,6 +170,12 @@ class RedisWindowStore(WindowStore):
         if offset is None:
             return None
         return FenceState(int(offset), checkpoint)
+
+    def read_state(self, name: str, partition: int) -> dict[str, bytes]:
+        with self._errors(f"read state of fence {name!r} partition {partition}"):
+            items = self._client.hscan_iter(self._state_key(name, partition), count=_SCAN_COUNT)
+            # HSCAN may return an entry twice; the dict keeps one.
+            return {key.decode(): value for key, value in items}
 
     def read_slots(self, comparison_id: str, slots: Iterable[Slot], now_s: int) -> dict[Slot, dict[str, int]]:
         wanted = list(slots)
@@ -231,6 +270,9 @@ class RedisWindowStore(WindowStore):
 
     def _fence_key(self, name: str, partition: int) -> str:
         return f"{self._prefix}:fence:{name}:{partition}"
+
+    def _state_key(self, name: str, partition: int) -> str:
+        return f"{self._prefix}:state:{name}:{partition}"
 
     def _meta_key(self, comparison_id: str) -> str:
         return f"{self._prefix}:meta:{{{comparison_id}}}"

@@ -14,10 +14,18 @@ Guarantees every backend gives:
   would overflow one is refused whole with StoreError. Merged windows are exact Python ints, however
   large. Field names are non-empty strings without a newline.
 * **Exactly-once effect.** :meth:`WindowStore.apply` adds the whole batch, moves the ``(fence name,
-  partition)`` fence to ``fence.offset`` and stores the checkpoint blob in ONE atomic step, or does
-  nothing at all when ``fence.offset`` is not newer than the stored fence (it then returns ``False``).
-  So a batch redelivered by Kafka after a crash, or retried after a timeout whose outcome is unknown,
-  is counted exactly once, and the checkpoint read back always belongs to the fence read back.
+  partition)`` fence to ``fence.offset``, stores the checkpoint blob and applies the state delta in ONE
+  atomic step, or does nothing at all when the fence refuses (it then returns ``False``): when
+  ``fence.offset`` is not newer than the stored fence or, if ``fence.expected`` is given, when the stored
+  fence is not exactly ``fence.expected`` (compare-and-set: a writer whose state is based on an older
+  fence than the stored one cannot add a delta computed from it). So a batch redelivered by Kafka after a
+  crash, or retried after a timeout whose outcome is unknown, is counted exactly once, and the
+  checkpoint and state read back always belong to the fence read back.
+* **State.** Per ``(fence name, partition)`` the store keeps a map of short string keys to bytes: the
+  accumulation of every applied :class:`~streams.joinstate.StateDelta` (deletes, then upserts). A delta
+  costs in proportion to its size, never to the size of the map. :meth:`WindowStore.read_state` returns
+  the map; read the fence before and after it and compare the offsets to know which fence it belongs to
+  (equal offsets: no batch was applied in between).
 * **Concurrent writers.** Any number of writers (threads, processes, workers) may apply batches to the
   same slots at the same time; totals are exact. Two writers racing with the same fence apply it once.
 * **Consistent reads.** :meth:`WindowStore.read` sees each batch entirely or not at all.
@@ -37,11 +45,13 @@ from types import TracebackType
 from typing import NamedTuple
 
 from governance.errors import StoreError
+from streams.joinstate import StateDelta
 from streams.windows import Granularity, Plan, Retention, Slot
 
 __all__ = [
     "INT64_MAX",
     "INT64_MIN",
+    "NO_FENCE",
     "ComparisonMeta",
     "Fence",
     "FenceState",
@@ -49,11 +59,14 @@ __all__ = [
     "SlotKey",
     "WindowRead",
     "WindowStore",
+    "check_state",
 ]
 
 #: Every increment and every slot total must lie in [INT64_MIN, INT64_MAX].
 INT64_MAX = 2**63 - 1
 INT64_MIN = -(2**63)
+#: ``Fence.expected`` for a first batch: apply only if no fence is stored yet.
+NO_FENCE = -1
 
 #: (comparison_id, granularity, slot start in epoch seconds)
 SlotKey = tuple[str, Granularity, int]
@@ -64,22 +77,34 @@ class Fence(NamedTuple):
     """The newest Kafka offset of ``partition`` whose effect a batch contains.
 
     ``name`` identifies the consumer of the partition, e.g. ``"shadowgate-worker/scores"`` (consumer
-    group and topic), so two pipelines reading the same topic keep separate fences.
+    group and topic), so two pipelines reading the same topic keep separate fences. ``expected``, when
+    given, makes the apply a compare-and-set: it applies only if the stored fence is exactly
+    ``expected`` (:data:`NO_FENCE`: none stored yet), and ``offset`` must be larger.
     """
 
     name: str
     partition: int
     offset: int
+    expected: int | None = None
 
     def validate(self) -> None:
         """Raise StoreError naming the bad part of the fence."""
         _check_id("fence name", self.name)
+        where = f"fence {self.name!r} partition {self.partition}"
         if not _is_int(self.partition) or self.partition < 0:
             raise StoreError(f"fence {self.name!r}: partition {self.partition!r} must be an int >= 0")
         if not _is_int(self.offset) or not 0 <= self.offset < 2**53:
+            raise StoreError(f"{where}: offset {self.offset!r} must be an int in [0, 2**53)")
+        if self.expected is not None and (not _is_int(self.expected) or not NO_FENCE <= self.expected < self.offset):
             raise StoreError(
-                f"fence {self.name!r} partition {self.partition}: offset {self.offset!r} must be an int in [0, 2**53)"
+                f"{where}: expected {self.expected!r} must be None or an int in [NO_FENCE (-1), offset {self.offset})"
             )
+
+    def admits(self, stored: int | None) -> bool:
+        """Whether a batch under this fence applies over the ``stored`` fence offset (None: none stored)."""
+        if self.expected is not None:
+            return (NO_FENCE if stored is None else stored) == self.expected
+        return stored is None or stored < self.offset
 
 
 class FenceState(NamedTuple):
@@ -142,7 +167,7 @@ class SlotBatch:
             for name, value in fields.items():
                 if not isinstance(name, str) or not name or "\n" in name:
                     raise StoreError(f"{where}: field name {name!r} must be a non-empty str without newline")
-                if not _is_int(value) or not INT64_MIN <= value <= INT64_MAX:
+                if type(value) is not int or not INT64_MIN <= value <= INT64_MAX:  # bool is not an increment
                     raise StoreError(
                         f"{where} field {name!r}: increment {value!r} must be an int within signed 64 "
                         "bits (scale sums to fixed-point integers, never floats)"
@@ -181,18 +206,26 @@ class WindowStore(ABC):
         self.retention = retention if retention is not None else Retention()
 
     @abstractmethod
-    def apply(self, batch: SlotBatch, fence: Fence, checkpoint: bytes | None = None) -> bool:
-        """Apply ``batch``, move the fence to ``fence.offset`` and store ``checkpoint``, atomically.
+    def apply(
+        self, batch: SlotBatch, fence: Fence, checkpoint: bytes | None = None, state: StateDelta | None = None
+    ) -> bool:
+        """Apply ``batch`` and ``state``, move the fence to ``fence.offset`` and store ``checkpoint``, atomically.
 
-        Returns False, changing nothing, when the stored fence of ``(fence.name, fence.partition)`` is
-        already ``>= fence.offset``. ``checkpoint=None`` removes the previous checkpoint: the stored
-        checkpoint is always the one given with the stored fence. Idempotent, so safe to retry.
+        Returns False, changing nothing, when the fence refuses (:meth:`Fence.admits`: the stored fence
+        of ``(fence.name, fence.partition)`` is already ``>= fence.offset``, or is not ``fence.expected``).
+        ``checkpoint=None`` removes the previous checkpoint: the stored checkpoint is always the one
+        given with the stored fence. ``state`` is applied to the state map of the same ``(name,
+        partition)``; ``None`` leaves the map as it is. Idempotent, so safe to retry.
         Raises StoreError (bad batch, nothing applied) or InfrastructureError (store unreachable).
         """
 
     @abstractmethod
     def read_fence(self, name: str, partition: int) -> FenceState | None:
         """The stored fence and checkpoint of ``(name, partition)``, or None if never applied."""
+
+    @abstractmethod
+    def read_state(self, name: str, partition: int) -> dict[str, bytes]:
+        """The state map of ``(name, partition)`` (empty if none); see the module doc for consistency."""
 
     @abstractmethod
     def read_slots(self, comparison_id: str, slots: Iterable[Slot], now_s: int) -> dict[Slot, dict[str, int]]:
@@ -220,6 +253,23 @@ class WindowStore(ABC):
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+def check_state(fence: Fence, state: StateDelta | None) -> None:
+    """Raise StoreError naming the first bad key or value of a state delta (None is fine)."""
+    if state is None:
+        return
+    where = f"state of fence {fence.name!r} partition {fence.partition}"
+    if not isinstance(state, StateDelta):
+        raise StoreError(f"{where}: must be a StateDelta, got {type(state).__name__}")
+    for key in state.deletes:
+        if not isinstance(key, str) or not key:
+            raise StoreError(f"{where}: delete key {key!r} must be a non-empty str")
+    for key, value in state.upserts.items():
+        if not isinstance(key, str) or not key:
+            raise StoreError(f"{where}: upsert key {key!r} must be a non-empty str")
+        if not isinstance(value, bytes):
+            raise StoreError(f"{where}: value of {key!r} must be bytes, got {type(value).__name__}")
 
 
 def _is_int(value: object) -> bool:

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from governance.errors import ConfigError
 from governance.snapshot import ComparisonKey
 from governance.wire import LabelEvent, ScoreEvent
-from streams.joinstate import CheckpointError
+from streams.joinstate import CheckpointError, StateDelta, accumulate
 from streams.labels import LabelJoiner, LabelResult
 from streams.pairing import PairColumns, Pairer
 
@@ -253,7 +253,7 @@ def test_joiner_agrees_with_a_brute_force_oracle(ops: list[Op]) -> None:
 
 @settings(max_examples=60, deadline=None)
 @given(ops=ops_(), data=st.data(), bounds=st.sampled_from([(2, 2), (3, 1), (1000, 1000)]))
-def test_restore_then_continue_equals_never_stopping(
+def test_accumulated_deltas_restore_a_joiner_that_continues_as_if_never_stopped(
     ops: list[Op], data: st.DataObject, bounds: tuple[int, int]
 ) -> None:
     # Calls of one kind each: runs of consecutive pair ops or label ops.
@@ -263,41 +263,73 @@ def test_restore_then_continue_equals_never_stopping(
             batches[-1].append(op)
         else:
             batches.append([op])
-    k = data.draw(st.integers(0, len(batches)))
-    reference, crashed = LabelJoiner(60, *bounds), LabelJoiner(60, *bounds)
-    for batch in batches[:k]:
+    crash = data.draw(st.integers(0, len(batches)))
+    takes = data.draw(st.lists(st.booleans(), min_size=crash, max_size=crash))  # deltas after some calls
+    reference = LabelJoiner(60, *bounds)
+    stored: dict[str, bytes] = {}
+    for batch, take in zip(batches[:crash], takes, strict=True):
         _apply(reference, batch)
-        _apply(crashed, batch)
-    saved = crashed.checkpoint()
+        if take:
+            accumulate(stored, reference.state_delta())
+            assert stored == reference.entries()
+    accumulate(stored, reference.state_delta())  # the crash follows a delta
     restored = LabelJoiner(60, *bounds)
-    restored.restore(saved)
-    assert restored.checkpoint() == saved
+    restored.restore_entries(stored)
+    assert restored.entries() == stored == reference.entries()
     assert (restored.pending_pairs, restored.pending_labels) == (reference.pending_pairs, reference.pending_labels)
-    rest = batches[k:]
-    assert _summary([*(_apply(restored, b) for b in rest), restored.add_labels([], at(1e6))]) == _summary(
-        [*(_apply(reference, b) for b in rest), reference.add_labels([], at(1e6))]
-    )
+    for batch in batches[crash:]:
+        assert _summary([_apply(restored, batch)]) == _summary([_apply(reference, batch)])
+        delta = reference.state_delta()
+        assert restored.state_delta() == delta
+        accumulate(stored, delta)
+        assert stored == reference.entries()
+    assert _summary([restored.add_labels([], at(1e6))]) == _summary([reference.add_labels([], at(1e6))])
+    assert restored.state_delta() == reference.state_delta()
 
 
-def test_checkpoint_keeps_nan_scores_and_refuses_bad_input() -> None:
+def test_a_delta_holds_only_what_the_calls_touched() -> None:
+    n = 4000
+    joiner = LabelJoiner(horizon_s=3600)
+    joiner.add_pairs({SHADOW: cols([(f"r{i}", 0.5, 0.5, i * 0.01) for i in range(n)])}, at(40))
+    assert len(joiner.state_delta().upserts) == n + 1
+    # Two labels: their pairs leave, the labels stay (matched) for a later canary pair of the request.
+    joiner.add_labels([lab("r1", 1, 50), lab("r7", 0, 50)], at(50))
+    delta = joiner.state_delta()
+    assert delta.deletes == {"p1", "p7"} and set(delta.upserts) == {f"l{n:x}", f"l{n + 1:x}", "m"}
+    assert orjson.loads(delta.upserts[f"l{n:x}"]) == ["r1", "m", 1, E0 + 50, 1]
+    # A pair that comes, waits and joins between two deltas never shows up in one; its label does.
+    joiner.add_pairs({CANARY: cols([("z", 0.5, 0.5, 50)])}, at(50))
+    joiner.add_labels([lab("z", 1, 50)], at(50))
+    delta = joiner.state_delta()
+    assert not delta.deletes and set(delta.upserts) == {f"l{n + 3:x}", "m"}
+    assert joiner.state_delta() == StateDelta.empty()
+    joiner.add_labels([], at(9000))
+    delta = joiner.state_delta()
+    assert len(delta.deletes) == n - 2 + 3 and set(delta.upserts) == {"m"}  # the other pairs, three labels
+    assert joiner.pending_pairs == joiner.pending_labels == 0
+
+
+def test_entries_keep_nan_scores_and_bad_ones_are_refused_without_damage() -> None:
     joiner = LabelJoiner()
     joiner.add_pairs({SHADOW: cols([("r", 0.4, 0.6, 0)], errors=(False, True))}, at(0))
     joiner.add_labels([lab("q", 1, 0)], at(0))
-    data = joiner.checkpoint()
-    doc = orjson.loads(data)
-    assert (doc["format"], doc["version"]) == ("shadowgate.labels", 1)
-    assert doc["pairs"][0][:4] == ["r", SHADOW.as_id(), 0.4, None]
+    entries = joiner.entries()
+    assert orjson.loads(entries["p0"]) == ["r", SHADOW.as_id(), 0.4, None, E0]
+    assert orjson.loads(entries["l1"]) == ["q", "m", 1, E0, 0]
+    assert orjson.loads(entries["m"]) == [2, E0, 2]
     for bad in (
-        b"not json",
-        orjson.dumps({**doc, "version": 9}),
-        orjson.dumps({**doc, "format": "shadowgate.pairer"}),
-        orjson.dumps({**doc, "pairs": [["r", "no-key", 0.1, 0.2, 0.0, 0]]}),
-        orjson.dumps({**doc, "labels": [["q", "m", 2, 0.0, 1, False]]}),
-        orjson.dumps({**doc, "next_seq": 1}),
+        {**entries, "p0": b"not json"},
+        {**entries, "m": orjson.dumps([9, E0, 2])},
+        {**entries, "x0": entries["p0"]},
+        {**entries, "p0": orjson.dumps(["r", "no-key", 0.1, 0.2, 0.0])},
+        {**entries, "l1": orjson.dumps(["q", "m", 2, 0.0, 0])},
+        {**entries, "m": orjson.dumps([2, E0, 1])},
+        {"p0": entries["p0"]},
     ):
-        with pytest.raises(CheckpointError):
-            joiner.restore(bad)
+        with pytest.raises(CheckpointError, match="shadowgate.labels state"):
+            joiner.restore_entries(bad)
+    assert joiner.entries() == entries
     fresh = LabelJoiner()
-    fresh.restore(data)
+    fresh.restore_entries(entries)
     res = fresh.add_labels([lab("r", 1, 1)], at(1))
     assert res.joined[SHADOW].prod_score.tolist() == [0.4] and math.isnan(res.joined[SHADOW].cand_score[0])

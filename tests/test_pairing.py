@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from governance.errors import ConfigError, StoreError
 from governance.snapshot import ComparisonKey
 from governance.wire import ScoreEvent
-from streams.joinstate import CheckpointError, Interner
+from streams.joinstate import CheckpointError, Interner, StateDelta, accumulate
 from streams.pairing import Pairer, PairingResult, Side
 
 T0 = datetime(2024, 3, 1, tzinfo=UTC)
@@ -221,7 +221,7 @@ def test_restore_into_a_smaller_bound_evicts_the_oldest_at_the_next_call() -> No
     big = Pairer(max_pending=10)
     big.add_batch([ev(f"r{i}", "production", "v1", i) for i in range(5)], at(4))
     small = Pairer(max_pending=3)
-    small.restore(big.checkpoint())
+    small.restore_entries(big.entries())
     res = small.add_batch([], at(4))
     assert {s: t.tolist() for s, t in res.evicted.items()} == {Side("m", "v1", "production"): [E0, E0 + 1]}
     assert small.pending == 3
@@ -345,40 +345,97 @@ def test_batch_cuts_do_not_change_pairs_orphans_or_duplicates(
 
 @settings(max_examples=60, deadline=None)
 @given(events=streams_(), data=st.data(), bound=st.sampled_from([3, 10_000]))
-def test_restore_then_continue_equals_never_stopping(events: list[ScoreEvent], data: st.DataObject, bound: int) -> None:
-    k = data.draw(st.integers(0, len(events)))
+def test_accumulated_deltas_restore_a_pairer_that_continues_as_if_never_stopped(
+    events: list[ScoreEvent], data: st.DataObject, bound: int
+) -> None:
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(events)), max_size=6)))
+    batches = [events[lo:hi] for lo, hi in zip([0, *cuts], [*cuts, len(events)], strict=True)]
+    crash = data.draw(st.integers(0, len(batches)))
+    # Deltas are taken after some batches (not necessarily each); the crash follows a delta.
+    takes = [*data.draw(st.lists(st.booleans(), min_size=crash, max_size=crash)), True]
+    watermark = T0 - timedelta(days=1)
     reference = Pairer(max_pending=bound)
-    _run(reference, events[:k], [])
-    crashed = Pairer(max_pending=bound)
-    _run(crashed, events[:k], data.draw(st.lists(st.integers(0, k), max_size=3).map(sorted)))
-    saved = crashed.checkpoint()
+    stored: dict[str, bytes] = {}
+    for batch, take in zip([*batches[:crash], []], takes, strict=True):
+        watermark = max([watermark, *(e.ts for e in batch)])
+        reference.add_batch(batch, watermark)
+        if take:
+            accumulate(stored, reference.state_delta())
+            assert stored == reference.entries()
     restored = Pairer(max_pending=bound)
-    restored.restore(saved)
-    assert restored.checkpoint() == saved == reference.checkpoint()
+    restored.restore_entries(stored)
+    assert restored.entries() == stored
     assert restored.pending == reference.pending and restored.watermark_s == reference.watermark_s
-    assert collect([*_run(restored, events[k:], []), restored.add_batch([], FAR)]) == collect(
-        [*_run(reference, events[k:], []), reference.add_batch([], FAR)]
-    )
+    for batch in [*batches[crash:], []]:
+        watermark = max([watermark, *(e.ts for e in batch)]) if batch else FAR
+        assert collect([restored.add_batch(batch, watermark)]) == collect([reference.add_batch(batch, watermark)])
+        delta = reference.state_delta()
+        assert restored.state_delta() == delta
+        accumulate(stored, delta)
+        assert stored == reference.entries()
 
 
-def test_checkpoint_is_versioned_json_and_bad_ones_are_refused_without_damage() -> None:
+def test_a_delta_holds_only_what_the_batch_touched() -> None:
+    p = Pairer(join_window_s=3600)
+    p.add_batch([ev(f"r{i}", "production", "v1", i * 0.01) for i in range(5000)], at(50))
+    first = p.state_delta()
+    assert len(first.upserts) == 5001 and not first.deletes  # every event plus the meta entry
+    # Two pairs (their productions become open, the shadows are tombstones), one new half-pair.
+    p.add_batch([ev("r1", "shadow", "v2", 60), ev("r2", "shadow", "v2", 60), ev("x", "shadow", "v2", 60)], at(60))
+    delta = p.state_delta()
+    assert set(delta.upserts) == {f"{seq:x}" for seq in (1, 2, 5000, 5001, 5002)} | {"m"}
+    assert not delta.deletes
+    # Expiry deletes exactly the expired events; one that came and went between deltas leaves no trace.
+    p.add_batch([ev("y", "production", "v1", 3600.005)], at(3600.005))
+    p.add_batch([], at(9000))
+    delta = p.state_delta()
+    assert len(delta.deletes) == 5003 and set(delta.upserts) == {"m"} and p.pending == 0
+    assert p.state_delta() == StateDelta.empty()
+
+
+def test_entries_are_compact_json_arrays_and_bad_ones_are_refused_without_damage() -> None:
     p = Pairer()
     p.add_batch([ev("r", "production", "v1", 0, features={"a": 1, "b": "z", "c": None})], at(0))
-    doc = orjson.loads(p.checkpoint())
-    assert (doc["format"], doc["version"], len(doc["entries"])) == ("shadowgate.pairer", 1, 1)
+    p.add_batch([ev("q", "production", "v1", 1), ev("q", "shadow", "v2", 1, error="e")], at(1))
+    entries = p.entries()
+    assert orjson.loads(entries["m"]) == [2, E0 + 1, 3]
+    assert orjson.loads(entries["0"]) == ["r", "m", "v1", 0, E0, 0, 0.5, 1.0, 0, {"a": 1, "b": "z", "c": None}]
+    assert orjson.loads(entries["1"]) == ["q", "m", "v1", 0, E0 + 1, 1, 0.5, 1.0, 0, None]  # open production
+    assert orjson.loads(entries["2"]) == ["q", "m", "v2", 1, E0 + 1, 2]  # tombstone: identity only
+    meta = orjson.loads(entries["m"])
     bad = [
-        b"\x80\x04pickle",
-        orjson.dumps([1]),
-        orjson.dumps({**doc, "format": "shadowgate.labels"}),
-        orjson.dumps({**doc, "version": 2}),
-        orjson.dumps({**doc, "entries": [["r", "m"]]}),
-        orjson.dumps({**doc, "entries": [[*doc["entries"][0][:3], "nope", *doc["entries"][0][4:]]]}),
-        orjson.dumps({**doc, "next_seq": 0}),
+        {**entries, "0": b"\x80\x04pickle"},
+        {**entries, "0": orjson.dumps({"r": 1})},
+        {k: v for k, v in entries.items() if k != "m"},
+        {**entries, "m": orjson.dumps([1, *meta[1:]])},  # another format version
+        {**entries, "m": orjson.dumps([2, meta[1], 2])},  # next_seq below an entry's seq
+        {**entries, "00": entries["0"]},  # non-canonical key
+        {**entries, "zz": entries["0"]},
+        {**entries, "0": orjson.dumps(["r", "m"])},
+        {**entries, "0": orjson.dumps(["r", "m", "v1", 7, E0, 0, 0.5, 1.0, 0, None])},  # unknown role
+        {**entries, "0": orjson.dumps(["r", "m", "v1", 0, E0, 0, 0.5, 1.0, True, None])},
     ]
     for data in bad:
-        with pytest.raises(CheckpointError) as info:
-            p.restore(data)
+        with pytest.raises(CheckpointError, match="shadowgate.pairer state") as info:
+            p.restore_entries(data)
         assert isinstance(info.value, StoreError)
-    assert p.pending == 1
+    assert p.entries() == entries
     res = p.add_batch([ev("r", "shadow", "v2", 1)], at(1))
     assert res.pairs[ComparisonKey("m", "v1", "v2", "shadow")].prod_features == [{"a": 1, "b": "z", "c": None}]
+    fresh = Pairer()
+    fresh.restore_entries({})
+    assert fresh.entries() == {} and fresh.pending == 0
+
+
+def test_an_integer_feature_beyond_64_bits_is_kept_as_the_nearest_float() -> None:
+    big = 123456789012345678901234567890
+    p = Pairer()
+    p.add_batch([ev("r", "production", "v1", 0, features={"n": big, "k": 3})], at(0))
+    stored: dict[str, bytes] = {}
+    accumulate(stored, p.state_delta())
+    restored = Pairer()
+    restored.restore_entries(stored)
+    # Running and restored pairer hold the same value from the delta on: their pairs agree.
+    for pairer in (p, restored):
+        cols = pairer.add_batch([ev("r", "shadow", "v2", 1)], at(1)).pairs[ComparisonKey("m", "v1", "v2", "shadow")]
+        assert cols.prod_features == [{"n": float(big), "k": 3}]

@@ -14,9 +14,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from governance.errors import StoreError
+from streams.joinstate import StateDelta
 from streams.memory_store import MemoryWindowStore
 from streams.redis_store import RedisWindowStore
-from streams.store import ComparisonMeta, Fence, FenceState, SlotBatch, WindowStore
+from streams.store import NO_FENCE, ComparisonMeta, Fence, FenceState, SlotBatch, WindowStore
 from streams.windows import DAY_S, HOUR_S, MINUTE_S, Granularity, Retention, Slot, slots_for
 
 StoreFactory = Callable[[], WindowStore]
@@ -285,6 +286,106 @@ class TestWindowStoreContract:
         assert store.apply(_batch(cid, [(now, {"ss": -5, "n": 1})]), Fence(cid, 0, 2))
         assert store.read(cid, now - 60, now + 1, now).fields == {"n": 2}
 
+    def test_state_is_applied_with_its_fence_and_a_refused_batch_leaves_it_untouched(self, store: WindowStore) -> None:
+        cid, now = _cid(), _now()
+        name = f"g/{cid}"
+        assert store.read_state(name, 0) == {}
+        first = StateDelta({"p/0": b"[1]", "p/1": bytes(range(256)), "m": b""}, frozenset())
+        assert store.apply(_batch(cid, [(now, {"n": 1})]), Fence(name, 0, 5), b"ck", first)
+        assert store.read_state(name, 0) == first.upserts
+        assert store.read_state(name, 1) == {} and store.read_state(f"{name}x", 0) == {}
+        stale = StateDelta({"p/9": b"x"}, frozenset({"p/0"}))
+        assert not store.apply(_batch(cid, [(now, {"n": 1})]), Fence(name, 0, 5), b"other", stale)
+        assert not store.apply(SlotBatch(), Fence(name, 0, 3), None, stale)
+        assert store.read_state(name, 0) == first.upserts
+        assert store.read_fence(name, 0) == FenceState(5, b"ck")
+        # state=None leaves the map as it is, while the fence and checkpoint move on.
+        assert store.apply(SlotBatch(), Fence(name, 0, 6), b"ck6")
+        assert store.read_state(name, 0) == first.upserts
+        assert store.read(cid, now - 60, now + 1, now).fields == {"n": 1}
+
+    def test_deletes_and_upserts_in_one_batch(self, store: WindowStore) -> None:
+        name = f"g/{_cid()}"
+        assert store.apply(
+            SlotBatch(), Fence(name, 2, 1), None, StateDelta({"a": b"1", "b": b"2", "c": b"3"}, frozenset())
+        )
+        # Deletes go first: a key in both ends up set; deleting an absent key is harmless.
+        both = StateDelta({"b": b"22", "d": b"4", "c": b"33"}, frozenset({"a", "c", "zz"}))
+        assert store.apply(SlotBatch(), Fence(name, 2, 2), None, both)
+        assert store.read_state(name, 2) == {"b": b"22", "c": b"33", "d": b"4"}
+        assert store.apply(SlotBatch(), Fence(name, 2, 3), None, StateDelta({}, frozenset({"b", "c", "d"})))
+        assert store.read_state(name, 2) == {}
+        assert store.read_fence(name, 2) == FenceState(3, None)
+
+    @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(
+        deltas=st.lists(
+            st.tuples(
+                st.dictionaries(st.sampled_from("abcdefgh"), st.binary(max_size=12), max_size=6),
+                st.frozensets(st.sampled_from("abcdefgh"), max_size=4),
+            ),
+            max_size=8,
+        )
+    )
+    def test_state_is_the_accumulation_of_applied_deltas(
+        self, store: WindowStore, deltas: list[tuple[dict[str, bytes], frozenset[str]]]
+    ) -> None:
+        name = f"g/{_cid()}"
+        oracle: dict[str, bytes] = {}
+        for offset, (upserts, deletes) in enumerate(deltas, start=1):
+            assert store.apply(SlotBatch(), Fence(name, 0, offset), None, StateDelta(upserts, deletes))
+            oracle = {k: v for k, v in oracle.items() if k not in deletes} | upserts
+            assert store.read_state(name, 0) == oracle
+
+    def test_large_state_deltas_apply_whole(self, store: WindowStore) -> None:
+        name, n = f"g/{_cid()}", 50_000
+        big = StateDelta({f"p/{i:x}": b"[%d,0.125]" % i for i in range(n)}, frozenset())
+        assert store.apply(SlotBatch(), Fence(name, 0, 1), b"ck", big)
+        assert store.read_state(name, 0) == big.upserts
+        # 50k deletes and 50k new upserts in one batch (more than any Lua stack takes in one unpack).
+        swap = StateDelta({f"l/{i:x}": b"%d" % i for i in range(n)}, frozenset(big.upserts))
+        assert store.apply(SlotBatch(), Fence(name, 0, 2), b"ck", swap)
+        assert store.read_state(name, 0) == swap.upserts
+
+    def test_compare_and_set_fence(self, store: WindowStore) -> None:
+        cid, now = _cid(), _now()
+        name = f"g/{cid}"
+        one = _batch(cid, [(now, {"n": 1})])
+        # Expected "no fence yet" refuses once one is stored; expected must match the stored offset exactly,
+        # even when the new offset is newer (a writer based on an older state must not add its delta).
+        assert not store.apply(one, Fence(name, 0, 5, expected=2), b"x", StateDelta({"k": b"x"}, frozenset()))
+        assert store.read_fence(name, 0) is None and store.read_state(name, 0) == {}
+        assert store.apply(one, Fence(name, 0, 5, expected=NO_FENCE), b"a", StateDelta({"k": b"a"}, frozenset()))
+        assert not store.apply(one, Fence(name, 0, 9, expected=NO_FENCE), b"b", StateDelta({"k": b"b"}, frozenset()))
+        assert not store.apply(one, Fence(name, 0, 9, expected=4), b"b", StateDelta({"k": b"b"}, frozenset()))
+        assert store.read_fence(name, 0) == FenceState(5, b"a") and store.read_state(name, 0) == {"k": b"a"}
+        assert store.apply(one, Fence(name, 0, 9, expected=5), b"c", StateDelta({"k": b"c"}, frozenset()))
+        # A retry of the same batch after an unknown outcome is refused: the fence has moved.
+        assert not store.apply(one, Fence(name, 0, 9, expected=5), b"c", StateDelta({"k": b"c"}, frozenset()))
+        assert store.read_fence(name, 0) == FenceState(9, b"c") and store.read_state(name, 0) == {"k": b"c"}
+        assert store.read(cid, now - 60, now + 1, now).fields == {"n": 2}
+        for bad in (9, 10, -2, 1.5):
+            with pytest.raises(StoreError, match="expected"):
+                store.apply(one, Fence(name, 0, 9, expected=bad))  # type: ignore[arg-type]
+
+    @pytest.mark.parametrize(
+        "bad",
+        [
+            StateDelta({"": b"x"}, frozenset()),
+            StateDelta({"k": "text"}, frozenset()),  # type: ignore[dict-item]
+            StateDelta({}, frozenset({""})),
+            StateDelta({1: b"x"}, frozenset()),  # type: ignore[dict-item]
+            {"k": b"x"},
+        ],
+        ids=["empty-key", "str-value", "empty-delete", "int-key", "not-a-delta"],
+    )
+    def test_a_bad_state_delta_applies_nothing(self, store: WindowStore, bad: StateDelta) -> None:
+        cid, now = _cid(), _now()
+        with pytest.raises(StoreError, match="state of fence"):
+            store.apply(_batch(cid, [(now, {"n": 1})]), Fence(cid, 0, 1), b"x", bad)
+        assert store.read_fence(cid, 0) is None and store.read_state(cid, 0) == {}
+        assert store.read(cid, now - 60, now + 1, now).fields == {}
+
     def test_meta_and_comparisons(self, store: WindowStore) -> None:
         now = _now()
         model = f"model{uuid.uuid4().hex[:6]}"
@@ -323,6 +424,11 @@ class TestRedisLayout:
         assert not client.exists(store.slot_key(cid, slots_for(old)[0]))
         assert client.exists(store.slot_key(cid, slots_for(old)[1]))
         assert client.hgetall(f"{redis_prefix}:fence:g/t:3") == {b"offset": b"8", b"checkpoint": b"c"}
+        assert not client.exists(f"{redis_prefix}:state:g/t:3")  # no state given, no key
+        state = StateDelta({"p/1": b"[1]"}, frozenset())
+        assert store.apply(SlotBatch(), Fence("g/t", 3, 9), None, state)
+        assert client.hgetall(f"{redis_prefix}:state:g/t:3") == {b"p/1": b"[1]"}
+        assert client.ttl(f"{redis_prefix}:state:g/t:3") == -1
         assert client.hgetall(f"{redis_prefix}:meta:{{{cid}}}") == {
             b"model": b"fraud",
             b"first_ms": str(old * 1000).encode(),
@@ -339,11 +445,12 @@ class TestRedisLayout:
         store = RedisWindowStore(client, prefix=redis_prefix)
         cid, now = _cid(), _now()
         assert store.apply(_batch(cid, [(now, {"sa": 2**63 - 1})]), Fence("g", 0, 1))
+        assert store.apply(SlotBatch(), Fence("g", 0, 2), None, StateDelta({"a": b"1"}, frozenset()))
         before = {k: (client.dump(k), client.pttl(k)) for k in client.scan_iter(match=f"{redis_prefix}*")}
         # A new field and a brand-new slot key are written first, then the day slot overflows.
         refused = _batch(cid, [(now - 2 * DAY_S, {"other": 1}), (now, {"new": 1, "sa": 1})])
         with pytest.raises(StoreError, match="OVERFLOW"):
-            store.apply(refused, Fence("g", 0, 2))
+            store.apply(refused, Fence("g", 0, 3), None, StateDelta({"b": b"2"}, frozenset({"a"})))
         after = {k: (client.dump(k), client.pttl(k)) for k in client.scan_iter(match=f"{redis_prefix}*")}
         assert after.keys() == before.keys()
         for key, (dump, pttl) in before.items():

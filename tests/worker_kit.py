@@ -71,11 +71,12 @@ class WorkerEnv:
     def start_worker(self, log_dir: Path) -> subprocess.Popen[bytes]:
         log = log_dir / f"worker-{len(self.procs)}.log"
         self.logs.append(log)
-        proc = subprocess.Popen(  # noqa: S603 - our own CLI
-            [sys.executable, "-m", "shadowgate", "worker", "--loglevel", "warning"],
-            env=self.env(), cwd=str(REPO), stdout=log.open("wb"), stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        with log.open("wb") as out:  # the child keeps its own copy of the descriptor
+            proc = subprocess.Popen(  # noqa: S603 - our own CLI
+                [sys.executable, "-m", "shadowgate", "worker", "--loglevel", "warning"],
+                env=self.env(), cwd=str(REPO), stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self.procs.append(proc)
         return proc
 
