@@ -133,7 +133,8 @@ def test_sigkill_mid_stream_then_restart_counts_every_event_exactly_once(
                         "the restarted worker to finish", env)
         replay = env.cli("replay", str(_replay_file(tmp_path, events)), "--json")
         offline = orjson.loads(replay.stdout)
-        assert live["comparisons"] == offline["comparisons"], (partial, _diff(live["comparisons"], offline["comparisons"]))
+        diff = _diff(live["comparisons"], offline["comparisons"])
+        assert live["comparisons"] == offline["comparisons"], (partial, diff)
     finally:
         env.stop_all()
 

@@ -103,8 +103,9 @@ def consume(topic: str, from_beginning: bool, max_messages: int, idle_timeout: f
                 if time.monotonic() - idle_since > idle_timeout:
                     break
                 continue
-            if msg.error() is not None:
-                raise ConfigError(f"topic {topic}: {msg.error().str()}")
+            error = msg.error()
+            if error is not None:
+                raise ConfigError(f"topic {topic}: {error.str()}")
             idle_since = time.monotonic()
             seen += 1
             value: Any
@@ -120,17 +121,15 @@ def consume(topic: str, from_beginning: bool, max_messages: int, idle_timeout: f
 
 
 def export_schemas() -> dict[str, str]:
-    """File name -> JSON Schema text of every wire and governance event model."""
+    """File name -> JSON Schema text of the wire contract and of every governance event."""
+    from governance.events import Alert, Escalation, GateBlocked, GateReady, RecalibrationRequested, RollbackTrigger
     from governance.wire import LabelEvent, ScoreBatch, ScoreEvent
 
-    models: dict[str, Any] = {"score_event": ScoreEvent, "score_batch": ScoreBatch, "label_event": LabelEvent}
-    try:
-        from governance import events as gov_events
-
-        for name in getattr(gov_events, "SCHEMA_MODELS", {}):
-            models[name] = gov_events.SCHEMA_MODELS[name]
-    except ImportError:
-        pass
+    models: dict[str, Any] = {
+        "score_event": ScoreEvent, "score_batch": ScoreBatch, "label_event": LabelEvent,
+        "gate_ready": GateReady, "gate_blocked": GateBlocked, "rollback_trigger": RollbackTrigger,
+        "alert": Alert, "escalation": Escalation, "recalibration_requested": RecalibrationRequested,
+    }
     return {f"{name}.json": json.dumps(model.model_json_schema(mode="validation"), indent=2, sort_keys=True)
             + "\n" for name, model in models.items()}
 
