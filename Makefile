@@ -9,7 +9,7 @@ help:
 	@echo "make demo       bring up Kafka + Redis and run the end-to-end demo"
 	@echo "make test       bring up Kafka + Redis and run the whole test suite"
 	@echo "make up | down  start / stop the local Kafka broker and Redis server"
-	@echo "make lint       ruff + mypy --strict + crypto audit"
+	@echo "make lint       ruff + mypy --strict + JSON Schemas current + crypto audit (PQC phase 3)"
 	@echo "make bench      run the benchmarks (figures land in benchmarks/results/)"
 
 $(STAMP): pyproject.toml
@@ -41,6 +41,7 @@ lint: install
 	ruff check .
 	mypy
 	$(PYTHON) -m shadowgate schemas --check
+	$(PYTHON) -m shadowgate crypto audit .
 
 schemas: install
 	$(PYTHON) -m shadowgate schemas

@@ -8,6 +8,7 @@
 #   SHADOWGATE_STATE_DIR   [<repo>/.local]   jars cache, data, logs and PID files
 #   SHADOWGATE_KAFKA_PORT  [9092]            broker listener (controller listens on port+1)
 #   SHADOWGATE_REDIS_PORT  [6379]
+#   SHADOWGATE_KAFKA_JARS  [$SHADOWGATE_STATE_DIR/kafka-jars]  where the assembled broker jars are cached
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -16,7 +17,7 @@ state=${SHADOWGATE_STATE_DIR:-$repo/.local}
 kafka_port=${SHADOWGATE_KAFKA_PORT:-9092}
 controller_port=$((kafka_port + 1))
 redis_port=${SHADOWGATE_REDIS_PORT:-6379}
-jars=$state/kafka-jars
+jars=${SHADOWGATE_KAFKA_JARS:-$state/kafka-jars}
 kafka_data=$state/kafka-data
 redis_data=$state/redis-data
 logs=$state/logs
