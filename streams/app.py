@@ -18,7 +18,7 @@ import logging
 import math
 import tempfile
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,7 +36,7 @@ from governance.publishing import encode_signed_event
 from governance.settings import Settings
 from governance.statestore import lifecycle_context
 from streams.evaluation import ContextSource, Evaluator, RedisStateStore, default_context
-from streams.processor import BatchOutcome, Processor, Record
+from streams.processor import BatchOutcome, DeadLetter, Processor, Record
 from streams.redis_store import RedisWindowStore
 from streams.snapshots import comparison_keys
 from streams.store import WindowStore
@@ -63,6 +63,8 @@ class WorkerHandle:
         self.evaluator = evaluator
         self.outcomes: list[Callable[[BatchOutcome], None]] = []
         self.emitted: list[Callable[[GovernanceEvent], None]] = []
+        # Publishes invalid messages to the dead-letter topic; replaceable where no broker runs (agent tests).
+        self.send_dead_letters: Callable[[list[DeadLetter]], Awaitable[None]] = _no_dead_letters
 
 
 class EvaluationLoop:
@@ -182,14 +184,19 @@ def create_app(
     dlq = app.topic(topics.dlq, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shadowgate-fold")
 
-    @app.agent(source, name="ingest", concurrency=1)
+    async def send_dead_letters(dead_letters: list[DeadLetter]) -> None:
+        for dead in dead_letters:
+            await dlq.send(key=dead.record.key, value=dead.record.value or b"", headers=dead.headers())
+
+    handle.send_dead_letters = send_dead_letters
+
+    @app.agent(source, name="ingest", concurrency=1)  # the handle's ``ingest`` for tests: app.agents
     async def ingest(stream: Any) -> None:
         loop = asyncio.get_running_loop()
         async for events in stream.take_events(BATCH_MAX_EVENTS, within=BATCH_WITHIN_S):
             records = [_record(e) for e in events]
             outcome = await loop.run_in_executor(executor, processor.process, records)
-            for dead in outcome.dead_letters:
-                await dlq.send(key=dead.record.key, value=dead.record.value or b"", headers=dead.headers())
+            await handle.send_dead_letters(outcome.dead_letters)
             metrics.observe(outcome)
             for callback in handle.outcomes:
                 callback(outcome)
@@ -215,6 +222,11 @@ def create_app(
     app.on_partitions_revoked.connect(_revoked)
 
     return handle
+
+
+async def _no_dead_letters(dead_letters: list[DeadLetter]) -> None:
+    if dead_letters:
+        raise RuntimeError("no dead-letter sink configured")
 
 
 def _record(event: EventT[Any]) -> Record:

@@ -6,6 +6,9 @@ import contextlib
 import uuid
 from collections.abc import Callable, Iterator
 
+# Imported up front: Faust (mode) raises the recursion limit when an app starts, and pytest's assertion
+# rewriter then trips CPython 3.11's "AST constructor recursion depth mismatch" on modules imported later.
+import hypothesis  # noqa: F401
 import pytest
 
 from tests.infra import Infra, find_infra, require_infra

@@ -17,7 +17,9 @@ import orjson
 import pytest
 from confluent_kafka import Consumer, Producer
 
-from governance.crypto import Keyring
+from governance.crypto import DEFAULT_SCHEDULE, Keyring
+from governance.errors import VerificationError
+from governance.publishing import decode_signed_event
 from shadowgate.sdk import LabelPublisher, ScorePublisher
 from shadowgate.traffic import TrafficSpec, generate
 from tests.worker_kit import WorkerEnv, jsonl, wait_for
@@ -113,6 +115,24 @@ def test_two_workers_match_the_replay_and_dead_letter_invalid_messages(
         reasons = [dict(m.headers())["shadowgate.reason"].decode() for m in dead]
         assert any("score" in r for r in reasons) and any("JSON" in r for r in reasons)
         assert all(dict(m.headers())["shadowgate.source"].startswith(env.topics.scores.encode()) for m in dead)
+        # The worker's evaluator published the same gate decisions as the replay (a ten-minute shadow is blocked
+        # by its duration and sample size whenever it is evaluated), signed with ML-DSA-65.
+        gates = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": f"gates-{unique}",
+                          "auto.offset.reset": "earliest"})
+        gates.subscribe([env.topics.gates])
+        raw = wait_for(lambda: gates.consume(num_messages=10, timeout=2.0), 60, "a signed gate event", env)
+        gates.close()
+        now = datetime.now(UTC)
+        trust = Keyring(env.keys_dir).trust_store()
+        event = decode_signed_event(raw[0].value(), trust, now, DEFAULT_SCHEDULE.phase_at(now))
+        assert [type(event).__name__] == [e["type"] for e in offline["events"] if e["type"].startswith("Gate")]
+        blocking = {"min_duration_met", "min_samples_met"}
+        assert blocking <= {c.name for c in event.failing_checks}
+        assert blocking <= {c["name"] for c in offline["events"][0]["failing_checks"]}
+        forged = orjson.loads(raw[0].value())
+        forged["payload"]["model"] = "someone-else"
+        with pytest.raises(VerificationError):
+            decode_signed_event(orjson.dumps(forged), trust, now, DEFAULT_SCHEDULE.phase_at(now))
     finally:
         env.stop_all()
 
