@@ -65,6 +65,12 @@ class WorkerHandle:
         self.emitted: list[Callable[[GovernanceEvent], None]] = []
         # Publishes invalid messages to the dead-letter topic; replaceable where no broker runs (agent tests).
         self.send_dead_letters: Callable[[list[DeadLetter]], Awaitable[None]] = _no_dead_letters
+        self.closers: list[Callable[[], object]] = []
+
+    def close(self) -> None:
+        """Release the Redis connections and the fold thread (the Faust app stops on its own)."""
+        for close in self.closers:
+            close()
 
 
 class EvaluationLoop:
@@ -125,6 +131,7 @@ def create_app(
     signer: Signer | None = None,
     policy: Policy | None = None,
     context: ContextSource | None = None,
+    loop: asyncio.AbstractEventLoop | None = None,
 ) -> WorkerHandle:
     """Build the Faust app for ``settings`` (no I/O happens until the app starts).
 
@@ -145,6 +152,7 @@ def create_app(
         # Faust keeps nothing we need on disk (state is in Redis); keep its data dir out of the cwd.
         datadir=str(Path(tempfile.gettempdir()) / f"shadowgate-faust-{app_id or settings.consumer_group}"),
         producer_compression_type="lz4",
+        loop=loop,
     )
     store = store if store is not None else RedisWindowStore.from_url(
         settings.redis_url_value(), prefix=settings.redis_prefix
@@ -168,6 +176,7 @@ def create_app(
         context = lifecycle_context(client, settings.redis_prefix, default_context(policy))
     evaluator = Evaluator(store, policy, RedisStateStore(client, settings.redis_prefix), context)
     handle = WorkerHandle(app, processor, store, metrics, evaluator)
+    handle.closers += [client.close, store.close]
     loop_ = EvaluationLoop(
         evaluator,
         signer,
@@ -189,6 +198,7 @@ def create_app(
             await dlq.send(key=dead.record.key, value=dead.record.value or b"", headers=dead.headers())
 
     handle.send_dead_letters = send_dead_letters
+    handle.closers.append(lambda: executor.shutdown(wait=True))
 
     @app.agent(source, name="ingest", concurrency=1)  # the handle's ``ingest`` for tests: app.agents
     async def ingest(stream: Any) -> None:

@@ -32,14 +32,12 @@ claims (never past the partition's score watermark, which it is when it claims n
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -59,6 +57,7 @@ from streams.aggregate import (
 from streams.joinstate import combine, section
 from streams.labels import LabelJoiner, LabelResult
 from streams.pairing import PairColumns, Pairer, PairingResult, Side
+from streams.records import INTEGRITY_ROLE, BatchOutcome, DeadLetter, Record, identify, integrity_id
 from streams.store import NO_FENCE, Fence, FenceState, SlotBatch, WindowStore
 from streams.windows import slots_for
 
@@ -66,76 +65,11 @@ __all__ = ["INTEGRITY_ROLE", "BatchOutcome", "DeadLetter", "Processor", "Record"
 
 log = logging.getLogger(__name__)
 
-#: Comparison ids ending in this role hold a model's integrity violations that no comparison claimed.
-INTEGRITY_ROLE = "integrity"
 _CHECKPOINT_VERSION = 2
 _MAX_RETRIES = 5
 _PAIRER = "p/"  # state key prefixes of the two joins
 _JOINER = "l/"
-_COUNTS = (
-    "skipped", "score_events", "labels", "pairs", "labeled_pairs", "orphans", "duplicates", "evicted",
-    "unplaced_violations",
-)  # fmt: skip
 _NO_PAIRS = PairingResult({}, {}, {}, {}, {}, {}, 0, None)
-
-
-def integrity_id(model: str) -> str:
-    """The pseudo comparison id under which a model's unattributed integrity violations are counted."""
-    return f"{model}|*|*|{INTEGRITY_ROLE}"
-
-
-class Record(NamedTuple):
-    """One Kafka record as the processor sees it."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-
-
-@dataclass(frozen=True)
-class DeadLetter:
-    """An invalid message: what to publish to the dead-letter topic."""
-
-    record: Record
-    reason: str
-    model: str | None
-
-    def headers(self) -> list[tuple[str, bytes]]:
-        return [
-            ("shadowgate.reason", self.reason.encode()),
-            ("shadowgate.source", f"{self.record.topic}/{self.record.partition}/{self.record.offset}".encode()),
-            ("shadowgate.model", (self.model or "").encode()),
-        ]
-
-
-@dataclass
-class BatchOutcome:
-    """What one :meth:`Processor.process` call did, for metrics and the caller's DLQ producer."""
-
-    records: int = 0
-    skipped: int = 0
-    score_events: int = 0
-    labels: int = 0
-    pairs: int = 0
-    labeled_pairs: int = 0
-    orphans: int = 0
-    duplicates: int = 0
-    evicted: int = 0
-    retries: int = 0
-    unplaced_violations: int = 0  # invalid messages of a model counted nowhere: no time known at all
-    dead_letters: list[DeadLetter] = field(default_factory=list)
-    comparisons: set[str] = field(default_factory=set)
-    watermark_s: dict[int, float] = field(default_factory=dict)
-
-    def absorb(self, part: BatchOutcome) -> None:
-        """Add the counts, dead letters and watermarks of ``part`` (one applied partition batch)."""
-        for name in _COUNTS:
-            setattr(self, name, getattr(self, name) + getattr(part, name))
-        self.dead_letters.extend(part.dead_letters)
-        self.comparisons |= part.comparisons
-        self.watermark_s.update(part.watermark_s)
 
 
 class _PartitionState:
@@ -326,7 +260,7 @@ class Processor:
                 else:
                     scores.extend(decode_scores(raw))
             except EventValidationError as exc:
-                model, ts_s = _identify(raw)
+                model, ts_s = identify(raw)
                 outcome.dead_letters.append(DeadLetter(record, str(exc), model))
                 if model is not None:
                     violations[model].append(ts_s)
@@ -454,33 +388,6 @@ class Processor:
             for cid in claimants:
                 for idx, ts_s in _by_minute(ts):
                     _add_to_slots(batch, cid, ts_s, fold_integrity(len(idx)))
-
-
-def _identify(raw: bytes) -> tuple[str | None, float | None]:
-    """The model an invalid message names and the ts it claims, where they can be read (for attribution)."""
-    try:
-        doc = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        try:
-            # The stdlib parser also reads NaN and Infinity, so a message refused for them is still attributed.
-            doc = json.loads(raw)
-        except (ValueError, RecursionError):
-            return None, None
-    if not isinstance(doc, dict):
-        return None, None
-    if isinstance(doc.get("events"), list) and doc["events"] and isinstance(doc["events"][0], dict):
-        doc = doc["events"][0]
-    model = doc.get("model")
-    if not (isinstance(model, str) and 0 < len(model) <= 128 and "|" not in model and "{" not in model):
-        return None, None
-    ts = doc.get("ts")
-    try:
-        when = datetime.fromisoformat(ts) if isinstance(ts, str) else None
-    except ValueError:
-        when = None
-    if when is not None and when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)  # refused for being naive, but still the best guess of its time
-    return model, None if when is None else when.timestamp()
 
 
 def _newest(events: Sequence[ScoreEvent] | Sequence[LabelEvent], *known: float | None) -> float | None:

@@ -20,7 +20,7 @@ from streams.snapshots import read_windows
 async def test_agent_folds_raw_score_messages_and_dead_letters_invalid_ones(redis_url: str, unique: str) -> None:
     store = MemoryWindowStore()
     settings = Settings(redis_url=redis_url, redis_prefix=f"t{unique}", consumer_group=f"g-{unique}")  # type: ignore[arg-type]
-    handle = create_app(settings, store=store, app_id=f"test-{unique}")
+    handle = create_app(settings, store=store, app_id=f"test-{unique}", loop=asyncio.get_running_loop())
     dead: list[DeadLetter] = []
     outcomes: list[BatchOutcome] = []
 
@@ -41,6 +41,7 @@ async def test_agent_folds_raw_score_messages_and_dead_letters_invalid_ones(redi
             if sum(o.records for o in outcomes) >= len(messages):
                 break
             await asyncio.sleep(0.05)
+    handle.close()
     assert sum(o.records for o in outcomes) == len(messages)
     assert sum(o.pairs for o in outcomes) == 200
     assert sorted(d.record.value for d in dead) == sorted([messages[7], messages[20]])
