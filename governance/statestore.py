@@ -32,15 +32,18 @@ from governance.snapshot import ComparisonKey
 from governance.state import GovernanceState
 
 __all__ = [
+    "Monitor",
     "StateStore",
     "VersionFacts",
     "fetch_proofpack",
     "lifecycle_context",
+    "production_monitor",
     "read_version_facts",
     "version_facts",
 ]
 
-ContextSource = Callable[[ComparisonKey, datetime | None], EvaluationContext]
+ContextSource = Callable[[ComparisonKey, datetime | None], EvaluationContext | None]
+Monitor = Callable[[ComparisonKey], EvaluationContext | None]
 
 
 class VersionFacts(BaseModel):
@@ -160,14 +163,18 @@ def lifecycle_context(
     """A ``ContextSource`` for the streams evaluator: the candidate's facts from Redis, else ``fallback``.
 
     Used when the candidate version is registered and in SHADOW (shadow role) or STAGING (canary role);
-    escalations count those open plus those raised in the last ``lookback_days``.
+    escalations count those open plus those raised in the last ``lookback_days``. An unregistered
+    candidate gets ``fallback``; a registered one in any other stage (a standby, a retired version still
+    scoring) is not judged on its candidate side at all (None).
     """
 
-    def context(key: ComparisonKey, first_event: datetime | None) -> EvaluationContext:
+    def context(key: ComparisonKey, first_event: datetime | None) -> EvaluationContext | None:
         facts = read_version_facts(client, prefix, key.model, key.candidate_version)
         expected = Stage.SHADOW if key.role == "shadow" else Stage.STAGING
-        if facts is None or facts.stage is not expected:
+        if facts is None:
             return fallback(key, first_event)
+        if facts.stage is not expected:
+            return None
         since = clock() - timedelta(days=lookback_days)
         recent = {i for i, at in enumerate(facts.escalations_raised_at) if at >= since}
         production = read_version_facts(client, prefix, key.model, key.production_version)
@@ -184,3 +191,23 @@ def lifecycle_context(
         )
 
     return context
+
+
+def production_monitor(client: redis.Redis[bytes], prefix: str) -> Monitor:
+    """A ``Monitor`` for the streams evaluator: the serving PRODUCTION version of a comparison, if it is one.
+
+    The production side of every comparison is the version serving clients; while it is the model's
+    serving PRODUCTION version, the evaluator also runs the production checks (spec 2.1) and the
+    production-side rollback triggers (8.1) on it, whatever stage the candidate is in.
+    """
+
+    def monitor(key: ComparisonKey) -> EvaluationContext | None:
+        facts = read_version_facts(client, prefix, key.model, key.production_version)
+        if facts is None or facts.stage is not Stage.PRODUCTION:
+            return None
+        if facts.production_version not in (None, key.production_version):
+            return None  # a previous production version still scoring: not the one serving
+        return EvaluationContext(key=key, stage="PRODUCTION", trained_at=facts.trained_at,
+                                 rollback_to=facts.rollback_to)
+
+    return monitor

@@ -34,7 +34,7 @@ from governance.events import GovernanceEvent
 from governance.policy import Policy, load_policy
 from governance.publishing import encode_signed_event
 from governance.settings import Settings
-from governance.statestore import lifecycle_context
+from governance.statestore import lifecycle_context, production_monitor
 from streams.evaluation import ContextSource, Evaluator, RedisStateStore, default_context
 from streams.processor import BatchOutcome, DeadLetter, Processor, Record
 from streams.redis_store import RedisWindowStore
@@ -171,10 +171,13 @@ def create_app(
     )
     policy = policy or load_policy(settings.policy_path)
     client = redis.Redis.from_url(settings.redis_url_value())
+    monitor = None
     if context is None:
-        # Registered versions are judged by their lifecycle facts; others fail closed (strictest rules).
+        # Registered versions are judged by their lifecycle facts; others fail closed (strictest rules);
+        # the serving production version is monitored whatever its candidates' stages.
         context = lifecycle_context(client, settings.redis_prefix, default_context(policy))
-    evaluator = Evaluator(store, policy, RedisStateStore(client, settings.redis_prefix), context)
+        monitor = production_monitor(client, settings.redis_prefix)
+    evaluator = Evaluator(store, policy, RedisStateStore(client, settings.redis_prefix), context, monitor=monitor)
     handle = WorkerHandle(app, processor, store, metrics, evaluator)
     handle.closers += [client.close, store.close]
     loop_ = EvaluationLoop(

@@ -28,11 +28,12 @@ from governance.policy import Policy
 from governance.snapshot import ComparisonKey, WindowSnapshot
 from streams.aggregate import AggregateConfig
 from streams.processor import integrity_id
-from streams.snapshots import read_snapshot
+from streams.snapshots import comparison_keys, read_snapshot
 from streams.store import WindowStore
 
 __all__ = [
     "ContextSource",
+    "Monitor",
     "Evaluator",
     "MemoryStateStore",
     "RedisStateStore",
@@ -101,7 +102,10 @@ class RedisStateStore:
         return bool(self._lease_script(keys=[key], args=[owner, int(ttl_s * 1000)]))
 
 
-ContextSource = Callable[[ComparisonKey, datetime | None], EvaluationContext]
+#: The candidate side's lifecycle facts (None: the candidate is not judged).
+ContextSource = Callable[[ComparisonKey, datetime | None], EvaluationContext | None]
+#: A PRODUCTION context when the comparison's production side is the serving production version.
+Monitor = Callable[[ComparisonKey], EvaluationContext | None]
 
 
 def strictest_model_type(policy: Policy) -> str:
@@ -138,6 +142,7 @@ class Evaluator:
         context: ContextSource | None = None,
         config: AggregateConfig | None = None,
         *,
+        monitor: Monitor | None = None,
         max_refresh_s: float = 900.0,
     ) -> None:
         self.store = store
@@ -146,6 +151,7 @@ class Evaluator:
         self.context = context or default_context(policy)
         self.config = config or AggregateConfig()
         self.max_refresh_s = max_refresh_s
+        self.monitor = monitor
         self._cache: dict[tuple[str, str], tuple[datetime, WindowSnapshot]] = {}
 
     def _refresh_s(self, length_s: float) -> float:
@@ -233,19 +239,40 @@ class Evaluator:
         return total
 
     def evaluate(self, key: ComparisonKey, now: datetime | None = None) -> list[GovernanceEvent]:
-        """Evaluate ``key`` at event time ``now`` (default: its newest event); return the events."""
+        """Evaluate ``key`` at event time ``now`` (default: its newest event); return the events.
+
+        The candidate side is judged by the stage its context names (SHADOW, STAGING); when a monitor
+        says the production side is the serving PRODUCTION version, the production checks and triggers
+        run too, with their own state, on one comparison per production version (the first by id), so a
+        serving version compared with both a shadow and a canary is not rolled back twice.
+        """
         meta = self.store.meta(key.as_id())
         if meta is None:
             return []
         first = datetime.fromtimestamp(meta.first_event_ms / 1000, UTC)
         if now is None:
             now = datetime.fromtimestamp(meta.last_event_ms / 1000, UTC)
-        context = self.context(key, first)
-        if context.integrity_violations_7d is None:
-            context = replace(context, integrity_violations_7d=self.integrity_violations(key, context, now))
         cid = key.as_id()
-        raw = self.states.get(cid)
-        state = EvaluatorState.from_json(raw) if raw else EvaluatorState()
-        new_state, events = evaluate(self.policy, self.snapshots(key, context, now), context, state, now)
-        self.states.put(cid, new_state.to_json())
-        return events
+        judged: list[tuple[str, EvaluationContext]] = []
+        context = self.context(key, first)
+        if context is not None:
+            judged.append((cid, context))
+        if self.monitor is not None and (context is None or context.stage != "PRODUCTION"):
+            production = self.monitor(key)
+            if production is not None and self._monitors(key):
+                judged.append((f"{cid}#production", production))
+        events: list[GovernanceEvent] = []
+        for state_id, ctx in judged:
+            if ctx.integrity_violations_7d is None:
+                ctx = replace(ctx, integrity_violations_7d=self.integrity_violations(key, ctx, now))
+            raw = self.states.get(state_id)
+            state = EvaluatorState.from_json(raw) if raw else EvaluatorState()
+            new_state, produced = evaluate(self.policy, self.snapshots(key, ctx, now), ctx, state, now)
+            self.states.put(state_id, new_state.to_json())
+            events += produced
+        return sorted(events, key=lambda event: event.ts)
+
+    def _monitors(self, key: ComparisonKey) -> bool:
+        """Whether ``key`` is the comparison that monitors its production version (the first by id)."""
+        same = [k for k in comparison_keys(self.store, key.model) if k.production_version == key.production_version]
+        return not same or key == min(same)

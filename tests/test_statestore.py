@@ -15,7 +15,13 @@ from governance.ledger import EscalationRaised, Registered, Transitioned
 from governance.lifecycle import FORWARD, Stage
 from governance.snapshot import ComparisonKey
 from governance.state import GovernanceState, as_verdict, fold, latest_gate, rebuild
-from governance.statestore import StateStore, lifecycle_context, read_version_facts, version_facts
+from governance.statestore import (
+    StateStore,
+    lifecycle_context,
+    production_monitor,
+    read_version_facts,
+    version_facts,
+)
 from tests.lifecycle_samples import MODEL_FEATURES, valid_metadata
 
 T0 = datetime(2026, 11, 1, 8, 0, tzinfo=UTC)
@@ -150,8 +156,16 @@ def test_redis_round_trip_and_worker_lookup(redis_url: str, redis_prefix: str) -
         assert context.escalations_7d == 1
         canary = source(ComparisonKey("fraud", "1.0.0", "2.0.0", "canary"), None)
         assert canary.stage == "STAGING" and canary.canary_share == 0.05
-        # A shadow comparison of a version that is not in SHADOW falls back.
+        # A registered version outside the candidate's stage is not judged as a candidate at all;
+        # only an unregistered one falls back (to the strictest rules, in the worker).
         assert source(ComparisonKey("fraud", "1.0.0", "2.0.0", "shadow"), None) is None
-        assert fallback_calls == [ComparisonKey("fraud", "1.0.0", "2.0.0", "shadow")]
+        assert fallback_calls == []
+        assert source(ComparisonKey("fraud", "1.0.0", "9.9.9", "shadow"), None) is None
+        assert fallback_calls == [ComparisonKey("fraud", "1.0.0", "9.9.9", "shadow")]
+        # The serving production version is monitored whatever its candidate's stage.
+        monitor = production_monitor(client, redis_prefix)
+        watched = monitor(ComparisonKey("fraud", "1.0.0", "3.0.0", "shadow"))
+        assert watched is not None and watched.stage == "PRODUCTION"
+        assert monitor(ComparisonKey("fraud", "3.0.0", "1.0.0", "shadow")) is None
     finally:
         client.close()

@@ -1,0 +1,127 @@
+"""`shadowgate demo` as a user runs it: a subprocess against the real Kafka broker and Redis.
+
+The outcome is checked independently of what the demo prints: the signed audit log it exported is verified
+with the run's trust store and folded into a state by `governance.state.rebuild`, which must show 1.4.0
+serving again after an automatic rollback of 1.5.0 triggered by the latency breach, both ProofPacks, and the
+promotions made by the worker's gate events; and nothing of the run may be left behind (processes, topics,
+Redis keys).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from contextlib import suppress
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+import pytest
+import redis
+from confluent_kafka.admin import AdminClient
+
+from governance.auditlog import entry_hash, parse_entry, verify_chain
+from governance.crypto.record import verify_record
+from governance.crypto.signing import Context
+from governance.identities import load_trust
+from governance.ledger import Transitioned
+from governance.lifecycle import Stage
+from governance.state import rebuild
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _demo(env: dict[str, str], *args: str, timeout_s: float = 240) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(  # noqa: S603 - our own CLI
+        [sys.executable, "-m", "shadowgate", "demo", *args], env={**os.environ, **env}, cwd=str(REPO),
+        capture_output=True, text=True, timeout=timeout_s, check=False,
+    )
+
+
+def _processes_of(group: str) -> list[int]:
+    """Pids whose environment names the demo run's consumer group (its workers and consumer)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            with suppress(OSError):
+                if f"SHADOWGATE_CONSUMER_GROUP={group}".encode() in (proc / "environ").read_bytes().split(b"\0"):
+                    found.append(int(proc.name))
+    return found
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_demo_runs_the_whole_story_and_leaves_nothing_behind(kafka_bootstrap: str, redis_url: str,
+                                                             tmp_path: Path) -> None:
+    env = {"SHADOWGATE_KAFKA_BOOTSTRAP": kafka_bootstrap, "SHADOWGATE_REDIS_URL": redis_url,
+           "SHADOWGATE_STATE_DIR": str(tmp_path)}
+    done = _demo(env, "--pairs", "1000", "--timeout", "60")
+    assert done.returncode == 0, f"{done.stdout[-6000:]}\n{done.stderr[-3000:]}"
+    out = done.stdout
+    assert "DEMO POLICY" in out and "[8/8]" in out and "rolled back in" in out
+    (root,) = (tmp_path / "demo").iterdir()
+    run = root.name
+
+    records = [orjson.loads(line) for line in (root / "audit.jsonl").read_bytes().splitlines() if line.strip()]
+    trust, now = load_trust(root / "keys"), datetime.now(UTC)
+    report = verify_chain(records, trust.system, now, trust.phase(now))
+    assert report.ok, str(report)
+    entries = [(parse_entry(verify_record(r, Context.AUDIT_ENTRY, trust.system, now, trust.phase(now))),
+                entry_hash(r)) for r in records]
+    state = rebuild(entries)
+    line = state.registry.models["fraud-risk"]
+    assert line.production == "1.4.0"
+    assert {v: r.stage for v, r in line.versions.items()} == {"1.4.0": Stage.PRODUCTION, "1.5.0": Stage.RETIRED}
+    assert sorted(state.proofpacks) == ["PP-fraud-risk-1.4.0", "PP-fraud-risk-1.5.0"]
+
+    # 1.5.0 went to STAGING on the worker's signed GateReady, to PRODUCTION on GID-08's approval, and out on
+    # the worker's RollbackTrigger for the latency breach: nothing but events and signed commands moved it.
+    moves = [(e.input.type, f.to_stage) for e, _ in entries for f in e.facts
+             if isinstance(f, Transitioned) and f.version == "1.5.0"]
+    assert moves == [("advance", "PROTOTYPE"), ("advance", "TRAINING"), ("advance", "SHADOW"),
+                     ("GateReady", "STAGING"), ("approve", "PRODUCTION"), ("RollbackTrigger", "RETIRED")]
+    (rollback,) = [r for r in state.rollbacks if r.action == "immediate"]
+    assert (rollback.from_version, rollback.to_version, rollback.status, rollback.initiated_by) == (
+        "1.5.0", "1.4.0", "COMPLETED", "ALEX_AUTOMATED")
+    assert rollback.reason.startswith("p99_latency_ms ") and "> 1000" in rollback.reason
+    refused = [e for e, _ in entries if e.outcome == "rejected"]
+    assert len(refused) == 1 and refused[0].rejection is not None and any(
+        "Maggie (GID-02) approval required" in rule for rule in refused[0].rejection.rules)
+
+    summary = orjson.loads((root / "summary.json").read_bytes())
+    assert summary["ok"] is True and summary["audit_verify"] == str(report)
+    assert 0 < summary["rollback_s"] < 30
+    assert [row["stage"] for row in summary["status"]] == ["PRODUCTION", "RETIRED"]
+
+    assert _processes_of(f"demo-{run}") == []
+    topics = AdminClient({"bootstrap.servers": kafka_bootstrap}).list_topics(timeout=10).topics
+    assert [t for t in topics if run in t] == []
+    client = redis.Redis.from_url(redis_url)
+    try:
+        assert list(client.scan_iter(match=f"demo-{run}*", count=1000)) == []
+    finally:
+        client.close()
+
+
+def test_demo_says_run_make_up_when_kafka_does_not_answer(tmp_path: Path) -> None:
+    done = _demo({"SHADOWGATE_KAFKA_BOOTSTRAP": "127.0.0.1:1", "SHADOWGATE_STATE_DIR": str(tmp_path)}, timeout_s=60)
+    assert done.returncode == 2
+    assert done.stderr.strip() == "shadowgate: error: Kafka at 127.0.0.1:1 does not answer; run `make up` first"
+    assert not (tmp_path / "demo").exists()
+
+
+@pytest.mark.integration
+def test_demo_says_run_make_up_when_redis_does_not_answer(kafka_bootstrap: str, tmp_path: Path) -> None:
+    env = {"SHADOWGATE_KAFKA_BOOTSTRAP": kafka_bootstrap, "SHADOWGATE_REDIS_URL": "redis://:secret@127.0.0.1:1/0",
+           "SHADOWGATE_STATE_DIR": str(tmp_path)}
+    done = _demo(env, timeout_s=60)
+    assert done.returncode == 2
+    assert done.stderr.strip() == "shadowgate: error: Redis at 127.0.0.1:1/0 does not answer; run `make up` first"
+    assert not (tmp_path / "demo").exists()
+
+
+def test_demo_refuses_fewer_pairs_than_the_shadow_gate_needs(tmp_path: Path) -> None:
+    done = _demo({"SHADOWGATE_STATE_DIR": str(tmp_path)}, "--pairs", "999", timeout_s=60)
+    assert done.returncode == 2
+    assert "--pairs" in done.stderr and "999 is below the demo policy's risk_scoring min_samples 1000" in done.stderr
