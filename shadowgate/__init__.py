@@ -1,17 +1,30 @@
 """shadowgate: the SDK for scoring services and the command line.
 
 Scoring services publish every request's production and shadow/canary scores with
-:class:`ScorePublisher` and ground-truth labels with :class:`LabelPublisher`.
+:class:`ScorePublisher` and ground-truth labels with :class:`LabelPublisher`, read their serving
+assignment with :class:`RoutingClient`, and check a model artifact's ML-DSA-65 manifest with
+:func:`verify_artifact` (against a :class:`TrustStore`) before they load it.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["LabelEvent", "LabelPublisher", "ScoreBatch", "ScoreEvent", "ScorePublisher"]
+__all__ = [
+    "LabelEvent",
+    "LabelPublisher",
+    "RoutingClient",
+    "ScoreBatch",
+    "ScoreEvent",
+    "ScorePublisher",
+    "TrustStore",
+    "verify_artifact",
+]
 
 if TYPE_CHECKING:
+    from governance.crypto import TrustStore, verify_artifact
     from governance.wire import LabelEvent, ScoreBatch, ScoreEvent
+    from shadowgate.routing import RoutingClient
     from shadowgate.sdk import LabelPublisher, ScorePublisher
 
 
@@ -25,4 +38,12 @@ def __getattr__(name: str) -> Any:
         from governance import wire
 
         return getattr(wire, name)
+    if name in ("TrustStore", "verify_artifact"):
+        from governance import crypto
+
+        return getattr(crypto, name)
+    if name == "RoutingClient":
+        from shadowgate.routing import RoutingClient
+
+        return RoutingClient
     raise AttributeError(name)
