@@ -140,19 +140,27 @@ def decode_scores(raw: bytes) -> list[ScoreEvent]:
 
     Raises EventValidationError naming the field for anything else (bad JSON included).
     """
+    # Strict JSON mode: numbers must be numbers and timestamps ISO 8601 strings with an offset. The hot
+    # paths parse once: the SDK's envelopes by their prefix, single events straight into ScoreEvent.
+    try:
+        if raw.startswith(b'{"events":'):
+            return list(ScoreBatch.model_validate_json(raw, strict=True).events)
+        return [ScoreEvent.model_validate_json(raw, strict=True)]
+    except ValidationError as exc:
+        first_error = exc
+    # Not valid as sent: find out what it is to name the right field.
     try:
         doc = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise EventValidationError(f"not valid JSON: {exc}", field="<json>") from None
     if not isinstance(doc, dict):
         raise EventValidationError("message must be a JSON object", field="<root>")
-    try:
-        # Strict JSON mode: numbers must be numbers and timestamps ISO 8601 strings with an offset.
-        if "events" in doc:
+    if "events" in doc and not raw.startswith(b'{"events":'):
+        try:
             return list(ScoreBatch.model_validate_json(raw, strict=True).events)
-        return [ScoreEvent.model_validate_json(raw, strict=True)]
-    except ValidationError as exc:
-        raise _explain(exc) from None
+        except ValidationError as exc:
+            raise _explain(exc) from None
+    raise _explain(first_error) from None
 
 
 def decode_label(raw: bytes) -> LabelEvent:

@@ -195,13 +195,15 @@ def create_app(
                        key_serializer="raw", value_serializer="raw")
     dlq = app.topic(topics.dlq, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shadowgate-fold")
+    # Evaluation has its own thread: a rollback trigger must not wait behind a long ingestion batch.
+    evaluation_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shadowgate-evaluate")
 
     async def send_dead_letters(dead_letters: list[DeadLetter]) -> None:
         for dead in dead_letters:
             await dlq.send(key=dead.record.key, value=dead.record.value or b"", headers=dead.headers())
 
     handle.send_dead_letters = send_dead_letters
-    handle.closers.append(lambda: executor.shutdown(wait=True))
+    handle.closers += [lambda: executor.shutdown(wait=True), lambda: evaluation_executor.shutdown(wait=True)]
 
     @app.agent(source, name="ingest", concurrency=1)  # the handle's ``ingest`` for tests: app.agents
     async def ingest(stream: Any) -> None:
@@ -217,7 +219,7 @@ def create_app(
     async def evaluate() -> None:
         loop = asyncio.get_running_loop()
         try:
-            produced = await loop.run_in_executor(executor, loop_.round)
+            produced = await loop.run_in_executor(evaluation_executor, loop_.round)
         except Exception:  # an evaluation error must not stop ingestion; it is logged and retried next tick
             log.exception("evaluation round failed")
             return

@@ -155,9 +155,12 @@ class Evaluator:
         self._cache: dict[tuple[str, str], tuple[datetime, WindowSnapshot]] = {}
 
     def _refresh_s(self, length_s: float) -> float:
-        # A long window moves little in a short time: re-read it at 1/12 of its length, at most every
-        # max_refresh_s (the 1 m trigger windows are read at every evaluation).
-        return min(max(length_s / 12.0, 0.0), self.max_refresh_s)
+        # Windows of up to two minutes (the rollback triggers' 1 m windows) are read at every evaluation:
+        # a breach must be seen at once. A longer window moves little in a short time: it is re-read
+        # at 1/60 of its length (1 h: every minute), at most every max_refresh_s.
+        if length_s <= 120.0:
+            return 0.0
+        return min(length_s / 60.0, self.max_refresh_s)
 
     def _lite_windows(self, context: EvaluationContext) -> set[str]:
         """Windows read only by triggers that need no ranking metric (no calibration slope)."""

@@ -1,0 +1,334 @@
+"""Pairs per second through the real broker and Redis, beside the raw limit of decoding the same messages.
+
+    python benchmarks/bench_pipeline.py [--bootstrap 127.0.0.1:9092] [--redis-url redis://127.0.0.1:6379/0]
+                                        [--pairs 100000] [--single-pairs 20000] [--repeats 3] [--profile auto]
+
+For each encoding (``envelope500``: ``ScorePublisher(batch_size=500)``; ``single``: one event per message)
+the SDK publishes synthetic shadow traffic (``shadowgate.traffic``: production + shadow score per request,
+two features, no labels, 1,000 pairs/s of event time ending now) to a throwaway staging topic of 4
+partitions. Then ``--repeats`` times, alternating:
+
+* raw limit: a plain confluent-kafka consumer (``consume(2000)``) reads every message of the staging
+  topic from the start and decodes it with ``orjson.loads`` (which decodes every event of an envelope),
+  nothing else; timed from the first non-empty ``consume`` to the last message;
+* worker: ONE ``shadowgate worker`` process on fresh topics, consumer group and Redis prefix. Once it has
+  folded a probe pair on every partition (imports and group join done), the staging topic's messages
+  are produced to its scores topic unchanged (same bytes, keys and partitions, the SDK's producer
+  settings) and the clock runs from the first ``produce`` until the comparison's ``sample_count``
+  (``RedisWindowStore`` + ``read_snapshot``, polled every 0.1 s) shows every pair.
+
+Each figure is the median of the repeats; the ratio is worker / raw. CPU seconds of the worker process,
+the Kafka broker, redis-server and this process over the worker's timed span come from ``/proc`` (the
+broker and Redis are shared: other clients' work on this machine is included); the worker's batch sizes
+come from its Prometheus counters. When a ratio is under one half (``--profile auto``) the records are
+also run offline through ``Processor.process`` on a throwaway Redis prefix, in batches of the worker's
+mean batch size, once plain and once under cProfile (top functions by own time, and the main stages by
+cumulative time). Topics, consumer groups, Redis keys, keyrings and Faust data dirs are deleted
+afterwards. Prints a table and writes ``benchmarks/results/pipeline.json``. Target (issue 4): with
+envelopes, at least half the raw limit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import os
+import platform
+import pstats
+import statistics
+import sys
+import time
+import urllib.request
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from harness import PARTITIONS, PRODUCER, REPO, Harness, cpu_meter, free_port, server_pids
+
+from governance.snapshot import ComparisonKey
+from shadowgate.sdk import ScorePublisher
+from shadowgate.traffic import TrafficSpec, generate
+from streams.processor import Processor, Record
+from streams.redis_store import RedisWindowStore
+from streams.snapshots import read_snapshot
+
+__all__ = ["run"]
+
+RESULTS = Path(__file__).resolve().parent / "results" / "pipeline.json"
+ENVELOPE = 500
+EVENT_RATE = 1000.0  # pairs per second of event time in the published traffic
+SPEC = TrafficSpec(label_share=0.0, rate_per_s=EVENT_RATE, seed=3)
+KEY = ComparisonKey(SPEC.model, SPEC.production_version, SPEC.candidate_version, "shadow")
+
+
+def _publish(h: Harness, pairs: int, envelope: int) -> tuple[int, datetime, datetime]:
+    """Publish the traffic; return (messages, first event time floored to the minute, end of the window)."""
+    start = (datetime.now(UTC) - timedelta(seconds=pairs / EVENT_RATE + 5)).replace(second=0, microsecond=0)
+    spec = replace(SPEC, pairs=pairs, start=start)
+    with ScorePublisher(h.bootstrap, h.topics.scores, batch_size=envelope, linger_s=3600.0) as pub:
+        for event in generate(spec):
+            event.pop("kind")
+            pub.publish(event)
+        messages = pub.stats.messages
+    return messages, start, start + timedelta(seconds=pairs / EVENT_RATE + 120)
+
+
+def _raw(h: Harness, messages: int, keep: bool) -> tuple[dict[str, Any], list[Record]]:
+    consumer = Consumer({"bootstrap.servers": h.bootstrap, "group.id": f"raw-{h.unique}",
+                         "enable.auto.commit": False, "auto.offset.reset": "earliest"})  # fmt: skip
+    kept: list[Record] = []
+    seen = events = 0
+    t0 = 0.0
+    started = time.perf_counter()
+    with cpu_meter({}) as cpu:
+        consumer.assign([TopicPartition(h.topics.scores, p, OFFSET_BEGINNING) for p in range(h.partitions)])
+        while seen < messages and time.perf_counter() - started < 120:
+            batch = consumer.consume(num_messages=2000, timeout=1.0)
+            if batch and not t0:
+                t0 = time.perf_counter()  # the first messages are in: from here on it is fetch + decode
+            for msg in batch:
+                value = msg.value()
+                if msg.error() is not None or value is None:
+                    continue
+                seen += 1
+                doc = orjson.loads(value)
+                events += len(doc["events"]) if "events" in doc else 1
+                if keep:
+                    kept.append(Record(str(msg.topic()), int(msg.partition() or 0), int(msg.offset() or 0), msg.key(),
+                                       value))  # fmt: skip
+        done = time.perf_counter()
+    consumer.close()
+    pairs = events / 2
+    rate = pairs / (done - t0) if done > t0 else float("nan")
+    return {"pairs": pairs, "pairs_per_s": round(rate), "total_s": round(done - started, 3),
+            "cpu_s": cpu}, kept  # fmt: skip
+
+
+def _pairs_seen(store: RedisWindowStore, start: datetime, end: datetime, key: ComparisonKey = KEY) -> int:
+    snap = read_snapshot(store, key, "bench", end, start=start, tests=False, full=False)
+    return int(snap.metrics.get("sample_count") or 0)
+
+
+def _scrape(port: int) -> dict[str, float]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:  # noqa: S310 - loopback
+            text = resp.read().decode()
+    except OSError:
+        return {}
+    wanted = ("shadowgate_pairs_total", "shadowgate_records_total", "shadowgate_batch_records_count",
+              "shadowgate_batch_records_sum")  # fmt: skip
+    return {line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line.startswith(wanted)}
+
+
+def _probe(when: datetime, partitions: int) -> list[bytes]:
+    """One envelope per partition holding one pair of model ``probe``: seen = the worker consumes them all."""
+    ts = when.isoformat()
+    return [orjson.dumps({"events": [
+        {"request_id": f"probe-{p}", "model": "probe", "version": v, "role": role, "score": 0.5, "latency_ms": 1.0,
+         "ts": ts} for v, role in (("1", "production"), ("2", "shadow"))]}) for p in range(partitions)]  # fmt: skip
+
+
+def _worker(
+    bootstrap: str, redis_url: str, records: list[Record], pairs: int, window: tuple[datetime, datetime],
+    pids: dict[str, int],
+) -> dict[str, Any]:  # fmt: skip
+    """A warm worker on a fresh topic; then the SDK's records are produced at once and timed until folded."""
+    h = Harness(bootstrap, redis_url)
+    try:
+        h.setup()
+        port = free_port()
+        launched = time.perf_counter()
+        proc = h.start_worker("w", metrics_port=port)
+        store = h.store("w")
+        producer = Producer({"bootstrap.servers": bootstrap, **PRODUCER})
+        # The probe is older than the traffic: it must not raise the pairing watermark past any of it.
+        when = window[0] - timedelta(seconds=1)
+        for p, value in enumerate(_probe(when, h.partitions)):
+            producer.produce(h.topics.scores, value=value, partition=p)
+        producer.flush(30)
+        probe = ComparisonKey("probe", "1", "2", "shadow")
+        while _pairs_seen(store, when - timedelta(minutes=2), when + timedelta(minutes=2), probe) < h.partitions:
+            if proc.poll() is not None or time.perf_counter() - launched > 120:
+                raise RuntimeError(f"worker did not start in 120 s:\n{h.log_tail('w')}")
+            time.sleep(0.1)
+        ready = time.perf_counter()
+        before = _scrape(port)
+        seen = 0
+        with cpu_meter({"worker": proc.pid, **pids}) as cpu:
+            t0 = time.perf_counter()
+            for i, rec in enumerate(records):
+                producer.produce(h.topics.scores, value=rec.value, key=rec.key, partition=rec.partition)
+                if i % 1000 == 0:
+                    producer.poll(0)
+            producer.flush(60)
+            published = time.perf_counter()
+            while seen < pairs:
+                if proc.poll() is not None or time.perf_counter() - t0 > 240:
+                    raise RuntimeError(f"worker stopped at {seen} of {pairs} pairs:\n{h.log_tail('w')}")
+                time.sleep(0.1)
+                seen = _pairs_seen(store, *window)
+            done = time.perf_counter()
+        metrics = _scrape(port)
+        store.close()
+    finally:
+        h.cleanup()
+    batches, batch_sum = (
+        metrics.get(name, 0.0) - before.get(name, 0.0)
+        for name in ("shadowgate_batch_records_count", "shadowgate_batch_records_sum")
+    )
+    return {
+        "pairs": seen, "pairs_per_s": round(pairs / (done - t0)), "seconds": round(done - t0, 2),
+        "publish_s": round(published - t0, 2), "startup_s": round(ready - launched, 2), "cpu_s": cpu,
+        "mean_batch_records": round(batch_sum / batches, 1) if batches > 0 else None,
+        "prometheus_pairs": metrics.get("shadowgate_pairs_total", 0.0) - before.get("shadowgate_pairs_total", 0.0),
+    }  # fmt: skip
+
+
+def _offline(h: Harness, records: list[Record], batch_records: int, profile: bool) -> dict[str, Any]:
+    """Processor.process over the consumed records on a throwaway prefix: plain, then under cProfile."""
+    out: dict[str, Any] = {"batch_records": batch_records}
+    for mode in ("plain", "cprofile") if profile else ("plain",):
+        run = f"off{mode[0]}"
+        h.prefixes.append(f"bench{h.unique}{run}")
+        store = h.store(run)
+        processor = Processor(store, scores_topic=h.topics.scores, labels_topic=h.topics.labels,
+                              fence_name=f"bench/{run}")  # fmt: skip
+        batches = [records[i : i + batch_records] for i in range(0, len(records), batch_records)]
+        profiler = cProfile.Profile() if mode == "cprofile" else None
+        started = time.perf_counter()
+        pairs = 0
+        for batch in batches:
+            if profiler is not None:
+                profiler.enable()
+            pairs += processor.process(batch).pairs
+            if profiler is not None:
+                profiler.disable()
+        seconds = time.perf_counter() - started
+        store.close()
+        out[mode] = {"pairs": pairs, "seconds": round(seconds, 3), "pairs_per_s": round(pairs / seconds)}
+        if profiler is not None:
+            out["top"] = _top(profiler)
+            out["stages"] = _stages(profiler)
+    return out
+
+
+# Stages of Processor.process by cumulative time (they nest: decode and pairing are inside the fold).
+STAGES = {
+    "decode + validate (governance.wire.decode_scores)": ("governance/wire.py", "decode_scores"),
+    "pairing (Pairer.add_batch)": ("streams/pairing.py", "add_batch"),
+    "label join (LabelJoiner.add_pairs)": ("streams/labels.py", "add_pairs"),
+    "fold pairs with numpy (Processor._fold_pairs)": ("streams/processor.py", "_fold_pairs"),
+    "pairer state delta (Pairer.state_delta)": ("streams/pairing.py", "state_delta"),
+    "label state delta (LabelJoiner.state_delta)": ("streams/labels.py", "state_delta"),
+    "Redis apply, one Lua call (RedisWindowStore.apply)": ("streams/redis_store.py", "apply"),
+}
+
+
+def _stages(profiler: cProfile.Profile) -> dict[str, float]:
+    stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
+    total = sum(v[2] for v in stats.values())  # (primitive calls, calls, own time, cumulative time, callers)
+    out: dict[str, float] = {"total_s": round(total, 3)}
+    for label, (suffix, func) in STAGES.items():
+        out[label] = round(sum(v[3] for k, v in stats.items() if k[0].endswith(suffix) and k[2] == func), 3)
+    return out
+
+
+def _top(profiler: cProfile.Profile, n: int = 15) -> list[dict[str, Any]]:
+    stats = pstats.Stats(profiler)
+    rows = []
+    for (path, line, func), (_, ncalls, tottime, cumtime, _) in stats.stats.items():  # type: ignore[attr-defined]
+        where = path.split("site-packages/")[-1].replace(str(REPO) + "/", "")
+        rows.append({"function": f"{where}:{line}({func})", "calls": ncalls, "tottime_s": round(tottime, 3),
+                     "cumtime_s": round(cumtime, 3)})  # fmt: skip
+    total = sum(r["tottime_s"] for r in rows)
+    rows.sort(key=lambda r: -r["tottime_s"])
+    return [{**r, "share": round(r["tottime_s"] / total, 3)} for r in rows[:n]]
+
+
+def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    median = statistics.median(r["pairs_per_s"] for r in runs)
+    chosen = min(runs, key=lambda r: abs(r["pairs_per_s"] - median))
+    return {**chosen, "runs_pairs_per_s": [r["pairs_per_s"] for r in runs]}
+
+
+def run(bootstrap: str, redis_url: str, pairs: int, single_pairs: int, repeats: int, profile: str) -> dict[str, Any]:
+    pids = server_pids()
+    results: list[dict[str, Any]] = []
+    for encoding, n, envelope in (("envelope500", pairs, ENVELOPE), ("single", single_pairs, 0)):
+        h = Harness(bootstrap, redis_url)
+        try:
+            h.setup()
+            messages, start, end = _publish(h, n, envelope)
+            raws, workers = [], []
+            kept: list[Record] = []
+            for i in range(repeats):
+                raw, records = _raw(h, messages, keep=i == 0)
+                kept = kept or records
+                raws.append(raw)
+                workers.append(_worker(bootstrap, redis_url, kept, n, (start, end), pids))
+                print(f"  {encoding} run {i + 1}: raw {raw['pairs_per_s']:,} pairs/s, "
+                      f"worker {workers[-1]['pairs_per_s']:,} pairs/s", flush=True)  # fmt: skip
+            raw_m, worker_m = _median(raws), _median(workers)
+            ratio = round(worker_m["pairs_per_s"] / raw_m["pairs_per_s"], 4)
+            row: dict[str, Any] = {"encoding": encoding, "pairs": n, "messages": messages, "raw": raw_m,
+                                   "worker": worker_m, "ratio": ratio}  # fmt: skip
+            if profile == "always" or (profile == "auto" and ratio < 0.5):
+                batch = max(1, int(worker_m["mean_batch_records"] or 2000))
+                row["offline"] = _offline(h, kept, batch, profile=True)
+            results.append(row)
+        finally:
+            h.cleanup()
+    return {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "load_average_1m": os.getloadavg()[0]},
+        "traffic": {"event_rate_pairs_per_s": EVENT_RATE, "partitions": PARTITIONS, "features": 2, "labels": 0},
+        "repeats": repeats,
+        "results": results,
+    }
+
+
+def _table(report: dict[str, Any]) -> None:
+    print(f"\n{'encoding':>12} {'pairs':>8} {'raw pairs/s':>12} {'worker pairs/s':>15} {'ratio':>6} "
+          f"{'startup s':>9}  cpu s (worker/kafka/redis)")  # fmt: skip
+    for r in report["results"]:
+        cpu = r["worker"]["cpu_s"]
+        print(f"{r['encoding']:>12} {r['pairs']:>8,} {r['raw']['pairs_per_s']:>12,} {r['worker']['pairs_per_s']:>15,} "
+              f"{r['ratio']:>6.3f} {r['worker']['startup_s']:>9.1f}  "
+              f"{cpu.get('worker')}/{cpu.get('kafka')}/{cpu.get('redis')}")  # fmt: skip
+        if r["encoding"] == "envelope500":
+            print(f"{'':>12} target (issue 4): worker >= 0.5 x raw: {'met' if r['ratio'] >= 0.5 else 'NOT met'}")
+        offline = r.get("offline")
+        if offline:
+            print(f"\noffline Processor.process ({r['encoding']}, batches of {offline['batch_records']} records): "
+                  f"{offline['plain']['pairs_per_s']:,} pairs/s; cProfile top by own time:")  # fmt: skip
+            for row in offline["top"]:
+                print(f"  {row['tottime_s']:>7.2f} s {row['share']:>6.1%} {row['calls']:>9,}  {row['function']}")
+            print("stages (cumulative, under cProfile):")
+            for label, seconds in offline["stages"].items():
+                print(f"  {seconds:>7.2f} s  {label}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--bootstrap", default="127.0.0.1:9092")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--pairs", type=int, default=100_000, help="pairs in envelopes of 500")
+    parser.add_argument("--single-pairs", type=int, default=20_000, help="pairs as single events")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--profile", choices=("auto", "always", "never"), default="auto")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    report = run(args.bootstrap, args.redis_url, args.pairs, args.single_pairs, args.repeats, args.profile)
+    _table(report)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
