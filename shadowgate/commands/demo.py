@@ -199,14 +199,14 @@ def _lifecycle(run: Run, policy: Policy, pairs: int, timeout_s: float, audit: Au
     _burst(service, int(RATE_PER_S), OLD, "shadow")  # one second of healthy traffic first
     say(f"now {NEW} slows down to ~1.5 s per request, at {RATE_PER_S:,.0f} requests/s", 4)
     t0 = time.monotonic()
-    service.prod_latency_ms, service.rate_per_s = 1500.0, RATE_PER_S
+    service.slow[NEW], service.rate_per_s = 1500.0, RATE_PER_S
     try:
         service.wait_routing(f"{OLD} serving again", lambda a: a.production == OLD, timeout_s)
     except DemoError:
         raise DemoError(f"rollback of {NEW}: no RollbackTrigger acted on within {timeout_s:.0f} s of the breach "
                         f"(worker logs in {run.root})") from None
     rollback_s = time.monotonic() - t0
-    service.prod_latency_ms, service.rate_per_s, service.standby = 20.0, TRICKLE_PER_S, None
+    service.rate_per_s, service.standby = TRICKLE_PER_S, None
     entry = audit.wait(f"rollback of {NEW}", _rolled_back(NEW), 30, lambda e: e.rollback is not None)
     summary["rollback_s"] = round(rollback_s, 2)
     summary["rollback"] = entry.rollback.model_dump(mode="json") if entry.rollback else None

@@ -339,6 +339,9 @@ class Service:
         self.rate_per_s = TRICKLE_PER_S
         self.standby: str | None = None
         self.prod_latency_ms = _SPEC.prod_latency_ms
+        # Latency of one version when it serves: the breach belongs to the version, not to the production role,
+        # so the restored version answers at its own speed from its first request on.
+        self.slow: dict[str, float] = {}
         self.counts: Counter[str] = Counter()
         self._stop = threading.Event()
         self._error: BaseException | None = None
@@ -420,7 +423,7 @@ class Service:
         start, began = now_utc(), time.monotonic()
         spec = replace(_SPEC, pairs=requests, start=start, rate_per_s=requests / TICK_S, role=role,
                        production_version=production, candidate_version=candidate or production, seed=self._seed,
-                       prod_latency_ms=self.prod_latency_ms)
+                       prod_latency_ms=self.slow.get(production, self.prod_latency_ms))
         for event in generate(spec):
             if event.pop("kind") == "label":
                 self.counts["queued_labels"] += 1  # also the heap's tie-breaker: dicts do not compare
