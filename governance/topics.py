@@ -39,7 +39,8 @@ def ensure_topics(
     bootstrap: str, specs: Mapping[str, tuple[int, dict[str, str]]], timeout_s: float = 30.0
 ) -> list[str]:
     """Create the topics that do not exist yet; return the names created. Existing ones are kept as is."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    # librdkafka would print a line per failed connection attempt; the error below says it once.
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
     try:
         existing = set(admin.list_topics(timeout=timeout_s).topics)
     except KafkaException as exc:

@@ -20,6 +20,7 @@ murmur2 partitioner). Delivery failures are reported to ``on_delivery_error`` an
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -36,6 +37,9 @@ from shadowgate.partitioner import partition_for
 __all__ = ["LabelPublisher", "PublisherStats", "ScorePublisher"]
 
 DeliveryCallback = Callable[[DeliveryError], None]
+
+_KAFKA_LOG = logging.getLogger("shadowgate.kafka")
+_KAFKA_LOG.addHandler(logging.NullHandler())  # a library stays quiet unless the application configures logging
 
 
 @dataclass
@@ -66,6 +70,8 @@ class _Base:
             "partitioner": "murmur2_random",
             "queue.buffering.max.messages": 1_000_000,
             "queue.buffering.max.kbytes": 1_048_576,
+            # librdkafka's own log lines go to the "shadowgate.kafka" logger, not straight to stderr.
+            "logger": _KAFKA_LOG,
         }
         config.update(producer_config or {})
         self.topic = topic

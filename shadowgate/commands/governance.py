@@ -120,7 +120,7 @@ def describe_entry(entry: AuditEntry) -> list[str]:
 def governance(keys_dir: Path, commands_topic: str, phase: str | None, catalog: Path, policy_path: str | None,
                canary_share: float | None, proofpack_dir: Path | None, lease_ttl: float) -> None:
     """Run the governance consumer (one active instance; a second one waits for the lease)."""
-    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client import CollectorRegistry
 
     from governance.catalog import load_catalog
     from governance.consumer import ConsumerConfig, GovernanceConsumer
@@ -129,6 +129,7 @@ def governance(keys_dir: Path, commands_topic: str, phase: str | None, catalog: 
     from governance.identities import load_trust, system_signer
     from governance.policy import load_policy
     from governance.topics import ensure_topics
+    from shadowgate.commands.metrics import serve_metrics
 
     config = settings()
     policy = load_policy(policy_path or config.policy_path)
@@ -139,8 +140,7 @@ def governance(keys_dir: Path, commands_topic: str, phase: str | None, catalog: 
                                                    lease_ttl_s=lease_ttl)
     ensure_topics(config.kafka_bootstrap, {commands_topic: (1, {"retention.ms": "-1"})})
     registry = CollectorRegistry()
-    if config.metrics_port:
-        start_http_server(config.metrics_port, registry=registry)
+    serve_metrics(config.metrics_port, registry, "the governance consumer")
     consumer = GovernanceConsumer(consumer_config, signer=system_signer(keys_dir, now),
                                   trust=load_trust(keys_dir, schedule_of(phase)), policy=policy,
                                   catalog=load_catalog(catalog), metrics=registry, encrypt_to=encrypt_to)

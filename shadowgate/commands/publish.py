@@ -93,6 +93,7 @@ def consume(topic: str, from_beginning: bool, max_messages: int, idle_timeout: f
         "group.id": f"shadowgate-consume-{uuid.uuid4().hex[:8]}",
         "auto.offset.reset": "earliest" if from_beginning else "latest",
         "enable.auto.commit": False,
+        "log_level": 0,  # connection errors come back through poll() and are reported once
     })
     consumer.subscribe([topic])
     seen, idle_since = 0, time.monotonic()

@@ -31,10 +31,11 @@ def worker(metrics_port: int | None, loglevel: str, keys_dir: Path | None) -> No
     from datetime import UTC, datetime
 
     import faust
-    from prometheus_client import REGISTRY, start_http_server
+    from prometheus_client import REGISTRY
 
     from governance.crypto import Keyring, default_keys_dir
     from governance.topics import ensure_topics, topic_specs
+    from shadowgate.commands.metrics import serve_metrics
     from streams.app import create_app
     from streams.telemetry import WorkerMetrics
 
@@ -44,15 +45,15 @@ def worker(metrics_port: int | None, loglevel: str, keys_dir: Path | None) -> No
         signer = keyring.signer(datetime.now(UTC))
     except ShadowgateError as exc:
         raise ConfigError(
-            f"the worker signs governance events and cannot: {exc} "
-            f"(create a key with `shadowgate keys generate --keys-dir {keys_dir or default_keys_dir()}`)"
+            f"the worker cannot sign governance events: {exc} "
+            f"(keys dir {keys_dir or default_keys_dir()}; choose another with --keys-dir or SHADOWGATE_KEYS_DIR)"
         ) from None
     _check_copartitioned(settings)
     ensure_topics(settings.kafka_bootstrap, topic_specs(settings))
     port = settings.metrics_port if metrics_port is None else metrics_port
     metrics = WorkerMetrics(REGISTRY)
+    serve_metrics(port, REGISTRY, "the worker")
     if port:
-        start_http_server(port)
         click.echo(f"metrics on :{port}/metrics", err=True)
     handle = create_app(settings, metrics=metrics, signer=signer)
     faust.Worker(handle.app, loglevel=loglevel.upper()).execute_from_commandline()
@@ -61,7 +62,10 @@ def worker(metrics_port: int | None, loglevel: str, keys_dir: Path | None) -> No
 def _check_copartitioned(s: Settings) -> None:
     from confluent_kafka.admin import AdminClient
 
-    md = AdminClient({"bootstrap.servers": s.kafka_bootstrap}).list_topics(timeout=10)
+    try:
+        md = AdminClient({"bootstrap.servers": s.kafka_bootstrap, "log_level": 0}).list_topics(timeout=10)
+    except Exception as exc:  # confluent-kafka raises KafkaException: say it in one line
+        raise ConfigError(f"Kafka at {s.kafka_bootstrap} does not answer ({exc}); is it up? (`make up`)") from None
     counts = {t: len(md.topics[t].partitions) for t in (s.topics.scores, s.topics.labels) if t in md.topics}
     if len(counts) == 2 and len(set(counts.values())) != 1:
         raise ConfigError(
