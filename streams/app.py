@@ -218,13 +218,17 @@ def create_app(
 
     async def evaluate() -> None:
         loop = asyncio.get_running_loop()
+        started = loop.time()
         try:
             produced = await loop.run_in_executor(evaluation_executor, loop_.round)
         except Exception:  # an evaluation error must not stop ingestion; it is logged and retried next tick
+            metrics.evaluation_errors.inc()
             log.exception("evaluation round failed")
             return
+        metrics.evaluation_seconds.observe(loop.time() - started)
         for topic, key, value, event in produced:
             await out_topics[topic].send(key=key, value=value)
+            metrics.governance_events.labels(type=type(event).__name__).inc()
             for callback in handle.emitted:
                 callback(event)
 

@@ -37,6 +37,12 @@ class WorkerMetrics:
                                     buckets=(1, 10, 100, 500, 1000, 2000, 5000), registry=reg)
         self.watermark = Gauge("shadowgate_watermark_seconds", "newest event time seen per partition",
                                ["partition"], registry=reg)
+        self.governance_events = Counter("shadowgate_governance_events", "signed events the evaluator published",
+                                         ["type"], registry=reg)
+        self.evaluation_seconds = Histogram("shadowgate_evaluation_seconds", "duration of one evaluation round",
+                                            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10), registry=reg)
+        self.evaluation_errors = Counter("shadowgate_evaluation_errors", "evaluation rounds that failed",
+                                         registry=reg)
 
     def observe(self, outcome: BatchOutcome) -> None:
         self.records.inc(outcome.records)
