@@ -12,6 +12,7 @@ it was called, and raises if they cannot all be read within the timeout (never a
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Iterator
@@ -36,6 +37,12 @@ class Record:
     value: bytes
 
 
+# librdkafka's log lines (one per failed connection attempt) go to this logger instead of stderr: the
+# CLI reports a dead broker once; the governance daemon configures logging and shows them.
+_KAFKA_LOG = logging.getLogger("shadowgate.kafka")
+_KAFKA_LOG.addHandler(logging.NullHandler())
+
+
 def make_consumer(bootstrap: str, purpose: str) -> Consumer:
     """A consumer that is only ever ``assign``-ed (no group membership, no commits)."""
     try:
@@ -48,6 +55,7 @@ def make_consumer(bootstrap: str, purpose: str) -> Consumer:
                 "enable.auto.offset.store": False,
                 "auto.offset.reset": "earliest",
                 "isolation.level": "read_committed",
+                "logger": _KAFKA_LOG,
             }
         )
     except KafkaException as exc:
@@ -138,6 +146,7 @@ class SyncProducer:
             "acks": "all",
             "linger.ms": 0,
             "message.max.bytes": 4_194_304,
+            "logger": _KAFKA_LOG,
         }
         settings.update(config or {})
         self.bootstrap = bootstrap

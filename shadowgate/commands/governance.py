@@ -120,6 +120,9 @@ def describe_entry(entry: AuditEntry) -> list[str]:
 def governance(keys_dir: Path, commands_topic: str, phase: str | None, catalog: Path, policy_path: str | None,
                canary_share: float | None, proofpack_dir: Path | None, lease_ttl: float) -> None:
     """Run the governance consumer (one active instance; a second one waits for the lease)."""
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from prometheus_client import CollectorRegistry
 
     from governance.catalog import load_catalog
