@@ -29,6 +29,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from governance.errors import ConfigError
+from governance.yamlfile import load_strict_yaml
 
 __all__ = [
     "Action",
@@ -359,23 +360,6 @@ class Policy(_Strict):
         return self._hash
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """A safe loader that refuses duplicate keys instead of silently keeping the last one."""
-
-
-def _mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-    seen: set[Any] = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
-            raise ConfigError(f"duplicate key {key!r} at line {key_node.start_mark.line + 1}; keep one")
-        seen.add(key)
-    return loader.construct_mapping(node, deep=deep)
-
-
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
-
-
 def _describe(error: Any) -> str:
     loc = [str(part) for part in error["loc"] if part != "[key]"]
     cause = error.get("ctx", {}).get("error")
@@ -414,7 +398,7 @@ def load_policy(path: str | Path | None = None) -> Policy:
         except OSError as exc:
             raise ConfigError(f"policy file {source}: cannot read it ({exc.strerror})") from None
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        data = load_strict_yaml(text)
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
     except yaml.YAMLError as exc:
