@@ -95,6 +95,7 @@ class WorkerEnv:
                 proc.wait(30)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(30)
 
     def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[bytes]:
         return subprocess.run(  # noqa: S603 - our own CLI
