@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import heapq
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from governance.errors import StoreError
 from streams.joinstate import StateDelta, accumulate
@@ -116,14 +116,20 @@ class MemoryWindowStore(WindowStore):
             return self._read_slots_locked(comparison_id, slots, now_s)
 
     def read(self, comparison_id: str, start_s: int, end_s: int, now_s: int) -> WindowRead:
-        window = plan(start_s, end_s, now_s, self.retention)
-        merged: dict[str, int] = {}
+        return self.read_many(comparison_id, [(start_s, end_s)], now_s)[0]
+
+    def read_many(self, comparison_id: str, ranges: Sequence[tuple[int, int]], now_s: int) -> list[WindowRead]:
+        windows = [plan(start_s, end_s, now_s, self.retention) for start_s, end_s in ranges]
+        out = []
         with self._lock:
-            for fields in self._read_slots_locked(comparison_id, window.slots, now_s).values():
-                for name, value in fields.items():
-                    merged[name] = merged.get(name, 0) + value
             meta = self._meta.get(comparison_id)
-        return WindowRead({k: v for k, v in merged.items() if v}, window, meta)
+            for window in windows:
+                merged: dict[str, int] = {}
+                for fields in self._read_slots_locked(comparison_id, window.slots, now_s).values():
+                    for name, value in fields.items():
+                        merged[name] = merged.get(name, 0) + value
+                out.append(WindowRead({k: v for k, v in merged.items() if v}, window, meta))
+        return out
 
     def meta(self, comparison_id: str) -> ComparisonMeta | None:
         with self._lock:

@@ -20,7 +20,7 @@ from typing import Any
 from governance.snapshot import CANDIDATE_ROLES, ComparisonKey, WindowSnapshot
 from streams.aggregate import AggregateConfig
 from streams.readout import delta_sums, metrics_from_fields, score_counts
-from streams.store import WindowStore
+from streams.store import WindowRead, WindowStore
 from streams.windows import named_window, to_epoch_s
 
 __all__ = ["DEFAULT_WINDOWS", "comparison_keys", "read_snapshot", "read_windows", "snapshot_document"]
@@ -58,14 +58,15 @@ def read_snapshot(
     """
     cfg = config or AggregateConfig()
     cid = comparison_id or key.as_id()  # another id: a pseudo comparison read on behalf of ``key``
-    if now is None:
-        now = _latest(store, cid) or datetime.now(UTC)
-    now_s = to_epoch_s(now)
-    if start is not None:
-        start_s, end_s = to_epoch_s(start), now_s
-    else:
-        start_s, end_s = named_window(window, now_s)
-    read = store.read(cid, start_s, end_s, now_s)
+    now_s = to_epoch_s(now or _latest(store, cid) or datetime.now(UTC))
+    span = (to_epoch_s(start), now_s) if start is not None else named_window(window, now_s)
+    read = store.read(cid, *span, now_s)
+    return _snapshot(key, window, read, cfg, tests=tests, full=full)
+
+
+def _snapshot(
+    key: ComparisonKey, window: str, read: WindowRead, cfg: AggregateConfig, *, tests: bool = True, full: bool = True
+) -> WindowSnapshot:
     metrics, drift = metrics_from_fields(read.fields, cfg, full=full)
     prod_counts, cand_counts = score_counts(read.fields, cfg) if tests else (None, None)
     meta = read.meta
@@ -116,12 +117,18 @@ def read_windows(
     now: datetime | None = None,
     config: AggregateConfig | None = None,
 ) -> dict[str, Any]:
-    """Every comparison (of ``model``) over ``windows``, as the documented JSON document."""
-    snaps = [
-        read_snapshot(store, key, window, now, config)
-        for key in comparison_keys(store, model)
-        for window in windows
-    ]
+    """Every comparison (of ``model``) over ``windows``, as the documented JSON document.
+
+    The windows of one comparison come from one consistent read of the store, so a document taken while
+    a worker applies batches never shows a short window newer than a long one.
+    """
+    cfg = config or AggregateConfig()
+    snaps = []
+    for key in comparison_keys(store, model):
+        cid = key.as_id()
+        now_s = to_epoch_s(now or _latest(store, cid) or datetime.now(UTC))
+        reads = store.read_many(cid, [named_window(window, now_s) for window in windows], now_s)
+        snaps += [_snapshot(key, window, read, cfg) for window, read in zip(windows, reads, strict=True)]
     return {"comparisons": snapshot_document(snaps)}
 
 

@@ -39,7 +39,7 @@ non-zero field.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import NamedTuple
@@ -234,6 +234,13 @@ class WindowStore(ABC):
     @abstractmethod
     def read(self, comparison_id: str, start_s: int, end_s: int, now_s: int) -> WindowRead:
         """Merge the slots that :func:`streams.windows.plan` picks for ``[start_s, end_s)`` at ``now_s``."""
+
+    @abstractmethod
+    def read_many(self, comparison_id: str, ranges: Sequence[tuple[int, int]], now_s: int) -> list[WindowRead]:
+        """:meth:`read` of each ``(start_s, end_s)`` in ``ranges``, all from one consistent state of the store.
+
+        A batch applied meanwhile is in every read or in none, so the windows of one document agree.
+        """
 
     @abstractmethod
     def meta(self, comparison_id: str) -> ComparisonMeta | None:

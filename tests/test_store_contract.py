@@ -112,6 +112,41 @@ class TestWindowStoreContract:
             merged.update(fields)
         assert got.fields == {k: v for k, v in merged.items() if v}
         assert got.meta == ComparisonMeta("fraud", min(t for t, _ in evs) * 1000, max(t for t, _ in evs) * 1000)
+        # Many windows in one read: each equals its own read.
+        ranges = [(start, end), (base, now), (end - 300, end), (start, start)]
+        assert store.read_many(cid, ranges, now) == [store.read(cid, lo, hi, now) for lo, hi in ranges]
+
+    def test_read_many_sees_a_concurrent_batch_in_every_window_or_in_none(
+        self, store_factory: StoreFactory
+    ) -> None:
+        cid, now = _cid(), _now()
+        writer, reader = store_factory(), store_factory()
+        batches = 300
+        done = threading.Event()
+        errors: list[BaseException] = []
+
+        def write() -> None:
+            try:
+                for b in range(batches):
+                    assert writer.apply(_batch(cid, [(now - 30, {"n": 1})]), Fence(cid, 0, b))
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread below
+                errors.append(exc)
+            finally:
+                done.set()
+
+        thread = threading.Thread(target=write)
+        thread.start()
+        seen: list[tuple[int, int, int]] = []
+        while not done.is_set():
+            # Every event is in all three windows: a read split by an apply would show them unequal.
+            reads = reader.read_many(cid, [(now - 300, now + 1), (now - DAY_S, now + 1), (now - 60, now + 1)], now)
+            counts = [r.fields.get("n", 0) for r in reads]
+            seen.append((counts[0], counts[1], counts[2]))
+        thread.join(timeout=60)
+        assert not errors, errors
+        assert all(a == b == c for a, b, c in seen), [s for s in seen if len(set(s)) > 1][:5]
+        assert [a for a, _, _ in seen] == sorted(a for a, _, _ in seen)
+        assert reader.read_many(cid, [(now - 300, now + 1)], now)[0].fields["n"] == batches
 
     def test_fence_rejects_replays_and_older_offsets(self, store: WindowStore) -> None:
         cid, now = _cid(), _now()
