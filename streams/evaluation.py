@@ -266,6 +266,10 @@ class Evaluator:
                 judged.append((f"{cid}#production", production))
         events: list[GovernanceEvent] = []
         for state_id, ctx in judged:
+            if ctx.stage_started_at is not None and ctx.stage_started_at > now:
+                # The stage began after the newest event (a transition the stream has not caught up with):
+                # none of its traffic is here yet, so there is nothing to judge, only an empty window.
+                continue
             if ctx.integrity_violations_7d is None:
                 ctx = replace(ctx, integrity_violations_7d=self.integrity_violations(key, ctx, now))
             raw = self.states.get(state_id)

@@ -1,0 +1,56 @@
+"""streams.evaluation.Evaluator over a real (memory) window store: what it judges and when."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import orjson
+import pytest
+
+from governance.evaluator import EvaluationContext
+from governance.events import GateBlocked
+from governance.policy import load_policy
+from governance.snapshot import ComparisonKey
+from shadowgate.traffic import TrafficSpec, generate
+from streams.evaluation import Evaluator, MemoryStateStore
+from streams.memory_store import MemoryWindowStore
+from streams.processor import Processor, Record
+from streams.snapshots import comparison_keys
+
+START = datetime(2026, 11, 26, 4, 0, tzinfo=UTC)
+
+
+def _store(pairs: int = 600) -> tuple[MemoryWindowStore, ComparisonKey, datetime]:
+    store = MemoryWindowStore()
+    processor = Processor(store, scores_topic="s", labels_topic="l", fence_name="f")
+    events = generate(TrafficSpec(pairs=pairs, start=START, rate_per_s=10.0, label_delay_s=5, seed=3))
+    records = [
+        Record("s" if e["kind"] == "score" else "l", 0, i, b"k",
+               orjson.dumps({k: v for k, v in e.items() if k != "kind"}))
+        for i, e in enumerate(events)
+    ]
+    processor.process(records)
+    key = comparison_keys(store)[0]
+    meta = store.meta(key.as_id())
+    assert meta is not None
+    return store, key, datetime.fromtimestamp(meta.last_event_ms / 1000, UTC)
+
+
+def _context(key: ComparisonKey, stage: str, started: datetime) -> EvaluationContext:
+    extra = {"canary_share": 0.05} if stage == "STAGING" else {"model_type": "risk_scoring"}
+    return EvaluationContext(key=key, stage=stage, stage_started_at=started, **extra)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("stage", ["SHADOW", "STAGING"])
+def test_a_stage_that_began_after_the_newest_event_is_not_judged_yet(stage: str) -> None:
+    store, key, last = _store()
+    ctx = _context(key, stage, last + timedelta(seconds=20))
+    states = MemoryStateStore()
+    evaluator = Evaluator(store, load_policy(None), states, lambda k, first: ctx)
+    assert evaluator.evaluate(key, last) == []
+    assert states.get(key.as_id()) is None  # no state either: the first real evaluation starts clean
+    # Once the stream reaches the stage, it is judged, and the duration check is a plain FAIL, not ERROR.
+    events = evaluator.evaluate(key, last + timedelta(seconds=30))
+    assert [type(e) for e in events] == [GateBlocked]
+    duration = next(c for c in events[0].failing_checks if c.name == "min_duration_met")  # type: ignore[union-attr]
+    assert duration.outcome == "FAIL"
