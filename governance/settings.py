@@ -51,6 +51,10 @@ class Settings(BaseSettings):
     label_horizon_s: float = Field(3 * 86400.0, gt=0, description="how long a pair waits for its label")
     max_message_bytes: int = Field(1_048_576, gt=0, description="larger messages go to the DLQ")
     evaluate_interval_s: float = Field(1.0, gt=0, description="evaluator timer period")
+    reevaluate_idle_s: float = Field(
+        60.0, ge=0, description="re-evaluate a comparison whose newest event time stands still this often "
+        "(wall-clock s), so late labels reach its gates; 0 = only when event time advances"
+    )
     policy_path: str | None = Field(None, description="policy YAML; None = the shipped default")
     keys_dir: str | None = Field(None, description="signing keys directory")
     catalog_path: str = Field("deploy/feature_catalog.yaml", description="governed feature catalog YAML")

@@ -17,6 +17,7 @@ import asyncio
 import logging
 import math
 import tempfile
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -76,21 +77,33 @@ class WorkerHandle:
 class EvaluationLoop:
     """One evaluation round of the worker: every comparison this worker leases, at its watermark.
 
-    A comparison is evaluated when its newest event time advanced past the last evaluated second; the
+    A comparison is evaluated when its newest event time advanced past the last evaluated second, and
+    again at the same event time once ``idle_s`` seconds of ``clock`` passed (its windows re-read), so
+    labels that arrive after the last score still reach its gates and triggers; the
     Redis lease (``3 x`` the timer period) makes exactly one worker the evaluator of each comparison, and
     the evaluator state lives in Redis, so a comparison moves to another worker without losing its
     trigger and dedup state. Returns ``(topic, key, signed record bytes, event)`` to publish.
     """
 
     def __init__(
-        self, evaluator: Evaluator, signer: Signer | None, topics: dict[str, str], lease_s: float, owner: str
+        self,
+        evaluator: Evaluator,
+        signer: Signer | None,
+        topics: dict[str, str],
+        lease_s: float,
+        owner: str,
+        *,
+        idle_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.evaluator = evaluator
         self.signer = signer
         self.topics = topics
         self.lease_s = lease_s
         self.owner = owner
-        self._last: dict[str, float] = {}
+        self.idle_s = idle_s
+        self.clock = clock
+        self._last: dict[str, tuple[int, float]] = {}  # comparison -> (event time, clock) of its last evaluation
 
     def round(self) -> list[tuple[str, bytes, bytes, GovernanceEvent]]:
         out: list[tuple[str, bytes, bytes, GovernanceEvent]] = []
@@ -101,9 +114,13 @@ class EvaluationLoop:
             if meta is None or not states.lease(cid, self.owner, self.lease_s):
                 continue
             now_s = math.floor(meta.last_event_ms / 1000)
-            if now_s <= self._last.get(cid, -math.inf):
-                continue
-            self._last[cid] = now_s
+            last = self._last.get(cid)
+            if last is not None and now_s <= last[0]:
+                # Event time stands still; labels (or late orphans) may still land in its windows.
+                if not self.idle_s or now_s < last[0] or self.clock() - last[1] < self.idle_s:
+                    continue
+                self.evaluator.forget(cid)
+            self._last[cid] = (now_s, self.clock())
             for event in self.evaluator.evaluate(key, datetime.fromtimestamp(now_s, UTC)):
                 out.append((self._topic(event), key.model.encode(), self._sign(event), event))
         return out
@@ -186,6 +203,7 @@ def create_app(
         {"gates": topics.gates, "rollbacks": topics.rollbacks, "alerts": topics.alerts},
         lease_s=max(3 * settings.evaluate_interval_s, 2.0),
         owner=uuid.uuid4().hex,
+        idle_s=settings.reevaluate_idle_s,
     )
     out_topics = {
         name: app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")

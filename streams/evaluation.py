@@ -218,6 +218,10 @@ class Evaluator:
             out[name] = snap
         return out
 
+    def forget(self, comparison_id: str) -> None:
+        """Drop the cached windows of a comparison: the next evaluation re-reads them all."""
+        self._cache = {k: v for k, v in self._cache.items() if k[0] != comparison_id}
+
     def integrity_violations(self, key: ComparisonKey, context: EvaluationContext, now: datetime) -> int:
         """Invalid messages of the model in the policy's lookback (spec 3.2 check 5), from the windows.
 

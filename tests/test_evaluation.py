@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import orjson
 import pytest
@@ -12,12 +13,15 @@ from governance.events import GateBlocked
 from governance.policy import load_policy
 from governance.snapshot import ComparisonKey
 from shadowgate.traffic import TrafficSpec, generate
+from streams.app import EvaluationLoop
 from streams.evaluation import Evaluator, MemoryStateStore
 from streams.memory_store import MemoryWindowStore
 from streams.processor import Processor, Record
 from streams.snapshots import comparison_keys
 
 START = datetime(2026, 11, 26, 4, 0, tzinfo=UTC)
+DEMO_POLICY = Path(__file__).resolve().parent.parent / "deploy" / "demo-policy.yaml"
+TOPICS = {"gates": "gates", "rollbacks": "rollbacks", "alerts": "alerts"}
 
 
 def _store(pairs: int = 600) -> tuple[MemoryWindowStore, ComparisonKey, datetime]:
@@ -54,3 +58,39 @@ def test_a_stage_that_began_after_the_newest_event_is_not_judged_yet(stage: str)
     assert [type(e) for e in events] == [GateBlocked]
     duration = next(c for c in events[0].failing_checks if c.name == "min_duration_met")  # type: ignore[union-attr]
     assert duration.outcome == "FAIL"
+
+
+def test_late_labels_reach_the_gate_once_the_comparison_has_been_idle() -> None:
+    store = MemoryWindowStore()
+    processor = Processor(store, scores_topic="s", labels_topic="l", fence_name="f")
+    events = list(generate(TrafficSpec(pairs=1200, start=START, rate_per_s=10.0, label_delay_s=5, seed=3)))
+    records = {
+        kind: [Record(kind, 0, i, b"k", orjson.dumps({k: v for k, v in e.items() if k != "kind"}))
+               for i, e in enumerate(e for e in events if e["kind"][0] == kind)]
+        for kind in ("s", "l")
+    }
+    processor.process(records["s"])  # every score; the labels come later, after the traffic stopped
+    key = comparison_keys(store)[0]
+    ctx = _context(key, "SHADOW", START - timedelta(days=1))
+    evaluator = Evaluator(store, load_policy(DEMO_POLICY), MemoryStateStore(), lambda k, first: ctx)
+    clock = [1000.0]
+    loop = EvaluationLoop(evaluator, None, TOPICS, lease_s=5.0, owner="w1", idle_s=60.0, clock=lambda: clock[0])
+
+    first = [event for _, _, _, event in loop.round()]
+    assert [type(e) for e in first] == [GateBlocked]
+    assert _outcome(first[0], "metrics_pass_gate") == "INCONCLUSIVE"  # no label yet
+    processor.process(records["l"])
+    clock[0] += 59.0
+    assert loop.round() == []  # event time stands still and the comparison has not been idle long enough
+    clock[0] += 2.0
+    again = [event for _, _, _, event in loop.round()]
+    # Re-read with the labels: Brier, AUC and precision@10 of this traffic miss the SHADOW thresholds.
+    assert [type(e) for e in again] == [GateBlocked]
+    assert _outcome(again[0], "metrics_pass_gate") == "FAIL"
+    assert again[0].ts == first[0].ts  # judged at the same event time
+    clock[0] += 61.0
+    assert loop.round() == []  # same verdict: nothing new to say
+
+
+def _outcome(event: GateBlocked, name: str) -> str:
+    return next(c.outcome for c in event.failing_checks if c.name == name)
