@@ -6,6 +6,7 @@ import math
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -20,6 +21,8 @@ from governance.triggers import (
     inputs_from_snapshots,
     step,
 )
+from streams.aggregate import AggregateConfig, fold_labels
+from streams.readout import metrics_from_fields
 from tests.governance_factory import T0, policy_with, snapshot
 
 POLICY = load_policy()
@@ -218,3 +221,23 @@ def test_inputs_from_snapshots_pick_each_trigger_window_and_side() -> None:
     # 150 labels < 200 required: the calibration trigger cannot judge; the others fire at once.
     _, fired = step(POLICY, TriggerState(), {"1m": minute, "1h": hour, "1d": day}, now)
     assert [f.trigger for f in fired] == ["p99_latency_ms", "kl_divergence", "integrity_violations"]
+
+
+def test_the_shipped_label_minimum_keeps_chance_calibration_breaches_rare() -> None:
+    """A calibrated model (labels drawn from its own scores) must rarely breach the calibration band at
+    the fewest labels the trigger judges: the slope comes from the same fold and readout as the worker's."""
+    policy = load_policy(None)
+    trigger = policy.triggers.calibration_slope
+    n, runs = policy.triggers.min_labels, 1000
+    rng = np.random.default_rng(2026)
+    config = AggregateConfig()
+    breaches = 0
+    for _ in range(runs):
+        scores = rng.beta(2.0, 5.0, n)
+        labels = (rng.random(n) < scores).astype(np.int8)
+        metrics, _ = metrics_from_fields(fold_labels(scores, scores, labels, config), config)
+        slope = metrics["calibration_slope"]
+        assert slope is not None
+        breaches += not trigger.low <= slope <= trigger.high
+    # About 0.6 % (6 of 1000) at 500 labels; 20 is far in the tail of that, and 200 labels give about 90.
+    assert breaches <= 20, f"{breaches} of {runs} calibrated {n}-label windows breach [{trigger.low}, {trigger.high}]"
