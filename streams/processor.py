@@ -315,6 +315,7 @@ class Processor:
         for key, cols in result.joined.items():
             cid = key.as_id()
             outcome.labeled_pairs += len(cols)
+            outcome.labeled.add(cid)
             for idx, ts_s in _by_minute(cols.ts):
                 fields = fold_labels(cols.prod_score[idx], cols.cand_score[idx], cols.label[idx], self.config)
                 _add_to_slots(batch, cid, ts_s, fields)

@@ -70,7 +70,8 @@ class BatchOutcome:
     retries: int = 0
     unplaced_violations: int = 0  # invalid messages of a model counted nowhere: no time known at all
     dead_letters: list[DeadLetter] = field(default_factory=list)
-    comparisons: set[str] = field(default_factory=set)
+    comparisons: set[str] = field(default_factory=set)  # received pairs
+    labeled: set[str] = field(default_factory=set)  # received labels (possibly no pair)
     watermark_s: dict[int, float] = field(default_factory=dict)
 
     def absorb(self, part: BatchOutcome) -> None:
@@ -79,6 +80,7 @@ class BatchOutcome:
             setattr(self, name, getattr(self, name) + getattr(part, name))
         self.dead_letters.extend(part.dead_letters)
         self.comparisons |= part.comparisons
+        self.labeled |= part.labeled
         self.watermark_s.update(part.watermark_s)
 
 

@@ -12,7 +12,9 @@ document as ``shadowgate windows --json`` plus the governance events the live wo
 * Event time drives everything: lines are grouped into intervals of ``evaluate_every_s`` of event time
   (a line's time is its ``ts``, an envelope's its newest event's); after each interval every comparison
   that received data in it is evaluated at the interval's end (a grid point, as in the live worker), and
-  the events are collected in event-time order. Events are unsigned here (nothing is acted on).
+  the events are collected in event-time order. A comparison that received only labels in an interval
+  (its traffic stopped) is evaluated again at its last evaluation time with its windows re-read, as the
+  live worker does when a comparison stands idle. Events are unsigned here (nothing is acted on).
 """
 
 from __future__ import annotations
@@ -91,6 +93,7 @@ def replay_lines(
               "duplicates": 0, "evaluations": 0}
     batch: list[Record] = []
     interval: int | None = None
+    evaluated: dict[str, datetime] = {}  # comparison -> event time of its last evaluation
 
     def flush(grid_s: float | None) -> None:
         if not batch:
@@ -105,7 +108,15 @@ def replay_lines(
         now = datetime.fromtimestamp(grid_s, UTC)
         for cid in sorted(outcome.comparisons):
             events.extend(evaluator.evaluate(ComparisonKey.from_id(cid), now))
+            evaluated[cid] = now
             totals["evaluations"] += 1
+        # Labels only (its traffic stopped): judged again at its last time with fresh windows, as the
+        # live worker does once a comparison has been idle.
+        for cid in sorted(outcome.labeled - outcome.comparisons):
+            if cid in evaluated:
+                evaluator.forget(cid)
+                events.extend(evaluator.evaluate(ComparisonKey.from_id(cid), evaluated[cid]))
+                totals["evaluations"] += 1
 
     for number, raw in enumerate(lines):
         line = raw.strip()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -10,6 +11,7 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
+from governance.policy import load_policy
 from shadowgate.cli import cli
 from shadowgate.traffic import TrafficSpec, generate
 from streams.replay import replay_lines
@@ -88,3 +90,18 @@ def test_invalid_lines_are_counted_not_fatal_and_the_cli_prints_json(tmp_path: A
     assert [d["line"] for d in doc["dead_letters"]] == [11, 12]
     assert doc["comparisons"][0]["windows"]["24h"]["sample_count"] == 500
     assert doc["comparisons"][0]["windows"]["24h"]["integrity_violations"] == 1
+
+
+def test_labels_after_the_last_score_still_reach_the_gate() -> None:
+    # The traffic stops after 200 s; every label comes an hour later. The comparison is judged again with
+    # the labels at its last evaluation time (as the live worker does when a comparison stands idle).
+    demo = load_policy(Path(__file__).resolve().parent.parent / "deploy" / "demo-policy.yaml")
+    doc = replay_lines(iter(_lines(_shadow(2000, 200 / 86400))), policy=demo, model_type="risk_scoring")
+    gates = [e for e in doc["events"] if e["type"].startswith("Gate")]
+    # Blocked on the sample count, then on the label metrics alone (no label yet), then ready.
+    assert [e["type"] for e in gates] == ["GateBlocked", "GateBlocked", "GateReady"], gates
+    blocked = {c["name"]: c["outcome"] for c in gates[1]["failing_checks"]}
+    assert blocked.get("metrics_pass_gate") == "INCONCLUSIVE"
+    last_score = max(e["ts"] for e in generate(_shadow(2000, 200 / 86400)) if e["kind"] == "score")
+    assert datetime.fromisoformat(gates[1]["ts"]) - last_score < timedelta(seconds=60)  # not at the labels' time
+    assert doc["comparisons"][0]["windows"]["24h"]["label_count"] == 2000
