@@ -21,7 +21,9 @@ murmur2 partitioner). Delivery failures are reported to ``on_delivery_error`` an
 from __future__ import annotations
 
 import logging
+import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
@@ -146,7 +148,10 @@ class ScorePublisher(_Base):
 
     ``batch_size`` 0 (default) sends every event as its own message; N > 0 groups up to N events of the
     same partition into one ``ScoreBatch`` envelope, sent when full, when ``linger_s`` has passed since
-    the envelope's first event (checked on every ``publish``), and on ``flush()``/``close()``.
+    the envelope's first event, and on ``flush()``/``close()``. A background thread sends lingering
+    envelopes (and serves delivery reports) when publishing pauses, so no event waits in a half-full
+    envelope longer than about ``linger_s``: a late envelope would make its pairs late for the join
+    window. ``on_delivery_error`` may then be called from that thread. ``publish`` is thread-safe.
     """
 
     def __init__(
@@ -165,13 +170,24 @@ class ScorePublisher(_Base):
         super().__init__(
             bootstrap_servers, topic, on_delivery_error=on_delivery_error, producer_config=producer_config
         )
+        if not linger_s > 0:
+            raise ValueError("linger_s must be > 0")
         self.batch_size = batch_size
         self.linger_s = linger_s
         self._partitions = 0
         self._buffers: dict[int, list[bytes]] = {}
         self._started: dict[int, float] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._lingerer: threading.Thread | None = None
         if batch_size:
             self._partitions = self._partition_count(metadata_timeout_s)
+            # The thread holds only a weak reference: an unclosed publisher can still be collected.
+            self._lingerer = threading.Thread(
+                target=_linger, args=(weakref.ref(self), self._stop, linger_s), name="shadowgate-linger",
+                daemon=True,
+            )
+            self._lingerer.start()
 
     def _partition_count(self, timeout_s: float) -> int:
         try:
@@ -197,14 +213,15 @@ class ScorePublisher(_Base):
             return
         body = orjson.dumps(ev.model_dump(mode="json", exclude_none=True))
         partition = partition_for(key, self._partitions)
-        buf = self._buffers.setdefault(partition, [])
-        if not buf:
-            self._started[partition] = time.monotonic()
-        buf.append(body)
-        self.stats.queued += 1
-        if len(buf) >= self.batch_size:
-            self._send_envelope(partition)
-        self._send_lingering()
+        with self._lock:
+            buf = self._buffers.setdefault(partition, [])
+            if not buf:
+                self._started[partition] = time.monotonic()
+            buf.append(body)
+            self.stats.queued += 1
+            if len(buf) >= self.batch_size:
+                self._send_envelope(partition)
+            self._send_lingering()
 
     def publish_many(self, events: Iterable[ScoreEvent | Mapping[str, Any]]) -> None:
         """Validate every event first, then queue them all: one bad event queues none."""
@@ -227,13 +244,36 @@ class ScorePublisher(_Base):
             if now - started >= self.linger_s:
                 self._send_envelope(partition)
 
+    def linger(self) -> None:
+        """Send the envelopes older than ``linger_s`` and serve delivery reports (the background thread's work)."""
+        with self._lock:
+            if not self._closed:
+                self._send_lingering()
+                self._producer.poll(0)
+
     def flush(self, timeout_s: float = 30.0) -> int:
-        for partition in list(self._buffers):
-            self._send_envelope(partition)
+        with self._lock:
+            for partition in list(self._buffers):
+                self._send_envelope(partition)
         return super().flush(timeout_s)
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        self._stop.set()
+        if self._lingerer is not None and self._lingerer is not threading.current_thread():
+            self._lingerer.join()
+        super().close(timeout_s)
 
     def __enter__(self) -> ScorePublisher:
         return self
+
+
+def _linger(ref: weakref.ReferenceType[ScorePublisher], stop: threading.Event, linger_s: float) -> None:
+    while not stop.wait(max(linger_s / 4, 0.005)):
+        publisher = ref()
+        if publisher is None:
+            return
+        publisher.linger()
+        del publisher
 
 
 class LabelPublisher(_Base):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+import time
+import weakref
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -35,8 +38,6 @@ def _consume_all(bootstrap: str, topic: str, expected: int, group: str, timeout_
                          "enable.auto.commit": False})
     consumer.subscribe([topic])
     msgs: list[Any] = []
-    import time
-
     deadline = time.monotonic() + timeout_s
     try:
         while time.monotonic() < deadline:
@@ -159,3 +160,43 @@ def test_delivery_errors_reach_the_callback(unique: str) -> None:
     assert pub.flush(10) == 0
     assert pub.stats.failed == 1 and len(errors) == 1
     assert f"nowhere-{unique}" in str(errors[0]) and "req-0" in str(errors[0])
+
+
+def test_a_half_full_envelope_is_sent_after_linger_even_when_publishing_stops(  # type: ignore[no-untyped-def]
+    kafka_bootstrap: str, make_topic, unique: str
+) -> None:
+    topic = make_topic("scores", partitions=1)
+    pub = ScorePublisher(kafka_bootstrap, topic, batch_size=500, linger_s=0.2)
+    try:
+        for event in _events(4):
+            pub.publish(event)
+        # No further publish, no flush: only the background linger can send the envelope.
+        consumer = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": unique,
+                             "auto.offset.reset": "earliest"})
+        consumer.subscribe([topic])
+        got = []
+        for _ in range(20):
+            got += [m for m in consumer.consume(num_messages=10, timeout=1.0) if m.error() is None]
+            if got:
+                break
+        consumer.close()
+        assert len(got) == 1
+        assert [e.request_id for e in decode_scores(got[0].value())] == ["req-0", "req-0", "req-1", "req-1"]
+        deadline = time.monotonic() + 5
+        while pub.stats.delivered < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert pub.stats.delivered == 4  # delivery reports are served while idle too
+    finally:
+        pub.close()
+    assert pub._lingerer is not None and not pub._lingerer.is_alive()
+
+
+def test_an_unclosed_envelope_publisher_can_be_collected(kafka_bootstrap: str, make_topic) -> None:  # type: ignore[no-untyped-def]
+    pub = ScorePublisher(kafka_bootstrap, make_topic("scores", partitions=1), batch_size=10, linger_s=0.05)
+    thread, ref = pub._lingerer, weakref.ref(pub)
+    assert thread is not None
+    del pub
+    gc.collect()
+    assert ref() is None
+    thread.join(5)
+    assert not thread.is_alive()
