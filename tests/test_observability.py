@@ -1,0 +1,111 @@
+"""The Prometheus rules, scrape config and Grafana dashboard shipped in deploy/ match the code.
+
+Every series an alert or panel queries must be one the worker or the governance consumer exposes, with
+label names it has and label values it can take; otherwise the rule is silently empty and never fires.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, get_args
+
+import promql_parser
+import pytest
+import yaml
+from prometheus_client import CollectorRegistry
+from prometheus_client.metrics import MetricWrapperBase
+
+from governance.auditlog import RejectReason, RollbackStatus
+from governance.consumer import Metrics
+from governance.settings import Settings
+from streams.telemetry import WorkerMetrics
+
+REPO = Path(__file__).resolve().parent.parent
+DEPLOY = REPO / "deploy"
+SELECTOR = re.compile(r"(shadowgate_[a-z_]+)(?:\{([^}]*)\})?")
+MATCHER = re.compile(r'(\w+)\s*(=~|!=|!~|=)\s*"([^"]*)"')
+LABEL_VALUES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("shadowgate_governance_rollbacks", "status"): get_args(RollbackStatus),
+    ("shadowgate_governance_rejected", "reason"): get_args(RejectReason),
+}
+SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
+
+
+def _exposed() -> dict[str, tuple[str, tuple[str, ...]]]:
+    """Series name -> (metric name, label names) of every metric the worker and the consumer register."""
+    out: dict[str, tuple[str, tuple[str, ...]]] = {}
+    for holder in (WorkerMetrics(CollectorRegistry()), Metrics(CollectorRegistry())):
+        for metric in vars(holder).values():
+            if isinstance(metric, MetricWrapperBase):
+                name, kind, labels = metric._name, metric._type, tuple(metric._labelnames)  # noqa: SLF001
+                for suffix in SUFFIXES[kind]:
+                    out[name + suffix] = (name, labels)
+    return out
+
+
+def _queries() -> list[tuple[str, str]]:
+    """(where, PromQL) of every alert rule and dashboard panel target."""
+    rules = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
+    out = [(f"alert {r['alert']}", r["expr"]) for g in rules["groups"] for r in g["rules"]]
+    dashboard = json.loads((DEPLOY / "grafana" / "dashboards" / "shadowgate.json").read_text())
+    out += [(f"panel {p['title']!r}", t["expr"]) for p in dashboard["panels"] for t in p["targets"]]
+    return out
+
+
+@pytest.mark.parametrize(("where", "expr"), _queries())
+def test_every_queried_series_label_and_value_exists(where: str, expr: str) -> None:
+    promql_parser.parse(expr)  # raises ValueError naming the syntax error
+    exposed = _exposed()
+    series = SELECTOR.findall(expr)
+    for name, matchers in series:
+        assert name in exposed, f"{where}: {name} is not exposed (known: {sorted(exposed)})"
+        metric, labels = exposed[name]
+        for label, op, value in MATCHER.findall(matchers):
+            assert label in labels, f"{where}: {metric} has no label {label!r} (has {labels})"
+            allowed = LABEL_VALUES.get((metric, label))
+            if allowed is not None:
+                values = value.split("|") if op == "=~" else [value]
+                assert set(values) <= set(allowed), f"{where}: {label} takes {allowed}, not {values}"
+    grouped = re.findall(r"by \(([^)]*)\)", expr)
+    names = {exposed[n][0] for n, _ in series}
+    for group in grouped:
+        for label in (x.strip() for x in group.split(",")):
+            assert label == "le" or any(label in exposed[n][1] for n, _ in series), (
+                f"{where}: grouped by {label!r}, which none of {sorted(names)} has"
+            )
+
+
+def test_alert_rules_are_complete() -> None:
+    rules = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
+    alerts = [r for g in rules["groups"] for r in g["rules"]]
+    assert len({r["alert"] for r in alerts}) == len(alerts)
+    for rule in alerts:
+        assert rule["labels"]["severity"] in ("critical", "warning"), rule["alert"]
+        assert rule["annotations"]["summary"] and rule["annotations"]["description"], rule["alert"]
+        assert re.fullmatch(r"\d+[smh]", str(rule.get("for", "0s"))), rule["alert"]
+
+
+def test_compose_mounts_the_config_prometheus_reads_and_scrapes_the_metrics_port() -> None:
+    compose: dict[str, Any] = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    prometheus = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    mounts = dict(v.rsplit(":", 1)[0].split(":", 1)[::-1] for v in compose["services"]["prometheus"]["volumes"])
+    for path in prometheus["rule_files"]:
+        assert (REPO / mounts[path]).is_file(), f"rule file {path} is not mounted from a file in the repo"
+    port = Settings().metrics_port
+    targets = [c["port"] for job in prometheus["scrape_configs"] for c in job.get("dns_sd_configs", [])]
+    targets += [int(t.rsplit(":", 1)[1]) for job in prometheus["scrape_configs"]
+                for c in job.get("static_configs", []) for t in c["targets"]]
+    assert targets and set(targets) == {port}
+    services = {job["job_name"]: job for job in prometheus["scrape_configs"]}
+    assert services["shadowgate-worker"]["dns_sd_configs"][0]["names"] == ["worker"]
+    assert {"worker", "governance"} <= set(compose["services"])
+
+
+def test_the_dashboard_uses_the_provisioned_datasource() -> None:
+    source = yaml.safe_load((DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text())
+    uid = source["datasources"][0]["uid"]
+    dashboard = json.loads((DEPLOY / "grafana" / "dashboards" / "shadowgate.json").read_text())
+    assert {p["datasource"]["uid"] for p in dashboard["panels"]} == {uid}
+    assert len({p["id"] for p in dashboard["panels"]}) == len(dashboard["panels"])
