@@ -79,7 +79,8 @@ class EvaluationLoop:
 
     A comparison is evaluated when its newest event time advanced past the last evaluated second, and
     again at the same event time once ``idle_s`` seconds of ``clock`` passed (its windows re-read), so
-    labels that arrive after the last score still reach its gates and triggers; the
+    labels that arrive after the last score still reach its gates and triggers, for ``idle_horizon_s``
+    (the label horizon) of wall time after its newest event; the
     Redis lease (``3 x`` the timer period) makes exactly one worker the evaluator of each comparison, and
     the evaluator state lives in Redis, so a comparison moves to another worker without losing its
     trigger and dedup state. Returns ``(topic, key, signed record bytes, event)`` to publish.
@@ -94,7 +95,9 @@ class EvaluationLoop:
         owner: str,
         *,
         idle_s: float = 60.0,
+        idle_horizon_s: float = 3 * 86400.0,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.evaluator = evaluator
         self.signer = signer
@@ -102,7 +105,9 @@ class EvaluationLoop:
         self.lease_s = lease_s
         self.owner = owner
         self.idle_s = idle_s
+        self.idle_horizon_s = idle_horizon_s
         self.clock = clock
+        self.wall = wall
         self._last: dict[str, tuple[int, float]] = {}  # comparison -> (event time, clock) of its last evaluation
 
     def round(self) -> list[tuple[str, bytes, bytes, GovernanceEvent]]:
@@ -116,8 +121,11 @@ class EvaluationLoop:
             now_s = math.floor(meta.last_event_ms / 1000)
             last = self._last.get(cid)
             if last is not None and now_s <= last[0]:
-                # Event time stands still; labels (or late orphans) may still land in its windows.
+                # Event time stands still; labels (or late orphans) may still land in its windows, until
+                # the label horizon has passed its newest event (then nothing can change them).
                 if not self.idle_s or now_s < last[0] or self.clock() - last[1] < self.idle_s:
+                    continue
+                if self.wall() - now_s > self.idle_horizon_s:
                     continue
                 self.evaluator.forget(cid)
             self._last[cid] = (now_s, self.clock())
@@ -204,6 +212,7 @@ def create_app(
         lease_s=max(3 * settings.evaluate_interval_s, 2.0),
         owner=uuid.uuid4().hex,
         idle_s=settings.reevaluate_idle_s,
+        idle_horizon_s=settings.label_horizon_s,
     )
     out_topics = {
         name: app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")

@@ -74,7 +74,9 @@ def test_late_labels_reach_the_gate_once_the_comparison_has_been_idle() -> None:
     ctx = _context(key, "SHADOW", START - timedelta(days=1))
     evaluator = Evaluator(store, load_policy(DEMO_POLICY), MemoryStateStore(), lambda k, first: ctx)
     clock = [1000.0]
-    loop = EvaluationLoop(evaluator, None, TOPICS, lease_s=5.0, owner="w1", idle_s=60.0, clock=lambda: clock[0])
+    wall = [START.timestamp() + 3600]
+    loop = EvaluationLoop(evaluator, None, TOPICS, lease_s=5.0, owner="w1", idle_s=60.0, idle_horizon_s=86400.0,
+                          clock=lambda: clock[0], wall=lambda: wall[0])
 
     first = [event for _, _, _, event in loop.round()]
     assert [type(e) for e in first] == [GateBlocked]
@@ -90,6 +92,16 @@ def test_late_labels_reach_the_gate_once_the_comparison_has_been_idle() -> None:
     assert again[0].ts == first[0].ts  # judged at the same event time
     clock[0] += 61.0
     assert loop.round() == []  # same verdict: nothing new to say
+    # Past the label horizon of its newest event nothing can change its windows: it is left alone.
+    evaluated: list[ComparisonKey] = []
+    evaluator.evaluate = lambda key, now=None: evaluated.append(key) or []  # type: ignore[method-assign]
+    clock[0] += 61.0
+    loop.round()
+    assert evaluated == [key]
+    wall[0] = START.timestamp() + 2 * 86400
+    clock[0] += 61.0
+    loop.round()
+    assert evaluated == [key]
 
 
 def _outcome(event: GateBlocked, name: str) -> str:
