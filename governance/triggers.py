@@ -164,11 +164,25 @@ def inputs_from_snapshots(
     return TriggerInputs(observations, max(stamps) if stamps else None)
 
 
+def _minimum(policy: Policy, name: str) -> int:
+    """Samples a trigger's window needs before its value means anything (fewer: unknown, never a breach).
+
+    The calibration slope counts labels. KL compares two 20-bin histograms: it needs the pairs the gates
+    need for a divergence check (``conclusive.min_pairs``), since on few pairs it is large by chance (two
+    samples of the same scores give KL > 0.25 in 39 % of 50-pair windows, 3 % of 100-pair ones).
+    """
+    if name == "calibration_slope":
+        return policy.triggers.min_labels
+    if name == "kl_divergence":
+        return max(policy.triggers.min_samples, policy.conclusive.min_pairs)
+    return policy.triggers.min_samples
+
+
 def _signal(policy: Policy, name: str, observation: Observation | None) -> _Signal:
     trigger = _trigger(policy, name)
     if observation is None or observation.value is None or not math.isfinite(observation.value):
         return "unknown"
-    need = policy.triggers.min_labels if name == "calibration_slope" else policy.triggers.min_samples
+    need = _minimum(policy, name)
     if name != "integrity_violations" and (observation.samples is None or observation.samples < need):
         return "unknown"
     value = observation.value

@@ -36,7 +36,7 @@ def stage_window(now: datetime, **metrics: float | None) -> WindowSnapshot:
 
 def short_windows(now: datetime, **metrics: float | None) -> dict[str, WindowSnapshot]:
     return {
-        name: snapshot(window=name, start=now - span, end=now, metrics={"sample_count": 600, **metrics},
+        name: snapshot(window=name, start=now - span, end=now, metrics={"sample_count": 1200, **metrics},
                        with_statistics=False)
         for name, span in (("1m", timedelta(minutes=1)), ("1h", timedelta(hours=1)), ("1d", timedelta(days=1)))
     }

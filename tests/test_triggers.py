@@ -21,7 +21,7 @@ from governance.triggers import (
     inputs_from_snapshots,
     step,
 )
-from streams.aggregate import AggregateConfig, fold_labels
+from streams.aggregate import AggregateConfig, fold_labels, fold_pairs
 from streams.readout import metrics_from_fields
 from tests.governance_factory import T0, policy_with, snapshot
 
@@ -241,3 +241,37 @@ def test_the_shipped_label_minimum_keeps_chance_calibration_breaches_rare() -> N
         breaches += not trigger.low <= slope <= trigger.high
     # About 0.6 % (6 of 1000) at 500 labels; 20 is far in the tail of that, and 200 labels give about 90.
     assert breaches <= 20, f"{breaches} of {runs} calibrated {n}-label windows breach [{trigger.low}, {trigger.high}]"
+
+
+def test_kl_waits_for_the_pairs_a_divergence_check_needs() -> None:
+    """KL on few pairs is large by chance (two samples of the same scores: > 0.25 in 39 % of 50-pair
+    windows), so the KL trigger needs ``conclusive.min_pairs`` pairs; the latency trigger does not."""
+    need = POLICY.conclusive.min_pairs
+    assert need > POLICY.triggers.min_samples
+
+    def shifted(samples: int) -> list[str]:
+        scenario = lambda t, now: inputs(now, samples=samples, kl_divergence=0.3)  # noqa: E731
+        return [f.trigger for _, f in drive(scenario, 0)]
+
+    assert shifted(need - 1) == []
+    assert shifted(need) == ["kl_divergence"]
+    slow = drive(lambda t, now: inputs(now, samples=POLICY.triggers.min_samples, p99_latency_ms=5000.0), 0)
+    assert [f.trigger for _, f in slow] == ["p99_latency_ms"]
+
+
+def test_the_kl_minimum_keeps_chance_divergence_rare() -> None:
+    """Two samples of the same scores (plus the shadow's small noise), through the worker's fold and readout."""
+    policy = load_policy(None)
+    n = max(policy.triggers.min_samples, policy.conclusive.min_pairs)
+    rng = np.random.default_rng(11)
+    config = AggregateConfig()
+    zeros = np.zeros(n)
+    breaches = 0
+    for _ in range(300):
+        prod = rng.beta(2.0, 5.0, n)
+        cand = np.clip(prod + rng.normal(0.0, 0.03, n), 0.0, 1.0)
+        fields = fold_pairs(prod, cand, zeros + 20.0, zeros + 25.0, zeros.astype(bool), zeros.astype(bool),
+                            config=config)
+        metrics, _ = metrics_from_fields(fields, config, full=False)
+        breaches += metrics["kl_divergence"] > policy.triggers.kl_divergence.threshold
+    assert breaches == 0  # the 99th percentile at 1,000 pairs is about 0.02

@@ -142,10 +142,11 @@ def test_two_workers_match_the_replay_and_dead_letter_invalid_messages(
         now = datetime.now(UTC)
         trust = Keyring(env.keys_dir).trust_store()
         event = decode_signed_event(raw[0].value(), trust, now, DEFAULT_SCHEDULE.phase_at(now))
-        assert [type(event).__name__] == [e["type"] for e in offline["events"] if e["type"].startswith("Gate")]
+        offline_gates = [e for e in offline["events"] if e["type"].startswith("Gate")]
+        assert [type(event).__name__] == [e["type"] for e in offline_gates]
         blocking = {"min_duration_met", "min_samples_met"}
         assert blocking <= {c.name for c in event.failing_checks}
-        assert blocking <= {c["name"] for c in offline["events"][0]["failing_checks"]}
+        assert blocking <= {c["name"] for c in offline_gates[0]["failing_checks"]}
         forged = orjson.loads(raw[0].value())
         forged["payload"]["model"] = "someone-else"
         with pytest.raises(VerificationError):
