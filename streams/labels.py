@@ -53,7 +53,7 @@ import orjson
 
 from governance.errors import ConfigError
 from governance.snapshot import ComparisonKey
-from governance.wire import LabelEvent
+from streams.decoding import LabelLike
 from streams.joinstate import (
     META_KEY,
     CheckpointError,
@@ -200,7 +200,7 @@ class LabelJoiner:
                         self._evict_pair(out)
         return self._result(out)
 
-    def add_labels(self, labels: Sequence[LabelEvent], now: datetime) -> LabelResult:
+    def add_labels(self, labels: Sequence[LabelLike], now: datetime) -> LabelResult:
         """Join labels with the pairs waiting for them, and keep each label for later pairs."""
         out = _Out()
         newest = max((lab.ts.timestamp() for lab in labels), default=-math.inf)

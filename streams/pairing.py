@@ -1,6 +1,6 @@
 """Pair production scores with shadow and canary scores of the same request, in event time.
 
-Input: validated :class:`~governance.wire.ScoreEvent` objects of ONE Kafka partition, in arrival order
+Input: validated score events (:class:`~streams.decoding.ScoreLike`) of ONE Kafka partition, in arrival order
 (both sides of a request share a partition because they are keyed by ``request_id``). Output: per
 :class:`~governance.snapshot.ComparisonKey`, columnar numpy arrays ready for vectorised folding.
 
@@ -62,7 +62,7 @@ import orjson
 
 from governance.errors import ConfigError
 from governance.snapshot import ComparisonKey, Role
-from governance.wire import ScoreEvent
+from streams.decoding import ScoreLike
 from streams.joinstate import (
     META_KEY,
     CheckpointError,
@@ -288,7 +288,7 @@ class Pairer:
     def watermark_s(self) -> float | None:
         return None if self._w == -math.inf else self._w
 
-    def add_batch(self, events: Sequence[ScoreEvent], now: datetime) -> PairingResult:
+    def add_batch(self, events: Sequence[ScoreLike], now: datetime) -> PairingResult:
         """Process ``events`` in order, then raise the watermark to ``now`` (the partition's max ts).
 
         An empty batch with a later ``now`` just expires what the new watermark closes.
@@ -304,7 +304,7 @@ class Pairer:
             self._evict(out)
         return self._result(out)
 
-    def _add(self, event: ScoreEvent, out: _Out) -> None:
+    def _add(self, event: ScoreLike, out: _Out) -> None:
         ts = event.ts.timestamp()
         if ts > self._w:
             self._w = ts

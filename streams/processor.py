@@ -45,7 +45,6 @@ import orjson
 
 from governance.errors import EventValidationError, StoreError
 from governance.snapshot import ComparisonKey
-from governance.wire import LabelEvent, ScoreEvent, decode_label, decode_scores
 from streams.aggregate import (
     AggregateConfig,
     fold_duplicates,
@@ -54,6 +53,7 @@ from streams.aggregate import (
     fold_orphans,
     fold_pairs,
 )
+from streams.decoding import LabelLike, ScoreLike, decode_label_fast, decode_scores_fast
 from streams.joinstate import combine, section
 from streams.labels import LabelJoiner, LabelResult
 from streams.pairing import PairColumns, Pairer, PairingResult, Side
@@ -243,10 +243,10 @@ class Processor:
 
     def _decode(
         self, records: list[Record], outcome: BatchOutcome
-    ) -> tuple[list[ScoreEvent], list[LabelEvent], dict[str, list[float | None]]]:
+    ) -> tuple[list[ScoreLike], list[LabelLike], dict[str, list[float | None]]]:
         """Valid events, and per model the ts each of its invalid messages claims (None: unreadable)."""
-        scores: list[ScoreEvent] = []
-        labels: list[LabelEvent] = []
+        scores: list[ScoreLike] = []
+        labels: list[LabelLike] = []
         violations: dict[str, list[float | None]] = defaultdict(list)
         for record in records:
             raw = record.value or b""
@@ -256,9 +256,9 @@ class Processor:
                         f"message of {len(raw)} bytes exceeds the limit of {self._max_message_bytes}", field="<size>"
                     )
                 if record.topic == self.labels_topic:
-                    labels.append(decode_label(raw))
+                    labels.append(decode_label_fast(raw))
                 else:
-                    scores.extend(decode_scores(raw))
+                    scores.extend(decode_scores_fast(raw))
             except EventValidationError as exc:
                 model, ts_s = identify(raw)
                 outcome.dead_letters.append(DeadLetter(record, str(exc), model))
@@ -391,7 +391,7 @@ class Processor:
                     _add_to_slots(batch, cid, ts_s, fold_integrity(len(idx)))
 
 
-def _newest(events: Sequence[ScoreEvent] | Sequence[LabelEvent], *known: float | None) -> float | None:
+def _newest(events: Sequence[ScoreLike] | Sequence[LabelLike], *known: float | None) -> float | None:
     """The newest of the events' ts and the known times (None: nothing known)."""
     candidates = [e.ts.timestamp() for e in events]
     candidates += [t for t in known if t is not None]
