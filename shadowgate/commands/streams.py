@@ -37,9 +37,11 @@ def worker(metrics_port: int | None, loglevel: str, keys_dir: Path | None) -> No
     from governance.topics import ensure_topics, topic_specs
     from shadowgate.commands.metrics import serve_metrics
     from streams.app import create_app
+    from streams.runtime import tune_gc
     from streams.telemetry import WorkerMetrics
 
     settings = load_settings()
+    tune_gc(settings.gc_young_threshold)
     keyring = Keyring(keys_dir or default_keys_dir())
     try:
         signer = keyring.signer(datetime.now(UTC))
@@ -107,8 +109,10 @@ def replay(file: Path, window_names: tuple[str, ...], as_json: bool, model_type:
     """Evaluate recorded traffic (JSON lines of score, envelope and label events) with no Kafka or Redis."""
     from governance.policy import load_policy
     from streams.replay import replay_file
+    from streams.runtime import tune_gc
     from streams.snapshots import DEFAULT_WINDOWS
 
+    tune_gc(Settings.model_fields["gc_young_threshold"].default)
     doc = replay_file(file, windows=window_names or DEFAULT_WINDOWS, policy=load_policy(policy_path),
                       model_type=model_type, evaluate_every_s=evaluate_every,
                       progress=lambda n: click.echo(f"  {n:,} lines", err=True))
