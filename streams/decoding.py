@@ -1,12 +1,12 @@
 """The worker's message decoder: msgspec on the hot path, the pydantic contract for everything else.
 
 :mod:`governance.wire` (pydantic) is the contract: what it accepts is valid, and its errors name the field
-in the dead-letter reason. Validating with it costs about 3.4 µs per score event, more than decoding and
-pairing together, and its model objects are tracked by the garbage collector, so a worker holding hours
-of state pays again in every full collection. So the worker decodes with msgspec structs that encode the
-same rules (about 1.2 µs per event, never tracked by the collector) and falls back to
-:func:`governance.wire.decode_scores` for every message msgspec refuses: that gives the reason of an
-invalid message, and an event the contract accepts but these structs do not (none is known) still counts.
+in the dead-letter reason. Validating with it costs about 3.4 µs per score event, and its model objects are
+tracked by the garbage collector, so a worker holding hours of state pays again in every collection. So the
+worker decodes with msgspec structs that encode the same rules (about 1.0 µs per event, as fast as orjson
+building plain dicts; never tracked by the collector) and falls back to :func:`governance.wire.decode_scores`
+for every message msgspec refuses: that gives the reason of an invalid message, and an event the contract
+accepts but these structs do not (a very large integer feature, say) still counts.
 
 The invariant, checked by ``tests/test_decoding.py`` with Hypothesis against the pydantic models: whatever
 msgspec accepts, the contract accepts with the same values (timestamps as the same instant). Where the two
@@ -143,12 +143,27 @@ def decode_label_fast(raw: bytes) -> LabelLike:
     return decode_label(raw)
 
 
+# Names already matched (model and version names; feature names), so a stream of single-event messages
+# does not run the regexes for every message. Bounded: past the bound names are matched every time.
+_GOOD_NAMES: set[str] = set()
+_GOOD_FEATURES: set[str] = set()
+_MAX_REMEMBERED = 10_000
+
+
 def _names_ok(events: list[FastScore]) -> bool:
     names = {e.model for e in events} | {e.version for e in events}
-    if not all(_NAME.match(name) for name in names):
-        return False
     features: set[str] = set()
     for e in events:
         if e.features:
             features.update(e.features)
-    return all(_FEATURE_NAME.match(name) for name in features)
+    return _matches(names, _NAME, _GOOD_NAMES) and _matches(features, _FEATURE_NAME, _GOOD_FEATURES)
+
+
+def _matches(names: set[str], pattern: re.Pattern[str], good: set[str]) -> bool:
+    if names <= good:
+        return True
+    if not all(pattern.match(name) for name in names - good):
+        return False
+    if len(good) < _MAX_REMEMBERED:
+        good |= names
+    return True

@@ -419,8 +419,9 @@ def _by_minute(ts: npt.NDArray[np.float64]) -> list[tuple[npt.NDArray[np.intp], 
 def _features(cols: PairColumns, idx: npt.NDArray[np.intp], side: str) -> dict[str, list[Any]] | None:
     rows = cols.prod_features if side == "prod" else cols.cand_features
     out: dict[str, list[Any]] = defaultdict(list)
-    for i in idx:
-        row = rows[int(i)]
+    # Usually one minute group holds the whole batch: then no per-row index lookups.
+    selected = rows if len(idx) == len(rows) else [rows[i] for i in idx.tolist()]
+    for row in selected:
         if row:
             for name, value in row.items():
                 out[name].append(value)
