@@ -218,7 +218,7 @@ def _offline(h: Harness, records: list[Record], batch_records: int, profile: boo
 
 # Stages of Processor.process by cumulative time (they nest: decode and pairing are inside the fold).
 STAGES = {
-    "decode + validate (governance.wire.decode_scores)": ("governance/wire.py", "decode_scores"),
+    "decode + validate (streams.decoding.decode_scores_fast)": ("streams/decoding.py", "decode_scores_fast"),
     "pairing (Pairer.add_batch)": ("streams/pairing.py", "add_batch"),
     "label join (LabelJoiner.add_pairs)": ("streams/labels.py", "add_pairs"),
     "fold pairs with numpy (Processor._fold_pairs)": ("streams/processor.py", "_fold_pairs"),

@@ -10,7 +10,8 @@ envelopes of 500 score events of one partition (labels are always single records
 
 Each configuration (store x encoding x GC mode) runs 3 times on a fresh store and reports the median:
 ``MemoryWindowStore``, and ``RedisWindowStore`` under a throwaway key prefix deleted after each run.
-GC modes: the interpreter's default, and ``gc.freeze()`` after a warm-up (the generated records and
+GC modes: the interpreter's default; ``worker``, the young-generation threshold the worker sets
+(``streams.runtime.tune_gc``, 50,000 allocations); and ``gc.freeze()`` after a warm-up (the generated records and
 everything imported move to the permanent generation, so full collections stop re-scanning them);
 the time spent inside the collector is measured with ``gc.callbacks``. The join state peaks at
 ``rate x 3600`` pairs waiting for their labels, which is what a whole-state checkpoint would rewrite
@@ -36,12 +37,14 @@ from typing import Any
 import orjson
 import redis
 
+from governance.settings import Settings
 from governance.wire import LabelEvent, ScoreEvent, encode, validate_label, validate_score
 from shadowgate.partitioner import partition_for
 from shadowgate.traffic import TrafficSpec, generate
 from streams.memory_store import MemoryWindowStore
 from streams.processor import Processor, Record
 from streams.redis_store import RedisWindowStore
+from streams.runtime import tune_gc
 from streams.store import WindowStore
 
 RESULTS = Path(__file__).resolve().parent / "results" / "processor.json"
@@ -202,8 +205,12 @@ def run(url: str | None, pairs: int, rate: float) -> dict[str, Any]:
         finally:
             cleanup()
     results: list[dict[str, Any]] = []
-    for gc_mode in ("default", "freeze"):
+    default_threshold = gc.get_threshold()
+    for gc_mode in ("default", "worker", "freeze"):
+        if gc_mode == "worker":  # what `shadowgate worker` sets (SHADOWGATE_GC_YOUNG_THRESHOLD)
+            tune_gc(Settings.model_fields["gc_young_threshold"].default)
         if gc_mode == "freeze":
+            gc.set_threshold(*default_threshold)
             gc.collect()
             gc.freeze()
         for store_name, make in stores.items():
