@@ -4,7 +4,7 @@
 
     from shadowgate import ScorePublisher
 
-    with ScorePublisher("127.0.0.1:9092", batch_size=500) as pub:
+    with ScorePublisher("127.0.0.1:9092") as pub:  # envelopes of up to 500 events, 50 ms linger
         pub.publish({"request_id": rid, "model": "fraud", "version": "1.4.0", "role": "production",
                      "score": 0.12, "latency_ms": 8.1, "ts": datetime.now(UTC)})
         pub.publish({... "version": "1.5.0", "role": "shadow", ...})
@@ -146,9 +146,10 @@ class _Base:
 class ScorePublisher(_Base):
     """Publishes :class:`ScoreEvent` s, one per Kafka message or micro-batched into envelopes.
 
-    ``batch_size`` 0 (default) sends every event as its own message; N > 0 groups up to N events of the
-    same partition into one ``ScoreBatch`` envelope, sent when full, when ``linger_s`` has passed since
-    the envelope's first event, and on ``flush()``/``close()``. A background thread sends lingering
+    ``batch_size`` N > 0 (default 500) groups up to N events of the same partition into one ``ScoreBatch``
+    envelope, sent when full, when ``linger_s`` has passed since the envelope's first event, and on
+    ``flush()``/``close()``; 0 sends every event as its own message (a worker folds about 8x fewer pairs
+    per second from those: ``docs/benchmarks.md``). A background thread sends lingering
     envelopes (and serves delivery reports) when publishing pauses, so no event waits in a half-full
     envelope longer than about ``linger_s``: a late envelope would make its pairs late for the join
     window. ``on_delivery_error`` may then be called from that thread. ``publish`` is thread-safe.
@@ -159,7 +160,7 @@ class ScorePublisher(_Base):
         bootstrap_servers: str = "127.0.0.1:9092",
         topic: str = "scores",
         *,
-        batch_size: int = 0,
+        batch_size: int = 500,
         linger_s: float = 0.05,
         on_delivery_error: DeliveryCallback | None = None,
         producer_config: Mapping[str, Any] | None = None,

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, Producer
 
-from governance.errors import EventValidationError
+from governance.errors import EventValidationError, InfrastructureError
 from governance.wire import decode_label, decode_scores
 from shadowgate.partitioner import murmur2, partition_for
 from shadowgate.sdk import LabelPublisher, ScorePublisher
@@ -152,9 +152,24 @@ def test_label_publisher_round_trip(kafka_bootstrap: str, make_topic, unique: st
     assert sorted((x.request_id, x.label) for x in got) == sorted((f"req-{i}", i % 2) for i in range(1000))
 
 
+def test_the_default_publisher_sends_envelopes(kafka_bootstrap: str, make_topic) -> None:  # type: ignore[no-untyped-def]
+    topic = make_topic("default", partitions=1)
+    with ScorePublisher(kafka_bootstrap, topic) as pub:
+        for ev in _events(1200):
+            pub.publish(ev)
+    assert pub.batch_size == 500 and pub.stats.delivered == 1200
+    assert pub.stats.messages == 3  # 500 + 500 + 200 on the one partition
+
+
+def test_an_envelope_publisher_without_a_broker_fails_at_once_naming_the_topic(unique: str) -> None:
+    with pytest.raises(InfrastructureError, match=f"cannot read metadata of topic nowhere-{unique}"):
+        ScorePublisher("127.0.0.1:1", f"nowhere-{unique}", metadata_timeout_s=1.0)
+
+
 def test_delivery_errors_reach_the_callback(unique: str) -> None:
     errors = []
-    pub = ScorePublisher("127.0.0.1:1", f"nowhere-{unique}", on_delivery_error=errors.append,
+    # batch_size=0: an envelope publisher reads the topic's partitions when created (tested below).
+    pub = ScorePublisher("127.0.0.1:1", f"nowhere-{unique}", batch_size=0, on_delivery_error=errors.append,
                          producer_config={"message.timeout.ms": 1500})
     pub.publish(_events(2)[0])
     assert pub.flush(10) == 0
