@@ -10,7 +10,7 @@ Each value bins on its own, whatever else is in the batch, so folding is indepen
   ``buckets`` buckets, labelled ``s{k}``;
 * None, NaN and infinities are missing, labelled ``na``: a change in the missing rate is drift too.
 
-Cost: vectorised for numeric arrays; object arrays pay one ``isinstance`` per value and one CRC per
+Cost: vectorised for all-numeric and all-string arrays; mixed (object) arrays pay one ``isinstance`` per value and one CRC per
 distinct string in the batch.
 """
 
@@ -33,6 +33,8 @@ def feature_bin_counts(
     counts: Counter[str] = Counter()
     if array.dtype.kind in "biuf":
         is_str = np.zeros(array.size, dtype=bool)
+    elif array.dtype.kind == "U":  # numpy made a str array: every value is a string
+        is_str = np.ones(array.size, dtype=bool)
     else:
         is_str = np.fromiter((isinstance(v, str) for v in array), dtype=bool, count=array.size)
     if is_str.any():
