@@ -91,7 +91,9 @@ class WindowSnapshot:
     bins of logit(score), identical for both sides) from which the two-sample KS test is computed; KS is
     invariant under the monotone logit, and logit bins keep the ranks of scores crowded near 0 or 1.
     ``latest_event_ts`` is the newest event time folded into the window; the gates call a window whose
-    newest event is too old SOURCE_UNHEALTHY.
+    newest event is too old SOURCE_UNHEALTHY. ``exact`` is False when the store had to round the window's
+    edges to whole hours or days because its finer slots had expired (``start``/``end`` are then the range
+    actually merged): the rollback triggers do not judge such a window.
     """
 
     key: ComparisonKey
@@ -106,6 +108,7 @@ class WindowSnapshot:
     latest_event_ts: datetime | None = None
     first_event_ts: datetime | None = None
     offsets: Mapping[str, int] = field(default_factory=dict)
+    exact: bool = True
 
     def metric(self, name: str) -> float | None:
         """The named metric, or None when the window could not compute it."""

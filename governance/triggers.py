@@ -143,14 +143,17 @@ def inputs_from_snapshots(
     ``side`` chooses the judged model: bare metric names for the candidate, ``production_`` names for the
     production model. The KL divergence compares the two sides, so it has no side. Error rate, latency and
     KL rest on ``sample_count`` pairs, the calibration slope on ``label_count`` labels; the integrity
-    violation count is exact. The newest event time is the maximum over all snapshots.
+    violation count is exact. A window the store could only answer with rounded edges (``exact`` False:
+    its minute slots expired, as for a comparison idle for more than a day) is another measurement than
+    the policy's, so its trigger sees no observation (unknown). The newest event time is the maximum over
+    all snapshots.
     """
     prefix = "production_" if side == "production" else ""
     observations: dict[str, Observation] = {}
     for name in METRIC_TRIGGERS:
         trigger = _trigger(policy, name)
         snapshot = snapshots.get(trigger.window)
-        if snapshot is None:
+        if snapshot is None or not snapshot.exact:
             continue
         metric = name if name == "kl_divergence" else prefix + name
         if name == "integrity_violations":

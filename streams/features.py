@@ -10,8 +10,8 @@ Each value bins on its own, whatever else is in the batch, so folding is indepen
   ``buckets`` buckets, labelled ``s{k}``;
 * None, NaN and infinities are missing, labelled ``na``: a change in the missing rate is drift too.
 
-Cost: vectorised for all-numeric and all-string arrays; mixed (object) arrays pay one ``isinstance`` per value and one CRC per
-distinct string in the batch.
+Cost: vectorised for all-numeric and all-string arrays; mixed (object) arrays pay one ``isinstance`` per
+value; one CRC per distinct string in the batch.
 """
 
 from __future__ import annotations

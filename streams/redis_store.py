@@ -52,7 +52,8 @@ cluster would need the fence stored per comparison or a per-shard batch split.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from importlib import resources
 from typing import Any
@@ -89,8 +90,20 @@ class RedisWindowStore(WindowStore):
     are bytes.
     """
 
-    def __init__(self, client: redis.Redis[bytes], prefix: str = "sg", retention: Retention | None = None) -> None:
+    def __init__(
+        self,
+        client: redis.Redis[bytes],
+        prefix: str = "sg",
+        retention: Retention | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         super().__init__(retention)
+        # Redis expires slots by the wall clock (EXPIREAT), whatever ``now_s`` a reader passes: reads plan
+        # with the later of the two, so a window of events older than the minute retention is answered
+        # from the hour and day slots that still exist (edges rounded, as the plan says), not from minute
+        # slots that are gone.
+        self._clock = clock
         if not prefix or any(c in prefix for c in "{}"):
             raise StoreError(f"redis prefix {prefix!r}: must be non-empty, without '{{' or '}}'")
         if client.connection_pool.connection_kwargs.get("decode_responses"):
@@ -163,6 +176,10 @@ class RedisWindowStore(WindowStore):
         with self._errors(where):
             return bool(self._apply_script(keys=keys, args=args))
 
+    def _retained_at(self, now_s: int) -> int:
+        """The time retention is judged at: ``now_s``, but never before the wall clock (see ``__init__``)."""
+        return max(int(now_s), int(self._clock()))
+
     def read_fence(self, name: str, partition: int) -> FenceState | None:
         with self._errors(f"read fence {name!r} partition {partition}"):
             key = self._fence_key(name, partition)
@@ -181,9 +198,10 @@ class RedisWindowStore(WindowStore):
         wanted = list(slots)
         arrays, _ = self._fetch(comparison_id, wanted)
         out: dict[Slot, dict[str, int]] = {}
+        at_s = self._retained_at(now_s)
         for slot, values in zip(wanted, arrays, strict=True):
             # The server's clock expires keys; now_s additionally hides what is expired at now_s.
-            if values is not None and now_s < self.retention.expires_at_s(slot):
+            if values is not None and at_s < self.retention.expires_at_s(slot):
                 fields = self._named(comparison_id, values)
                 if fields:
                     out[slot] = fields
@@ -194,7 +212,8 @@ class RedisWindowStore(WindowStore):
 
     def read_many(self, comparison_id: str, ranges: Sequence[tuple[int, int]], now_s: int) -> list[WindowRead]:
         # One MULTI fetches every distinct slot of every window: the apply script never lands between them.
-        windows = [plan(start_s, end_s, now_s, self.retention) for start_s, end_s in ranges]
+        at_s = self._retained_at(now_s)
+        windows = [plan(start_s, end_s, at_s, self.retention) for start_s, end_s in ranges]
         slots = list(dict.fromkeys(slot for window in windows for slot in window.slots))
         arrays, meta = self._fetch(comparison_id, slots)
         by_slot = dict(zip(slots, arrays, strict=True))

@@ -82,6 +82,7 @@ def _snapshot(
         score_counts_candidate=cand_counts,
         latest_event_ts=datetime.fromtimestamp(meta.last_event_ms / 1000, UTC) if meta else None,
         first_event_ts=datetime.fromtimestamp(meta.first_event_ms / 1000, UTC) if meta else None,
+        exact=read.plan.exact,
     )
 
 

@@ -100,6 +100,7 @@ def snapshot(
     latest_event_ts: datetime | None | Literal["end"] = "end",
     with_statistics: bool = True,
     n: int | None = None,
+    exact: bool = True,
     **overrides: float | None,
 ) -> WindowSnapshot:
     """A window snapshot with GOOD_METRICS, ``metrics``/``overrides`` applied, and real histograms/sums."""
@@ -125,6 +126,7 @@ def snapshot(
         latest_event_ts=end if latest_event_ts == "end" else latest_event_ts,
         first_event_ts=start,
         offsets={"scores:0": 1234, "scores:1": 987},
+        exact=exact,
         **extra,
     )
 

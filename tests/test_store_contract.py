@@ -473,6 +473,26 @@ class TestRedisLayout:
         assert client.ttl(f"{redis_prefix}:fence:g/t:3") == -1
         store.close()
 
+    def test_a_window_of_old_events_reads_the_slots_the_server_kept(self, redis_url: str, redis_prefix: str) -> None:
+        # A comparison whose traffic stopped 3 days ago: its windows are anchored at its newest event, but
+        # the server has deleted its minute slots (26 h retention by the wall clock).
+        import redis
+
+        client = redis.Redis.from_url(redis_url)
+        cid = _cid()
+        anchor = _now() - 3 * DAY_S
+        events = [(anchor - 60 * i, {"n": 1}) for i in range(5)]
+        store = RedisWindowStore(client, prefix=redis_prefix)
+        assert store.apply(_batch(cid, events), Fence(cid, 0, 1))
+        assert not client.exists(store.slot_key(cid, slots_for(anchor)[0]))  # the minute slot is gone
+        day = store.read(cid, anchor - DAY_S, anchor + 1, anchor)
+        assert day.fields == {"n": 5}
+        assert day.plan.newer_edge == "hour" and all(s.granularity is not Granularity.MINUTE for s in day.plan.slots)
+        # Judged at the anchor alone, the plan would pick the deleted minute slots and read nothing.
+        trusting = RedisWindowStore(client, prefix=redis_prefix, clock=lambda: 0.0)
+        assert trusting.read(cid, anchor - DAY_S, anchor + 1, anchor).fields == {}
+        store.close()
+
     def test_a_refused_batch_leaves_every_key_as_it_was(self, redis_url: str, redis_prefix: str) -> None:
         import redis
 

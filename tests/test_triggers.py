@@ -275,3 +275,16 @@ def test_the_kl_minimum_keeps_chance_divergence_rare() -> None:
         metrics, _ = metrics_from_fields(fields, config, full=False)
         breaches += metrics["kl_divergence"] > policy.triggers.kl_divergence.threshold
     assert breaches == 0  # the 99th percentile at 1,000 pairs is about 0.02
+
+
+def test_a_window_answered_with_rounded_edges_is_not_judged() -> None:
+    # A comparison idle for more than a day: its 1 m window can only be read from whole hours, which is not
+    # the policy's measurement. Its triggers see unknown; exact windows are judged as before.
+    now = T0 + timedelta(days=15)
+    minute = snapshot(window="1m", error_rate=0.2, p99_latency_ms=5000.0, exact=False)
+    hour = snapshot(window="1h", kl_divergence=0.3, latest_event_ts=now)
+    picked = inputs_from_snapshots(POLICY, {"1m": minute, "1h": hour})
+    assert "error_rate" not in picked.observations and "p99_latency_ms" not in picked.observations
+    assert picked.observations["kl_divergence"].value == 0.3
+    _, fired = step(POLICY, TriggerState(), {"1m": minute, "1h": hour}, now)
+    assert [f.trigger for f in fired] == ["kl_divergence"]
