@@ -2,6 +2,7 @@
 
     python benchmarks/bench_pipeline.py [--bootstrap 127.0.0.1:9092] [--redis-url redis://127.0.0.1:6379/0]
                                         [--pairs 100000] [--single-pairs 20000] [--repeats 3] [--profile auto]
+                                        [--workers 1] [--out benchmarks/results/pipeline.json]
 
 For each encoding (``envelope500``: ``ScorePublisher(batch_size=500)``; ``single``: one event per message)
 the SDK publishes synthetic shadow traffic (``shadowgate.traffic``: production + shadow score per request,
@@ -11,8 +12,10 @@ partitions. Then ``--repeats`` times, alternating:
 * raw limit: a plain confluent-kafka consumer (``consume(2000)``) reads every message of the staging
   topic from the start and decodes it with ``orjson.loads`` (which decodes every event of an envelope),
   nothing else; timed from the first non-empty ``consume`` to the last message;
-* worker: ONE ``shadowgate worker`` process on fresh topics, consumer group and Redis prefix. Once it has
-  folded a probe pair on every partition (imports and group join done), the staging topic's messages
+* worker: ONE ``shadowgate worker`` process (``--workers N``: N of them in one consumer group, sharing
+  the 4 partitions) on fresh topics, consumer group and Redis prefix. Probe pairs go to every partition,
+  once a second, until every worker has folded one and all are folded (imports, group join and
+  rebalance done); then the staging topic's messages
   are produced to its scores topic unchanged (same bytes, keys and partitions, the SDK's producer
   settings) and the clock runs from the first ``produce`` until the comparison's ``sample_count``
   (``RedisWindowStore`` + ``read_snapshot``, polled every 0.1 s) shows every pair.
@@ -124,41 +127,75 @@ def _scrape(port: int) -> dict[str, float]:
     return {line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line.startswith(wanted)}
 
 
-def _probe(when: datetime, partitions: int) -> list[bytes]:
+def _scrape_all(ports: list[int]) -> dict[str, float]:
+    """The counters of every worker, summed."""
+    total: dict[str, float] = {}
+    for port in ports:
+        for name, value in _scrape(port).items():
+            total[name] = total.get(name, 0.0) + value
+    return total
+
+
+def _owned(port: int) -> set[str]:
+    """Partitions a worker has folded events of (its watermark gauge has them)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:  # noqa: S310 - loopback
+            text = resp.read().decode()
+    except OSError:
+        return set()
+    return {line.split('partition="')[1].split('"')[0] for line in text.splitlines()
+            if line.startswith("shadowgate_watermark_seconds{")}  # fmt: skip
+
+
+def _probe(when: datetime, partitions: int, round_: int = 0) -> list[bytes]:
     """One envelope per partition holding one pair of model ``probe``: seen = the worker consumes them all."""
     ts = when.isoformat()
-    return [orjson.dumps({"events": [
-        {"request_id": f"probe-{p}", "model": "probe", "version": v, "role": role, "score": 0.5, "latency_ms": 1.0,
-         "ts": ts} for v, role in (("1", "production"), ("2", "shadow"))]}) for p in range(partitions)]  # fmt: skip
+    sides = (("1", "production"), ("2", "shadow"))
+    return [
+        orjson.dumps({"events": [
+            {"request_id": f"probe-{round_}-{p}", "model": "probe", "version": v, "role": role, "score": 0.5,
+             "latency_ms": 1.0, "ts": ts}
+            for v, role in sides
+        ]})
+        for p in range(partitions)
+    ]  # fmt: skip
 
 
 def _worker(
     bootstrap: str, redis_url: str, records: list[Record], pairs: int, window: tuple[datetime, datetime],
-    pids: dict[str, int],
+    pids: dict[str, int], workers: int = 1,
 ) -> dict[str, Any]:  # fmt: skip
-    """A warm worker on a fresh topic; then the SDK's records are produced at once and timed until folded."""
+    """Warm workers on a fresh topic; then the SDK's records are produced at once and timed until folded."""
     h = Harness(bootstrap, redis_url)
     try:
         h.setup()
-        port = free_port()
+        ports = [free_port() for _ in range(workers)]
         launched = time.perf_counter()
-        proc = h.start_worker("w", metrics_port=port)
+        # Same run name: one consumer group and one Redis prefix shared by every worker.
+        procs = [h.start_worker("w", metrics_port=port) for port in ports]
         store = h.store("w")
         producer = Producer({"bootstrap.servers": bootstrap, **PRODUCER})
         # The probe is older than the traffic: it must not raise the pairing watermark past any of it.
         when = window[0] - timedelta(seconds=1)
-        for p, value in enumerate(_probe(when, h.partitions)):
-            producer.produce(h.topics.scores, value=value, partition=p)
-        producer.flush(30)
         probe = ComparisonKey("probe", "1", "2", "shadow")
-        while _pairs_seen(store, when - timedelta(minutes=2), when + timedelta(minutes=2), probe) < h.partitions:
-            if proc.poll() is not None or time.perf_counter() - launched > 120:
-                raise RuntimeError(f"worker did not start in 120 s:\n{h.log_tail('w')}")
-            time.sleep(0.1)
+        # Probe every partition until each worker has folded one (group joined, partitions assigned).
+        rounds = 0
+        while True:
+            for p, value in enumerate(_probe(when, h.partitions, rounds)):
+                producer.produce(h.topics.scores, value=value, partition=p)
+            producer.flush(30)
+            rounds += 1
+            time.sleep(1.0)
+            owned = [_owned(port) for port in ports]
+            seen_probes = _pairs_seen(store, when - timedelta(minutes=2), when + timedelta(minutes=2), probe)
+            if all(owned) and len(set().union(*owned)) == h.partitions and seen_probes >= rounds * h.partitions:
+                break
+            if any(proc.poll() is not None for proc in procs) or time.perf_counter() - launched > 180:
+                raise RuntimeError(f"workers did not start in 180 s:\n{h.log_tail('w')}")
         ready = time.perf_counter()
-        before = _scrape(port)
+        before = _scrape_all(ports)
         seen = 0
-        with cpu_meter({"worker": proc.pid, **pids}) as cpu:
+        with cpu_meter({**{f"worker{i}": proc.pid for i, proc in enumerate(procs)}, **pids}) as cpu:
             t0 = time.perf_counter()
             for i, rec in enumerate(records):
                 producer.produce(h.topics.scores, value=rec.value, key=rec.key, partition=rec.partition)
@@ -167,12 +204,12 @@ def _worker(
             producer.flush(60)
             published = time.perf_counter()
             while seen < pairs:
-                if proc.poll() is not None or time.perf_counter() - t0 > 240:
+                if any(proc.poll() is not None for proc in procs) or time.perf_counter() - t0 > 240:
                     raise RuntimeError(f"worker stopped at {seen} of {pairs} pairs:\n{h.log_tail('w')}")
                 time.sleep(0.1)
                 seen = _pairs_seen(store, *window)
             done = time.perf_counter()
-        metrics = _scrape(port)
+        metrics = _scrape_all(ports)
         store.close()
     finally:
         h.cleanup()
@@ -180,8 +217,9 @@ def _worker(
         metrics.get(name, 0.0) - before.get(name, 0.0)
         for name in ("shadowgate_batch_records_count", "shadowgate_batch_records_sum")
     )
+    cpu["worker"] = round(sum(v for k, v in cpu.items() if k.startswith("worker")), 2)
     return {
-        "pairs": seen, "pairs_per_s": round(pairs / (done - t0)), "seconds": round(done - t0, 2),
+        "workers": workers, "pairs": seen, "pairs_per_s": round(pairs / (done - t0)), "seconds": round(done - t0, 2),
         "publish_s": round(published - t0, 2), "startup_s": round(ready - launched, 2), "cpu_s": cpu,
         "mean_batch_records": round(batch_sum / batches, 1) if batches > 0 else None,
         "prometheus_pairs": metrics.get("shadowgate_pairs_total", 0.0) - before.get("shadowgate_pairs_total", 0.0),
@@ -255,7 +293,9 @@ def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {**chosen, "runs_pairs_per_s": [r["pairs_per_s"] for r in runs]}
 
 
-def run(bootstrap: str, redis_url: str, pairs: int, single_pairs: int, repeats: int, profile: str) -> dict[str, Any]:
+def run(
+    bootstrap: str, redis_url: str, pairs: int, single_pairs: int, repeats: int, profile: str, workers: int = 1
+) -> dict[str, Any]:
     pids = server_pids()
     results: list[dict[str, Any]] = []
     for encoding, n, envelope in (("envelope500", pairs, ENVELOPE), ("single", single_pairs, 0)):
@@ -263,16 +303,16 @@ def run(bootstrap: str, redis_url: str, pairs: int, single_pairs: int, repeats: 
         try:
             h.setup()
             messages, start, end = _publish(h, n, envelope)
-            raws, workers = [], []
+            raws, timed = [], []
             kept: list[Record] = []
             for i in range(repeats):
                 raw, records = _raw(h, messages, keep=i == 0)
                 kept = kept or records
                 raws.append(raw)
-                workers.append(_worker(bootstrap, redis_url, kept, n, (start, end), pids))
+                timed.append(_worker(bootstrap, redis_url, kept, n, (start, end), pids, workers))
                 print(f"  {encoding} run {i + 1}: raw {raw['pairs_per_s']:,} pairs/s, "
-                      f"worker {workers[-1]['pairs_per_s']:,} pairs/s", flush=True)  # fmt: skip
-            raw_m, worker_m = _median(raws), _median(workers)
+                      f"{workers} worker(s) {timed[-1]['pairs_per_s']:,} pairs/s", flush=True)  # fmt: skip
+            raw_m, worker_m = _median(raws), _median(timed)
             ratio = round(worker_m["pairs_per_s"] / raw_m["pairs_per_s"], 4)
             row: dict[str, Any] = {"encoding": encoding, "pairs": n, "messages": messages, "raw": raw_m,
                                    "worker": worker_m, "ratio": ratio}  # fmt: skip
@@ -287,6 +327,7 @@ def run(bootstrap: str, redis_url: str, pairs: int, single_pairs: int, repeats: 
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "load_average_1m": os.getloadavg()[0]},
         "traffic": {"event_rate_pairs_per_s": EVENT_RATE, "partitions": PARTITIONS, "features": 2, "labels": 0},
         "repeats": repeats,
+        "workers": workers,
         "results": results,
     }
 
@@ -299,7 +340,7 @@ def _table(report: dict[str, Any]) -> None:
         print(f"{r['encoding']:>12} {r['pairs']:>8,} {r['raw']['pairs_per_s']:>12,} {r['worker']['pairs_per_s']:>15,} "
               f"{r['ratio']:>6.3f} {r['worker']['startup_s']:>9.1f}  "
               f"{cpu.get('worker')}/{cpu.get('kafka')}/{cpu.get('redis')}")  # fmt: skip
-        if r["encoding"] == "envelope500":
+        if r["encoding"] == "envelope500" and report["workers"] == 1:
             print(f"{'':>12} target (issue 4): worker >= 0.5 x raw: {'met' if r['ratio'] >= 0.5 else 'NOT met'}")
         offline = r.get("offline")
         if offline:
@@ -320,9 +361,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--single-pairs", type=int, default=20_000, help="pairs as single events")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--profile", choices=("auto", "always", "never"), default="auto")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="worker processes sharing the partitions (the issue's target is for one)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    report = run(args.bootstrap, args.redis_url, args.pairs, args.single_pairs, args.repeats, args.profile)
+    if not 1 <= args.workers <= PARTITIONS:
+        parser.error(f"--workers must be between 1 and {PARTITIONS} (the topic's partitions)")
+    report = run(args.bootstrap, args.redis_url, args.pairs, args.single_pairs, args.repeats, args.profile,
+                 args.workers)
     _table(report)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

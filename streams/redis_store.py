@@ -231,7 +231,7 @@ class RedisWindowStore(WindowStore):
         return ComparisonMeta(raw[b"model"].decode(), int(raw[b"first_ms"]), int(raw[b"last_ms"]))
 
     def comparisons(self, model: str | None = None) -> list[str]:
-        with self._errors(f"list comparisons of model {model!r}"):
+        with self._errors("list comparisons" if model is None else f"list comparisons of model {model!r}"):
             if model is not None:
                 keys = [f"{self._prefix}:model:{model}"]
             else:
@@ -313,10 +313,8 @@ class RedisWindowStore(WindowStore):
         try:
             yield
         except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise InfrastructureError(
-                f"redis {self._server}: cannot {what}: {exc}; is the server up? (safe to retry: the "
-                "fence makes apply idempotent)"
-            ) from exc
+            retry = " (safe to retry: the fence makes apply idempotent)" if what.startswith("apply") else ""
+            raise InfrastructureError(f"redis {self._server}: cannot {what}: {exc}; is the server up?{retry}") from exc
         except redis.RedisError as exc:
             raise StoreError(f"redis {self._server}: cannot {what}: {exc}") from exc
 
