@@ -8,6 +8,7 @@ caller publishes to the dead-letter topic.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import NamedTuple
@@ -22,6 +23,11 @@ _COUNTS = (
     "skipped", "score_events", "labels", "pairs", "labeled_pairs", "orphans", "duplicates", "evicted",
     "unplaced_violations",
 )  # fmt: skip
+
+# The wire contract's model names (governance.wire.Name): a message may only be attributed to a name that
+# could be a real model's, never to a malformed one (which would become a Redis key and a metric label).
+_MODEL_NAME = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
+
 
 def integrity_id(model: str) -> str:
     """The pseudo comparison id under which a model's unattributed integrity violations are counted."""
@@ -99,7 +105,7 @@ def identify(raw: bytes) -> tuple[str | None, float | None]:
     if isinstance(doc.get("events"), list) and doc["events"] and isinstance(doc["events"][0], dict):
         doc = doc["events"][0]
     model = doc.get("model")
-    if not (isinstance(model, str) and 0 < len(model) <= 128 and "|" not in model and "{" not in model):
+    if not (isinstance(model, str) and _MODEL_NAME.fullmatch(model)):
         return None, None
     ts = doc.get("ts")
     try:

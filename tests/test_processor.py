@@ -279,6 +279,8 @@ INVALID: list[tuple[str, str, bytes, str, str | None]] = [
         "fraud-risk",
     ),
     ("not-an-object", SCORES, b"[1, 2]", "JSON object", None),
+    # A malformed model name is never a model of its own (it would become a Redis key): not attributed.
+    ("bad-model-name", SCORES, _raw(model="fraud-risk\n"), "model", None),
 ]
 
 

@@ -9,6 +9,7 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 import pytest
 from confluent_kafka import Consumer, Producer
 
@@ -215,3 +216,24 @@ def test_an_unclosed_envelope_publisher_can_be_collected(kafka_bootstrap: str, m
     assert ref() is None
     thread.join(5)
     assert not thread.is_alive()
+
+
+def test_consume_prints_headers_such_as_a_dead_letters_reason(  # type: ignore[no-untyped-def]
+    kafka_bootstrap: str, make_topic, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from shadowgate.cli import cli
+
+    topic = make_topic("dlq", partitions=1)
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    producer.produce(topic, key=b"r-1", value=b"not json", headers=[("shadowgate.reason", b"not valid JSON: x")])
+    producer.produce(topic, key=b"r-2", value=b'{"a": 1}')
+    assert producer.flush(10) == 0
+    monkeypatch.setenv("SHADOWGATE_KAFKA_BOOTSTRAP", kafka_bootstrap)
+    result = CliRunner().invoke(cli, ["consume", topic, "--max-messages", "2", "--idle-timeout", "20"])
+    assert result.exit_code == 0, result.output
+    first, second = (orjson.loads(line) for line in result.output.splitlines())
+    assert first == {"partition": 0, "offset": 0, "key": "r-1", "headers": {"shadowgate.reason": "not valid JSON: x"},
+                     "value": "not json"}  # fmt: skip
+    assert second == {"partition": 0, "offset": 1, "key": "r-2", "value": {"a": 1}}

@@ -82,7 +82,7 @@ def publish(pairs: int, model: str, production_version: str, candidate_version: 
 @click.option("--max-messages", default=0, show_default=True, type=click.IntRange(0), help="0 = no limit")
 @click.option("--idle-timeout", default=5.0, show_default=True, help="stop after this many idle seconds")
 def consume(topic: str, from_beginning: bool, max_messages: int, idle_timeout: float) -> None:
-    """Print the messages of TOPIC as JSON lines (with partition and offset)."""
+    """Print the messages of TOPIC as JSON lines (with partition, offset and headers, e.g. a dead letter's reason)."""
     import uuid
 
     from confluent_kafka import Consumer
@@ -114,9 +114,14 @@ def consume(topic: str, from_beginning: bool, max_messages: int, idle_timeout: f
                 value = orjson.loads(msg.value() or b"null")
             except orjson.JSONDecodeError:
                 value = (msg.value() or b"").decode("utf-8", "replace")
-            click.echo(orjson.dumps({"partition": msg.partition(), "offset": msg.offset(),
-                                     "key": (msg.key() or b"").decode("utf-8", "replace"),
-                                     "value": value}).decode())
+            doc: dict[str, Any] = {"partition": msg.partition(), "offset": msg.offset(),
+                                   "key": (msg.key() or b"").decode("utf-8", "replace")}
+            headers = msg.headers()
+            if headers:
+                # A dead letter's reason, source coordinates and model travel as headers.
+                doc["headers"] = {name: (raw or b"").decode("utf-8", "replace") for name, raw in headers}
+            doc["value"] = value
+            click.echo(orjson.dumps(doc).decode())
     finally:
         consumer.close()
 
