@@ -116,7 +116,7 @@ def consume(topic: str, from_beginning: bool, max_messages: int, idle_timeout: f
                 value = (msg.value() or b"").decode("utf-8", "replace")
             doc: dict[str, Any] = {"partition": msg.partition(), "offset": msg.offset(),
                                    "key": (msg.key() or b"").decode("utf-8", "replace")}
-            headers = msg.headers()
+            headers: list[tuple[str, bytes | None]] = list(msg.headers() or [])  # type: ignore[arg-type]
             if headers:
                 # A dead letter's reason, source coordinates and model travel as headers.
                 doc["headers"] = {name: (raw or b"").decode("utf-8", "replace") for name, raw in headers}
