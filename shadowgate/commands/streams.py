@@ -116,7 +116,7 @@ def replay(file: Path, window_names: tuple[str, ...], as_json: bool, model_type:
     doc = replay_file(file, windows=window_names or DEFAULT_WINDOWS, policy=load_policy(policy_path),
                       model_type=model_type, evaluate_every_s=evaluate_every,
                       progress=lambda n: click.echo(f"  {n:,} lines", err=True))
-    _print(doc, as_json)
+    _print(doc, as_json, empty="no comparisons: the file holds no production event paired with a candidate's")
     if not as_json:
         _print_events(doc)
 
@@ -126,7 +126,10 @@ _SHOWN = ("sample_count", "label_count", "mean_abs_delta", "p95_abs_delta", "p99
           "precision_at_10", "calibration_slope", "orphan_rate", "integrity_violations")
 
 
-def _print(doc: dict[str, object], as_json: bool) -> None:
+_NO_LIVE_COMPARISONS = "no comparisons yet: publish scores and run `shadowgate worker`"
+
+
+def _print(doc: dict[str, object], as_json: bool, empty: str = _NO_LIVE_COMPARISONS) -> None:
     if as_json:
         sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
         return
@@ -135,7 +138,7 @@ def _print(doc: dict[str, object], as_json: bool) -> None:
 
     comparisons = doc.get("comparisons") or []
     if not comparisons:
-        click.echo("no comparisons yet: publish scores and run `shadowgate worker`")
+        click.echo(empty)
         return
     console = Console()
     for comp in comparisons:  # type: ignore[attr-defined]
