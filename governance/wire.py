@@ -34,8 +34,10 @@ from pydantic import (
 from governance.errors import EventValidationError
 
 __all__ = [
+    "FEATURE_NAME_CHARS",
     "MAX_BATCH_EVENTS",
     "MAX_FEATURES",
+    "NAME_CHARS",
     "LabelEvent",
     "ScoreBatch",
     "ScoreEvent",
@@ -50,9 +52,11 @@ MAX_BATCH_EVENTS = 10_000
 MAX_FEATURES = 256
 
 # Names end up in Redis keys and Prometheus labels: keep them to a safe alphabet.
-Name = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:\-]+$")]
+NAME_CHARS = r"[A-Za-z0-9_.:\-]"  # a model or version name: 1-128 of these
+FEATURE_NAME_CHARS = r"[A-Za-z0-9_.\-]"  # a feature name: 1-128 of these
+Name = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=rf"^{NAME_CHARS}+$")]
 RequestId = Annotated[str, StringConstraints(min_length=1, max_length=256)]
-FeatureName = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.\-]+$")]
+FeatureName = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=rf"^{FEATURE_NAME_CHARS}+$")]
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 FeatureValue = FiniteFloat | int | Annotated[str, StringConstraints(max_length=256)] | None
 

@@ -24,8 +24,10 @@ from typing import Annotated, Literal, Protocol
 import msgspec
 
 from governance.wire import (
+    FEATURE_NAME_CHARS,
     MAX_BATCH_EVENTS,
     MAX_FEATURES,
+    NAME_CHARS,
     decode_label,
     decode_scores,
 )
@@ -74,9 +76,9 @@ class LabelLike(Protocol):
 # Names repeat in every event: their patterns are checked once per distinct name and message (``_names_ok``),
 # not by msgspec per occurrence.
 _Name = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
-_NAME = re.compile(r"[A-Za-z0-9_.:\-]+\Z")
+_NAME = re.compile(rf"{NAME_CHARS}+\Z")
 _RequestId = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
-_FEATURE_NAME = re.compile(r"[A-Za-z0-9_.\-]+\Z")
+_FEATURE_NAME = re.compile(rf"{FEATURE_NAME_CHARS}+\Z")
 _FeatureValue = float | int | Annotated[str, msgspec.Meta(max_length=256)] | None
 _Aware = Annotated[datetime, msgspec.Meta(tz=True)]
 

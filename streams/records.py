@@ -15,6 +15,8 @@ from typing import NamedTuple
 
 import orjson
 
+from governance.wire import NAME_CHARS
+
 __all__ = ["INTEGRITY_ROLE", "BatchOutcome", "DeadLetter", "Record", "identify", "integrity_id"]
 
 #: Comparison ids ending in this role hold a model's integrity violations that no comparison claimed.
@@ -26,7 +28,7 @@ _COUNTS = (
 
 # The wire contract's model names (governance.wire.Name): a message may only be attributed to a name that
 # could be a real model's, never to a malformed one (which would become a Redis key and a metric label).
-_MODEL_NAME = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
+_MODEL_NAME = re.compile(rf"{NAME_CHARS}{{1,128}}")
 
 
 def integrity_id(model: str) -> str:
