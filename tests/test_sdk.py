@@ -155,7 +155,8 @@ def test_label_publisher_round_trip(kafka_bootstrap: str, make_topic, unique: st
 
 def test_the_default_publisher_sends_envelopes(kafka_bootstrap: str, make_topic) -> None:  # type: ignore[no-untyped-def]
     topic = make_topic("default", partitions=1)
-    with ScorePublisher(kafka_bootstrap, topic) as pub:
+    # A long linger, so a slow machine cannot send an envelope before it is full: only the size is tested.
+    with ScorePublisher(kafka_bootstrap, topic, linger_s=60.0) as pub:
         for ev in _events(1200):
             pub.publish(ev)
     assert pub.batch_size == 500 and pub.stats.delivered == 1200

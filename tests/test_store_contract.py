@@ -480,7 +480,9 @@ class TestRedisLayout:
 
         client = redis.Redis.from_url(redis_url)
         cid = _cid()
+        # Half past an hour, so the window's end (the next minute) needs rounding to the hour, whatever the clock.
         anchor = _now() - 3 * DAY_S
+        anchor = anchor - anchor % HOUR_S + HOUR_S // 2
         events = [(anchor - 60 * i, {"n": 1}) for i in range(5)]
         store = RedisWindowStore(client, prefix=redis_prefix)
         assert store.apply(_batch(cid, events), Fence(cid, 0, 1))
