@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import random
 import socket
 import subprocess
 from pathlib import Path
@@ -15,10 +17,28 @@ from tests.infra import REPO
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _free_ports(count: int, avoid: tuple[int, ...] = ()) -> int:
+    """The first of ``count`` consecutive free ports, below the ephemeral range.
+
+    Kafka binds the broker port and, for its controller, the next one, about a second after this check. A
+    port the kernel hands out for outgoing connections (32768 and up here) can be taken in between by
+    any client of the suite, which once made Kafka exit at start.
+    """
+    rng = random.Random()
+    for _ in range(1000):
+        first = rng.randrange(20_000, 32_000)
+        ports = range(first, first + count)
+        if any(p in avoid for p in ports):
+            continue
+        try:
+            with contextlib.ExitStack() as stack:
+                for port in ports:
+                    sock = stack.enter_context(socket.socket())
+                    sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return first
+    raise RuntimeError("no free ports in 20000-32000")
 
 
 def _run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -29,9 +49,8 @@ def _run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_up_twice_down_up_keeps_redis_data(tmp_path: Path) -> None:
-    kafka_port, redis_port = _free_port(), _free_port()
-    while redis_port in (kafka_port, kafka_port + 1):
-        redis_port = _free_port()
+    kafka_port = _free_ports(2)  # broker and controller
+    redis_port = _free_ports(1, avoid=(kafka_port, kafka_port + 1))
     env = dict(os.environ)
     env.update({
         "SHADOWGATE_STATE_DIR": str(tmp_path / "state"),

@@ -66,6 +66,7 @@ kafka_java() {
 start_kafka() {
   if pid_alive "$run/kafka.pid"; then say "Kafka already running (pid $(cat "$run/kafka.pid"))"; return 0; fi
   port_open "$kafka_port" && die "port $kafka_port is taken by another process; set SHADOWGATE_KAFKA_PORT"
+  port_open "$controller_port" && die "port $controller_port (the KRaft controller's, Kafka port + 1) is taken by another process; set SHADOWGATE_KAFKA_PORT"
   mkdir -p "$kafka_data"
   local props=$state/server.properties
   cat >"$props" <<PROPS
