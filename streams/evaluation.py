@@ -195,7 +195,9 @@ class Evaluator:
         out: dict[str, WindowSnapshot] = {}
         cid = key.as_id()
         for name, (start, length_s) in self.windows(context).items():
-            end = now
+            # Windows are [start, end) in whole seconds: end one second past ``now`` so the events of
+            # now's own second (the newest event, at an idle re-evaluation) are in.
+            end = now + timedelta(seconds=1)
             if length_s is not None and length_s < 0:
                 day_end = datetime.fromtimestamp((int(now.timestamp()) // _DAY_S) * _DAY_S, UTC) + timedelta(
                     days=1 + length_s
@@ -238,7 +240,7 @@ class Evaluator:
                 continue
             if self.store.meta(cid) is None:
                 continue
-            snap = read_snapshot(self.store, key, name, now,
+            snap = read_snapshot(self.store, key, name, now + timedelta(seconds=1),  # now's own second too
                                  self.config, start=now - timedelta(days=days), tests=False, full=False,
                                  comparison_id=cid)
             self._cache[(cid, name)] = (now, snap)

@@ -172,10 +172,13 @@ def named_window(name: str, now_s: int) -> tuple[int, int]:
     """``(start_s, end_s)`` of a named window at ``now_s``.
 
     Rolling windows (``5m``, ``1h``, ``24h``, ``7d``, ``14d``) end at the end of the current minute, so
-    the minute in progress is included and ``5m`` is exactly five minute slots. ``since=<ISO 8601
+    the minute in progress is included (also when ``now_s`` is its first second) and ``5m`` is exactly
+    five minute slots. ``since=<ISO 8601
     datetime with offset>`` (e.g. ``since=2025-03-01T00:00:00Z``) runs from that instant to the same end.
     """
-    end_s = _ceil(now_s, MINUTE_S)
+    # Not _ceil: at a whole minute that would end the window at now_s and leave out the minute now_s opens,
+    # which holds the events of that second (e.g. a comparison's newest event, which windows end at).
+    end_s = _floor(now_s, MINUTE_S) + MINUTE_S
     if name in WINDOWS:
         return end_s - WINDOWS[name], end_s
     if name.startswith("since="):

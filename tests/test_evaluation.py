@@ -45,6 +45,18 @@ def _context(key: ComparisonKey, stage: str, started: datetime) -> EvaluationCon
     return EvaluationContext(key=key, stage=stage, stage_started_at=started, **extra)  # type: ignore[arg-type]
 
 
+def test_windows_at_a_newest_event_in_the_first_second_of_a_minute_include_it() -> None:
+    # 601 pairs at 10/s from 04:00:00: the last one is at 04:01:00.0, alone in its minute.
+    store, key, last = _store(pairs=601)
+    assert last == START + timedelta(minutes=1)
+    evaluator = Evaluator(store, load_policy(None), MemoryStateStore(), lambda k, first: None)
+    snaps = evaluator.snapshots(key, _context(key, "SHADOW", START), last)
+    assert snaps and all(s.metric("sample_count") == 601 for s in snaps.values()), {
+        name: s.metric("sample_count") for name, s in snaps.items()
+    }
+    assert evaluator.integrity_violations(key, _context(key, "SHADOW", START), last) == 0
+
+
 @pytest.mark.parametrize("stage", ["SHADOW", "STAGING"])
 def test_a_stage_that_began_after_the_newest_event_is_not_judged_yet(stage: str) -> None:
     store, key, last = _store()

@@ -178,6 +178,13 @@ def test_slots_for_contains_the_event(ts: float) -> None:
         assert s.start_s <= ts < s.end_s
 
 
+def test_a_named_window_at_a_whole_minute_includes_the_minute_it_opens() -> None:
+    # Windows end at a comparison's newest event: one in the first second of a minute must be in them.
+    minute = NOW_S - NOW_S % MINUTE_S
+    assert named_window("5m", minute) == (minute + MINUTE_S - 300, minute + MINUTE_S)
+    assert named_window("5m", minute) == named_window("5m", minute + 59)
+
+
 def test_named_windows() -> None:
     end = NOW_S - NOW_S % MINUTE_S + MINUTE_S
     assert named_window("5m", NOW_S) == (end - 300, end)
