@@ -116,15 +116,19 @@ def _pairs_seen(store: RedisWindowStore, start: datetime, end: datetime, key: Co
     return int(snap.metrics.get("sample_count") or 0)
 
 
-def _scrape(port: int) -> dict[str, float]:
+def _metrics_lines(port: int) -> list[str]:
+    """The lines of a worker's /metrics page (none if it does not answer)."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:  # noqa: S310 - loopback
-            text = resp.read().decode()
+            return resp.read().decode().splitlines()
     except OSError:
-        return {}
+        return []
+
+
+def _scrape(port: int) -> dict[str, float]:
     wanted = ("shadowgate_pairs_total", "shadowgate_records_total", "shadowgate_batch_records_count",
               "shadowgate_batch_records_sum")  # fmt: skip
-    return {line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line.startswith(wanted)}
+    return {line.split()[0]: float(line.split()[1]) for line in _metrics_lines(port) if line.startswith(wanted)}
 
 
 def _scrape_all(ports: list[int]) -> dict[str, float]:
@@ -138,12 +142,7 @@ def _scrape_all(ports: list[int]) -> dict[str, float]:
 
 def _owned(port: int) -> set[str]:
     """Partitions a worker has folded events of (its watermark gauge has them)."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:  # noqa: S310 - loopback
-            text = resp.read().decode()
-    except OSError:
-        return set()
-    return {line.split('partition="')[1].split('"')[0] for line in text.splitlines()
+    return {line.split('partition="')[1].split('"')[0] for line in _metrics_lines(port)
             if line.startswith("shadowgate_watermark_seconds{")}  # fmt: skip
 
 
