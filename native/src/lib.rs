@@ -1,0 +1,21 @@
+//! `streams._native`: shadowgate's hot path in Rust (see `streams/native.py` for how Python uses it).
+//!
+//! * `block`: decoded events ([`block::ScoreBlock`], [`block::LabelBlock`]);
+//! * `decode`: score and label messages -> blocks, deferring to the Python contract when unsure;
+//! * `pairer`: the event-time join of production with shadow/canary scores (`streams/pairing.py`);
+//! * `joiner`: the join of pairs with late labels (`streams/labels.py`).
+//!
+//! The Python modules are the reference: the native classes give the same results and the same state
+//! entries, checked by the same tests run against both.
+
+use pyo3::prelude::*;
+
+pub mod block;
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<block::ScoreBlock>()?;
+    m.add_class::<block::LabelBlock>()?;
+    m.add_class::<block::Pairs>()?;
+    Ok(())
+}
