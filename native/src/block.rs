@@ -181,6 +181,12 @@ impl ScoreBlock {
         self.rows.len()
     }
 
+    /// The newest event ts of the block (epoch s), None when empty.
+    #[getter]
+    fn max_ts(&self) -> Option<f64> {
+        self.rows.iter().map(|r| r.ts).reduce(f64::max)
+    }
+
     /// The events as tuples (request_id, model, version, role, ts, score, latency_ms, error, features):
     /// for tests and tools, never on the hot path.
     fn rows(&self, py: Python<'_>) -> PyResult<Vec<PyObject>> {
@@ -228,6 +234,12 @@ impl LabelBlock {
 
     fn __len__(&self) -> usize {
         self.rows.len()
+    }
+
+    /// The newest label ts of the block (epoch s), None when empty.
+    #[getter]
+    fn max_ts(&self) -> Option<f64> {
+        self.rows.iter().map(|r| r.ts).reduce(f64::max)
     }
 
     /// The labels as tuples (request_id, model, label, ts): for tests and tools.
@@ -305,6 +317,12 @@ fn side_features<'a>(c: &'a ComparisonPairs, side: &str) -> PyResult<&'a Vec<Opt
 
 #[pymethods]
 impl Pairs {
+    /// No pairs (what a partition without scores hands the label joiner).
+    #[new]
+    fn new() -> Self {
+        Pairs::default()
+    }
+
     /// Pairs from Python columns, for tests and for feeding the native joiner from the Python pairer:
     /// items of (model, production_version, candidate_version, role, request_ids, prod_score, cand_score,
     /// prod_latency_ms, cand_latency_ms, prod_error, cand_error, ts, prod_features, cand_features).
