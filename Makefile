@@ -1,5 +1,7 @@
 # shadowgate: every set-up step is here, so a fresh machine needs only `make demo` and `make test`.
 PYTHON ?= python3
+# cargo (Rust, from rustup) builds the native hot path at install time
+export PATH := $(HOME)/.cargo/bin:$(PATH)
 STATE  ?= .local
 STAMP  := $(STATE)/.installed
 
@@ -12,7 +14,8 @@ help:
 	@echo "make lint       ruff + mypy --strict + JSON Schemas current + crypto audit (PQC phase 3)"
 	@echo "make bench      run the benchmarks (figures land in benchmarks/results/)"
 
-$(STAMP): pyproject.toml
+# The editable install compiles native/ once: changed Rust sources need a reinstall.
+$(STAMP): pyproject.toml native/Cargo.toml native/Cargo.lock $(wildcard native/src/*.rs)
 	@mkdir -p $(STATE)
 	$(PYTHON) -m pip install -q -e '.[dev]'
 	@touch $(STAMP)
