@@ -12,7 +12,9 @@
 
 use std::cmp::Ordering;
 use std::collections::hash_map::Entry;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::BinaryHeap;
+
+use foldhash::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::sync::Arc;
 
@@ -145,21 +147,118 @@ fn same(a: &Arc<str>, b: &Arc<str>) -> bool {
     Arc::ptr_eq(a, b) || a == b
 }
 
+/// The items of one request: almost always one, kept inline (no allocation per request). Never empty
+/// in a map: the entry goes when its last item does.
+enum Few<T> {
+    One(T),
+    Many(Vec<T>),
+}
+
+impl<T> std::ops::Deref for Few<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        match self {
+            Few::One(item) => std::slice::from_ref(item),
+            Few::Many(items) => items,
+        }
+    }
+}
+
+impl<T> std::ops::DerefMut for Few<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        match self {
+            Few::One(item) => std::slice::from_mut(item),
+            Few::Many(items) => items,
+        }
+    }
+}
+
+impl<T> Few<T> {
+    fn push(&mut self, item: T) {
+        match self {
+            Few::Many(items) => items.push(item),
+            Few::One(_) => {
+                if let Few::One(first) = std::mem::replace(self, Few::Many(Vec::new())) {
+                    *self = Few::Many(vec![first, item]);
+                }
+            }
+        }
+    }
+
+    fn remove(&mut self, i: usize) -> T {
+        match self {
+            Few::Many(items) => items.remove(i),
+            Few::One(_) => match std::mem::replace(self, Few::Many(Vec::new())) {
+                Few::One(item) => item,
+                Few::Many(_) => unreachable!(),
+            },
+        }
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(&T) -> bool) {
+        match self {
+            Few::Many(items) => items.retain(keep),
+            Few::One(item) => {
+                if !keep(item) {
+                    *self = Few::Many(Vec::new());
+                }
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        matches!(self, Few::Many(items) if items.is_empty())
+    }
+}
+
+/// Change tracking since the last delta.
+struct Track {
+    /// Entries of earlier deltas that left: (kind, seq).
+    gone: Vec<(u8, u64)>,
+    /// Bit `seq - synced_seq`: a pair that came after the last delta and already left.
+    dropped: Vec<u64>,
+    /// Seqs >= this were never in a delta.
+    synced_seq: u64,
+}
+
+impl Track {
+    fn forget_pair(&mut self, seq: u64) {
+        if seq < self.synced_seq {
+            self.gone.push((b'p', seq));
+        } else {
+            let bit = (seq - self.synced_seq) as usize;
+            if bit / 64 >= self.dropped.len() {
+                self.dropped.resize(bit / 64 + 1, 0);
+            }
+            self.dropped[bit / 64] |= 1 << (bit % 64);
+        }
+    }
+
+    fn was_dropped(&self, seq: u64) -> bool {
+        let bit = (seq - self.synced_seq) as usize;
+        self.dropped.get(bit / 64).is_some_and(|word| word & (1 << (bit % 64)) != 0)
+    }
+}
+
+type Waits = HashMap<Arc<str>, Few<Wait>>;
+
 /// The join's whole state (what `LabelJoiner._clear` resets).
 struct State {
     w: f64,
     seq: u64,
-    pairs: HashMap<Arc<str>, Vec<Wait>>,
+    pairs: Waits,
     pair_heap: BinaryHeap<HeapItem>,
     live: usize,
     stale: usize,
-    labels: HashMap<Arc<str>, Vec<Label>>,
+    labels: HashMap<Arc<str>, Few<Label>>,
     label_heap: BinaryHeap<HeapItem>,
-    dirty_pairs: Vec<(u64, Arc<str>)>,
+    /// The pairs that came since the last delta (seq order); those dropped since are skipped.
+    dirty_pairs: Vec<(Arc<str>, Wait)>,
+    /// Labels that came or changed since the last delta, looked up again when it is written.
     dirty_labels: Vec<(u64, Arc<str>)>,
-    dirty_label_seqs: HashSet<u64>,
-    gone: Vec<(u8, u64)>,
-    synced_seq: u64,
+    /// The labels of earlier deltas among `dirty_labels` (newer ones are listed once, when they come).
+    dirty_old_labels: HashSet<u64>,
+    t: Track,
     synced_meta: (f64, u64),
 }
 
@@ -168,20 +267,131 @@ impl State {
         State {
             w: f64::NEG_INFINITY,
             seq: 0,
-            pairs: HashMap::new(),
+            pairs: HashMap::default(),
             pair_heap: BinaryHeap::new(),
             live: 0,
             stale: 0,
-            labels: HashMap::new(),
+            labels: HashMap::default(),
             label_heap: BinaryHeap::new(),
             dirty_pairs: Vec::new(),
             dirty_labels: Vec::new(),
-            dirty_label_seqs: HashSet::new(),
-            gone: Vec::new(),
-            synced_seq: 0,
+            dirty_old_labels: HashSet::default(),
+            t: Track { gone: Vec::new(), dropped: Vec::new(), synced_seq: 0 },
             synced_meta: (f64::NEG_INFINITY, 0),
         }
     }
+
+    /// Pop the oldest heap entry; true if it was a waiting pair (now unlabeled), false if stale.
+    fn pop_pair(&mut self, out: &mut Out, evicted: bool) -> bool {
+        let item = self.pair_heap.pop().expect("pair heap is not empty");
+        if let Some(waits) = self.pairs.get_mut(&*item.rid) {
+            if let Some(i) = waits.iter().position(|w| w.seq == item.seq) {
+                let wait = waits.remove(i);
+                if waits.is_empty() {
+                    self.pairs.remove(&*item.rid);
+                }
+                self.live -= 1;
+                self.t.forget_pair(wait.seq);
+                slot(&mut out.unlabeled, wait.comp).push(wait.ts);
+                if evicted {
+                    slot(&mut out.evicted, wait.comp).push(wait.ts);
+                }
+                return true;
+            }
+        }
+        self.stale -= 1;
+        false
+    }
+
+    fn drop_label(&mut self, out: &mut Out, evicted: bool) {
+        let item = self.label_heap.pop().expect("label heap is not empty");
+        let labels = self.labels.get_mut(&*item.rid).expect("a heap entry's label is remembered");
+        let i = labels.iter().position(|l| l.seq == item.seq).expect("a heap entry's label is remembered");
+        let label = labels.remove(i);
+        if labels.is_empty() {
+            self.labels.remove(&*item.rid);
+        }
+        if label.seq < self.t.synced_seq {
+            self.t.gone.push((b'l', label.seq));
+        }
+        out.unmatched += u64::from(!label.matched);
+        out.evicted_labels += u64::from(evicted);
+    }
+
+    fn compact(&mut self) {
+        // Matched pairs leave stale heap entries; rebuild once they outnumber the live ones.
+        if self.stale > 1024 && self.stale > self.live {
+            let items: Vec<HeapItem> = self
+                .pairs
+                .iter()
+                .flat_map(|(rid, waits)| waits.iter().map(|w| HeapItem { ts: w.ts, seq: w.seq, rid: rid.clone() }))
+                .collect();
+            self.pair_heap = BinaryHeap::from(items);
+            self.stale = 0;
+        }
+        // Without deltas, forget what left since (as the reference's dicts of dirty entries do).
+        if self.dirty_pairs.len() > 2 * self.live + 4096 {
+            let t = &self.t;
+            self.dirty_pairs.retain(|(_, w)| !t.was_dropped(w.seq));
+        }
+        if self.dirty_labels.len() > 2 * self.label_heap.len() + 4096 {
+            let labels = &self.labels;
+            self.dirty_labels.retain(|(seq, rid)| labels.get(rid).is_some_and(|ls| ls.iter().any(|l| l.seq == *seq)));
+        }
+    }
+
+    /// The value of the label of (rid, model), marking it matched; None if there is none.
+    fn match_label(&mut self, rid: &str, model: &Arc<str>) -> Option<u8> {
+        if self.labels.is_empty() {
+            return None;
+        }
+        let labels = self.labels.get_mut(rid)?;
+        let label = labels.iter_mut().find(|l| same(&l.model, model))?;
+        let value = label.value;
+        if !label.matched {
+            label.matched = true;
+            let seq = label.seq;
+            // A label that came since the last delta is listed already.
+            if seq < self.t.synced_seq && self.dirty_old_labels.insert(seq) {
+                let key = self.labels.get_key_value(rid).expect("just found").0.clone();
+                self.dirty_labels.push((seq, key));
+            }
+        }
+        Some(value)
+    }
+}
+
+/// Join the waiting pairs of (rid, model) with a label's value; how many it took.
+#[allow(clippy::too_many_arguments)]
+fn take_pairs(
+    pairs: &mut Waits,
+    comps: &[Arc<Comparison>],
+    t: &mut Track,
+    rid: &Arc<str>,
+    model: &Arc<str>,
+    value: u8,
+    out: &mut Out,
+) -> usize {
+    if pairs.is_empty() {
+        return 0;
+    }
+    let Entry::Occupied(mut entry) = pairs.entry(rid.clone()) else {
+        return 0;
+    };
+    let matches = |w: &Wait| same(&comps[w.comp as usize].model, model);
+    let mut taken = 0;
+    for w in entry.get().iter().filter(|w| matches(w)) {
+        out.join(w.comp, rid.clone(), w.prod, w.cand, value, w.ts);
+        t.forget_pair(w.seq);
+        taken += 1;
+    }
+    if taken > 0 {
+        entry.get_mut().retain(|w| !matches(w));
+        if entry.get().is_empty() {
+            entry.remove();
+        }
+    }
+    taken
 }
 
 /// The native `LabelJoiner` (see `streams/native_labels.py` for the Python-facing adapter).
@@ -377,138 +587,19 @@ impl NativeJoiner {
     }
 
     fn advance(&mut self, watermark: f64, out: &mut Out) {
-        if !(watermark > self.s.w) {
+        let s = &mut self.s;
+        if !(watermark > s.w) {
             return;
         }
-        self.s.w = watermark;
+        s.w = watermark;
         let cutoff = watermark - self.horizon_s;
-        while self.s.pair_heap.peek().is_some_and(|top| top.ts < cutoff) {
-            self.pop_pair(out, false);
+        while s.pair_heap.peek().is_some_and(|top| top.ts < cutoff) {
+            s.pop_pair(out, false);
         }
-        while self.s.label_heap.peek().is_some_and(|top| top.ts < cutoff) {
-            self.drop_label(out, false);
+        while s.label_heap.peek().is_some_and(|top| top.ts < cutoff) {
+            s.drop_label(out, false);
         }
-        self.compact();
-    }
-
-    fn forget_pair(s: &mut State, seq: u64) {
-        if seq < s.synced_seq {
-            s.gone.push((b'p', seq));
-        }
-    }
-
-    /// Pop the oldest heap entry; true if it was a waiting pair (now unlabeled), false if stale.
-    fn pop_pair(&mut self, out: &mut Out, evicted: bool) -> bool {
-        let s = &mut self.s;
-        let item = s.pair_heap.pop().expect("pair heap is not empty");
-        if let Some(waits) = s.pairs.get_mut(&*item.rid) {
-            if let Some(i) = waits.iter().position(|w| w.seq == item.seq) {
-                let wait = waits.remove(i);
-                if waits.is_empty() {
-                    s.pairs.remove(&*item.rid);
-                }
-                s.live -= 1;
-                Self::forget_pair(s, wait.seq);
-                slot(&mut out.unlabeled, wait.comp).push(wait.ts);
-                if evicted {
-                    slot(&mut out.evicted, wait.comp).push(wait.ts);
-                }
-                return true;
-            }
-        }
-        s.stale -= 1;
-        false
-    }
-
-    fn drop_label(&mut self, out: &mut Out, evicted: bool) {
-        let s = &mut self.s;
-        let item = s.label_heap.pop().expect("label heap is not empty");
-        let labels = s.labels.get_mut(&*item.rid).expect("a heap entry's label is remembered");
-        let i = labels.iter().position(|l| l.seq == item.seq).expect("a heap entry's label is remembered");
-        let label = labels.remove(i);
-        if labels.is_empty() {
-            s.labels.remove(&*item.rid);
-        }
-        if label.seq < s.synced_seq {
-            s.gone.push((b'l', label.seq));
-        }
-        out.unmatched += u64::from(!label.matched);
-        out.evicted_labels += u64::from(evicted);
-    }
-
-    fn compact(&mut self) {
-        // Matched pairs leave stale heap entries; rebuild once they outnumber the live ones.
-        let s = &mut self.s;
-        if s.stale > 1024 && s.stale > s.live {
-            let items: Vec<HeapItem> = s
-                .pairs
-                .iter()
-                .flat_map(|(rid, waits)| waits.iter().map(|w| HeapItem { ts: w.ts, seq: w.seq, rid: rid.clone() }))
-                .collect();
-            s.pair_heap = BinaryHeap::from(items);
-            s.stale = 0;
-        }
-        // Without deltas, forget what left since (what a Python dict of dirty entries would have dropped).
-        if s.dirty_pairs.len() > 2 * s.live + 4096 {
-            let pairs = &s.pairs;
-            s.dirty_pairs.retain(|(seq, rid)| pairs.get(rid).is_some_and(|ws| ws.iter().any(|w| w.seq == *seq)));
-        }
-        if s.dirty_labels.len() > 2 * s.label_heap.len() + 4096 {
-            let labels = &s.labels;
-            s.dirty_labels.retain(|(seq, rid)| labels.get(rid).is_some_and(|ls| ls.iter().any(|l| l.seq == *seq)));
-            s.dirty_label_seqs = s.dirty_labels.iter().map(|(seq, _)| *seq).collect();
-        }
-    }
-
-    fn mark_label(s: &mut State, seq: u64, rid: &Arc<str>) {
-        if s.dirty_label_seqs.insert(seq) {
-            s.dirty_labels.push((seq, rid.clone()));
-        }
-    }
-
-    /// The value of the label of (rid, model), marking it matched; None if there is none.
-    fn match_label(&mut self, rid: &str, model: &Arc<str>) -> Option<u8> {
-        let s = &mut self.s;
-        let (key, labels) = s.labels.get_key_value(rid)?;
-        let i = labels.iter().position(|l| same(&l.model, model))?;
-        let label = &labels[i];
-        let value = label.value;
-        if !label.matched {
-            let (key, seq) = (key.clone(), label.seq);
-            s.labels.get_mut(rid).expect("just found")[i].matched = true;
-            Self::mark_label(s, seq, &key);
-        }
-        Some(value)
-    }
-
-    /// Join the waiting pairs of (rid, model) with a label's value; false if none waits.
-    fn take_pairs(&mut self, rid: &str, model: &Arc<str>, value: u8, out: &mut Out) -> bool {
-        let comps = &self.comps;
-        let s = &mut self.s;
-        let Some((key, waits)) = s.pairs.get_key_value(rid) else {
-            return false;
-        };
-        let matches = |w: &Wait| same(&comps[w.comp as usize].model, model);
-        if !waits.iter().any(matches) {
-            return false;
-        }
-        let key = key.clone();
-        let waits = s.pairs.get_mut(rid).expect("just found");
-        let mut taken = 0;
-        for w in waits.iter().filter(|w| matches(w)) {
-            out.join(w.comp, key.clone(), w.prod, w.cand, value, w.ts);
-            if w.seq < s.synced_seq {
-                s.gone.push((b'p', w.seq));
-            }
-            taken += 1;
-        }
-        waits.retain(|w| !matches(w));
-        if waits.is_empty() {
-            s.pairs.remove(rid);
-        }
-        s.live -= taken;
-        s.stale += taken; // their heap entries stay until popped or compacted
-        true
+        s.compact();
     }
 
     fn finish(&self, out: Out) -> LabelOut {
@@ -595,8 +686,8 @@ impl NativeJoiner {
             max_pairs: max_pending,
             max_labels,
             comps: Vec::new(),
-            comp_index: HashMap::new(),
-            comp_by_id: HashMap::new(),
+            comp_index: HashMap::default(),
+            comp_by_id: HashMap::default(),
             s: State::new(),
         })
     }
@@ -630,36 +721,36 @@ impl NativeJoiner {
         for c in &pairs.comparisons {
             let comp = self.comparison(&c.model, &c.production_version, &c.candidate_version, c.role);
             let model = self.comps[comp as usize].model.clone();
+            let s = &mut self.s;
             for i in 0..c.len() {
                 let rid: &str = &c.request_ids[i];
                 let prod = if c.prod_error[i] { f64::NAN } else { c.prod_score[i] };
                 let cand = if c.cand_error[i] { f64::NAN } else { c.cand_score[i] };
                 let ts = c.ts[i];
-                if let Some(label) = self.match_label(rid, &model) {
+                if let Some(label) = s.match_label(rid, &model) {
                     out.join(comp, Arc::from(rid), prod, cand, label, ts);
                 } else if ts < cutoff {
                     slot(&mut out.unlabeled, comp).push(ts);
                 } else {
-                    let s = &mut self.s;
                     let seq = s.seq;
                     let wait = Wait { ts, seq, comp, prod, cand };
-                    let key = match s.pairs.get_mut(rid) {
-                        Some(waits) => {
-                            waits.push(wait); // another comparison's pair of the request (rare)
-                            s.pairs.get_key_value(rid).expect("just found").0.clone()
+                    let key = match s.pairs.entry(Arc::from(rid)) {
+                        Entry::Occupied(mut e) => {
+                            e.get_mut().push(wait); // another comparison's pair of the request
+                            e.key().clone()
                         }
-                        None => {
-                            let key: Arc<str> = Arc::from(rid);
-                            s.pairs.insert(key.clone(), vec![wait]);
+                        Entry::Vacant(e) => {
+                            let key = e.key().clone();
+                            e.insert(Few::One(wait));
                             key
                         }
                     };
-                    s.dirty_pairs.push((seq, key.clone()));
+                    s.dirty_pairs.push((key.clone(), wait));
                     s.pair_heap.push(HeapItem { ts, seq, rid: key });
                     s.seq += 1;
                     s.live += 1;
                     if s.live > self.max_pairs {
-                        while !self.pop_pair(&mut out, true) {}
+                        while !s.pop_pair(&mut out, true) {}
                     }
                 }
             }
@@ -673,57 +764,57 @@ impl NativeJoiner {
         let newest = blocks.iter().flat_map(|b| b.rows.iter()).map(|r| r.ts).fold(f64::NEG_INFINITY, py_max);
         self.advance(py_max(now_s, newest), &mut out);
         let cutoff = self.s.w - self.horizon_s;
+        let comps = &self.comps;
+        let s = &mut self.s;
         for row in blocks.iter().flat_map(|b| b.rows.iter()) {
-            let rid: &str = &row.request_id;
-            let known = self.s.labels.get(rid).and_then(|ls| ls.iter().find(|l| same(&l.model, &row.model)));
-            if let Some(known) = known {
-                if known.value == row.label {
-                    out.duplicates += 1;
-                } else {
-                    out.conflicts += 1;
+            let rid: Arc<str> = Arc::from(&*row.request_id);
+            let entry = s.labels.entry(rid.clone());
+            if let Entry::Occupied(known) = &entry {
+                if let Some(known) = known.get().iter().find(|l| same(&l.model, &row.model)) {
+                    if known.value == row.label {
+                        out.duplicates += 1;
+                    } else {
+                        out.conflicts += 1;
+                    }
+                    continue;
                 }
-                continue;
             }
-            let matched = self.take_pairs(rid, &row.model, row.label, &mut out);
+            let taken = take_pairs(&mut s.pairs, comps, &mut s.t, &rid, &row.model, row.label, &mut out);
+            s.live -= taken;
+            s.stale += taken; // their heap entries stay until popped or compacted
             if row.ts < cutoff {
-                out.unmatched += u64::from(!matched);
+                out.unmatched += u64::from(taken == 0);
                 continue;
             }
-            let s = &mut self.s;
             let seq = s.seq;
-            let label = Label { model: row.model.clone(), value: row.label, ts: row.ts, seq, matched };
-            let key = match s.labels.entry(Arc::from(rid)) {
-                Entry::Occupied(mut e) => {
-                    e.get_mut().push(label);
-                    e.key().clone()
-                }
+            let label = Label { model: row.model.clone(), value: row.label, ts: row.ts, seq, matched: taken > 0 };
+            match entry {
+                Entry::Occupied(mut e) => e.get_mut().push(label),
                 Entry::Vacant(e) => {
-                    let key = e.key().clone();
-                    e.insert(vec![label]);
-                    key
+                    e.insert(Few::One(label));
                 }
-            };
-            Self::mark_label(s, seq, &key);
-            s.label_heap.push(HeapItem { ts: row.ts, seq, rid: key });
+            }
+            s.dirty_labels.push((seq, rid.clone()));
+            s.label_heap.push(HeapItem { ts: row.ts, seq, rid });
             s.seq += 1;
             if s.label_heap.len() > self.max_labels {
-                self.drop_label(&mut out, true);
+                s.drop_label(&mut out, true);
             }
         }
-        self.compact();
+        s.compact();
         self.finish(out)
     }
 
     /// `LabelJoiner.state_delta`: (upserts, deletes) since the previous call; the next starts empty.
-    fn state_delta<'py>(&mut self, py: Python<'py>) -> PyResult<(Bound<'py, PyDict>, Vec<String>)> {
+    fn state_delta<'py>(&mut self, py: Python<'py>) -> PyResult<(Bound<'py, PyDict>, Bound<'py, PyList>)> {
         let upserts = PyDict::new_bound(py);
         let mut buf = Vec::with_capacity(256);
         let mut key = String::with_capacity(20);
         let s = &mut self.s;
-        for (seq, rid) in std::mem::take(&mut s.dirty_pairs) {
-            if let Some(wait) = s.pairs.get(&rid).and_then(|ws| ws.iter().find(|w| w.seq == seq)) {
-                encode_pair(&mut buf, &rid, wait, &self.comps[wait.comp as usize]);
-                upserts.set_item(entry_key(&mut key, b'p', seq), PyBytes::new_bound(py, &buf))?;
+        for (rid, wait) in std::mem::take(&mut s.dirty_pairs) {
+            if !s.t.was_dropped(wait.seq) {
+                encode_pair(&mut buf, &rid, &wait, &self.comps[wait.comp as usize]);
+                upserts.set_item(entry_key(&mut key, b'p', wait.seq), PyBytes::new_bound(py, &buf))?;
             }
         }
         for (seq, rid) in std::mem::take(&mut s.dirty_labels) {
@@ -732,17 +823,18 @@ impl NativeJoiner {
                 upserts.set_item(entry_key(&mut key, b'l', seq), PyBytes::new_bound(py, &buf))?;
             }
         }
-        s.dirty_label_seqs.clear();
         let meta = (s.w, s.seq);
         if meta != s.synced_meta {
             encode_meta(&mut buf, meta.0, meta.1);
             upserts.set_item(META_KEY, PyBytes::new_bound(py, &buf))?;
         }
-        let deletes = std::mem::take(&mut s.gone)
-            .into_iter()
-            .map(|(kind, seq)| entry_key(&mut key, kind, seq).to_owned())
-            .collect();
-        s.synced_seq = s.seq;
+        let deletes = PyList::empty_bound(py);
+        for (kind, seq) in std::mem::take(&mut s.t.gone) {
+            deletes.append(PyString::new_bound(py, entry_key(&mut key, kind, seq)))?;
+        }
+        s.dirty_old_labels.clear();
+        s.t.dropped.clear();
+        s.t.synced_seq = s.seq;
         s.synced_meta = meta;
         Ok((upserts, deletes))
     }
@@ -847,7 +939,7 @@ impl NativeJoiner {
                     }
                     Entry::Vacant(e) => {
                         let key = e.key().clone();
-                        e.insert(vec![wait]);
+                        e.insert(Few::One(wait));
                         key
                     }
                 };
@@ -865,7 +957,7 @@ impl NativeJoiner {
                     }
                     Entry::Vacant(e) => {
                         let key = e.key().clone();
-                        e.insert(vec![label]);
+                        e.insert(Few::One(label));
                         key
                     }
                 };
@@ -874,7 +966,7 @@ impl NativeJoiner {
         }
         s.pair_heap = BinaryHeap::from(pair_items);
         s.label_heap = BinaryHeap::from(label_items);
-        s.synced_seq = next_seq;
+        s.t.synced_seq = next_seq;
         s.synced_meta = (watermark, next_seq);
         self.s = s;
         Ok(())
