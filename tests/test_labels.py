@@ -1,4 +1,5 @@
-"""The event-time join of pairs with late labels (streams.labels)."""
+"""The event-time join of pairs with late labels: the reference (streams.labels) and the native joiner
+(streams.native_labels), every test run against both."""
 
 from __future__ import annotations
 
@@ -18,12 +19,17 @@ from governance.snapshot import ComparisonKey
 from governance.wire import LabelEvent, ScoreEvent
 from streams.joinstate import CheckpointError, StateDelta, accumulate
 from streams.labels import LabelJoiner, LabelResult
+from streams.native_labels import NativeLabelJoiner
 from streams.pairing import PairColumns, Pairer
 
 T0 = datetime(2024, 3, 1, tzinfo=UTC)
 E0 = T0.timestamp()
 SHADOW = ComparisonKey("m", "v1", "v2", "shadow")
 CANARY = ComparisonKey("m", "v1", "v3", "canary")
+
+Joiner = LabelJoiner | NativeLabelJoiner
+JoinerType = type[LabelJoiner] | type[NativeLabelJoiner]
+both = pytest.mark.parametrize("make", [LabelJoiner, NativeLabelJoiner], ids=["python", "native"])
 
 
 def at(seconds: float) -> datetime:
@@ -62,7 +68,8 @@ def joined(results: list[LabelResult]) -> dict[ComparisonKey, list[tuple[Any, ..
     return dict(out)
 
 
-def test_labels_after_pairing_join_the_pairers_output() -> None:
+@both
+def test_labels_after_pairing_join_the_pairers_output(make: JoinerType) -> None:
     rng = np.random.default_rng(3)
     n = 200
     prod, cand, y = rng.random(n), rng.random(n), rng.integers(0, 2, n)
@@ -76,7 +83,7 @@ def test_labels_after_pairing_join_the_pairers_output() -> None:
                 )
             )  # fmt: skip
     pairs = Pairer().add_batch(events, at(20)).pairs
-    joiner = LabelJoiner(horizon_s=86400)
+    joiner = make(horizon_s=86400)
     assert joiner.add_pairs(pairs, at(20)).joined == {}
     assert joiner.pending_pairs == n
     # Labels come two hours later, in another order.
@@ -92,8 +99,9 @@ def test_labels_after_pairing_join_the_pairers_output() -> None:
     assert joiner.pending_pairs == 0 and joiner.pending_labels == n
 
 
-def test_label_before_pairs_serves_the_shadow_and_the_canary_pair() -> None:
-    joiner = LabelJoiner(horizon_s=3600)
+@both
+def test_label_before_pairs_serves_the_shadow_and_the_canary_pair(make: JoinerType) -> None:
+    joiner = make(horizon_s=3600)
     assert joiner.add_labels([lab("r", 1, 5)], at(5)).joined == {}
     first = joiner.add_pairs({SHADOW: cols([("r", 0.2, 0.3, 4)])}, at(5))
     second = joiner.add_pairs({CANARY: cols([("r", 0.2, 0.9, 30)])}, at(30))
@@ -102,15 +110,17 @@ def test_label_before_pairs_serves_the_shadow_and_the_canary_pair() -> None:
     assert (end.unmatched_labels, end.unlabeled, joiner.pending_labels) == (0, {}, 0)
 
 
-def test_models_are_kept_apart() -> None:
-    joiner = LabelJoiner()
+@both
+def test_models_are_kept_apart(make: JoinerType) -> None:
+    joiner = make()
     joiner.add_labels([lab("r", 1, 0, model="other")], at(0))
     assert joiner.add_pairs({SHADOW: cols([("r", 0.1, 0.2, 0)])}, at(0)).joined == {}
     assert joined([joiner.add_labels([lab("r", 0, 1)], at(1))]) == {SHADOW: [("r", 0.1, 0.2, 0, E0)]}
 
 
-def test_expiry_at_the_horizon_in_event_time() -> None:
-    joiner = LabelJoiner(horizon_s=100)
+@both
+def test_expiry_at_the_horizon_in_event_time(make: JoinerType) -> None:
+    joiner = make(horizon_s=100)
     joiner.add_pairs({SHADOW: cols([("a", 0.1, 0.2, 0), ("b", 0.3, 0.4, 10)])}, at(10))
     # ts 0 >= 100 - 100: still waiting, joins.
     assert joined([joiner.add_labels([lab("a", 1, 100)], at(100))]) == {SHADOW: [("a", 0.1, 0.2, 1, E0)]}
@@ -125,8 +135,9 @@ def test_expiry_at_the_horizon_in_event_time() -> None:
     assert joiner.add_labels([], at(300)).unmatched_labels == 1 and joiner.pending_labels == 0
 
 
-def test_duplicate_and_conflicting_labels_do_not_join_twice() -> None:
-    joiner = LabelJoiner()
+@both
+def test_duplicate_and_conflicting_labels_do_not_join_twice(make: JoinerType) -> None:
+    joiner = make()
     joiner.add_pairs({SHADOW: cols([("r", 0.1, 0.2, 0)])}, at(0))
     res = joiner.add_labels([lab("r", 1, 10), lab("r", 1, 11), lab("r", 0, 12)], at(12))
     assert (res.label_count, res.duplicate_labels, res.conflicting_labels) == (1, 1, 1)
@@ -134,8 +145,9 @@ def test_duplicate_and_conflicting_labels_do_not_join_twice() -> None:
     assert joined([joiner.add_pairs({CANARY: cols([("r", 0.1, 0.7, 1)])}, at(12))])[CANARY][0][3] == 1
 
 
-def test_bounds_evict_the_oldest_pairs_and_labels() -> None:
-    joiner = LabelJoiner(max_pending=2, max_labels=2)
+@both
+def test_bounds_evict_the_oldest_pairs_and_labels(make: JoinerType) -> None:
+    joiner = make(max_pending=2, max_labels=2)
     res = joiner.add_pairs({SHADOW: cols([("a", 0.1, 0.1, 3), ("b", 0.2, 0.2, 1), ("c", 0.3, 0.3, 2)])}, at(3))
     assert {k: v.tolist() for k, v in res.evicted.items()} == {SHADOW: [E0 + 1]}
     assert {k: v.tolist() for k, v in res.unlabeled.items()} == {SHADOW: [E0 + 1]} and joiner.pending_pairs == 2
@@ -144,11 +156,12 @@ def test_bounds_evict_the_oldest_pairs_and_labels() -> None:
     assert joiner.pending_labels == 2
 
 
-def test_compaction_of_matched_pairs_keeps_expiry_exact() -> None:
+@both
+def test_compaction_of_matched_pairs_keeps_expiry_exact(make: JoinerType) -> None:
     n = 3000
-    joiner = LabelJoiner(horizon_s=1000)
-    both = {key: cols([(f"r{i}", 0.5, 0.5, i * 0.1) for i in range(n)]) for key in (SHADOW, CANARY)}
-    joiner.add_pairs(both, at(300))
+    joiner = make(horizon_s=1000)
+    pairs = {key: cols([(f"r{i}", 0.5, 0.5, i * 0.1) for i in range(n)]) for key in (SHADOW, CANARY)}
+    joiner.add_pairs(pairs, at(300))
     # Matching 2/3 of them leaves 4000 stale heap entries beside 2000 live ones: the heap is rebuilt.
     res = joiner.add_labels([lab(f"r{i}", i % 2, 400) for i in range(n) if i % 3], at(400))
     assert res.label_count == 4000
@@ -158,13 +171,14 @@ def test_compaction_of_matched_pairs_keeps_expiry_exact() -> None:
     assert joiner.pending_pairs == 0
 
 
-def test_arguments_are_checked() -> None:
+@both
+def test_arguments_are_checked(make: JoinerType) -> None:
     with pytest.raises(ConfigError, match="horizon_s"):
-        LabelJoiner(horizon_s=math.inf)
+        make(horizon_s=math.inf)
     with pytest.raises(ConfigError, match="max_labels"):
-        LabelJoiner(max_labels=0)
+        make(max_labels=0)
     with pytest.raises(ValueError, match="naive"):
-        LabelJoiner().add_labels([], datetime(2024, 1, 1))  # noqa: DTZ001
+        make().add_labels([], datetime(2024, 1, 1))  # noqa: DTZ001
 
 
 # --- properties ------------------------------------------------------------------------------------------
@@ -186,7 +200,7 @@ def _key(model: str, which: int) -> ComparisonKey:
     return ComparisonKey(model, "v1", ("v2", "v3")[which], ("shadow", "canary")[which])
 
 
-def _apply(joiner: LabelJoiner, batch: list[Op]) -> LabelResult:
+def _apply(joiner: Joiner, batch: list[Op]) -> LabelResult:
     now = at(max(op[4] for op in batch))
     if batch and batch[0][0] == "label":
         return joiner.add_labels([lab(rid, y, t, model) for _, rid, model, y, t in batch], now)
@@ -237,10 +251,11 @@ def oracle(ops: list[Op], horizon_s: float) -> tuple[Counter[tuple[str, str, int
     return done, sorted((k, E0 + t) for k, t in unlabeled), repeats
 
 
+@both
 @settings(max_examples=80, deadline=None)
 @given(ops=ops_())
-def test_joiner_agrees_with_a_brute_force_oracle(ops: list[Op]) -> None:
-    joiner = LabelJoiner(horizon_s=60)
+def test_joiner_agrees_with_a_brute_force_oracle(make: JoinerType, ops: list[Op]) -> None:
+    joiner = make(horizon_s=60)
     results = [_apply(joiner, [op]) for op in ops]
     results.append(joiner.add_labels([], at(1e6)))
     got = Counter((k.as_id(), row[0], row[3]) for k, rows in joined(results).items() for row in rows)
@@ -251,10 +266,11 @@ def test_joiner_agrees_with_a_brute_force_oracle(ops: list[Op]) -> None:
     assert joiner.pending_pairs == joiner.pending_labels == 0
 
 
+@both
 @settings(max_examples=60, deadline=None)
 @given(ops=ops_(), data=st.data(), bounds=st.sampled_from([(2, 2), (3, 1), (1000, 1000)]))
 def test_accumulated_deltas_restore_a_joiner_that_continues_as_if_never_stopped(
-    ops: list[Op], data: st.DataObject, bounds: tuple[int, int]
+    make: JoinerType, ops: list[Op], data: st.DataObject, bounds: tuple[int, int]
 ) -> None:
     # Calls of one kind each: runs of consecutive pair ops or label ops.
     batches: list[list[Op]] = []
@@ -265,7 +281,7 @@ def test_accumulated_deltas_restore_a_joiner_that_continues_as_if_never_stopped(
             batches.append([op])
     crash = data.draw(st.integers(0, len(batches)))
     takes = data.draw(st.lists(st.booleans(), min_size=crash, max_size=crash))  # deltas after some calls
-    reference = LabelJoiner(60, *bounds)
+    reference = make(60, *bounds)
     stored: dict[str, bytes] = {}
     for batch, take in zip(batches[:crash], takes, strict=True):
         _apply(reference, batch)
@@ -273,7 +289,7 @@ def test_accumulated_deltas_restore_a_joiner_that_continues_as_if_never_stopped(
             accumulate(stored, reference.state_delta())
             assert stored == reference.entries()
     accumulate(stored, reference.state_delta())  # the crash follows a delta
-    restored = LabelJoiner(60, *bounds)
+    restored = make(60, *bounds)
     restored.restore_entries(stored)
     assert restored.entries() == stored == reference.entries()
     assert (restored.pending_pairs, restored.pending_labels) == (reference.pending_pairs, reference.pending_labels)
@@ -287,9 +303,10 @@ def test_accumulated_deltas_restore_a_joiner_that_continues_as_if_never_stopped(
     assert restored.state_delta() == reference.state_delta()
 
 
-def test_a_delta_holds_only_what_the_calls_touched() -> None:
+@both
+def test_a_delta_holds_only_what_the_calls_touched(make: JoinerType) -> None:
     n = 4000
-    joiner = LabelJoiner(horizon_s=3600)
+    joiner = make(horizon_s=3600)
     joiner.add_pairs({SHADOW: cols([(f"r{i}", 0.5, 0.5, i * 0.01) for i in range(n)])}, at(40))
     assert len(joiner.state_delta().upserts) == n + 1
     # Two labels: their pairs leave, the labels stay (matched) for a later canary pair of the request.
@@ -309,8 +326,9 @@ def test_a_delta_holds_only_what_the_calls_touched() -> None:
     assert joiner.pending_pairs == joiner.pending_labels == 0
 
 
-def test_entries_keep_nan_scores_and_bad_ones_are_refused_without_damage() -> None:
-    joiner = LabelJoiner()
+@both
+def test_entries_keep_nan_scores_and_bad_ones_are_refused_without_damage(make: JoinerType) -> None:
+    joiner = make()
     joiner.add_pairs({SHADOW: cols([("r", 0.4, 0.6, 0)], errors=(False, True))}, at(0))
     joiner.add_labels([lab("q", 1, 0)], at(0))
     entries = joiner.entries()
@@ -329,7 +347,7 @@ def test_entries_keep_nan_scores_and_bad_ones_are_refused_without_damage() -> No
         with pytest.raises(CheckpointError, match="shadowgate.labels state"):
             joiner.restore_entries(bad)
     assert joiner.entries() == entries
-    fresh = LabelJoiner()
+    fresh = make()
     fresh.restore_entries(entries)
     res = fresh.add_labels([lab("r", 1, 1)], at(1))
     assert res.joined[SHADOW].prod_score.tolist() == [0.4] and math.isnan(res.joined[SHADOW].cand_score[0])

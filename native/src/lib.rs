@@ -11,11 +11,17 @@
 use pyo3::prelude::*;
 
 pub mod block;
+pub mod joiner;
+pub mod jsonfmt;
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<block::ScoreBlock>()?;
     m.add_class::<block::LabelBlock>()?;
     m.add_class::<block::Pairs>()?;
+    m.add_class::<joiner::NativeJoiner>()?;
+    m.add_class::<joiner::LabelOut>()?;
+    m.add_function(wrap_pyfunction!(jsonfmt::dumps_f64, m)?)?;
+    m.add_function(wrap_pyfunction!(jsonfmt::dumps_str, m)?)?;
     Ok(())
 }
