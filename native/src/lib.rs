@@ -11,11 +11,14 @@
 use pyo3::prelude::*;
 
 pub mod block;
+pub mod decode;
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<block::ScoreBlock>()?;
     m.add_class::<block::LabelBlock>()?;
     m.add_class::<block::Pairs>()?;
+    m.add_function(wrap_pyfunction!(decode::decode_scores, m)?)?;
+    m.add_function(wrap_pyfunction!(decode::decode_label, m)?)?;
     Ok(())
 }
