@@ -139,6 +139,18 @@ pub fn parse_label(raw: &[u8]) -> Option<LabelRow> {
     Some(LabelRow { request_id: request_id?, model: model?, label, ts })
 }
 
+/// A score event's fields, as bits.
+const F_REQUEST_ID: u16 = 1;
+const F_MODEL: u16 = 2;
+const F_VERSION: u16 = 4;
+const F_ROLE: u16 = 8;
+const F_SCORE: u16 = 16;
+const F_LATENCY: u16 = 32;
+const F_TS: u16 = 64;
+const F_ERROR: u16 = 128;
+const F_FEATURES: u16 = 256;
+const F_REQUIRED: u16 = F_REQUEST_ID | F_MODEL | F_VERSION | F_ROLE | F_SCORE | F_LATENCY | F_TS;
+
 /// Byte classes inside a JSON string.
 const PLAIN: u8 = 0;
 const QUOTE: u8 = 1;
@@ -288,9 +300,54 @@ fn unescape(bytes: &[u8]) -> Option<String> {
 
 /// 1e0..=1e22: exactly representable as f64.
 static POWERS_OF_TEN: [f64; 23] = [
-    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19,
-    1e20, 1e21, 1e22,
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20,
+    1e21, 1e22,
 ];
+
+/// 10**k as u128, k = 0..=20.
+static POWERS_OF_TEN_U128: [u128; 21] = {
+    let mut t = [1u128; 21];
+    let mut k = 1;
+    while k < 21 {
+        t[k] = t[k - 1] * 10;
+        k += 1;
+    }
+    t
+};
+
+/// `digits / 10**scale` correctly rounded, or None when the quick ways cannot tell (then `str::parse`).
+///
+/// Up to 2**53 both operands are exact and one IEEE division rounds correctly (Clinger's fast path).
+/// Above (17-digit decimals are common: Python's repr of a double), the quotient of the rounded operands
+/// is checked exactly in 128-bit integers: it is the correctly rounded value iff the decimal lies
+/// strictly inside its rounding interval ((2m-1)/2, (2m+1)/2) * 2**e.
+fn decimal_to_f64(digits: u64, scale: usize) -> Option<f64> {
+    if digits <= MAX_EXACT as u64 && scale <= 22 {
+        return Some(digits as f64 / POWERS_OF_TEN[scale]);
+    }
+    if scale > 20 {
+        return None;
+    }
+    let x = digits as f64 / POWERS_OF_TEN[scale];
+    if !x.is_normal() {
+        return None;
+    }
+    let bits = x.to_bits();
+    let m = (bits & ((1 << 52) - 1)) | (1 << 52);
+    let e = ((bits >> 52) & 0x7ff) as i64 - 1075; // x = m * 2**e
+                                                  // At a power of two the interval below is half as wide: leave that to the parser.
+    if e >= 0 || m == 1 << 52 {
+        return None;
+    }
+    let shift = (1 - e) as u32;
+    if 64 - digits.leading_zeros() + shift > 127 {
+        return None;
+    }
+    let twice_scaled = (digits as u128) << shift; // 2 * digits * 2**-e
+    let p = POWERS_OF_TEN_U128[scale];
+    let (low, high) = ((2 * m as u128 - 1) * p, (2 * m as u128 + 1) * p);
+    (low < twice_scaled && twice_scaled < high).then_some(x)
+}
 
 enum Number {
     Int(i64),
@@ -336,6 +393,10 @@ impl<'a> Parser<'a> {
 impl<'a> Parser<'a> {
     #[inline]
     fn ws(&mut self) {
+        // Compact JSON: the next byte is already significant.
+        if self.b.get(self.i).is_some_and(|&c| c > b' ') {
+            return;
+        }
         while let Some(&c) = self.b.get(self.i) {
             if c == b' ' || c == b'\n' || c == b'\r' || c == b'\t' {
                 self.i += 1;
@@ -496,10 +557,10 @@ impl<'a> Parser<'a> {
             };
             return Some(Number::Int(value));
         }
-        if exact && !exponent && mantissa <= MAX_EXACT as u64 && fraction_digits <= 22 {
-            // Both operands exact: one correctly rounded division (Clinger's fast path).
-            let value = mantissa as f64 / POWERS_OF_TEN[fraction_digits];
-            return Some(Number::Float(if negative { -value } else { value }));
+        if exact && !exponent {
+            if let Some(value) = decimal_to_f64(mantissa, fraction_digits) {
+                return Some(Number::Float(if negative { -value } else { value }));
+            }
         }
         // SAFETY: ASCII digits, sign, '.', 'e'.
         let value: f64 = unsafe { std::str::from_utf8_unchecked(&b[start..i]) }.parse().ok()?;
@@ -532,66 +593,67 @@ impl<'a> Parser<'a> {
         parse_timestamp(key)
     }
 
+    /// A score event's key, matched in place (any other key, escaped ones included, defers).
+    #[inline]
+    fn score_key(&mut self) -> Option<u16> {
+        self.eat(b'"')?;
+        let rest = &self.b[self.i..];
+        // Each name with its closing quote: the key is exactly this name (constant-length compares).
+        let (bit, len) = match rest.first()? {
+            b'r' if rest.starts_with(b"request_id\"") => (F_REQUEST_ID, 11),
+            b'r' if rest.starts_with(b"role\"") => (F_ROLE, 5),
+            b'm' if rest.starts_with(b"model\"") => (F_MODEL, 6),
+            b'v' if rest.starts_with(b"version\"") => (F_VERSION, 8),
+            b's' if rest.starts_with(b"score\"") => (F_SCORE, 6),
+            b'l' if rest.starts_with(b"latency_ms\"") => (F_LATENCY, 11),
+            b't' if rest.starts_with(b"ts\"") => (F_TS, 3),
+            b'e' if rest.starts_with(b"error\"") => (F_ERROR, 6),
+            b'f' if rest.starts_with(b"features\"") => (F_FEATURES, 9),
+            _ => return None,
+        };
+        self.i += len;
+        Some(bit)
+    }
+
     fn score_event(&mut self, names: &mut NameCache<'a>) -> Option<ScoreRow> {
-        const REQUEST_ID: u16 = 1;
-        const MODEL: u16 = 2;
-        const VERSION: u16 = 4;
-        const ROLE: u16 = 8;
-        const SCORE: u16 = 16;
-        const LATENCY: u16 = 32;
-        const TS: u16 = 64;
-        const ERROR: u16 = 128;
-        const FEATURES: u16 = 256;
-        const REQUIRED: u16 = REQUEST_ID | MODEL | VERSION | ROLE | SCORE | LATENCY | TS;
         let (mut request_id, mut model, mut version) = (None, None, None);
         let (mut role, mut ts, mut score, mut latency_ms) = (0u8, 0f64, 0f64, 0f64);
         let (mut error, mut features) = (false, None);
         let mut seen = 0u16;
         self.eat(b'{')?;
         loop {
-            let key = self.key()?;
+            let field = self.score_key()?;
+            if seen & field != 0 {
+                return None; // a duplicate key
+            }
+            seen |= field;
             self.eat(b':')?;
-            let bit = match key {
-                b"request_id" => {
-                    request_id = Some(self.request_id()?);
-                    REQUEST_ID
-                }
-                b"model" => {
-                    model = Some(self.name(names)?);
-                    MODEL
-                }
-                b"version" => {
-                    version = Some(self.name(names)?);
-                    VERSION
-                }
-                b"role" => {
+            match field {
+                F_REQUEST_ID => request_id = Some(self.request_id()?),
+                F_MODEL => model = Some(self.name(names)?),
+                F_VERSION => version = Some(self.name(names)?),
+                F_ROLE => {
                     role = match self.key()? {
                         b"production" => block::PRODUCTION,
                         b"shadow" => block::SHADOW,
                         b"canary" => block::CANARY,
                         _ => return None,
                     };
-                    ROLE
                 }
-                b"score" => {
+                F_SCORE => {
                     score = self.float()?;
                     if !(0.0..=1.0).contains(&score) {
                         return None;
                     }
-                    SCORE
                 }
-                b"latency_ms" => {
+                F_LATENCY => {
                     latency_ms = self.float()?;
                     if latency_ms < 0.0 {
                         return None;
                     }
-                    LATENCY
                 }
-                b"ts" => {
-                    ts = self.timestamp()?;
-                    TS
-                }
-                b"error" => {
+                F_TS => ts = self.timestamp()?,
+                F_ERROR => {
                     self.ws();
                     if self.b.get(self.i) == Some(&b'n') {
                         self.literal(b"null")?;
@@ -600,25 +662,17 @@ impl<'a> Parser<'a> {
                         self.string()?.text(0, MAX_ERROR)?;
                         error = true;
                     }
-                    ERROR
                 }
-                b"features" => {
-                    features = self.features()?;
-                    FEATURES
-                }
-                _ => return None,
-            };
-            if seen & bit != 0 {
-                return None;
+                F_FEATURES => features = self.features()?,
+                _ => unreachable!("score_key returns field bits"),
             }
-            seen |= bit;
             match self.next_byte()? {
                 b',' => {}
                 b'}' => break,
                 _ => return None,
             }
         }
-        if seen & REQUIRED != REQUIRED {
+        if seen & F_REQUIRED != F_REQUIRED {
             return None;
         }
         Some(ScoreRow {
@@ -647,7 +701,7 @@ impl<'a> Parser<'a> {
         }
         let mut items = std::mem::take(&mut self.features);
         items.clear();
-        let mut seen_names: HashSet<&'a [u8]> = HashSet::new();
+        let mut seen_names: Option<HashSet<&'a [u8]>> = None;
         self.ws();
         if self.b.get(self.i) == Some(&b'}') {
             self.i += 1;
@@ -663,9 +717,7 @@ impl<'a> Parser<'a> {
                     return None;
                 }
             } else {
-                if seen_names.is_empty() {
-                    seen_names.extend(items.iter().map(|(seen, _)| *seen));
-                }
+                let seen_names = seen_names.get_or_insert_with(|| items.iter().map(|(seen, _)| *seen).collect());
                 if !seen_names.insert(name) {
                     return None;
                 }
@@ -804,6 +856,28 @@ pub fn parse_timestamp(s: &[u8]) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decimals_round_like_the_parser() {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut checked = 0;
+        for _ in 0..2_000_000 {
+            let digits = next() % 10u64.pow((next() % 19 + 1) as u32);
+            let scale = (next() % 21) as usize;
+            let exact: f64 = format!("{digits}e-{scale}").parse().unwrap();
+            if let Some(fast) = decimal_to_f64(digits, scale) {
+                assert_eq!(fast.to_bits(), exact.to_bits(), "{digits}e-{scale}");
+                checked += 1;
+            }
+        }
+        assert!(checked > 1_500_000, "{checked}");
+    }
 
     #[test]
     fn timestamps() {
