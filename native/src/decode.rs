@@ -867,7 +867,7 @@ mod tests {
             state
         };
         let mut checked = 0;
-        for _ in 0..2_000_000 {
+        for _ in 0..400_000 {
             let digits = next() % 10u64.pow((next() % 19 + 1) as u32);
             let scale = (next() % 21) as usize;
             let exact: f64 = format!("{digits}e-{scale}").parse().unwrap();
@@ -876,7 +876,7 @@ mod tests {
                 checked += 1;
             }
         }
-        assert!(checked > 1_500_000, "{checked}");
+        assert!(checked > 300_000, "{checked}");
     }
 
     #[test]
