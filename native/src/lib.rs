@@ -1,4 +1,4 @@
-//! `streams._native`: shadowgate's hot path in Rust (see `streams/native.py` for how Python uses it).
+//! `streams._native`: shadowgate's hot path in Rust (used by `streams/processor.py` through `streams/decoding.py`, `streams/native_pairing.py` and `streams/native_labels.py`).
 //!
 //! * `block`: decoded events ([`block::ScoreBlock`], [`block::LabelBlock`]);
 //! * `decode`: score and label messages -> blocks, deferring to the Python contract when unsure;
@@ -13,6 +13,7 @@ use pyo3::prelude::*;
 pub mod block;
 pub mod joiner;
 pub mod jsonfmt;
+pub mod decode;
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -23,5 +24,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<joiner::LabelOut>()?;
     m.add_function(wrap_pyfunction!(jsonfmt::dumps_f64, m)?)?;
     m.add_function(wrap_pyfunction!(jsonfmt::dumps_str, m)?)?;
+    m.add_function(wrap_pyfunction!(decode::decode_scores, m)?)?;
+    m.add_function(wrap_pyfunction!(decode::decode_label, m)?)?;
     Ok(())
 }
