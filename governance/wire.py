@@ -64,7 +64,10 @@ _CONFIG = ConfigDict(strict=True, extra="forbid", frozen=True)
 
 
 def _to_utc(value: datetime) -> datetime:
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00:00+01:00 is before the first UTC datetime
+        raise ValueError("timestamp is outside the years 1-9999 once converted to UTC") from None
 
 
 class ScoreEvent(BaseModel):

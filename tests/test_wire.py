@@ -56,6 +56,17 @@ def test_invalid_score_names_the_field(over: dict[str, Any], field: str) -> None
     assert field.split(".")[0] in str(info.value)
 
 
+@pytest.mark.parametrize("ts", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"])
+def test_timestamp_beyond_the_utc_range_is_a_validation_error(ts: str) -> None:
+    # astimezone(UTC) overflows for these: it must be the contract's error (a dead letter), not an OverflowError.
+    raw = orjson.dumps(_score(ts=ts))
+    with pytest.raises(EventValidationError, match="ts") as info:
+        decode_scores(raw)
+    assert info.value.field == "ts"
+    with pytest.raises(EventValidationError, match="ts"):
+        decode_label(orjson.dumps({"request_id": "r", "model": "fraud", "label": 1, "ts": ts}))
+
+
 def test_missing_request_id_names_the_field() -> None:
     data = _score()
     del data["request_id"]
