@@ -11,11 +11,14 @@
 use pyo3::prelude::*;
 
 pub mod block;
+pub mod pairer;
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<block::ScoreBlock>()?;
     m.add_class::<block::LabelBlock>()?;
     m.add_class::<block::Pairs>()?;
+    m.add_class::<pairer::NativePairer>()?;
+    m.add_class::<pairer::PairingOut>()?;
     Ok(())
 }
