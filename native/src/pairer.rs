@@ -14,7 +14,7 @@
 //! `_parse_half`/`load_meta`; it is not on the hot path.
 
 use std::cmp::{Ordering, Reverse};
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 
@@ -199,6 +199,50 @@ impl Ord for Key {
     }
 }
 
+/// The remembered halves by (ts, seq), smallest first: a sorted run for keys that arrive in order (the
+/// usual case: ts rise with arrival, and seq always does), a binary heap for the others. Both push and
+/// pop are O(1) on in-order traffic; the order is exactly the heap's.
+#[derive(Default)]
+struct Queue {
+    run: VecDeque<Key>,
+    heap: BinaryHeap<Reverse<Key>>,
+}
+
+impl Queue {
+    fn len(&self) -> usize {
+        self.run.len() + self.heap.len()
+    }
+
+    fn push(&mut self, key: Key) {
+        match self.run.back() {
+            Some(last) if key < *last => self.heap.push(Reverse(key)),
+            _ => self.run.push_back(key),
+        }
+    }
+
+    fn peek(&self) -> Option<Key> {
+        match (self.run.front(), self.heap.peek()) {
+            (Some(a), Some(Reverse(b))) => Some(if a < b { *a } else { *b }),
+            (Some(a), None) => Some(*a),
+            (None, Some(Reverse(b))) => Some(*b),
+            (None, None) => None,
+        }
+    }
+
+    fn pop(&mut self) -> Option<Key> {
+        match (self.run.front(), self.heap.peek()) {
+            (Some(a), Some(Reverse(b))) if b < a => self.heap.pop().map(|Reverse(k)| k),
+            (Some(_), _) => self.run.pop_front(),
+            (None, _) => self.heap.pop().map(|Reverse(k)| k),
+        }
+    }
+
+    /// All keys at once (restore).
+    fn from_sorted(keys: Vec<Key>) -> Self {
+        Queue { run: keys.into(), heap: BinaryHeap::new() }
+    }
+}
+
 /// One side's (model, version, role) outputs of one call, in production order.
 struct SideAcc {
     model: Arc<str>,
@@ -272,6 +316,8 @@ struct PairSide<'a> {
 struct Out {
     comparisons: Vec<ComparisonPairs>,
     last: usize,
+    /// Rows a new comparison reserves room for (half the call's events: at most one pair per two).
+    expected: usize,
     orphans: Sides,
     evicted: Sides,
     late: Sides,
@@ -306,12 +352,19 @@ impl Out {
             match self.comparisons.iter().position(hit) {
                 Some(i) => i,
                 None => {
-                    self.comparisons.push(ComparisonPairs::new(
-                        model.clone(),
-                        prod.version.clone(),
-                        cand.version.clone(),
-                        cand.role,
-                    ));
+                    let mut c = ComparisonPairs::new(model.clone(), prod.version.clone(), cand.version.clone(), cand.role);
+                    let n = self.expected;
+                    c.request_ids.reserve(n);
+                    c.prod_score.reserve(n);
+                    c.cand_score.reserve(n);
+                    c.prod_latency_ms.reserve(n);
+                    c.cand_latency_ms.reserve(n);
+                    c.prod_error.reserve(n);
+                    c.cand_error.reserve(n);
+                    c.ts.reserve(n);
+                    c.prod_features.reserve(n);
+                    c.cand_features.reserve(n);
+                    self.comparisons.push(c);
                     self.comparisons.len() - 1
                 }
             }
@@ -392,7 +445,7 @@ pub struct NativePairer {
     slots: Vec<Option<Half>>,
     free: Vec<u32>,
     groups: Groups,
-    heap: BinaryHeap<Reverse<Key>>,
+    heap: Queue,
     /// (seq, slot) in first-change order since the last delta; entries of dropped halves go stale.
     dirty: Vec<(u64, u32)>,
     /// Seqs of dropped halves that were in a delta.
@@ -422,7 +475,7 @@ impl NativePairer {
         self.slots = Vec::new();
         self.free = Vec::new();
         self.groups = HashMap::with_hasher(Keys::random());
-        self.heap = BinaryHeap::new();
+        self.heap = Queue::default();
         self.dirty = Vec::new();
         self.gone = Vec::new();
         self.synced_seq = 0;
@@ -562,7 +615,7 @@ impl NativePairer {
                 self.groups.insert(rid, Group::one(slot));
             }
         }
-        self.heap.push(Reverse(Key { ts, seq, slot }));
+        self.heap.push(Key { ts, seq, slot });
         self.dirty.push((seq, slot));
         self.seq += 1;
         if self.heap.len() > self.max_pending {
@@ -572,7 +625,7 @@ impl NativePairer {
 
     fn expire(&mut self, out: &mut Out) {
         let cutoff = self.w - self.window_s;
-        while let Some(Reverse(top)) = self.heap.peek() {
+        while let Some(top) = self.heap.peek() {
             if !(top.ts < cutoff) {
                 break;
             }
@@ -583,7 +636,7 @@ impl NativePairer {
     }
 
     fn evict(&mut self, out: &mut Out) {
-        if let Some(Reverse(top)) = self.heap.pop() {
+        if let Some(top) = self.heap.pop() {
             self.drop_half(top.slot, out, true);
         }
     }
@@ -703,7 +756,7 @@ impl NativePairer {
             slots: Vec::new(),
             free: Vec::new(),
             groups: HashMap::with_hasher(Keys::random()),
-            heap: BinaryHeap::new(),
+            heap: Queue::default(),
             dirty: Vec::new(),
             gone: Vec::new(),
             synced_seq: 0,
@@ -733,7 +786,10 @@ impl NativePairer {
     /// All rows of `blocks` in order, then the watermark raised to `now_s` (the partition's max ts) and
     /// the bound applied: `Pairer.add_batch`.
     fn add_batch(&mut self, py: Python<'_>, blocks: Vec<Bound<'_, ScoreBlock>>, now_s: f64) -> PyResult<PairingOut> {
-        let mut out = Out::default();
+        let mut out = Out {
+            expected: blocks.iter().map(|b| b.get().rows.len()).sum::<usize>() / 2,
+            ..Out::default()
+        };
         for b in &blocks {
             for row in &b.get().rows {
                 self.add(row, &mut out);
@@ -846,9 +902,10 @@ impl NativePairer {
             half.rid = rid.clone();
             let slot = self.store(half);
             self.groups.entry(rid).and_modify(|g| g.push(slot)).or_insert_with(|| Group::one(slot));
-            heap.push(Reverse(Key { ts, seq, slot }));
+            heap.push(Key { ts, seq, slot });
         }
-        self.heap = BinaryHeap::from(heap);
+        heap.sort_unstable();
+        self.heap = Queue::from_sorted(heap);
         self.synced_seq = next_seq;
         self.synced_meta = (watermark, next_seq);
         Ok(())
