@@ -88,7 +88,14 @@ impl BuildHasher for Keys {
     }
 }
 
-type Groups = HashMap<Arc<str>, Group, Keys>;
+/// Request id -> index of its group in the group slab.
+type Groups = HashMap<Arc<str>, u32, Keys>;
+
+/// The halves of one request id (slots in arrival order) and the id itself.
+struct GroupSlot {
+    rid: Arc<str>,
+    members: Group,
+}
 
 fn same(a: &Arc<str>, b: &Arc<str>) -> bool {
     Arc::ptr_eq(a, b) || a == b
@@ -96,7 +103,8 @@ fn same(a: &Arc<str>, b: &Arc<str>) -> bool {
 
 /// One remembered event.
 struct Half {
-    rid: Arc<str>,
+    /// Index of its request id's group in `NativePairer::gslab`.
+    gid: u32,
     model: Arc<str>,
     version: Arc<str>,
     features: Option<Features>,
@@ -127,8 +135,8 @@ enum Group {
 }
 
 impl Group {
-    fn one(slot: u32) -> Self {
-        Group::Inline(1, [slot, 0, 0, 0])
+    fn empty() -> Self {
+        Group::Inline(0, [0; 4])
     }
 
     fn as_slice(&self) -> &[u32] {
@@ -445,6 +453,8 @@ pub struct NativePairer {
     slots: Vec<Option<Half>>,
     free: Vec<u32>,
     groups: Groups,
+    gslab: Vec<Option<GroupSlot>>,
+    gfree: Vec<u32>,
     heap: Queue,
     /// (seq, slot) in first-change order since the last delta; entries of dropped halves go stale.
     dirty: Vec<(u64, u32)>,
@@ -475,6 +485,8 @@ impl NativePairer {
         self.slots = Vec::new();
         self.free = Vec::new();
         self.groups = HashMap::with_hasher(Keys::random());
+        self.gslab = Vec::new();
+        self.gfree = Vec::new();
         self.heap = Queue::default();
         self.dirty = Vec::new();
         self.gone = Vec::new();
@@ -499,6 +511,25 @@ impl NativePairer {
         }
     }
 
+    /// A group for a new request id (the caller maps the id to it).
+    fn new_group(&mut self, rid: Arc<str>) -> u32 {
+        let group = GroupSlot { rid, members: Group::empty() };
+        match self.gfree.pop() {
+            Some(gid) => {
+                self.gslab[gid as usize] = Some(group);
+                gid
+            }
+            None => {
+                self.gslab.push(Some(group));
+                (self.gslab.len() - 1) as u32
+            }
+        }
+    }
+
+    fn rid(&self, h: &Half) -> &str {
+        &self.gslab[h.gid as usize].as_ref().expect("live group").rid
+    }
+
     fn mark(dirty: &mut Vec<(u64, u32)>, h: &mut Half, slot: u32) {
         if !h.dirty {
             h.dirty = true;
@@ -520,12 +551,15 @@ impl NativePairer {
         let seq = self.seq;
         let mut state = PENDING;
         let mut keep_features = true;
-        let rid: Arc<str>;
         let slots = &mut self.slots;
-        match self.groups.get_mut(&*row.request_id) {
-            None => rid = Arc::from(&*row.request_id),
-            Some(group) => {
-                let members = group.as_slice();
+        let gid = match self.groups.get(&*row.request_id) {
+            None => None,
+            Some(&gid) => Some(gid),
+        };
+        match gid {
+            None => {}
+            Some(gid) => {
+                let members = self.gslab[gid as usize].as_ref().expect("live group").members.as_slice();
                 for &slot in members {
                     let o = slots[slot as usize].as_ref().expect("live slot");
                     if o.role == row.role && same(&o.model, &row.model) && same(&o.version, &row.version) {
@@ -533,7 +567,6 @@ impl NativePairer {
                         return;
                     }
                 }
-                rid = slots[members[0] as usize].as_ref().expect("live slot").rid.clone();
                 let me = PairSide {
                     version: &row.version,
                     role: row.role,
@@ -593,9 +626,18 @@ impl NativePairer {
                 }
             }
         }
+        let gid = match gid {
+            Some(gid) => gid,
+            None => {
+                let rid: Arc<str> = Arc::from(&*row.request_id);
+                let gid = self.new_group(rid.clone());
+                self.groups.insert(rid, gid);
+                gid
+            }
+        };
         let done = state == DONE;
         let half = Half {
-            rid: rid.clone(),
+            gid,
             model: row.model.clone(),
             version: row.version.clone(),
             features: if keep_features { row.features.clone() } else { None },
@@ -609,12 +651,7 @@ impl NativePairer {
             dirty: true,
         };
         let slot = self.store(half);
-        match self.groups.get_mut(&*rid) {
-            Some(group) => group.push(slot),
-            None => {
-                self.groups.insert(rid, Group::one(slot));
-            }
-        }
+        self.gslab[gid as usize].as_mut().expect("live group").members.push(slot);
         self.heap.push(Key { ts, seq, slot });
         self.dirty.push((seq, slot));
         self.seq += 1;
@@ -644,10 +681,11 @@ impl NativePairer {
     fn drop_half(&mut self, slot: u32, out: &mut Out, evicted: bool) {
         let half = self.slots[slot as usize].take().expect("live slot");
         self.free.push(slot);
-        if let Some(group) = self.groups.get_mut(&*half.rid) {
-            if group.remove(slot) {
-                self.groups.remove(&*half.rid);
-            }
+        let gid = half.gid as usize;
+        if self.gslab[gid].as_mut().expect("live group").members.remove(slot) {
+            let group = self.gslab[gid].take().expect("live group");
+            self.groups.remove(&*group.rid);
+            self.gfree.push(half.gid);
         }
         if half.seq < self.synced_seq {
             self.gone.push(half.seq);
@@ -667,10 +705,10 @@ impl NativePairer {
         }
     }
 
-    fn encode(buf: &mut Vec<u8>, h: &Half) {
+    fn encode(buf: &mut Vec<u8>, h: &Half, rid: &str) {
         buf.clear();
         buf.push(b'[');
-        write_str(buf, &h.rid);
+        write_str(buf, rid);
         buf.push(b',');
         write_str(buf, &h.model);
         buf.push(b',');
@@ -756,6 +794,8 @@ impl NativePairer {
             slots: Vec::new(),
             free: Vec::new(),
             groups: HashMap::with_hasher(Keys::random()),
+            gslab: Vec::new(),
+            gfree: Vec::new(),
             heap: Queue::default(),
             dirty: Vec::new(),
             gone: Vec::new(),
@@ -815,7 +855,8 @@ impl NativePairer {
             if let Some(h) = self.slots[slot as usize].as_mut() {
                 if h.seq == seq && h.dirty {
                     h.dirty = false;
-                    Self::encode(&mut buf, h);
+                    let rid = &self.gslab[h.gid as usize].as_ref().expect("live group").rid;
+                    Self::encode(&mut buf, h, rid);
                     upserts.set_item(PyString::new_bound(py, hex(&mut key, seq)), PyBytes::new_bound(py, &buf))?;
                 }
             }
@@ -850,7 +891,8 @@ impl NativePairer {
         let out = PyDict::new_bound(py);
         let mut buf = std::mem::take(&mut self.buf);
         for (seq, slot) in live {
-            Self::encode(&mut buf, self.half(slot));
+            let h = self.half(slot);
+            Self::encode(&mut buf, h, self.rid(h));
             out.set_item(hex_key(seq), PyBytes::new_bound(py, &buf))?;
         }
         self.buf = buf;
@@ -867,7 +909,7 @@ impl NativePairer {
             self.clear();
             return Ok(());
         };
-        let mut halves: Vec<Half> = Vec::new();
+        let mut halves: Vec<(Half, String)> = Vec::new();
         for (key, raw) in entries.iter() {
             let key_str: String = key.extract()?;
             if key_str == META_KEY {
@@ -887,21 +929,25 @@ impl NativePairer {
             let doc = load_entry(py, &key, &raw)?;
             halves.push(parse_half(&key, seq.unwrap_or_default(), &doc)?);
         }
-        halves.sort_unstable_by_key(|h| h.seq);
+        halves.sort_unstable_by_key(|(h, _)| h.seq);
         self.clear();
         self.w = watermark;
         self.seq = next_seq;
         let mut heap = Vec::with_capacity(halves.len());
-        for mut half in halves {
-            half.dirty = false;
+        for (mut half, rid) in halves {
             let (ts, seq) = (half.ts, half.seq);
-            let rid = match self.groups.get_key_value(&*half.rid) {
-                Some((k, _)) => k.clone(),
-                None => half.rid.clone(),
+            half.gid = match self.groups.get(&*rid) {
+                Some(&gid) => gid,
+                None => {
+                    let rid: Arc<str> = Arc::from(rid);
+                    let gid = self.new_group(rid.clone());
+                    self.groups.insert(rid, gid);
+                    gid
+                }
             };
-            half.rid = rid.clone();
+            let gid = half.gid as usize;
             let slot = self.store(half);
-            self.groups.entry(rid).and_modify(|g| g.push(slot)).or_insert_with(|| Group::one(slot));
+            self.gslab[gid].as_mut().expect("live group").members.push(slot);
             heap.push(Key { ts, seq, slot });
         }
         heap.sort_unstable();
@@ -1007,8 +1053,8 @@ fn parse_seq(_py: Python<'_>, key: &Bound<'_, PyAny>, digits: &str) -> PyResult<
     Ok(u64::from_str_radix(digits, 16).ok())
 }
 
-/// `_parse_half`
-fn parse_half(key: &Bound<'_, PyAny>, seq: u64, entry: &Bound<'_, PyList>) -> PyResult<Half> {
+/// `_parse_half`: the half (its group still to be set) and its request id.
+fn parse_half(key: &Bound<'_, PyAny>, seq: u64, entry: &Bound<'_, PyList>) -> PyResult<(Half, String)> {
     let py = key.py();
     let where_ = format!("{KIND} state entry {}", py_repr(key));
     let entry = if entry.len() == 6 && entry.get_item(5)?.eq(DONE)? {
@@ -1066,8 +1112,8 @@ fn parse_half(key: &Bound<'_, PyAny>, seq: u64, entry: &Bound<'_, PyList>) -> Py
     };
     let model: String = model.extract()?;
     let version: String = version.extract()?;
-    Ok(Half {
-        rid: Arc::from(rid.extract::<String>()?.as_str()),
+    let half = Half {
+        gid: 0,
         model: block::intern(&model),
         version: block::intern(&version),
         features,
@@ -1079,7 +1125,8 @@ fn parse_half(key: &Bound<'_, PyAny>, seq: u64, entry: &Bound<'_, PyList>) -> Py
         state: state.extract::<u8>()?,
         error: error.extract::<u8>()? == 1,
         dirty: false,
-    })
+    };
+    Ok((half, rid.extract()?))
 }
 
 // --- orjson's output, byte for byte -------------------------------------------------------------------
