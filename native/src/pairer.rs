@@ -23,7 +23,9 @@ use pyo3::prelude::*;
 use pyo3::sync::GILOnceCell;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString};
 
-use crate::block::{self, ComparisonPairs, FeatureValue, Features, Pairs, ScoreBlock, ScoreRow, PRODUCTION, ROLE_NAMES};
+use crate::block::{
+    self, ComparisonPairs, FeatureValue, Features, Pairs, ScoreBlock, ScoreRow, PRODUCTION, ROLE_NAMES,
+};
 
 const KIND: &str = "shadowgate.pairer";
 const FORMAT_VERSION: i64 = 2;
@@ -203,7 +205,10 @@ impl PartialOrd for Key {
 }
 impl Ord for Key {
     fn cmp(&self, other: &Self) -> Ordering {
-        self.ts.partial_cmp(&other.ts).unwrap_or(Ordering::Equal).then(self.seq.cmp(&other.seq))
+        self.ts
+            .partial_cmp(&other.ts)
+            .unwrap_or(Ordering::Equal)
+            .then(self.seq.cmp(&other.seq))
     }
 }
 
@@ -247,7 +252,10 @@ impl Queue {
 
     /// All keys at once (restore).
     fn from_sorted(keys: Vec<Key>) -> Self {
-        Queue { run: keys.into(), heap: BinaryHeap::new() }
+        Queue {
+            run: keys.into(),
+            heap: BinaryHeap::new(),
+        }
     }
 }
 
@@ -300,7 +308,12 @@ impl Sides {
             .0
             .iter()
             .map(|s| {
-                (s.model.as_ref(), s.version.as_ref(), ROLE_NAMES[s.role as usize], block::f64_bytes(py, &s.ts))
+                (
+                    s.model.as_ref(),
+                    s.version.as_ref(),
+                    ROLE_NAMES[s.role as usize],
+                    block::f64_bytes(py, &s.ts),
+                )
                     .into_py(py)
             })
             .collect();
@@ -360,7 +373,8 @@ impl Out {
             match self.comparisons.iter().position(hit) {
                 Some(i) => i,
                 None => {
-                    let mut c = ComparisonPairs::new(model.clone(), prod.version.clone(), cand.version.clone(), cand.role);
+                    let mut c =
+                        ComparisonPairs::new(model.clone(), prod.version.clone(), cand.version.clone(), cand.role);
                     let n = self.expected;
                     c.request_ids.reserve(n);
                     c.prod_score.reserve(n);
@@ -418,7 +432,12 @@ impl PairingOut {
 
     #[getter]
     fn orphan_errors(&self, py: Python<'_>) -> PyObject {
-        let items: Vec<Bound<'_, PyBytes>> = self.orphans.0.iter().map(|s| block::bool_bytes(py, &s.errors)).collect();
+        let items: Vec<Bound<'_, PyBytes>> = self
+            .orphans
+            .0
+            .iter()
+            .map(|s| block::bool_bytes(py, &s.errors))
+            .collect();
         PyList::new_bound(py, items).into_any().unbind()
     }
 
@@ -466,7 +485,10 @@ pub struct NativePairer {
 }
 
 fn py_repr(value: &Bound<'_, PyAny>) -> String {
-    value.repr().map(|r| r.to_string()).unwrap_or_else(|_| "<unrepresentable>".to_owned())
+    value
+        .repr()
+        .map(|r| r.to_string())
+        .unwrap_or_else(|_| "<unrepresentable>".to_owned())
 }
 
 /// `f"{value!r:.80}"`
@@ -513,7 +535,10 @@ impl NativePairer {
 
     /// A group for a new request id (the caller maps the id to it).
     fn new_group(&mut self, rid: Arc<str>) -> u32 {
-        let group = GroupSlot { rid, members: Group::empty() };
+        let group = GroupSlot {
+            rid,
+            members: Group::empty(),
+        };
         match self.gfree.pop() {
             Some(gid) => {
                 self.gslab[gid as usize] = Some(group);
@@ -545,83 +570,89 @@ impl NativePairer {
         }
         if ts < self.w - self.window_s {
             out.late.push(&row.model, &row.version, row.role, ts);
-            out.orphans.push_error(&row.model, &row.version, row.role, ts, row.error);
+            out.orphans
+                .push_error(&row.model, &row.version, row.role, ts, row.error);
             return;
         }
         let seq = self.seq;
         let mut state = PENDING;
         let mut keep_features = true;
         let slots = &mut self.slots;
-        let gid = match self.groups.get(&*row.request_id) {
-            None => None,
-            Some(&gid) => Some(gid),
-        };
-        match gid {
-            None => {}
-            Some(gid) => {
-                let members = self.gslab[gid as usize].as_ref().expect("live group").members.as_slice();
+        let gid = self.groups.get(&*row.request_id).copied();
+        if let Some(gid) = gid {
+            let members = self.gslab[gid as usize]
+                .as_ref()
+                .expect("live group")
+                .members
+                .as_slice();
+            for &slot in members {
+                let o = slots[slot as usize].as_ref().expect("live slot");
+                if o.role == row.role && same(&o.model, &row.model) && same(&o.version, &row.version) {
+                    out.duplicates.push(&row.model, &row.version, row.role, ts);
+                    return;
+                }
+            }
+            let me = PairSide {
+                version: &row.version,
+                role: row.role,
+                ts,
+                score: row.score,
+                latency_ms: row.latency_ms,
+                error: row.error,
+            };
+            if row.role == PRODUCTION {
                 for &slot in members {
-                    let o = slots[slot as usize].as_ref().expect("live slot");
-                    if o.role == row.role && same(&o.model, &row.model) && same(&o.version, &row.version) {
-                        out.duplicates.push(&row.model, &row.version, row.role, ts);
-                        return;
+                    let o = slots[slot as usize].as_mut().expect("live slot");
+                    if o.state == PENDING && o.role != PRODUCTION && same(&o.model, &row.model) {
+                        let cand = PairSide {
+                            version: &o.version,
+                            role: o.role,
+                            ts: o.ts,
+                            score: o.score,
+                            latency_ms: o.latency_ms,
+                            error: o.error,
+                        };
+                        let cand_features = o.features.take();
+                        out.pair(
+                            &row.request_id,
+                            &row.model,
+                            me,
+                            cand,
+                            row.features.clone(),
+                            cand_features,
+                        );
+                        o.retire();
+                        Self::mark(&mut self.dirty, o, slot);
+                        state = OPEN;
                     }
                 }
-                let me = PairSide {
-                    version: &row.version,
-                    role: row.role,
-                    ts,
-                    score: row.score,
-                    latency_ms: row.latency_ms,
-                    error: row.error,
-                };
-                if row.role == PRODUCTION {
-                    for &slot in members {
-                        let o = slots[slot as usize].as_mut().expect("live slot");
-                        if o.state == PENDING && o.role != PRODUCTION && same(&o.model, &row.model) {
-                            let cand = PairSide {
-                                version: &o.version,
-                                role: o.role,
-                                ts: o.ts,
-                                score: o.score,
-                                latency_ms: o.latency_ms,
-                                error: o.error,
-                            };
-                            let cand_features = o.features.take();
-                            out.pair(
-                                &row.request_id,
-                                &row.model,
-                                me,
-                                cand,
-                                row.features.clone(),
-                                cand_features,
-                            );
-                            o.retire();
+            } else {
+                for &slot in members {
+                    let o = slots[slot as usize].as_mut().expect("live slot");
+                    if o.role == PRODUCTION && same(&o.model, &row.model) {
+                        let prod = PairSide {
+                            version: &o.version,
+                            role: o.role,
+                            ts: o.ts,
+                            score: o.score,
+                            latency_ms: o.latency_ms,
+                            error: o.error,
+                        };
+                        out.pair(
+                            &row.request_id,
+                            &row.model,
+                            prod,
+                            me,
+                            o.features.clone(),
+                            row.features.clone(),
+                        );
+                        if o.state != OPEN {
+                            o.state = OPEN;
                             Self::mark(&mut self.dirty, o, slot);
-                            state = OPEN;
                         }
-                    }
-                } else {
-                    for &slot in members {
-                        let o = slots[slot as usize].as_mut().expect("live slot");
-                        if o.role == PRODUCTION && same(&o.model, &row.model) {
-                            let prod = PairSide {
-                                version: &o.version,
-                                role: o.role,
-                                ts: o.ts,
-                                score: o.score,
-                                latency_ms: o.latency_ms,
-                                error: o.error,
-                            };
-                            out.pair(&row.request_id, &row.model, prod, me, o.features.clone(), row.features.clone());
-                            if o.state != OPEN {
-                                o.state = OPEN;
-                                Self::mark(&mut self.dirty, o, slot);
-                            }
-                            state = DONE;
-                            keep_features = false;
-                            break;
-                        }
+                        state = DONE;
+                        keep_features = false;
+                        break;
                     }
                 }
             }
@@ -651,7 +682,11 @@ impl NativePairer {
             dirty: true,
         };
         let slot = self.store(half);
-        self.gslab[gid as usize].as_mut().expect("live group").members.push(slot);
+        self.gslab[gid as usize]
+            .as_mut()
+            .expect("live group")
+            .members
+            .push(slot);
         self.heap.push(Key { ts, seq, slot });
         self.dirty.push((seq, slot));
         self.seq += 1;
@@ -663,7 +698,8 @@ impl NativePairer {
     fn expire(&mut self, out: &mut Out) {
         let cutoff = self.w - self.window_s;
         while let Some(top) = self.heap.peek() {
-            if !(top.ts < cutoff) {
+            // `ts >= cutoff` keeps it (Python's `while heap[0][0] < cutoff`; ts are never NaN)
+            if top.ts >= cutoff {
                 break;
             }
             let slot = top.slot;
@@ -701,7 +737,8 @@ impl NativePairer {
         // Stale dirty entries pile up only between deltas; keep them proportional to what is remembered.
         if self.dirty.len() > 2 * self.heap.len() + 4096 {
             let slots = &self.slots;
-            self.dirty.retain(|&(seq, slot)| matches!(&slots[slot as usize], Some(h) if h.seq == seq));
+            self.dirty
+                .retain(|&(seq, slot)| matches!(&slots[slot as usize], Some(h) if h.seq == seq));
         }
     }
 
@@ -748,7 +785,12 @@ impl NativePairer {
 
     fn result(&self, py: Python<'_>, out: Out) -> PyResult<PairingOut> {
         Ok(PairingOut {
-            pairs: Py::new(py, Pairs { comparisons: out.comparisons })?,
+            pairs: Py::new(
+                py,
+                Pairs {
+                    comparisons: out.comparisons,
+                },
+            )?,
             orphans: out.orphans,
             evicted: out.evicted,
             late: out.late,
@@ -857,7 +899,10 @@ impl NativePairer {
                     h.dirty = false;
                     let rid = &self.gslab[h.gid as usize].as_ref().expect("live group").rid;
                     Self::encode(&mut buf, h, rid);
-                    upserts.set_item(PyString::new_bound(py, hex(&mut key, seq)), PyBytes::new_bound(py, &buf))?;
+                    upserts.set_item(
+                        PyString::new_bound(py, hex(&mut key, seq)),
+                        PyBytes::new_bound(py, &buf),
+                    )?;
                 }
             }
         }
@@ -915,8 +960,8 @@ impl NativePairer {
             if key_str == META_KEY {
                 continue;
             }
-            let seq = parse_seq(py, &key, &key_str)?;
-            if seq.map_or(true, |s| s >= next_seq) {
+            let seq = parse_seq(&key, &key_str)?;
+            if seq.is_none_or(|s| s >= next_seq) {
                 let shown = match seq {
                     Some(s) => s.to_string(),
                     None => py.eval_bound(&format!("int({key_str:?}, 16)"), None, None)?.to_string(),
@@ -962,7 +1007,10 @@ impl NativePairer {
 
 fn orjson<'py>(py: Python<'py>) -> PyResult<&'py Bound<'py, PyAny>> {
     static MODULE: GILOnceCell<Py<PyModule>> = GILOnceCell::new();
-    Ok(MODULE.get_or_try_init(py, || py.import_bound("orjson").map(Bound::unbind))?.bind(py).as_any())
+    Ok(MODULE
+        .get_or_try_init(py, || py.import_bound("orjson").map(Bound::unbind))?
+        .bind(py)
+        .as_any())
 }
 
 /// `load_entry`: one entry's JSON array.
@@ -1012,7 +1060,10 @@ fn int_in(v: &Bound<'_, PyAny>, allowed: &[i64]) -> bool {
 fn load_meta(py: Python<'_>, entries: &Bound<'_, PyDict>) -> PyResult<Option<(f64, u64)>> {
     let Some(raw) = entries.get_item(META_KEY)? else {
         if !entries.is_empty() {
-            return Err(err(format!("{KIND} state: {} entries but no meta entry 'm'", entries.len())));
+            return Err(err(format!(
+                "{KIND} state: {} entries but no meta entry 'm'",
+                entries.len()
+            )));
         }
         return Ok(None);
     };
@@ -1034,13 +1085,17 @@ fn load_meta(py: Python<'_>, entries: &Bound<'_, PyDict>) -> PyResult<Option<(f6
             repr80(doc.as_any())
         )));
     }
-    let watermark = if watermark.is_none() { f64::NEG_INFINITY } else { watermark.extract::<f64>()? };
+    let watermark = if watermark.is_none() {
+        f64::NEG_INFINITY
+    } else {
+        watermark.extract::<f64>()?
+    };
     // orjson reads integers up to 2**64 - 1 (larger ones become floats, refused above)
     Ok(Some((watermark, next_seq.extract::<u64>()?)))
 }
 
 /// `parse_seq`: the key's canonical lowercase hex (None: beyond 64 bits, so never below next_seq).
-fn parse_seq(_py: Python<'_>, key: &Bound<'_, PyAny>, digits: &str) -> PyResult<Option<u64>> {
+fn parse_seq(key: &Bound<'_, PyAny>, digits: &str) -> PyResult<Option<u64>> {
     let canonical = !digits.is_empty()
         && digits.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         && !(digits.starts_with('0') && digits.len() > 1);
@@ -1154,7 +1209,11 @@ fn needs_escape(bytes: &[u8]) -> bool {
     for chunk in &mut chunks {
         let w = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
         // bytes < 0x20: (w - 0x20..) & !w & 0x80.. flags them (ASCII or not, no false negatives)
-        if (w.wrapping_sub(0x20 * LO) & !w & HI) | zero_byte(w ^ (b'"' as u64 * LO)) | zero_byte(w ^ (b'\\' as u64 * LO)) != 0 {
+        if (w.wrapping_sub(0x20 * LO) & !w & HI)
+            | zero_byte(w ^ (b'"' as u64 * LO))
+            | zero_byte(w ^ (b'\\' as u64 * LO))
+            != 0
+        {
             return true;
         }
     }
