@@ -1,4 +1,8 @@
-"""The event-time pairing of production with shadow/canary scores (streams.pairing)."""
+"""The event-time pairing of production with shadow/canary scores (streams.pairing).
+
+Every test that drives a pairer runs against both implementations: the reference ``streams.pairing.Pairer``
+and ``streams.native_pairing.NativePairer`` (the Rust engine, ``native/src/pairer.rs``).
+"""
 
 from __future__ import annotations
 
@@ -18,7 +22,12 @@ from governance.errors import ConfigError, StoreError
 from governance.snapshot import ComparisonKey
 from governance.wire import ScoreEvent
 from streams.joinstate import CheckpointError, Interner, StateDelta, accumulate
+from streams.native_pairing import NativePairer
 from streams.pairing import Pairer, PairingResult, Side
+
+AnyPairer = Pairer | NativePairer
+#: Parametrizes a test over both implementations (argument ``impl``: the class).
+both = pytest.mark.parametrize("impl", [pytest.param(Pairer, id="python"), pytest.param(NativePairer, id="native")])
 
 T0 = datetime(2024, 3, 1, tzinfo=UTC)
 E0 = T0.timestamp()
@@ -84,7 +93,8 @@ def flat(part: dict[Side, list[Any]]) -> list[tuple[Side, Any]]:
     return sorted((side, t) for side, ts in part.items() for t in ts)
 
 
-def test_pair_columns_match_the_generated_values() -> None:
+@both
+def test_pair_columns_match_the_generated_values(impl: type[AnyPairer]) -> None:
     rng = np.random.default_rng(7)
     n = 300
     prod, cand = rng.random(n), rng.random(n)
@@ -99,7 +109,7 @@ def test_pair_columns_match_the_generated_values() -> None:
                error="boom" if cand_err[i] else None, features={"x": float(i)})
         )  # fmt: skip
     order = rng.permutation(len(events))  # any arrival order within the window pairs everything
-    result = Pairer().add_batch([events[i] for i in order], at(30))
+    result = impl().add_batch([events[i] for i in order], at(30))
     (key,) = result.pairs
     assert key == ComparisonKey("m", "v1", "v2", "shadow")
     cols = result.pairs[key]
@@ -117,8 +127,9 @@ def test_pair_columns_match_the_generated_values() -> None:
     assert result.orphans == {} and result.duplicates == {}
 
 
-def test_production_shadow_and_canary_give_two_pairs_and_no_orphan() -> None:
-    p = Pairer(join_window_s=60)
+@both
+def test_production_shadow_and_canary_give_two_pairs_and_no_orphan(impl: type[AnyPairer]) -> None:
+    p = impl(join_window_s=60)
     first = p.add_batch([ev("r", "production", "v1", 0, score=0.2), ev("r", "shadow", "v2", 1, score=0.3)], at(1))
     assert [(k.role, len(c)) for k, c in first.pairs.items()] == [("shadow", 1)]
     # The canary comes 59 s later: the production is still open for it.
@@ -130,8 +141,9 @@ def test_production_shadow_and_canary_give_two_pairs_and_no_orphan() -> None:
     assert collect([p.add_batch([], FAR)])["o"] == {}
 
 
-def test_candidate_before_production_and_models_kept_apart() -> None:
-    p = Pairer()
+@both
+def test_candidate_before_production_and_models_kept_apart(impl: type[AnyPairer]) -> None:
+    p = impl()
     res = p.add_batch(
         [ev("r", "shadow", "v2", 0, model="a"), ev("r", "production", "v1", 2, model="b"),
          ev("r", "production", "v1", 3, model="a")],
@@ -142,8 +154,9 @@ def test_candidate_before_production_and_models_kept_apart() -> None:
     assert flat(collect([p.add_batch([], FAR)])["o"]) == [(Side("b", "v1", "production"), (E0 + 2, False))]
 
 
-def test_duplicates_are_counted_once_and_never_paired_twice() -> None:
-    p = Pairer()
+@both
+def test_duplicates_are_counted_once_and_never_paired_twice(impl: type[AnyPairer]) -> None:
+    p = impl()
     res = p.add_batch(
         [
             ev("r", "shadow", "v2", 0),
@@ -164,8 +177,9 @@ def test_duplicates_are_counted_once_and_never_paired_twice() -> None:
     assert collect([p.add_batch([], FAR)])["o"] == {}
 
 
-def test_orphans_expire_exactly_at_the_join_window_in_event_time() -> None:
-    p = Pairer(join_window_s=60)
+@both
+def test_orphans_expire_exactly_at_the_join_window_in_event_time(impl: type[AnyPairer]) -> None:
+    p = impl(join_window_s=60)
     assert p.add_batch([ev("a", "production", "v1", 0), ev("b", "shadow", "v2", 10)], at(10)).orphans == {}
     assert p.add_batch([], at(60)).orphans == {}  # ts 0 >= 60 - 60: still remembered
     res = p.add_batch([], at(60.5))
@@ -176,8 +190,9 @@ def test_orphans_expire_exactly_at_the_join_window_in_event_time() -> None:
     assert p.pending == 1
 
 
-def test_orphans_carry_their_error_flag_and_features_gather_by_name() -> None:
-    p = Pairer()
+@both
+def test_orphans_carry_their_error_flag_and_features_gather_by_name(impl: type[AnyPairer]) -> None:
+    p = impl()
     res = p.add_batch(
         [ev("a", "shadow", "v2", 0, error="timeout"), ev("b", "shadow", "v2", 1),
          ev("c", "production", "v1", 2, features={"x": 1.0, "s": "k"}), ev("c", "shadow", "v2", 2),
@@ -192,16 +207,18 @@ def test_orphans_carry_their_error_flag_and_features_gather_by_name() -> None:
     assert res.orphans[side].tolist() == [E0, E0 + 1] and res.orphan_errors[side].tolist() == [True, False]
 
 
-def test_late_event_is_an_orphan_and_not_paired() -> None:
-    p = Pairer(join_window_s=60)
+@both
+def test_late_event_is_an_orphan_and_not_paired(impl: type[AnyPairer]) -> None:
+    p = impl(join_window_s=60)
     res = p.add_batch([ev("x", "production", "v1", 100), ev("r", "production", "v1", 39)], at(100))
     assert {s: t.tolist() for s, t in res.late.items()} == {Side("m", "v1", "production"): [E0 + 39]}
     assert {s: t.tolist() for s, t in res.orphans.items()} == {Side("m", "v1", "production"): [E0 + 39]}
     assert p.add_batch([ev("r", "shadow", "v2", 40)], at(100)).pairs == {}
 
 
-def test_bound_evicts_the_oldest_as_orphans_or_forgets_paired_ones() -> None:
-    p = Pairer(max_pending=3)
+@both
+def test_bound_evicts_the_oldest_as_orphans_or_forgets_paired_ones(impl: type[AnyPairer]) -> None:
+    p = impl(max_pending=3)
     res = p.add_batch([ev(f"r{i}", "production", "v1", t) for i, t in enumerate([5, 1, 3, 4, 2])], at(5))
     assert p.pending == 3
     evicted = {s: t.tolist() for s, t in res.evicted.items()}
@@ -217,10 +234,11 @@ def test_bound_evicts_the_oldest_as_orphans_or_forgets_paired_ones() -> None:
     assert (res.forgotten, res.orphans, p.pending) == (1, {}, 3)  # r2's shadow tombstone
 
 
-def test_restore_into_a_smaller_bound_evicts_the_oldest_at_the_next_call() -> None:
-    big = Pairer(max_pending=10)
+@both
+def test_restore_into_a_smaller_bound_evicts_the_oldest_at_the_next_call(impl: type[AnyPairer]) -> None:
+    big = impl(max_pending=10)
     big.add_batch([ev(f"r{i}", "production", "v1", i) for i in range(5)], at(4))
-    small = Pairer(max_pending=3)
+    small = impl(max_pending=3)
     small.restore_entries(big.entries())
     res = small.add_batch([], at(4))
     assert {s: t.tolist() for s, t in res.evicted.items()} == {Side("m", "v1", "production"): [E0, E0 + 1]}
@@ -236,13 +254,14 @@ def test_interner_shares_names_up_to_its_limit() -> None:
     assert intern[fresh] is fresh and len(intern) == 2
 
 
-def test_arguments_are_checked() -> None:
+@both
+def test_arguments_are_checked(impl: type[AnyPairer]) -> None:
     with pytest.raises(ConfigError, match="join_window_s"):
-        Pairer(join_window_s=0)
+        impl(join_window_s=0)
     with pytest.raises(ConfigError, match="max_pending"):
-        Pairer(max_pending=0)
+        impl(max_pending=0)
     with pytest.raises(ValueError, match="naive"):
-        Pairer().add_batch([], datetime(2024, 1, 1))  # noqa: DTZ001
+        impl().add_batch([], datetime(2024, 1, 1))  # noqa: DTZ001
 
 
 # --- properties: an independent brute-force oracle, batch cuts, checkpoints -------------------------------
@@ -311,8 +330,9 @@ def oracle(events: list[ScoreEvent], window_s: float) -> dict[str, Any]:
 
 @settings(max_examples=80, deadline=None)
 @given(events=streams_())
-def test_pairer_agrees_with_brute_force_oracle(events: list[ScoreEvent]) -> None:
-    p = Pairer(join_window_s=60)
+@both
+def test_pairer_agrees_with_brute_force_oracle(impl: type[AnyPairer], events: list[ScoreEvent]) -> None:
+    p = impl(join_window_s=60)
     got = collect([p.add_batch(events, at(0)), p.add_batch([], FAR)])
     want = oracle(events, 60)
     assert {k: [row[0] for row in rows] for k, rows in got["pairs"].items()} == want["pairs"]
@@ -321,7 +341,7 @@ def test_pairer_agrees_with_brute_force_oracle(events: list[ScoreEvent]) -> None
     assert p.pending == 0
 
 
-def _run(pairer: Pairer, events: list[ScoreEvent], cuts: list[int]) -> list[PairingResult]:
+def _run(pairer: AnyPairer, events: list[ScoreEvent], cuts: list[int]) -> list[PairingResult]:
     out = []
     watermark = T0 - timedelta(days=1)
     for lo, hi in zip([0, *cuts], [*cuts, len(events)], strict=True):
@@ -333,11 +353,12 @@ def _run(pairer: Pairer, events: list[ScoreEvent], cuts: list[int]) -> list[Pair
 
 @settings(max_examples=60, deadline=None)
 @given(events=streams_(), data=st.data(), bound=st.sampled_from([2, 3, 5, 10_000]))
+@both
 def test_batch_cuts_do_not_change_pairs_orphans_or_duplicates(
-    events: list[ScoreEvent], data: st.DataObject, bound: int
+    impl: type[AnyPairer], events: list[ScoreEvent], data: st.DataObject, bound: int
 ) -> None:
     cuts = sorted(data.draw(st.lists(st.integers(0, len(events)), max_size=8)))
-    whole, cut = Pairer(max_pending=bound), Pairer(max_pending=bound)
+    whole, cut = impl(max_pending=bound), impl(max_pending=bound)
     assert collect([*_run(whole, events, []), whole.add_batch([], FAR)]) == collect(
         [*_run(cut, events, cuts), cut.add_batch([], FAR)]
     )
@@ -345,8 +366,9 @@ def test_batch_cuts_do_not_change_pairs_orphans_or_duplicates(
 
 @settings(max_examples=60, deadline=None)
 @given(events=streams_(), data=st.data(), bound=st.sampled_from([3, 10_000]))
+@both
 def test_accumulated_deltas_restore_a_pairer_that_continues_as_if_never_stopped(
-    events: list[ScoreEvent], data: st.DataObject, bound: int
+    impl: type[AnyPairer], events: list[ScoreEvent], data: st.DataObject, bound: int
 ) -> None:
     cuts = sorted(data.draw(st.lists(st.integers(0, len(events)), max_size=6)))
     batches = [events[lo:hi] for lo, hi in zip([0, *cuts], [*cuts, len(events)], strict=True)]
@@ -354,7 +376,7 @@ def test_accumulated_deltas_restore_a_pairer_that_continues_as_if_never_stopped(
     # Deltas are taken after some batches (not necessarily each); the crash follows a delta.
     takes = [*data.draw(st.lists(st.booleans(), min_size=crash, max_size=crash)), True]
     watermark = T0 - timedelta(days=1)
-    reference = Pairer(max_pending=bound)
+    reference = impl(max_pending=bound)
     stored: dict[str, bytes] = {}
     for batch, take in zip([*batches[:crash], []], takes, strict=True):
         watermark = max([watermark, *(e.ts for e in batch)])
@@ -362,7 +384,7 @@ def test_accumulated_deltas_restore_a_pairer_that_continues_as_if_never_stopped(
         if take:
             accumulate(stored, reference.state_delta())
             assert stored == reference.entries()
-    restored = Pairer(max_pending=bound)
+    restored = impl(max_pending=bound)
     restored.restore_entries(stored)
     assert restored.entries() == stored
     assert restored.pending == reference.pending and restored.watermark_s == reference.watermark_s
@@ -375,8 +397,9 @@ def test_accumulated_deltas_restore_a_pairer_that_continues_as_if_never_stopped(
         assert stored == reference.entries()
 
 
-def test_a_delta_holds_only_what_the_batch_touched() -> None:
-    p = Pairer(join_window_s=3600)
+@both
+def test_a_delta_holds_only_what_the_batch_touched(impl: type[AnyPairer]) -> None:
+    p = impl(join_window_s=3600)
     p.add_batch([ev(f"r{i}", "production", "v1", i * 0.01) for i in range(5000)], at(50))
     first = p.state_delta()
     assert len(first.upserts) == 5001 and not first.deletes  # every event plus the meta entry
@@ -393,8 +416,9 @@ def test_a_delta_holds_only_what_the_batch_touched() -> None:
     assert p.state_delta() == StateDelta.empty()
 
 
-def test_entries_are_compact_json_arrays_and_bad_ones_are_refused_without_damage() -> None:
-    p = Pairer()
+@both
+def test_entries_are_compact_json_arrays_and_bad_ones_are_refused_without_damage(impl: type[AnyPairer]) -> None:
+    p = impl()
     p.add_batch([ev("r", "production", "v1", 0, features={"a": 1, "b": "z", "c": None})], at(0))
     p.add_batch([ev("q", "production", "v1", 1), ev("q", "shadow", "v2", 1, error="e")], at(1))
     entries = p.entries()
@@ -422,18 +446,19 @@ def test_entries_are_compact_json_arrays_and_bad_ones_are_refused_without_damage
     assert p.entries() == entries
     res = p.add_batch([ev("r", "shadow", "v2", 1)], at(1))
     assert res.pairs[ComparisonKey("m", "v1", "v2", "shadow")].prod_features == [{"a": 1, "b": "z", "c": None}]
-    fresh = Pairer()
+    fresh = impl()
     fresh.restore_entries({})
     assert fresh.entries() == {} and fresh.pending == 0
 
 
-def test_an_integer_feature_beyond_64_bits_is_kept_as_the_nearest_float() -> None:
+@both
+def test_an_integer_feature_beyond_64_bits_is_kept_as_the_nearest_float(impl: type[AnyPairer]) -> None:
     big = 123456789012345678901234567890
-    p = Pairer()
+    p = impl()
     p.add_batch([ev("r", "production", "v1", 0, features={"n": big, "k": 3})], at(0))
     stored: dict[str, bytes] = {}
     accumulate(stored, p.state_delta())
-    restored = Pairer()
+    restored = impl()
     restored.restore_entries(stored)
     # Running and restored pairer hold the same value from the delta on: their pairs agree.
     for pairer in (p, restored):

@@ -14,6 +14,7 @@ pub mod block;
 pub mod joiner;
 pub mod jsonfmt;
 pub mod decode;
+pub mod pairer;
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -26,5 +27,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(jsonfmt::dumps_str, m)?)?;
     m.add_function(wrap_pyfunction!(decode::decode_scores, m)?)?;
     m.add_function(wrap_pyfunction!(decode::decode_label, m)?)?;
+    m.add_class::<pairer::NativePairer>()?;
+    m.add_class::<pairer::PairingOut>()?;
     Ok(())
 }
