@@ -4,9 +4,13 @@
 offline replay (``streams.replay``) both feed it batches of :class:`Record` s, so live and replayed
 traffic give the same windows by construction.
 
-Per partition it keeps a :class:`~streams.pairing.Pairer` and a :class:`~streams.labels.LabelJoiner`.
-The scores and labels topics are co-partitioned (same partition count, keyed by ``request_id``), so
-partition ``p`` of both belongs to one worker and one state.
+Per partition it keeps a pairer and a label joiner: the native ones (``streams._native``, Rust), which
+give the results and state entries of the reference :class:`~streams.pairing.Pairer` and
+:class:`~streams.labels.LabelJoiner` (the same tests run against both). Messages are decoded into native
+blocks (:func:`streams.decoding.decode_scores_block`), the joins run on them without Python objects per
+event, and the fold reads their output as numpy columns. The scores and labels topics are co-partitioned
+(same partition count, keyed by ``request_id``), so partition ``p`` of both belongs to one worker and
+one state.
 
 Exactly-once effect. After each batch of partition ``p`` the processor applies in ONE atomic store step:
 the slot increments, the fence, a small checkpoint blob (next offset of each topic; the production version
@@ -36,7 +40,6 @@ import logging
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -45,6 +48,7 @@ import orjson
 
 from governance.errors import EventValidationError, StoreError
 from governance.snapshot import ComparisonKey
+from streams._native import LabelBlock, LabelOut, PairingOut, Pairs, ScoreBlock
 from streams.aggregate import (
     AggregateConfig,
     fold_duplicates,
@@ -53,10 +57,11 @@ from streams.aggregate import (
     fold_orphans,
     fold_pairs,
 )
-from streams.decoding import LabelLike, ScoreLike, decode_label_fast, decode_scores_fast
+from streams.decoding import decode_label_block, decode_scores_block
 from streams.joinstate import combine, section
-from streams.labels import LabelJoiner, LabelResult
-from streams.pairing import PairColumns, Pairer, PairingResult, Side
+from streams.native_labels import NativeLabelJoiner
+from streams.native_pairing import NativePairer
+from streams.pairing import Side
 from streams.records import INTEGRITY_ROLE, BatchOutcome, DeadLetter, Record, identify, integrity_id
 from streams.store import NO_FENCE, Fence, FenceState, SlotBatch, WindowStore
 from streams.windows import slots_for
@@ -69,13 +74,14 @@ _CHECKPOINT_VERSION = 2
 _MAX_RETRIES = 5
 _PAIRER = "p/"  # state key prefixes of the two joins
 _JOINER = "l/"
-_NO_PAIRS = PairingResult({}, {}, {}, {}, {}, {}, 0, None)
+FloatArray = npt.NDArray[np.float64]
+FeatureColumns = dict[str, tuple[bytes, list[Any]]]  # name -> (uint32 row indices, values): Pairs.feature_columns
 
 
 class _PartitionState:
     __slots__ = ("joiner", "next_offsets", "pairer", "production_of", "stored_offset")
 
-    def __init__(self, pairer: Pairer, joiner: LabelJoiner) -> None:
+    def __init__(self, pairer: NativePairer, joiner: NativeLabelJoiner) -> None:
         self.pairer = pairer
         self.joiner = joiner
         self.next_offsets: dict[str, int] = {}
@@ -121,8 +127,8 @@ class Processor:
 
     def _new_state(self) -> _PartitionState:
         return _PartitionState(
-            Pairer(join_window_s=self._join_window_s, max_pending=self._max_pending),
-            LabelJoiner(horizon_s=self._label_horizon_s, max_pending=self._max_label_pending),
+            NativePairer(join_window_s=self._join_window_s, max_pending=self._max_pending),
+            NativeLabelJoiner(horizon_s=self._label_horizon_s, max_pending=self._max_label_pending),
         )
 
     def _load(self, partition: int) -> _PartitionState:
@@ -243,10 +249,10 @@ class Processor:
 
     def _decode(
         self, records: list[Record], outcome: BatchOutcome
-    ) -> tuple[list[ScoreLike], list[LabelLike], dict[str, list[float | None]]]:
+    ) -> tuple[list[ScoreBlock], list[LabelBlock], dict[str, list[float | None]]]:
         """Valid events, and per model the ts each of its invalid messages claims (None: unreadable)."""
-        scores: list[ScoreLike] = []
-        labels: list[LabelLike] = []
+        scores: list[ScoreBlock] = []
+        labels: list[LabelBlock] = []
         violations: dict[str, list[float | None]] = defaultdict(list)
         for record in records:
             raw = record.value or b""
@@ -256,9 +262,9 @@ class Processor:
                         f"message of {len(raw)} bytes exceeds the limit of {self._max_message_bytes}", field="<size>"
                     )
                 if record.topic == self.labels_topic:
-                    labels.append(decode_label_fast(raw))
+                    labels.append(decode_label_block(raw))
                 else:
-                    scores.extend(decode_scores_fast(raw))
+                    scores.append(decode_scores_block(raw))
             except EventValidationError as exc:
                 model, ts_s = identify(raw)
                 outcome.dead_letters.append(DeadLetter(record, str(exc), model))
@@ -270,75 +276,86 @@ class Processor:
         self, state: _PartitionState, records: list[Record], batch: SlotBatch, outcome: BatchOutcome
     ) -> None:
         scores, labels, violations = self._decode(records, outcome)
-        outcome.score_events += len(scores)
-        outcome.labels += len(labels)
+        outcome.score_events += sum(len(block) for block in scores)
+        outcome.labels += sum(len(block) for block in labels)
         score_s = _newest(scores, state.pairer.watermark_s)
         # A partition that never saw a score has no score time: the pairer waits rather than get a made-up one.
-        paired = _NO_PAIRS if score_s is None else state.pairer.add_batch(scores, _utc(score_s))
-        for key in paired.pairs:
-            state.production_of[(key.model, key.candidate_version, key.role)] = key.production_version
+        paired = None if score_s is None else state.pairer.add_blocks(scores, score_s)
+        pairs = paired.pairs if paired is not None else Pairs()
+        for model, production, candidate, role in pairs.comparisons():
+            state.production_of[(model, candidate, role)] = production
         known_s = _newest(labels, state.joiner.watermark_s, score_s)
         if known_s is not None:
-            from_pairs = state.joiner.add_pairs(paired.pairs, _utc(known_s))
-            from_labels = state.joiner.add_labels(labels, _utc(known_s))
+            from_pairs = state.joiner.add_native_pairs(pairs, known_s)
+            from_labels = state.joiner.add_label_blocks(labels, known_s)
             self._fold_labels(from_pairs, batch, outcome)
             self._fold_labels(from_labels, batch, outcome)
-        self._fold_pairs(paired, batch, outcome)
-        self._fold_sides(state, paired, batch, outcome)
+        if paired is not None:
+            self._fold_pairs(pairs, batch, outcome)
+            self._fold_sides(state, paired, batch, outcome)
         if violations:
             # Never past the partition's score time: a window read at a comparison's latest pair covers it.
             self._fold_integrity(state, violations, batch, known_s if score_s is None else score_s, outcome)
-        if paired.watermark_s is not None:
+        if paired is not None and paired.watermark_s is not None:
             outcome.watermark_s[records[0].partition] = paired.watermark_s
 
-    def _fold_pairs(self, paired: PairingResult, batch: SlotBatch, outcome: BatchOutcome) -> None:
-        for key, cols in paired.pairs.items():
-            cid = key.as_id()
-            outcome.pairs += len(cols)
+    def _fold_pairs(self, pairs: Pairs, batch: SlotBatch, outcome: BatchOutcome) -> None:
+        for i, names in enumerate(pairs.comparisons()):
+            cid = ComparisonKey(*names).as_id()  # type: ignore[arg-type]
+            prod_score, cand_score, prod_latency, cand_latency, ts = (
+                np.frombuffer(raw, dtype=np.float64) for raw in pairs.columns(i)[:5]
+            )
+            prod_error, cand_error = (np.frombuffer(raw, dtype=np.bool_) for raw in pairs.columns(i)[5:])
+            prod_features, cand_features = pairs.feature_columns(i, "prod"), pairs.feature_columns(i, "cand")
+            outcome.pairs += len(ts)
             outcome.comparisons.add(cid)
-            batch.note(cid, key.model, int(cols.ts.min() * 1000), int(cols.ts.max() * 1000))
-            for idx, ts_s in _by_minute(cols.ts):
+            batch.note(cid, names[0], int(ts.min() * 1000), int(ts.max() * 1000))
+            for idx, ts_s in _by_minute(ts):
                 fields = fold_pairs(
-                    cols.prod_score[idx],
-                    cols.cand_score[idx],
-                    cols.prod_latency_ms[idx],
-                    cols.cand_latency_ms[idx],
-                    cols.prod_error[idx],
-                    cols.cand_error[idx],
-                    _features(cols, idx, "prod"),
-                    _features(cols, idx, "cand"),
+                    prod_score[idx],
+                    cand_score[idx],
+                    prod_latency[idx],
+                    cand_latency[idx],
+                    prod_error[idx],
+                    cand_error[idx],
+                    _features(prod_features, idx, len(ts)),
+                    _features(cand_features, idx, len(ts)),
                     self.config,
                 )
                 _add_to_slots(batch, cid, ts_s, fields)
 
-    def _fold_labels(self, result: LabelResult, batch: SlotBatch, outcome: BatchOutcome) -> None:
-        for key, cols in result.joined.items():
-            cid = key.as_id()
-            outcome.labeled_pairs += len(cols)
+    def _fold_labels(self, result: LabelOut, batch: SlotBatch, outcome: BatchOutcome) -> None:
+        for model, production, candidate, role, prod_raw, cand_raw, label_raw, ts_raw, _ in result.joined:
+            cid = ComparisonKey(model, production, candidate, role).as_id()  # type: ignore[arg-type]
+            prod_score, cand_score, ts = (np.frombuffer(raw, dtype=np.float64) for raw in (prod_raw, cand_raw, ts_raw))
+            label = np.frombuffer(label_raw, dtype=np.int8)
+            outcome.labeled_pairs += len(ts)
             outcome.labeled.add(cid)
-            for idx, ts_s in _by_minute(cols.ts):
-                fields = fold_labels(cols.prod_score[idx], cols.cand_score[idx], cols.label[idx], self.config)
+            for idx, ts_s in _by_minute(ts):
+                fields = fold_labels(prod_score[idx], cand_score[idx], label[idx], self.config)
                 _add_to_slots(batch, cid, ts_s, fields)
 
-    def _fold_sides(
-        self, state: _PartitionState, paired: PairingResult, batch: SlotBatch, outcome: BatchOutcome
-    ) -> None:
-        for side, ts in paired.orphans.items():
-            errors = paired.orphan_errors.get(side)
+    def _fold_sides(self, state: _PartitionState, paired: PairingOut, batch: SlotBatch, outcome: BatchOutcome) -> None:
+        for (model, version, role, ts_raw), errors_raw in zip(paired.orphans, paired.orphan_errors, strict=True):
+            side = Side(model, version, role)  # type: ignore[arg-type]
+            ts = np.frombuffer(ts_raw, dtype=np.float64)
+            errors = np.frombuffer(errors_raw, dtype=np.bool_)
             outcome.orphans += len(ts)
+            production = role == "production"
             for cid in self._claimants(state, side):
                 for idx, ts_s in _by_minute(ts):
                     n = len(idx)
-                    n_err = int(errors[idx].sum()) if errors is not None else 0
-                    production = side.role == "production"
+                    n_err = int(errors[idx].sum())
                     fields = fold_orphans(n, 0, n_err, 0) if production else fold_orphans(0, n, 0, n_err)
                     _add_to_slots(batch, cid, ts_s, fields)
-        for side, ts in paired.duplicates.items():
+        for model, version, role, ts_raw in paired.duplicates:
+            side = Side(model, version, role)  # type: ignore[arg-type]
+            ts = np.frombuffer(ts_raw, dtype=np.float64)
             outcome.duplicates += len(ts)
             for cid in self._claimants(state, side):
                 for idx, ts_s in _by_minute(ts):
                     _add_to_slots(batch, cid, ts_s, fold_duplicates(len(idx)))
-        outcome.evicted += sum(len(ts) for ts in paired.evicted.values())
+        outcome.evicted += sum(len(ts_raw) // 8 for *_, ts_raw in paired.evicted)
 
     def _claimants(self, state: _PartitionState, side: Side) -> list[str]:
         """The comparisons an orphan or duplicate of ``side`` belongs to (none known: not attributed)."""
@@ -391,15 +408,11 @@ class Processor:
                     _add_to_slots(batch, cid, ts_s, fold_integrity(len(idx)))
 
 
-def _newest(events: Sequence[ScoreLike] | Sequence[LabelLike], *known: float | None) -> float | None:
-    """The newest of the events' ts and the known times (None: nothing known)."""
-    candidates = [e.ts.timestamp() for e in events]
+def _newest(blocks: Sequence[ScoreBlock] | Sequence[LabelBlock], *known: float | None) -> float | None:
+    """The newest of the blocks' ts and the known times (None: nothing known)."""
+    candidates = [t for t in (block.max_ts for block in blocks) if t is not None]
     candidates += [t for t in known if t is not None]
     return max(candidates) if candidates else None
-
-
-def _utc(ts_s: float) -> datetime:
-    return datetime.fromtimestamp(ts_s, UTC)
 
 
 def _by_minute(ts: npt.NDArray[np.float64]) -> list[tuple[npt.NDArray[np.intp], float]]:
@@ -416,16 +429,21 @@ def _by_minute(ts: npt.NDArray[np.float64]) -> list[tuple[npt.NDArray[np.intp], 
     return [(g, float(m) * 60.0) for g, m in zip(groups, uniq, strict=True)]
 
 
-def _features(cols: PairColumns, idx: npt.NDArray[np.intp], side: str) -> dict[str, list[Any]] | None:
-    rows = cols.prod_features if side == "prod" else cols.cand_features
-    out: dict[str, list[Any]] = defaultdict(list)
-    # Usually one minute group holds the whole batch: then no per-row index lookups.
-    selected = rows if len(idx) == len(rows) else [rows[i] for i in idx.tolist()]
-    for row in selected:
-        if row:
-            for name, value in row.items():
-                out[name].append(value)
-    return dict(out) if out else None
+def _features(columns: FeatureColumns, idx: npt.NDArray[np.intp], n: int) -> dict[str, list[Any]] | None:
+    """The feature values of rows ``idx`` (of ``n``) per name, from ``Pairs.feature_columns``."""
+    if not columns:
+        return None
+    if len(idx) == n:  # usually one minute group holds the whole batch: no per-row selection
+        return {name: values for name, (_, values) in columns.items()}
+    chosen = np.zeros(n, dtype=np.bool_)
+    chosen[idx] = True
+    out: dict[str, list[Any]] = {}
+    for name, (rows_raw, values) in columns.items():
+        keep = chosen[np.frombuffer(rows_raw, dtype=np.uint32)].tolist()
+        selected = [value for value, kept in zip(values, keep, strict=True) if kept]
+        if selected:
+            out[name] = selected
+    return out or None
 
 
 def _add_to_slots(batch: SlotBatch, cid: str, ts_s: float, fields: Mapping[str, int]) -> None:
