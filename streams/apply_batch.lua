@@ -8,16 +8,18 @@
 --
 -- KEYS[1]              fence hash of (fence name, partition): fields "offset", "checkpoint"
 -- KEYS[2]              set of models
--- KEYS[3]              state hash of (fence name, partition): entry key -> bytes
+-- KEYS[3]              state hash of (fence name, partition): entry key -> bytes (written by earlier versions)
 -- per meta entry:      the model's set of comparison ids, the comparison's meta hash
 -- per comparison:      the comparison's field registry, then its slot keys
+-- KEYS[#KEYS]          state log of (fence name, partition): a list of state log records
 --
 -- ARGV: offset, "1"/"0" (store/delete checkpoint), checkpoint bytes,
 --       expected fence offset ("" = none: only require offset > stored; "-1" = no fence stored yet),
 --       number of meta entries, then per entry: model, comparison id, first_event_ms, last_event_ms,
 --       number of comparisons, then per comparison: its field names joined by "\n", number of slots,
 --       then per slot: expire_at_s, "<name position>:<increment>;" repeated (positions 1-based),
---       number of state deletes, the keys, number of state upserts, then key, value per upsert.
+--       state mode: "0" none, "1" append the record, "2" replace the state by the record (a compaction),
+--       then (modes 1 and 2) the state log record (streams/joinstate.py StateLog).
 --
 -- Returns 1 when applied, 0 when the fence refuses (nothing changed): the stored fence is already
 -- >= offset, or an expected offset is given and the stored fence (-1 if none) is not it.
@@ -141,18 +143,17 @@ for i, m in ipairs(metas) do
     redis.call('HSET', meta, 'last_ms', last)
   end
 end
--- State delta: deletes, then upserts, straight from ARGV (no copies), in chunks that unpack() can take.
-local state = KEYS[3]
-local deletes = tonumber(arg())
-for i = 1, deletes, CHUNK do
-  redis.call('HDEL', state, unpack(ARGV, cursor + i, cursor + math.min(i + CHUNK - 1, deletes)))
+-- State: one record appended to the log, whatever its size (the stores never look inside it); a
+-- compaction first drops the old log and the hash of earlier versions (UNLINK: freed off the main thread).
+local mode = arg()
+if mode ~= '0' then
+  local record = arg()
+  local log = KEYS[#KEYS]
+  if mode == '2' then
+    redis.call('UNLINK', KEYS[3], log)
+  end
+  redis.call('RPUSH', log, record)
 end
-cursor = cursor + deletes
-local values = 2 * tonumber(arg())
-for i = 1, values, 2 * CHUNK do
-  redis.call('HSET', state, unpack(ARGV, cursor + i, cursor + math.min(i + 2 * CHUNK - 1, values)))
-end
-cursor = cursor + values
 
 redis.call('HSET', fence, 'offset', ARGV[1])
 if ARGV[2] == '1' then

@@ -9,8 +9,8 @@ a replay it also drops, on apply, every slot whose expiry is at or before the *e
 (the newest slot start applied so far), and :meth:`MemoryWindowStore.expire` drops slots expired at a
 given ``now_s``. Memory: about 100 bytes per stored (slot, field) plus one heap entry per slot; with the
 default retention at most 26 h of minute slots, 15 d of hour slots and 35 d of day slots per comparison.
-Checkpoints and state entries are kept as the bytes given, never unpickled; the state map of a fence
-costs its entries (a state delta is applied in time proportional to its size).
+Checkpoints and state log records are kept as the bytes given, never unpickled; a state delta is stored
+in time proportional to its size (its record is appended whole and decoded when the state is read).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import threading
 from collections.abc import Iterable, Sequence
 
 from governance.errors import StoreError
-from streams.joinstate import StateDelta, accumulate
+from streams.joinstate import StateDelta, StateLog, apply_log
 from streams.store import (
     INT64_MAX,
     INT64_MIN,
@@ -31,7 +31,7 @@ from streams.store import (
     SlotKey,
     WindowRead,
     WindowStore,
-    check_state,
+    state_log,
 )
 from streams.windows import Retention, Slot, plan
 
@@ -49,17 +49,22 @@ class MemoryWindowStore(WindowStore):
         self._meta: dict[str, ComparisonMeta] = {}
         self._by_model: dict[str, set[str]] = {}
         self._fences: dict[tuple[str, int], FenceState] = {}
-        self._states: dict[tuple[str, int], dict[str, bytes]] = {}
+        # Per (fence name, partition): the state log records, oldest first (decoded when read, like Redis).
+        self._states: dict[tuple[str, int], list[bytes]] = {}
         self._watermark_s: int | None = None
 
     def apply(
-        self, batch: SlotBatch, fence: Fence, checkpoint: bytes | None = None, state: StateDelta | None = None
+        self,
+        batch: SlotBatch,
+        fence: Fence,
+        checkpoint: bytes | None = None,
+        state: StateDelta | StateLog | None = None,
     ) -> bool:
         fence.validate()
         batch.validate()
         if checkpoint is not None and not isinstance(checkpoint, bytes | bytearray | memoryview):
             raise StoreError(f"fence {fence.name!r} partition {fence.partition}: checkpoint must be bytes")
-        check_state(fence, state)
+        log = state_log(fence, state)
         increments = batch.nonzero()
         with self._lock:
             stored = self._fences.get((fence.name, fence.partition))
@@ -97,8 +102,11 @@ class MemoryWindowStore(WindowStore):
             self._fences[(fence.name, fence.partition)] = FenceState(
                 fence.offset, None if checkpoint is None else bytes(checkpoint)
             )
-            if state is not None and (state.deletes or state.upserts):
-                accumulate(self._states.setdefault((fence.name, fence.partition), {}), state)
+            if log is not None:
+                records = self._states.setdefault((fence.name, fence.partition), [])
+                if log.replace:
+                    records.clear()
+                records.append(log.blob)
             if self._watermark_s is not None:
                 self._expire_locked(self._watermark_s)
         return True
@@ -109,7 +117,14 @@ class MemoryWindowStore(WindowStore):
 
     def read_state(self, name: str, partition: int) -> dict[str, bytes]:
         with self._lock:
-            return dict(self._states.get((name, partition), {}))
+            records = list(self._states.get((name, partition), []))
+        entries: dict[str, bytes] = {}
+        for i, record in enumerate(records):
+            try:
+                apply_log(entries, record)
+            except StoreError as exc:
+                raise StoreError(f"read state of fence {name!r} partition {partition}: record {i}: {exc}") from None
+        return entries
 
     def read_slots(self, comparison_id: str, slots: Iterable[Slot], now_s: int) -> dict[Slot, dict[str, int]]:
         with self._lock:

@@ -134,6 +134,14 @@ class NativeLabelJoiner:
         upserts, deletes = self._native.state_delta()
         return StateDelta(upserts, frozenset(deletes))
 
+    def state_delta_blob(self, prefix: str) -> bytes:
+        """The same delta as one state log record, keys under ``prefix`` (:class:`streams.joinstate.StateLog`)."""
+        return self._native.state_delta_blob(prefix)
+
+    def entries_blob(self, prefix: str) -> bytes:
+        """The whole state as one state log record of upserts, keys under ``prefix`` (for a compaction)."""
+        return self._native.entries_blob(prefix)
+
     def entries(self) -> dict[str, bytes]:
         """:meth:`LabelJoiner.entries`."""
         return self._native.entries()

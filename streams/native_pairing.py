@@ -72,6 +72,14 @@ class NativePairer:
         upserts, deletes = self._engine.state_delta()
         return StateDelta(upserts, frozenset(deletes))
 
+    def state_delta_blob(self, prefix: str) -> bytes:
+        """The same delta as one state log record, keys under ``prefix`` (:class:`streams.joinstate.StateLog`)."""
+        return self._engine.state_delta_blob(prefix)
+
+    def entries_blob(self, prefix: str) -> bytes:
+        """The whole state as one state log record of upserts, keys under ``prefix`` (for a compaction)."""
+        return self._engine.entries_blob(prefix)
+
     def entries(self) -> dict[str, bytes]:
         """The whole state as entries (what accumulating every delta so far gives)."""
         return self._engine.entries()

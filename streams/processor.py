@@ -16,9 +16,12 @@ Exactly-once effect. After each batch of partition ``p`` the processor applies i
 the slot increments, the fence, a small checkpoint blob (next offset of each topic; the production version
 each candidate last paired with) and the *state delta* of the joins, i.e. the remembered half-pairs, pairs
 waiting for labels and labels that changed since the previous batch (``Pairer.state_delta`` under ``p/``,
-``LabelJoiner.state_delta`` under ``l/``). The store accumulates the deltas into one map per partition, so
-a batch writes in proportion to its events, never to the state (hours of pairs waiting for labels). The
-fence offset is the sum of the next offsets of the two topics, which grows with every batch.
+``LabelJoiner.state_delta`` under ``l/``), written by the native joins as ONE state log record
+(:class:`~streams.joinstate.StateLog`) that the store appends whole, so a batch writes in proportion to
+its events, never to the state (hours of pairs waiting for labels). Once the records since the last
+whole-state record outgrow it (and 32 MiB), the batch writes a whole-state record instead, which replaces
+the log: the stored state stays within about twice its size. The fence offset is the sum of the next
+offsets of the two topics, which grows with every batch.
 
 The apply is a compare-and-set (``Fence.expected``: the fence the in-memory state was loaded at or last
 stored with), because a delta only means something on top of the exact state it came from. After a crash
@@ -58,7 +61,7 @@ from streams.aggregate import (
     fold_pairs,
 )
 from streams.decoding import decode_label_block, decode_scores_block
-from streams.joinstate import combine, section
+from streams.joinstate import StateLog, section
 from streams.native_labels import NativeLabelJoiner
 from streams.native_pairing import NativePairer
 from streams.pairing import Side
@@ -79,7 +82,7 @@ FeatureColumns = dict[str, tuple[bytes, list[Any]]]  # name -> (uint32 row indic
 
 
 class _PartitionState:
-    __slots__ = ("joiner", "next_offsets", "pairer", "production_of", "stored_offset")
+    __slots__ = ("joiner", "log_bytes", "next_offsets", "pairer", "production_of", "snapshot_bytes", "stored_offset")
 
     def __init__(self, pairer: NativePairer, joiner: NativeLabelJoiner) -> None:
         self.pairer = pairer
@@ -89,6 +92,9 @@ class _PartitionState:
         # (model, candidate version, role) -> production version it was last paired with, and
         # (model, production version) -> candidate comparisons: to attribute orphans and duplicates.
         self.production_of: dict[tuple[str, str, str], str] = {}
+        # The store's state log: bytes of the last whole-state record, and of the records after it.
+        self.snapshot_bytes = 0
+        self.log_bytes = 0
 
     def fence_offset(self) -> int:
         return sum(self.next_offsets.values())
@@ -110,6 +116,7 @@ class Processor:
         label_horizon_s: float = 3 * 86400.0,
         max_label_pending: int = 1_000_000,
         max_message_bytes: int = 1_048_576,
+        compact_min_bytes: int = 32 * 1024 * 1024,
     ) -> None:
         self.store = store
         self.scores_topic = scores_topic
@@ -121,6 +128,7 @@ class Processor:
         self._label_horizon_s = label_horizon_s
         self._max_label_pending = max_label_pending
         self._max_message_bytes = max_message_bytes
+        self._compact_min_bytes = compact_min_bytes
         self._states: dict[int, _PartitionState] = {}
 
     # -- partition state ------------------------------------------------------------------------------
@@ -156,6 +164,7 @@ class Processor:
             state.pairer.restore_entries(section(entries, _PAIRER))
             state.joiner.restore_entries(section(entries, _JOINER))
             state.stored_offset = stored.offset
+            state.snapshot_bytes = sum(len(k) + len(v) + 9 for k, v in entries.items())
         elif entries:
             raise StoreError(f"fence {self.fence_name!r} partition {partition}: state entries without a fence")
         self._states[partition] = state
@@ -240,12 +249,23 @@ class Processor:
             for record in fresh:
                 state.next_offsets[record.topic] = max(state.next_offsets.get(record.topic, 0), record.offset + 1)
             fence = Fence(self.fence_name, partition, state.fence_offset(), state.stored_offset)
-            delta = combine({_PAIRER: state.pairer.state_delta(), _JOINER: state.joiner.state_delta()})
-            if not self.store.apply(batch, fence, self._checkpoint(state), delta):
+            if not self.store.apply(batch, fence, self._checkpoint(state), self._state_record(state)):
                 return False
             state.stored_offset = fence.offset
         outcome.absorb(part)
         return True
+
+    def _state_record(self, state: _PartitionState) -> StateLog:
+        """The joins' changes since the last batch as one state log record, or, once the records since the
+        last whole-state record outgrow it (and ``compact_min_bytes``), a whole-state record replacing them:
+        the stored log stays within about twice the state, so loading a partition costs about its state."""
+        record = state.pairer.state_delta_blob(_PAIRER) + state.joiner.state_delta_blob(_JOINER)
+        state.log_bytes += len(record)
+        if state.log_bytes <= max(self._compact_min_bytes, state.snapshot_bytes):
+            return StateLog(record)
+        snapshot = state.pairer.entries_blob(_PAIRER) + state.joiner.entries_blob(_JOINER)
+        state.snapshot_bytes, state.log_bytes = len(snapshot), 0
+        return StateLog(snapshot, replace=True)
 
     def _decode(
         self, records: list[Record], outcome: BatchOutcome

@@ -10,7 +10,9 @@ Key layout (``P`` = the configurable prefix, default ``sg``; ``C`` = comparison 
     P:models               set     every model seen                                        no expiry
     P:model:<model>        set     comparison ids of the model                             no expiry
     P:fence:<name>:<part>  hash    offset, checkpoint (opaque bytes)                       no expiry
-    P:state:<name>:<part>  hash    state entry key -> bytes (accumulated state deltas)     no expiry
+    P:slog:<name>:<part>   list    state log records (streams.joinstate.StateLog), oldest first   no expiry
+    P:state:<name>:<part>  hash    state entries as earlier versions kept them (read, then replaced
+                                   by the first compaction)                                no expiry
 
 Why packed strings and not one hash field per field: a 24 h window merges up to 83 slots of 300-1000
 fields. With hashes (``HINCRBY`` / ``HGETALL``) that read moved ~54,000 field/value pairs and took a
@@ -23,7 +25,8 @@ hash). Writes cost about the same (Redis spends ~3 us per ``BITFIELD`` op, as pe
 Writes: :meth:`RedisWindowStore.apply` is ONE ``EVALSHA`` of ``apply_batch.lua`` (registered once per
 client; redis-py reloads it after a server restart): fence check, field-index lookup (new names are
 appended to the registry), ``BITFIELD OVERFLOW FAIL INCRBY i64`` per slot, ``EXPIREAT`` per slot, meta,
-then the state delta (``HDEL`` / ``HSET`` in chunks of 1000 entries), the new fence and checkpoint. The
+then the state delta (one ``RPUSH`` of its record, or for a compaction ``UNLINK`` of the old state and
+one ``RPUSH``), the new fence and checkpoint. The
 fence check comes first: a refused batch (stale fence, or a compare-and-set whose expected fence is not
 the stored one) touches nothing. Redis runs a script without interleaving, so readers and other
 writers see a batch entirely or not at all. If an increment would overflow 64 bits the script restores
@@ -33,9 +36,11 @@ failing inside the script (a foreign key of the wrong type under the prefix, or 
 memory): use a prefix of your own. Field names and increments travel as one string per comparison and
 per slot, because redis-py packs each argument separately.
 
-State reads: :meth:`RedisWindowStore.read_state` walks the state hash with ``HSCAN`` (10 000 entries per
-call) so a state of millions of entries never blocks the server; it is not atomic, so compare the fence
-read before and after it (see :mod:`streams.store`).
+State reads: :meth:`RedisWindowStore.read_state` walks the hash of earlier versions with ``HSCAN`` (10 000
+entries per call) and the log with ``LRANGE`` (256 records per call), so a large state never blocks the
+server, and applies the records in order; it is not atomic, so compare the fence read before and after it
+(see :mod:`streams.store`). The writer compacts the log (a record of the whole state replaces it) once it
+outgrows the state it describes, so a read costs about the state, not its history.
 
 Reads: :meth:`RedisWindowStore.read` is ONE ``MULTI``/``EXEC`` of ``GET`` per planned slot plus the meta
 hash (a consistent snapshot), then a numpy int64 sum, with an exact Python-int fallback whenever the
@@ -63,7 +68,7 @@ import numpy.typing as npt
 import redis
 
 from governance.errors import InfrastructureError, StoreError
-from streams.joinstate import StateDelta
+from streams.joinstate import StateDelta, StateLog, apply_log
 from streams.store import (
     ComparisonMeta,
     Fence,
@@ -72,7 +77,7 @@ from streams.store import (
     SlotKey,
     WindowRead,
     WindowStore,
-    check_state,
+    state_log,
 )
 from streams.windows import Retention, Slot, plan
 
@@ -81,6 +86,7 @@ __all__ = ["RedisWindowStore"]
 _I64 = np.dtype(">i8")  # BITFIELD i64 is big-endian two's complement
 _SAFE_SUM = 2**62  # below this bound on the sum of absolute values int64 addition cannot overflow
 _SCAN_COUNT = 10_000  # state entries per HSCAN call
+_LOG_CHUNK = 256  # state log records per LRANGE call
 
 
 class RedisWindowStore(WindowStore):
@@ -129,13 +135,17 @@ class RedisWindowStore(WindowStore):
         return f"{self._prefix}:w:{{{comparison_id}}}:{slot.granularity.value}:{slot.start_s}"
 
     def apply(
-        self, batch: SlotBatch, fence: Fence, checkpoint: bytes | None = None, state: StateDelta | None = None
+        self,
+        batch: SlotBatch,
+        fence: Fence,
+        checkpoint: bytes | None = None,
+        state: StateDelta | StateLog | None = None,
     ) -> bool:
         fence.validate()
         batch.validate()
         if checkpoint is not None and not isinstance(checkpoint, bytes | bytearray | memoryview):
             raise StoreError(f"fence {fence.name!r} partition {fence.partition}: checkpoint must be bytes")
-        check_state(fence, state)
+        log = state_log(fence, state)
         keys: list[str] = [
             self._fence_key(fence.name, fence.partition),
             f"{self._prefix}:models",
@@ -164,14 +174,11 @@ class RedisWindowStore(WindowStore):
                 keys.append(self.slot_key(cid, slot))
                 pairs = "".join([f"{position[name]}:{value};" for name, value in fields.items()])
                 args += [self.retention.expires_at_s(slot), pairs]
-        if state is None:
-            args += [0, 0]
+        keys.append(self._state_log_key(fence.name, fence.partition))
+        if log is None or not (log.blob or log.replace):
+            args.append(0)
         else:
-            args.append(len(state.deletes))
-            args += state.deletes
-            args.append(len(state.upserts))
-            for item in state.upserts.items():
-                args += item
+            args += [2 if log.replace else 1, log.blob]
         where = f"apply batch of fence {fence.name!r} partition {fence.partition} offset {fence.offset}"
         with self._errors(where):
             return bool(self._apply_script(keys=keys, args=args))
@@ -189,10 +196,22 @@ class RedisWindowStore(WindowStore):
         return FenceState(int(offset), checkpoint)
 
     def read_state(self, name: str, partition: int) -> dict[str, bytes]:
-        with self._errors(f"read state of fence {name!r} partition {partition}"):
+        where = f"read state of fence {name!r} partition {partition}"
+        with self._errors(where):
             items = self._client.hscan_iter(self._state_key(name, partition), count=_SCAN_COUNT)
             # HSCAN may return an entry twice; the dict keeps one.
-            return {key.decode(): value for key, value in items}
+            entries = {key.decode(): value for key, value in items}
+            key, start = self._state_log_key(name, partition), 0
+            while True:
+                records = self._client.lrange(key, start, start + _LOG_CHUNK - 1)
+                for i, record in enumerate(records):
+                    try:
+                        apply_log(entries, record)
+                    except StoreError as exc:
+                        raise StoreError(f"{where}: record {start + i} of {key}: {exc}") from None
+                if len(records) < _LOG_CHUNK:
+                    return entries
+                start += len(records)
 
     def read_slots(self, comparison_id: str, slots: Iterable[Slot], now_s: int) -> dict[Slot, dict[str, int]]:
         wanted = list(slots)
@@ -301,6 +320,9 @@ class RedisWindowStore(WindowStore):
 
     def _state_key(self, name: str, partition: int) -> str:
         return f"{self._prefix}:state:{name}:{partition}"
+
+    def _state_log_key(self, name: str, partition: int) -> str:
+        return f"{self._prefix}:slog:{name}:{partition}"
 
     def _meta_key(self, comparison_id: str) -> str:
         return f"{self._prefix}:meta:{{{comparison_id}}}"

@@ -22,10 +22,11 @@ Guarantees every backend gives:
   crash, or retried after a timeout whose outcome is unknown, is counted exactly once, and the
   checkpoint and state read back always belong to the fence read back.
 * **State.** Per ``(fence name, partition)`` the store keeps a map of short string keys to bytes: the
-  accumulation of every applied :class:`~streams.joinstate.StateDelta` (deletes, then upserts). A delta
-  costs in proportion to its size, never to the size of the map. :meth:`WindowStore.read_state` returns
-  the map; read the fence before and after it and compare the offsets to know which fence it belongs to
-  (equal offsets: no batch was applied in between).
+  accumulation of every applied state delta, given as a :class:`~streams.joinstate.StateDelta` or as its
+  encoded record, a :class:`~streams.joinstate.StateLog` (a record with ``replace`` set replaces the map: a
+  compaction). A delta costs in proportion to its size, never to the size of the map.
+  :meth:`WindowStore.read_state` returns the map; read the fence before and after it and compare the offsets
+  to know which fence it belongs to (equal offsets: no batch was applied in between).
 * **Concurrent writers.** Any number of writers (threads, processes, workers) may apply batches to the
   same slots at the same time; totals are exact. Two writers racing with the same fence apply it once.
 * **Consistent reads.** :meth:`WindowStore.read` sees each batch entirely or not at all.
@@ -45,7 +46,7 @@ from types import TracebackType
 from typing import NamedTuple
 
 from governance.errors import StoreError
-from streams.joinstate import StateDelta
+from streams.joinstate import StateDelta, StateLog
 from streams.windows import Granularity, Plan, Retention, Slot
 
 __all__ = [
@@ -59,7 +60,7 @@ __all__ = [
     "SlotKey",
     "WindowRead",
     "WindowStore",
-    "check_state",
+    "state_log",
 ]
 
 #: Every increment and every slot total must lie in [INT64_MIN, INT64_MAX].
@@ -207,7 +208,11 @@ class WindowStore(ABC):
 
     @abstractmethod
     def apply(
-        self, batch: SlotBatch, fence: Fence, checkpoint: bytes | None = None, state: StateDelta | None = None
+        self,
+        batch: SlotBatch,
+        fence: Fence,
+        checkpoint: bytes | None = None,
+        state: StateDelta | StateLog | None = None,
     ) -> bool:
         """Apply ``batch`` and ``state``, move the fence to ``fence.offset`` and store ``checkpoint``, atomically.
 
@@ -262,13 +267,21 @@ class WindowStore(ABC):
         self.close()
 
 
-def check_state(fence: Fence, state: StateDelta | None) -> None:
-    """Raise StoreError naming the first bad key or value of a state delta (None is fine)."""
+def state_log(fence: Fence, state: StateDelta | StateLog | None) -> StateLog | None:
+    """The state log record to store for ``state`` (None: nothing), or StoreError naming the bad part.
+
+    A :class:`StateDelta` is checked key by key and encoded; a :class:`StateLog` is taken as given (its
+    items are checked when read back).
+    """
     if state is None:
-        return
+        return None
     where = f"state of fence {fence.name!r} partition {fence.partition}"
+    if isinstance(state, StateLog):
+        if not isinstance(state.blob, bytes):
+            raise StoreError(f"{where}: a StateLog's blob must be bytes, got {type(state.blob).__name__}")
+        return state
     if not isinstance(state, StateDelta):
-        raise StoreError(f"{where}: must be a StateDelta, got {type(state).__name__}")
+        raise StoreError(f"{where}: must be a StateDelta or StateLog, got {type(state).__name__}")
     for key in state.deletes:
         if not isinstance(key, str) or not key:
             raise StoreError(f"{where}: delete key {key!r} must be a non-empty str")
@@ -277,6 +290,7 @@ def check_state(fence: Fence, state: StateDelta | None) -> None:
             raise StoreError(f"{where}: upsert key {key!r} must be a non-empty str")
         if not isinstance(value, bytes):
             raise StoreError(f"{where}: value of {key!r} must be bytes, got {type(value).__name__}")
+    return StateLog.of(state)
 
 
 def _is_int(value: object) -> bool:

@@ -185,11 +185,13 @@ class TestExactlyOnce:
         k = data.draw(st.integers(1, len(stream)))
         j = data.draw(st.integers(0, k))  # Kafka redelivers from an older committed offset
         size = data.draw(st.sampled_from([7, 100, 450]))
+        # The state log compacted after every few batches, or (default threshold) never in this stream.
+        compact = data.draw(st.sampled_from([1, 20_000, 32 * 1024 * 1024]))
         store = new_store()
-        crashed = _processor(store)
+        crashed = _processor(store, compact_min_bytes=compact)
         for lo in range(0, k, size):
             crashed.process(stream[lo : min(lo + size, k)])
-        successor = _processor(store)  # nothing in memory: everything comes from the store
+        successor = _processor(store, compact_min_bytes=compact)  # nothing in memory: all from the store
         outcomes = [successor.process(stream[lo : lo + size]) for lo in range(j, len(stream), size)]
         assert sum(o.skipped for o in outcomes) == k - j
         got = _fields(store)
@@ -220,15 +222,20 @@ class TestExactlyOnce:
         assert sum(r.topic == SCORES for r in enveloped) <= 1200 // 64 + PARTITIONS
         assert _single_pass(new_store, enveloped) == _single_pass(new_store, stream)
 
-    def test_the_state_read_back_is_the_workers_state(self, new_store: StoreFactory, stream: list[Record]) -> None:
+    @pytest.mark.parametrize("compact", [1, 32 * 1024 * 1024], ids=["compacting", "appending"])
+    def test_the_state_read_back_is_the_workers_state(
+        self, new_store: StoreFactory, stream: list[Record], compact: int
+    ) -> None:
         store = new_store()
-        processor = _processor(store)
+        processor = _processor(store, compact_min_bytes=compact)
         for batch in _batches(stream, list(range(97, len(stream), 97))):
             processor.process(batch)
             state = processor._states[0]  # white-box: the joins' change tracking must match what was stored
             stored = store.read_state("g/scores+labels", 0)
             assert {k[2:]: v for k, v in stored.items() if k.startswith("p/")} == state.pairer.entries()
             assert {k[2:]: v for k, v in stored.items() if k.startswith("l/")} == state.joiner.entries()
+        # Compacting: whole-state records were written (and read back above); appending: never.
+        assert (processor._states[0].snapshot_bytes > 0) == (compact == 1)
 
 
 @pytest.mark.parametrize("written", [True, False], ids=["reply-lost", "not-written"])

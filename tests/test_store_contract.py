@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from governance.errors import StoreError
-from streams.joinstate import StateDelta
+from streams.joinstate import StateDelta, StateLog, encode_delta
 from streams.memory_store import MemoryWindowStore
 from streams.redis_store import RedisWindowStore
 from streams.store import NO_FENCE, ComparisonMeta, Fence, FenceState, SlotBatch, WindowStore
@@ -382,6 +382,50 @@ class TestWindowStoreContract:
         assert store.apply(SlotBatch(), Fence(name, 0, 2), b"ck", swap)
         assert store.read_state(name, 0) == swap.upserts
 
+    @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(
+        deltas=st.lists(
+            st.tuples(
+                st.dictionaries(st.sampled_from(["p/a", "p/b", "l/c", "l/d", "m"]), st.binary(max_size=6), max_size=4),
+                st.frozensets(st.sampled_from(["p/a", "p/b", "l/c", "l/d", "m"]), max_size=3),
+                st.booleans(),
+            ),
+            max_size=8,
+        )
+    )
+    def test_state_log_records_accumulate_and_a_replace_starts_over(
+        self, store: WindowStore, deltas: list[tuple[dict[str, bytes], frozenset[str], bool]]
+    ) -> None:
+        name = f"g/{_cid()}"
+        oracle: dict[str, bytes] = {}
+        for offset, (upserts, deletes, replace) in enumerate(deltas, start=1):
+            if replace:  # a compaction: the record is the whole state
+                record, oracle = StateLog(encode_delta(StateDelta(upserts, frozenset())), replace=True), dict(upserts)
+            else:
+                # Two joins' records under their prefixes concatenate into one record.
+                mine = StateDelta({k: v for k, v in upserts.items() if k.startswith("p/")}, deletes)
+                theirs = StateDelta({k: v for k, v in upserts.items() if not k.startswith("p/")}, frozenset())
+                record = StateLog(encode_delta(mine) + encode_delta(theirs))
+                oracle = {k: v for k, v in oracle.items() if k not in deletes} | upserts
+            assert store.apply(SlotBatch(), Fence(name, 0, offset), None, record)
+            assert store.read_state(name, 0) == oracle
+
+    def test_a_malformed_state_log_record_never_reads_back_as_state(self, store: WindowStore) -> None:
+        # Stores keep a record whole and decode it when the state is read: then it is refused.
+        name, truncated = f"g/{_cid()}", StateLog(b"U\x05\x00\x00\x00p/1")
+        good = StateLog(encode_delta(StateDelta({"k": b"v"}, frozenset())))
+        assert store.apply(SlotBatch(), Fence(name, 0, 1), None, good)
+        assert store.apply(SlotBatch(), Fence(name, 0, 2), None, truncated)
+        with pytest.raises(StoreError, match=r"record 1.*state log record malformed at byte 0 of 8: key runs past"):
+            store.read_state(name, 0)
+
+    def test_a_prefixed_record_is_the_delta_under_the_prefix(self, store: WindowStore) -> None:
+        name = f"g/{_cid()}"
+        assert store.apply(SlotBatch(), Fence(name, 0, 1), None, StateDelta({"p/1": b"x", "l/2": b"y"}, frozenset()))
+        delta = StateDelta({"3": bytes(range(256)), "é": b""}, frozenset({"1"}))
+        assert store.apply(SlotBatch(), Fence(name, 0, 2), None, StateLog(encode_delta(delta, "p/")))
+        assert store.read_state(name, 0) == {"l/2": b"y", "p/3": bytes(range(256)), "p/é": b""}
+
     def test_compare_and_set_fence(self, store: WindowStore) -> None:
         cid, now = _cid(), _now()
         name = f"g/{cid}"
@@ -438,6 +482,35 @@ class TestWindowStoreContract:
 class TestRedisLayout:
     """What the contract cannot see: the documented key layout and the server-side expiry."""
 
+    def test_state_of_earlier_versions_is_read_under_the_log_and_a_compaction_replaces_both(
+        self, redis_url: str, redis_prefix: str
+    ) -> None:
+        import redis
+
+        client = redis.Redis.from_url(redis_url)
+        store = RedisWindowStore(client, prefix=redis_prefix)
+        # Earlier versions kept the entries in a hash; the log applies on top of it.
+        client.hset(f"{redis_prefix}:state:g/o:0", mapping={"p/1": b"old", "p/2": b"two"})
+        assert store.apply(SlotBatch(), Fence("g/o", 0, 1), None, StateDelta({"p/3": b"new"}, frozenset({"p/1"})))
+        assert store.read_state("g/o", 0) == {"p/2": b"two", "p/3": b"new"}
+        snapshot = StateLog(encode_delta(StateDelta({"p/2": b"two", "p/3": b"new"}, frozenset())), replace=True)
+        assert store.apply(SlotBatch(), Fence("g/o", 0, 2), None, snapshot)
+        assert not client.exists(f"{redis_prefix}:state:g/o:0")
+        assert client.lrange(f"{redis_prefix}:slog:g/o:0", 0, -1) == [snapshot.blob]
+        assert store.read_state("g/o", 0) == {"p/2": b"two", "p/3": b"new"}
+        # A refused batch appends nothing.
+        assert not store.apply(SlotBatch(), Fence("g/o", 0, 2), None, StateLog(b"D\x03\x00\x00\x00p/2"))
+        assert client.llen(f"{redis_prefix}:slog:g/o:0") == 1
+
+    def test_a_malformed_state_log_record_is_a_store_error_on_read(self, redis_url: str, redis_prefix: str) -> None:
+        import redis
+
+        client = redis.Redis.from_url(redis_url)
+        store = RedisWindowStore(client, prefix=redis_prefix)
+        assert store.apply(SlotBatch(), Fence("g/m", 0, 1), None, StateLog(b"U\x05\x00\x00\x00p/1"))
+        with pytest.raises(StoreError, match=r"record 0 of .*slog:g/m:0: state log record malformed"):
+            store.read_state("g/m", 0)
+
     def test_keys_and_server_expiry(self, redis_url: str, redis_prefix: str) -> None:
         import redis
 
@@ -459,11 +532,12 @@ class TestRedisLayout:
         assert not client.exists(store.slot_key(cid, slots_for(old)[0]))
         assert client.exists(store.slot_key(cid, slots_for(old)[1]))
         assert client.hgetall(f"{redis_prefix}:fence:g/t:3") == {b"offset": b"8", b"checkpoint": b"c"}
-        assert not client.exists(f"{redis_prefix}:state:g/t:3")  # no state given, no key
+        assert not client.exists(f"{redis_prefix}:slog:g/t:3")  # no state given, no key
         state = StateDelta({"p/1": b"[1]"}, frozenset())
         assert store.apply(SlotBatch(), Fence("g/t", 3, 9), None, state)
-        assert client.hgetall(f"{redis_prefix}:state:g/t:3") == {b"p/1": b"[1]"}
-        assert client.ttl(f"{redis_prefix}:state:g/t:3") == -1
+        # One record per batch, appended whole to the partition's state log.
+        assert client.lrange(f"{redis_prefix}:slog:g/t:3", 0, -1) == [encode_delta(state)]
+        assert client.ttl(f"{redis_prefix}:slog:g/t:3") == -1
         assert client.hgetall(f"{redis_prefix}:meta:{{{cid}}}") == {
             b"model": b"fraud",
             b"first_ms": str(old * 1000).encode(),

@@ -25,6 +25,7 @@ use serde_json::Value;
 
 use crate::block::{intern, role_code, LabelBlock, Pairs, PRODUCTION, ROLE_NAMES};
 use crate::jsonfmt;
+use crate::statelog::{BlobSink, PySink, Sink};
 
 const KIND: &str = "shadowgate.labels";
 const VERSION: i64 = 2;
@@ -669,6 +670,67 @@ enum Parsed {
     Label(Arc<str>, Label),
 }
 
+impl NativeJoiner {
+    /// Write the changes since the previous delta to `sink` and restart the tracking.
+    fn delta_into(&mut self, sink: &mut impl Sink) -> PyResult<()> {
+        let mut buf = Vec::with_capacity(256);
+        let mut key = String::with_capacity(20);
+        let s = &mut self.s;
+        for (rid, wait) in std::mem::take(&mut s.dirty_pairs) {
+            if !s.t.was_dropped(wait.seq) {
+                encode_pair(&mut buf, &rid, &wait, &self.comps[wait.comp as usize]);
+                sink.upsert(entry_key(&mut key, b'p', wait.seq), &buf)?;
+            }
+        }
+        for (seq, rid) in std::mem::take(&mut s.dirty_labels) {
+            if let Some(label) = s.labels.get(&rid).and_then(|ls| ls.iter().find(|l| l.seq == seq)) {
+                encode_label(&mut buf, &rid, label);
+                sink.upsert(entry_key(&mut key, b'l', seq), &buf)?;
+            }
+        }
+        let meta = (s.w, s.seq);
+        if meta != s.synced_meta {
+            encode_meta(&mut buf, meta.0, meta.1);
+            sink.upsert(META_KEY, &buf)?;
+        }
+        for (kind, seq) in std::mem::take(&mut s.t.gone) {
+            sink.delete(entry_key(&mut key, kind, seq))?;
+        }
+        s.dirty_old_labels.clear();
+        s.t.dropped.clear();
+        s.t.synced_seq = s.seq;
+        s.synced_meta = meta;
+        Ok(())
+    }
+
+    fn entries_into(&self, sink: &mut impl Sink) -> PyResult<()> {
+        let mut items: Vec<(u64, u8, &Arc<str>, usize)> = Vec::with_capacity(self.s.live + self.s.label_heap.len());
+        for (rid, waits) in &self.s.pairs {
+            items.extend((0..waits.len()).map(|i| (waits[i].seq, b'p', rid, i)));
+        }
+        for (rid, labels) in &self.s.labels {
+            items.extend((0..labels.len()).map(|i| (labels[i].seq, b'l', rid, i)));
+        }
+        items.sort_unstable_by_key(|item| (item.0, item.1));
+        let mut buf = Vec::with_capacity(256);
+        let mut key = String::with_capacity(20);
+        for (seq, kind, rid, i) in items {
+            if kind == b'p' {
+                let wait = &self.s.pairs[rid][i];
+                encode_pair(&mut buf, rid, wait, &self.comps[wait.comp as usize]);
+            } else {
+                encode_label(&mut buf, rid, &self.s.labels[rid][i]);
+            }
+            sink.upsert(entry_key(&mut key, kind, seq), &buf)?;
+        }
+        if self.s.w != f64::NEG_INFINITY || self.s.seq != 0 {
+            encode_meta(&mut buf, self.s.w, self.s.seq);
+            sink.upsert(META_KEY, &buf)?;
+        }
+        Ok(())
+    }
+}
+
 #[pymethods]
 impl NativeJoiner {
     #[new]
@@ -807,65 +869,30 @@ impl NativeJoiner {
 
     /// `LabelJoiner.state_delta`: (upserts, deletes) since the previous call; the next starts empty.
     fn state_delta<'py>(&mut self, py: Python<'py>) -> PyResult<(Bound<'py, PyDict>, Bound<'py, PyList>)> {
-        let upserts = PyDict::new_bound(py);
-        let mut buf = Vec::with_capacity(256);
-        let mut key = String::with_capacity(20);
-        let s = &mut self.s;
-        for (rid, wait) in std::mem::take(&mut s.dirty_pairs) {
-            if !s.t.was_dropped(wait.seq) {
-                encode_pair(&mut buf, &rid, &wait, &self.comps[wait.comp as usize]);
-                upserts.set_item(entry_key(&mut key, b'p', wait.seq), PyBytes::new_bound(py, &buf))?;
-            }
-        }
-        for (seq, rid) in std::mem::take(&mut s.dirty_labels) {
-            if let Some(label) = s.labels.get(&rid).and_then(|ls| ls.iter().find(|l| l.seq == seq)) {
-                encode_label(&mut buf, &rid, label);
-                upserts.set_item(entry_key(&mut key, b'l', seq), PyBytes::new_bound(py, &buf))?;
-            }
-        }
-        let meta = (s.w, s.seq);
-        if meta != s.synced_meta {
-            encode_meta(&mut buf, meta.0, meta.1);
-            upserts.set_item(META_KEY, PyBytes::new_bound(py, &buf))?;
-        }
-        let deletes = PyList::empty_bound(py);
-        for (kind, seq) in std::mem::take(&mut s.t.gone) {
-            deletes.append(PyString::new_bound(py, entry_key(&mut key, kind, seq)))?;
-        }
-        s.dirty_old_labels.clear();
-        s.t.dropped.clear();
-        s.t.synced_seq = s.seq;
-        s.synced_meta = meta;
-        Ok((upserts, deletes))
+        let mut sink = PySink::new(py);
+        self.delta_into(&mut sink)?;
+        Ok((sink.upserts, sink.deletes))
+    }
+
+    /// The same delta as one state log record, every key under `prefix` (`streams/joinstate.py`).
+    fn state_delta_blob<'py>(&mut self, py: Python<'py>, prefix: &str) -> PyResult<Bound<'py, PyBytes>> {
+        let mut sink = BlobSink::new(prefix);
+        self.delta_into(&mut sink)?;
+        Ok(sink.finish(py))
     }
 
     /// `LabelJoiner.entries`: the whole state as entries (in seq order).
     fn entries<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let mut items: Vec<(u64, u8, &Arc<str>, usize)> = Vec::with_capacity(self.s.live + self.s.label_heap.len());
-        for (rid, waits) in &self.s.pairs {
-            items.extend((0..waits.len()).map(|i| (waits[i].seq, b'p', rid, i)));
-        }
-        for (rid, labels) in &self.s.labels {
-            items.extend((0..labels.len()).map(|i| (labels[i].seq, b'l', rid, i)));
-        }
-        items.sort_unstable_by_key(|item| (item.0, item.1));
-        let out = PyDict::new_bound(py);
-        let mut buf = Vec::with_capacity(256);
-        let mut key = String::with_capacity(20);
-        for (seq, kind, rid, i) in items {
-            if kind == b'p' {
-                let wait = &self.s.pairs[rid][i];
-                encode_pair(&mut buf, rid, wait, &self.comps[wait.comp as usize]);
-            } else {
-                encode_label(&mut buf, rid, &self.s.labels[rid][i]);
-            }
-            out.set_item(entry_key(&mut key, kind, seq), PyBytes::new_bound(py, &buf))?;
-        }
-        if self.s.w != f64::NEG_INFINITY || self.s.seq != 0 {
-            encode_meta(&mut buf, self.s.w, self.s.seq);
-            out.set_item(META_KEY, PyBytes::new_bound(py, &buf))?;
-        }
-        Ok(out)
+        let mut sink = PySink::new(py);
+        self.entries_into(&mut sink)?;
+        Ok(sink.upserts)
+    }
+
+    /// The whole state as one state log record of upserts, every key under `prefix`.
+    fn entries_blob<'py>(&self, py: Python<'py>, prefix: &str) -> PyResult<Bound<'py, PyBytes>> {
+        let mut sink = BlobSink::new(prefix);
+        self.entries_into(&mut sink)?;
+        Ok(sink.finish(py))
     }
 
     /// `LabelJoiner.restore_entries`: replace the whole state by accumulated entries; on any error

@@ -15,6 +15,7 @@ pub mod joiner;
 pub mod jsonfmt;
 pub mod decode;
 pub mod pairer;
+pub mod statelog;
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {

@@ -23,6 +23,7 @@ use pyo3::prelude::*;
 use pyo3::sync::GILOnceCell;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString};
 
+use crate::statelog::{BlobSink, PySink, Sink};
 use crate::block::{
     self, ComparisonPairs, FeatureValue, Features, Pairs, ScoreBlock, ScoreRow, PRODUCTION, ROLE_NAMES,
 };
@@ -809,8 +810,60 @@ impl NativePairer {
     }
 }
 
-fn hex_key(seq: u64) -> String {
-    format!("{seq:x}")
+impl NativePairer {
+    /// Write the changes since the previous delta to `sink` and restart the tracking.
+    fn delta_into(&mut self, sink: &mut impl Sink) -> PyResult<()> {
+        let dirty = std::mem::take(&mut self.dirty);
+        let mut buf = std::mem::take(&mut self.buf);
+        let mut key = [0u8; 16];
+        for &(seq, slot) in &dirty {
+            if let Some(h) = self.slots[slot as usize].as_mut() {
+                if h.seq == seq && h.dirty {
+                    h.dirty = false;
+                    let rid = &self.gslab[h.gid as usize].as_ref().expect("live group").rid;
+                    Self::encode(&mut buf, h, rid);
+                    sink.upsert(hex(&mut key, seq), &buf)?;
+                }
+            }
+        }
+        self.buf = buf;
+        let meta = (self.w, self.seq);
+        if meta != self.synced_meta {
+            sink.upsert(META_KEY, &self.meta())?;
+        }
+        for &seq in &self.gone {
+            sink.delete(hex(&mut key, seq))?;
+        }
+        self.gone.clear();
+        let mut dirty = dirty;
+        dirty.clear();
+        self.dirty = dirty;
+        self.synced_seq = self.seq;
+        self.synced_meta = meta;
+        Ok(())
+    }
+
+    fn entries_into(&mut self, sink: &mut impl Sink) -> PyResult<()> {
+        let mut live: Vec<(u64, u32)> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, h)| h.as_ref().map(|h| (h.seq, slot as u32)))
+            .collect();
+        live.sort_unstable();
+        let mut buf = std::mem::take(&mut self.buf);
+        let mut key = [0u8; 16];
+        for (seq, slot) in live {
+            let h = self.half(slot);
+            Self::encode(&mut buf, h, self.rid(h));
+            sink.upsert(hex(&mut key, seq), &buf)?;
+        }
+        self.buf = buf;
+        if (self.w, self.seq) != (f64::NEG_INFINITY, 0) {
+            sink.upsert(META_KEY, &self.meta())?;
+        }
+        Ok(())
+    }
 }
 
 #[pymethods]
@@ -889,62 +942,30 @@ impl NativePairer {
 
     /// (upserts, deletes) since the previous call (or restore): `Pairer.state_delta`.
     fn state_delta<'py>(&mut self, py: Python<'py>) -> PyResult<(Bound<'py, PyDict>, Bound<'py, PyList>)> {
-        let upserts = PyDict::new_bound(py);
-        let dirty = std::mem::take(&mut self.dirty);
-        let mut buf = std::mem::take(&mut self.buf);
-        let mut key = [0u8; 16];
-        for &(seq, slot) in &dirty {
-            if let Some(h) = self.slots[slot as usize].as_mut() {
-                if h.seq == seq && h.dirty {
-                    h.dirty = false;
-                    let rid = &self.gslab[h.gid as usize].as_ref().expect("live group").rid;
-                    Self::encode(&mut buf, h, rid);
-                    upserts.set_item(
-                        PyString::new_bound(py, hex(&mut key, seq)),
-                        PyBytes::new_bound(py, &buf),
-                    )?;
-                }
-            }
-        }
-        self.buf = buf;
-        let meta = (self.w, self.seq);
-        if meta != self.synced_meta {
-            upserts.set_item(META_KEY, PyBytes::new_bound(py, &self.meta()))?;
-        }
-        let deletes = PyList::empty_bound(py);
-        for &seq in &self.gone {
-            deletes.append(PyString::new_bound(py, hex(&mut key, seq)))?;
-        }
-        self.gone.clear();
-        let mut dirty = dirty;
-        dirty.clear();
-        self.dirty = dirty;
-        self.synced_seq = self.seq;
-        self.synced_meta = meta;
-        Ok((upserts, deletes))
+        let mut sink = PySink::new(py);
+        self.delta_into(&mut sink)?;
+        Ok((sink.upserts, sink.deletes))
+    }
+
+    /// The same delta as one state log record, every key under `prefix` (`streams/joinstate.py`).
+    fn state_delta_blob<'py>(&mut self, py: Python<'py>, prefix: &str) -> PyResult<Bound<'py, PyBytes>> {
+        let mut sink = BlobSink::new(prefix);
+        self.delta_into(&mut sink)?;
+        Ok(sink.finish(py))
     }
 
     /// The whole state as entries (items in seq order, then the meta entry): `Pairer.entries`.
     fn entries<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let mut live: Vec<(u64, u32)> = self
-            .slots
-            .iter()
-            .enumerate()
-            .filter_map(|(slot, h)| h.as_ref().map(|h| (h.seq, slot as u32)))
-            .collect();
-        live.sort_unstable();
-        let out = PyDict::new_bound(py);
-        let mut buf = std::mem::take(&mut self.buf);
-        for (seq, slot) in live {
-            let h = self.half(slot);
-            Self::encode(&mut buf, h, self.rid(h));
-            out.set_item(hex_key(seq), PyBytes::new_bound(py, &buf))?;
-        }
-        self.buf = buf;
-        if (self.w, self.seq) != (f64::NEG_INFINITY, 0) {
-            out.set_item(META_KEY, PyBytes::new_bound(py, &self.meta()))?;
-        }
-        Ok(out)
+        let mut sink = PySink::new(py);
+        self.entries_into(&mut sink)?;
+        Ok(sink.upserts)
+    }
+
+    /// The whole state as one state log record of upserts, every key under `prefix`.
+    fn entries_blob<'py>(&mut self, py: Python<'py>, prefix: &str) -> PyResult<Bound<'py, PyBytes>> {
+        let mut sink = BlobSink::new(prefix);
+        self.entries_into(&mut sink)?;
+        Ok(sink.finish(py))
     }
 
     /// Replace the whole state by accumulated entries; on any error (ValueError with the message of the
