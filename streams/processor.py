@@ -61,7 +61,7 @@ from streams.aggregate import (
     fold_pairs,
 )
 from streams.decoding import decode_label_block, decode_scores_block
-from streams.joinstate import StateLog, section
+from streams.joinstate import StateLog, pack_log, section
 from streams.native_labels import NativeLabelJoiner
 from streams.native_pairing import NativePairer
 from streams.pairing import Side
@@ -262,10 +262,10 @@ class Processor:
         record = state.pairer.state_delta_blob(_PAIRER) + state.joiner.state_delta_blob(_JOINER)
         state.log_bytes += len(record)
         if state.log_bytes <= max(self._compact_min_bytes, state.snapshot_bytes):
-            return StateLog(record)
+            return StateLog(pack_log(record))
         snapshot = state.pairer.entries_blob(_PAIRER) + state.joiner.entries_blob(_JOINER)
         state.snapshot_bytes, state.log_bytes = len(snapshot), 0
-        return StateLog(snapshot, replace=True)
+        return StateLog(pack_log(snapshot), replace=True)
 
     def _decode(
         self, records: list[Record], outcome: BatchOutcome

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from governance.errors import StoreError
-from streams.joinstate import StateDelta, StateLog, encode_delta
+from streams.joinstate import StateDelta, StateLog, encode_delta, pack_log
 from streams.memory_store import MemoryWindowStore
 from streams.redis_store import RedisWindowStore
 from streams.store import NO_FENCE, ComparisonMeta, Fence, FenceState, SlotBatch, WindowStore
@@ -417,6 +417,19 @@ class TestWindowStoreContract:
         assert store.apply(SlotBatch(), Fence(name, 0, 1), None, good)
         assert store.apply(SlotBatch(), Fence(name, 0, 2), None, truncated)
         with pytest.raises(StoreError, match=r"record 1.*state log record malformed at byte 0 of 8: key runs past"):
+            store.read_state(name, 0)
+
+    def test_a_packed_record_is_its_plain_record(self, store: WindowStore) -> None:
+        name = f"g/{_cid()}"
+        big = StateDelta({f"p/{i:x}": b'["fraud-risk-%d","fraud-risk","1.5.0",1,%d.25,2]' % (i, i) for i in range(500)},
+                         frozenset())  # fmt: skip
+        packed = pack_log(encode_delta(big))
+        assert packed[:1] == b"Z" and len(packed) < len(encode_delta(big)) / 3
+        assert pack_log(b"U\x01\x00\x00\x00k\x00\x00\x00\x00") == b"U\x01\x00\x00\x00k\x00\x00\x00\x00"  # small: plain
+        assert store.apply(SlotBatch(), Fence(name, 0, 1), None, StateLog(packed))
+        assert store.read_state(name, 0) == big.upserts
+        assert store.apply(SlotBatch(), Fence(name, 0, 2), None, StateLog(packed[:-9]))  # cut short
+        with pytest.raises(StoreError, match="zstd frame does not decompress"):
             store.read_state(name, 0)
 
     def test_a_prefixed_record_is_the_delta_under_the_prefix(self, store: WindowStore) -> None:
