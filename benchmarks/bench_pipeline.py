@@ -253,14 +253,14 @@ def _offline(h: Harness, records: list[Record], batch_records: int, profile: boo
     return out
 
 
-# Stages of Processor.process by cumulative time (they nest: decode and pairing are inside the fold).
+# Stages of Processor.process by cumulative time (they nest: decode and the joins are inside the fold).
+# (file suffix, function): Python functions by file, native methods by cProfile's "<method ...>" name.
 STAGES = {
-    "decode + validate (streams.decoding.decode_scores_fast)": ("streams/decoding.py", "decode_scores_fast"),
-    "pairing (Pairer.add_batch)": ("streams/pairing.py", "add_batch"),
-    "label join (LabelJoiner.add_pairs)": ("streams/labels.py", "add_pairs"),
+    "decode + validate (streams.decoding.decode_scores_block)": ("streams/decoding.py", "decode_scores_block"),
+    "pairing (NativePairer.add_batch)": ("~", "<method 'add_batch' of 'streams._native.NativePairer' objects>"),
+    "label join (NativeJoiner.add_pairs)": ("~", "<method 'add_pairs' of 'streams._native.NativeJoiner' objects>"),
     "fold pairs with numpy (Processor._fold_pairs)": ("streams/processor.py", "_fold_pairs"),
-    "pairer state delta (Pairer.state_delta)": ("streams/pairing.py", "state_delta"),
-    "label state delta (LabelJoiner.state_delta)": ("streams/labels.py", "state_delta"),
+    "state log record, compressed (Processor._state_record)": ("streams/processor.py", "_state_record"),
     "Redis apply, one Lua call (RedisWindowStore.apply)": ("streams/redis_store.py", "apply"),
 }
 
