@@ -1,46 +1,56 @@
--- apply_batch.lua: one partition batch of window increments, its offset fence, its checkpoint and its
--- state delta, applied atomically. Redis runs a script without interleaving other commands; if any increment would
+-- apply_batch.lua: one batch of window increments with the offset fence, checkpoint and state delta of each
+-- partition it covers, applied atomically. Redis runs a script without interleaving other commands; if any increment would
 -- overflow a signed 64-bit total, every slot already written is restored from its snapshot and the
 -- script returns an error, so a refused batch changes nothing.
 --
 -- A slot is a string of big-endian signed 64-bit integers (BITFIELD i64), one per field; a field's
 -- position in it comes from the comparison's field registry (hash name -> index, append-only).
 --
--- KEYS[1]              fence hash of (fence name, partition): fields "offset", "checkpoint"
--- KEYS[2]              set of models
--- KEYS[3]              state hash of (fence name, partition): entry key -> bytes (written by earlier versions)
+-- KEYS[1]              set of models
 -- per meta entry:      the model's set of comparison ids, the comparison's meta hash
 -- per comparison:      the comparison's field registry, then its slot keys
--- KEYS[#KEYS]          state log of (fence name, partition): a list of state log records
+-- per part (last):     fence hash of (fence name, partition): fields "offset", "checkpoint";
+--                      state hash of earlier versions; state log (a list of state log records)
 --
--- ARGV: offset, "1"/"0" (store/delete checkpoint), checkpoint bytes,
+-- ARGV: number of parts, then per part: offset, "1"/"0" (store/delete checkpoint), checkpoint bytes,
 --       expected fence offset ("" = none: only require offset > stored; "-1" = no fence stored yet),
---       number of meta entries, then per entry: model, comparison id, first_event_ms, last_event_ms,
+--       state mode ("0" none, "1" append the record, "2" replace the state by the record: a compaction),
+--       and (modes 1 and 2) the state log record (streams/joinstate.py StateLog);
+--       then the number of meta entries, then per entry: model, comparison id, first_event_ms, last_event_ms,
 --       number of comparisons, then per comparison: its field names joined by "\n", number of slots,
---       then per slot: expire_at_s, "<name position>:<increment>;" repeated (positions 1-based),
---       state mode: "0" none, "1" append the record, "2" replace the state by the record (a compaction),
---       then (modes 1 and 2) the state log record (streams/joinstate.py StateLog).
+--       then per slot: expire_at_s, "<name position>:<increment>;" repeated (positions 1-based).
 --
--- Returns 1 when applied, 0 when the fence refuses (nothing changed): the stored fence is already
--- >= offset, or an expected offset is given and the stored fence (-1 if none) is not it.
+-- Returns 1 when applied, 0 when a fence refuses (nothing changed): its stored fence is already >= its
+-- offset, or an expected offset is given and the stored fence (-1 if none) is not it. Every part's fence
+-- must admit: the parts (the partitions of one worker's batch) apply together or not at all.
 -- Increments stay strings until BITFIELD parses them: Lua numbers are doubles and would round.
 
 local CHUNK = 1000 -- ops per call: unpack() of more than ~8000 values overflows the Lua C stack
 
-local fence = KEYS[1]
-local stored = redis.call('HGET', fence, 'offset')
-if ARGV[4] ~= '' then
-  if tonumber(stored or '-1') ~= tonumber(ARGV[4]) then
-    return 0
-  end
-elseif stored and tonumber(stored) >= tonumber(ARGV[1]) then
-  return 0
-end
-
-local cursor = 4
+local cursor = 0
 local function arg()
   cursor = cursor + 1
   return ARGV[cursor]
+end
+
+local parts = {}
+for p = 1, tonumber(arg()) do
+  local part = {offset = arg(), keep = arg(), checkpoint = arg(), expected = arg(), mode = arg()}
+  if part.mode ~= '0' then
+    part.record = arg()
+  end
+  parts[p] = part
+end
+local partkeys = #KEYS - 3 * #parts -- the parts' keys (fence, state hash, state log) come last
+for p, part in ipairs(parts) do
+  local stored = redis.call('HGET', KEYS[partkeys + 3 * p - 2], 'offset')
+  if part.expected ~= '' then
+    if tonumber(stored or '-1') ~= tonumber(part.expected) then
+      return 0
+    end
+  elseif stored and tonumber(stored) >= tonumber(part.offset) then
+    return 0
+  end
 end
 
 local metas = {}
@@ -67,7 +77,7 @@ local function undo()
   end
 end
 
-local k = 4 + 2 * #metas
+local k = 2 + 2 * #metas
 for _ = 1, tonumber(arg()) do
   local registry = KEYS[k]
   k = k + 1
@@ -131,9 +141,9 @@ for _, e in ipairs(expiries) do
 end
 for i, m in ipairs(metas) do
   local model, cid, first, last = m[1], m[2], m[3], m[4]
-  redis.call('SADD', KEYS[2], model)
-  redis.call('SADD', KEYS[2 + 2 * i], cid)
-  local meta = KEYS[3 + 2 * i]
+  redis.call('SADD', KEYS[1], model)
+  redis.call('SADD', KEYS[2 * i], cid)
+  local meta = KEYS[1 + 2 * i]
   redis.call('HSETNX', meta, 'model', model)
   local cur = redis.call('HMGET', meta, 'first_ms', 'last_ms')
   if not cur[1] or tonumber(first) < tonumber(cur[1]) then
@@ -143,22 +153,22 @@ for i, m in ipairs(metas) do
     redis.call('HSET', meta, 'last_ms', last)
   end
 end
--- State: one record appended to the log, whatever its size (the stores never look inside it); a
--- compaction first drops the old log and the hash of earlier versions (UNLINK: freed off the main thread).
-local mode = arg()
-if mode ~= '0' then
-  local record = arg()
-  local log = KEYS[#KEYS]
-  if mode == '2' then
-    redis.call('UNLINK', KEYS[3], log)
+-- Per part: its state, one record appended to its log whatever its size (the stores never look inside it;
+-- a compaction first drops the old log and the hash of earlier versions: UNLINK frees them off the main
+-- thread), then its fence and checkpoint.
+for p, part in ipairs(parts) do
+  local fence, hash, log = KEYS[partkeys + 3 * p - 2], KEYS[partkeys + 3 * p - 1], KEYS[partkeys + 3 * p]
+  if part.mode ~= '0' then
+    if part.mode == '2' then
+      redis.call('UNLINK', hash, log)
+    end
+    redis.call('RPUSH', log, part.record)
   end
-  redis.call('RPUSH', log, record)
-end
-
-redis.call('HSET', fence, 'offset', ARGV[1])
-if ARGV[2] == '1' then
-  redis.call('HSET', fence, 'checkpoint', ARGV[3])
-else
-  redis.call('HDEL', fence, 'checkpoint')
+  redis.call('HSET', fence, 'offset', part.offset)
+  if part.keep == '1' then
+    redis.call('HSET', fence, 'checkpoint', part.checkpoint)
+  else
+    redis.call('HDEL', fence, 'checkpoint')
+  end
 end
 return 1

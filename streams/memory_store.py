@@ -20,18 +20,18 @@ import threading
 from collections.abc import Iterable, Sequence
 
 from governance.errors import StoreError
-from streams.joinstate import StateDelta, StateLog, apply_log
+from streams.joinstate import apply_log
 from streams.store import (
     INT64_MAX,
     INT64_MIN,
     ComparisonMeta,
-    Fence,
+    FencedState,
     FenceState,
     SlotBatch,
     SlotKey,
     WindowRead,
     WindowStore,
-    state_log,
+    check_parts,
 )
 from streams.windows import Retention, Slot, plan
 
@@ -53,23 +53,15 @@ class MemoryWindowStore(WindowStore):
         self._states: dict[tuple[str, int], list[bytes]] = {}
         self._watermark_s: int | None = None
 
-    def apply(
-        self,
-        batch: SlotBatch,
-        fence: Fence,
-        checkpoint: bytes | None = None,
-        state: StateDelta | StateLog | None = None,
-    ) -> bool:
-        fence.validate()
+    def apply_many(self, batch: SlotBatch, parts: Sequence[FencedState]) -> bool:
+        checked = check_parts(parts)
         batch.validate()
-        if checkpoint is not None and not isinstance(checkpoint, bytes | bytearray | memoryview):
-            raise StoreError(f"fence {fence.name!r} partition {fence.partition}: checkpoint must be bytes")
-        log = state_log(fence, state)
         increments = batch.nonzero()
         with self._lock:
-            stored = self._fences.get((fence.name, fence.partition))
-            if not fence.admits(None if stored is None else stored.offset):
-                return False
+            for fence, _, _ in checked:
+                stored = self._fences.get((fence.name, fence.partition))
+                if not fence.admits(None if stored is None else stored.offset):
+                    return False
             # Compute every new total before touching state, so an overflow leaves nothing applied.
             updates: dict[SlotKey, dict[str, int]] = {}
             for key, fields in increments.items():
@@ -99,14 +91,13 @@ class MemoryWindowStore(WindowStore):
                 old = self._meta.get(cid)
                 self._meta[cid] = meta if old is None else old.merge(meta)
                 self._by_model.setdefault(self._meta[cid].model, set()).add(cid)
-            self._fences[(fence.name, fence.partition)] = FenceState(
-                fence.offset, None if checkpoint is None else bytes(checkpoint)
-            )
-            if log is not None:
-                records = self._states.setdefault((fence.name, fence.partition), [])
-                if log.replace:
-                    records.clear()
-                records.append(log.blob)
+            for fence, checkpoint, log in checked:
+                self._fences[(fence.name, fence.partition)] = FenceState(fence.offset, checkpoint)
+                if log is not None:
+                    records = self._states.setdefault((fence.name, fence.partition), [])
+                    if log.replace:
+                        records.clear()
+                    records.append(log.blob)
             if self._watermark_s is not None:
                 self._expire_locked(self._watermark_s)
         return True

@@ -43,7 +43,6 @@ import logging
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -61,12 +60,13 @@ from streams.aggregate import (
     fold_pairs,
 )
 from streams.decoding import decode_label_block, decode_scores_block
+from streams.features import FeatureColumn
 from streams.joinstate import StateLog, pack_log, section
 from streams.native_labels import NativeLabelJoiner
 from streams.native_pairing import NativePairer
 from streams.pairing import Side
 from streams.records import INTEGRITY_ROLE, BatchOutcome, DeadLetter, Record, identify, integrity_id
-from streams.store import NO_FENCE, Fence, FenceState, SlotBatch, WindowStore
+from streams.store import NO_FENCE, Fence, FencedState, FenceState, SlotBatch, WindowStore
 from streams.windows import slots_for
 
 __all__ = ["INTEGRITY_ROLE", "BatchOutcome", "DeadLetter", "Processor", "Record", "integrity_id"]
@@ -78,7 +78,8 @@ _MAX_RETRIES = 5
 _PAIRER = "p/"  # state key prefixes of the two joins
 _JOINER = "l/"
 FloatArray = npt.NDArray[np.float64]
-FeatureColumns = dict[str, tuple[bytes, list[Any]]]  # name -> (uint32 row indices, values): Pairs.feature_columns
+# name -> (uint32 row indices, float64 numbers, int32 string codes, strings): Pairs.feature_arrays
+FeatureArrays = dict[str, tuple[bytes, bytes, bytes, list[str]]]
 
 
 class _PartitionState:
@@ -205,14 +206,49 @@ class Processor:
     # -- processing -----------------------------------------------------------------------------------
 
     def process(self, records: Sequence[Record]) -> BatchOutcome:
-        """Process one batch (any partitions, both topics); apply each partition's effect atomically."""
+        """Process one batch (any partitions, both topics) and apply its whole effect in one atomic step.
+
+        Every partition of the batch is folded into ONE :class:`SlotBatch`, applied with all the partitions'
+        fences, checkpoints and state records (``WindowStore.apply_many``), so the window increments are
+        written once, not once per partition. If a fence refuses (another worker moved it), nothing was
+        applied: the partitions' in-memory states, which went ahead, are dropped and each partition is
+        redone on its own from its stored state (:meth:`_process_partition`).
+        """
         outcome = BatchOutcome(records=len(records))
         by_partition: dict[int, list[Record]] = defaultdict(list)
         for record in records:
             by_partition[record.partition].append(record)
+        if self._apply_together(by_partition, outcome):
+            return outcome
         for partition, part_records in sorted(by_partition.items()):
             self._process_partition(partition, part_records, outcome)
         return outcome
+
+    def _apply_together(self, by_partition: dict[int, list[Record]], outcome: BatchOutcome) -> bool:
+        batch = SlotBatch()
+        done: list[tuple[_PartitionState, FencedState | None, BatchOutcome]] = []
+        try:
+            for partition, records in sorted(by_partition.items()):
+                state = self._states.get(partition) or self._load(partition)
+                done.append((state, *self._fold_fresh(state, partition, records, batch)))
+            parts = [fenced for _, fenced, _ in done if fenced is not None]
+            applied = not parts or self.store.apply_many(batch, parts)
+        except BaseException:
+            # Apply outcome unknown, or a failure mid-fold: the in-memory states may be ahead of the store.
+            for partition in by_partition:
+                self._states.pop(partition, None)
+            raise
+        if not applied:
+            for partition in by_partition:
+                self._states.pop(partition, None)
+            outcome.retries += 1
+            log.warning("a fence of %s moved (another worker): redoing the batch per partition", self.fence_name)
+            return False
+        for state, fenced, part in done:
+            if fenced is not None:
+                state.stored_offset = fenced.fence.offset
+            outcome.absorb(part)
+        return True
 
     def _process_partition(self, partition: int, records: list[Record], outcome: BatchOutcome) -> None:
         try:
@@ -241,19 +277,29 @@ class Processor:
 
     def _attempt(self, state: _PartitionState, partition: int, records: list[Record], outcome: BatchOutcome) -> bool:
         """Fold the records the state has not seen and apply them; False if the fence refused."""
-        fresh = [r for r in records if r.offset >= state.next_offsets.get(r.topic, -1)]
-        part = BatchOutcome(skipped=len(records) - len(fresh))
-        if fresh:
-            batch = SlotBatch()
-            self._fold_partition(state, fresh, batch, part)
-            for record in fresh:
-                state.next_offsets[record.topic] = max(state.next_offsets.get(record.topic, 0), record.offset + 1)
-            fence = Fence(self.fence_name, partition, state.fence_offset(), state.stored_offset)
-            if not self.store.apply(batch, fence, self._checkpoint(state), self._state_record(state)):
+        batch = SlotBatch()
+        fenced, part = self._fold_fresh(state, partition, records, batch)
+        if fenced is not None:
+            if not self.store.apply_many(batch, [fenced]):
                 return False
-            state.stored_offset = fence.offset
+            state.stored_offset = fenced.fence.offset
         outcome.absorb(part)
         return True
+
+    def _fold_fresh(
+        self, state: _PartitionState, partition: int, records: list[Record], batch: SlotBatch
+    ) -> tuple[FencedState | None, BatchOutcome]:
+        """Fold into ``batch`` the records ``state`` has not seen; the partition's part of the apply (None:
+        nothing new) and its counts."""
+        fresh = [r for r in records if r.offset >= state.next_offsets.get(r.topic, -1)]
+        part = BatchOutcome(skipped=len(records) - len(fresh))
+        if not fresh:
+            return None, part
+        self._fold_partition(state, fresh, batch, part)
+        for record in fresh:
+            state.next_offsets[record.topic] = max(state.next_offsets.get(record.topic, 0), record.offset + 1)
+        fence = Fence(self.fence_name, partition, state.fence_offset(), state.stored_offset)
+        return FencedState(fence, self._checkpoint(state), self._state_record(state)), part
 
     def _state_record(self, state: _PartitionState) -> StateLog:
         """The joins' changes since the last batch as one state log record, or, once the records since the
@@ -326,7 +372,7 @@ class Processor:
                 np.frombuffer(raw, dtype=np.float64) for raw in pairs.columns(i)[:5]
             )
             prod_error, cand_error = (np.frombuffer(raw, dtype=np.bool_) for raw in pairs.columns(i)[5:])
-            prod_features, cand_features = pairs.feature_columns(i, "prod"), pairs.feature_columns(i, "cand")
+            prod_features, cand_features = pairs.feature_arrays(i, "prod"), pairs.feature_arrays(i, "cand")
             outcome.pairs += len(ts)
             outcome.comparisons.add(cid)
             batch.note(cid, names[0], int(ts.min() * 1000), int(ts.max() * 1000))
@@ -449,20 +495,23 @@ def _by_minute(ts: npt.NDArray[np.float64]) -> list[tuple[npt.NDArray[np.intp], 
     return [(g, float(m) * 60.0) for g, m in zip(groups, uniq, strict=True)]
 
 
-def _features(columns: FeatureColumns, idx: npt.NDArray[np.intp], n: int) -> dict[str, list[Any]] | None:
-    """The feature values of rows ``idx`` (of ``n``) per name, from ``Pairs.feature_columns``."""
-    if not columns:
+def _features(arrays: FeatureArrays, idx: npt.NDArray[np.intp], n: int) -> dict[str, FeatureColumn] | None:
+    """The feature values of rows ``idx`` (of ``n``) per name, from ``Pairs.feature_arrays``."""
+    if not arrays:
         return None
-    if len(idx) == n:  # usually one minute group holds the whole batch: no per-row selection
-        return {name: values for name, (_, values) in columns.items()}
-    chosen = np.zeros(n, dtype=np.bool_)
-    chosen[idx] = True
-    out: dict[str, list[Any]] = {}
-    for name, (rows_raw, values) in columns.items():
-        keep = chosen[np.frombuffer(rows_raw, dtype=np.uint32)].tolist()
-        selected = [value for value, kept in zip(values, keep, strict=True) if kept]
-        if selected:
-            out[name] = selected
+    chosen = None
+    if len(idx) < n:  # usually one minute group holds the whole batch: no per-row selection
+        chosen = np.zeros(n, dtype=np.bool_)
+        chosen[idx] = True
+    out: dict[str, FeatureColumn] = {}
+    for name, (rows_raw, numbers_raw, codes_raw, strings) in arrays.items():
+        column = FeatureColumn(
+            np.frombuffer(numbers_raw, dtype=np.float64), np.frombuffer(codes_raw, dtype=np.int32), strings
+        )
+        if chosen is not None:
+            column = column.take(chosen[np.frombuffer(rows_raw, dtype=np.uint32)])
+        if len(column):
+            out[name] = column
     return out or None
 
 

@@ -22,19 +22,20 @@ issue's 50 ms target. As int64 strings the same read is one ``GET`` per slot and
 registered field up to the highest index it touches, against ~60 bytes per present field in a large
 hash). Writes cost about the same (Redis spends ~3 us per ``BITFIELD`` op, as per ``HINCRBY``).
 
-Writes: :meth:`RedisWindowStore.apply` is ONE ``EVALSHA`` of ``apply_batch.lua`` (registered once per
-client; redis-py reloads it after a server restart): fence check, field-index lookup (new names are
-appended to the registry), ``BITFIELD OVERFLOW FAIL INCRBY i64`` per slot, ``EXPIREAT`` per slot, meta,
-then the state delta (one ``RPUSH`` of its record, or for a compaction ``UNLINK`` of the old state and
-one ``RPUSH``), the new fence and checkpoint. The
-fence check comes first: a refused batch (stale fence, or a compare-and-set whose expected fence is not
-the stored one) touches nothing. Redis runs a script without interleaving, so readers and other
-writers see a batch entirely or not at all. If an increment would overflow 64 bits the script restores
-every slot it wrote from the snapshot it took (``GET`` before the first ``BITFIELD``), removes the names
-it registered and returns an error: nothing changes. The one failure it cannot undo is a command
-failing inside the script (a foreign key of the wrong type under the prefix, or the server out of
-memory): use a prefix of your own. Field names and increments travel as one string per comparison and
-per slot, because redis-py packs each argument separately.
+Writes: :meth:`RedisWindowStore.apply_many` (and ``apply``, its one-partition case) is ONE ``EVALSHA`` of
+``apply_batch.lua`` (registered once per client; redis-py reloads it after a server restart): fence check,
+field-index lookup (new names are appended to the registry), ``BITFIELD OVERFLOW FAIL INCRBY i64`` per slot,
+``EXPIREAT`` per slot, meta, then per partition its state delta (one ``RPUSH`` of its record, or for a
+compaction ``UNLINK`` of the old state and one ``RPUSH``), its new fence and checkpoint. A worker applies
+the batch of all its partitions in one call, so the window increments are written once, not once per
+partition. The fence checks come first, for every partition: a refused batch (stale fence, or a
+compare-and-set whose expected fence is not the stored one) touches nothing. Redis runs a script without interleaving,
+so readers and other writers see a batch entirely or not at all. If an increment would overflow 64 bits the
+script restores every slot it wrote from the snapshot it took (``GET`` before the first ``BITFIELD``),
+removes the names it registered and returns an error: nothing changes. The one failure it cannot undo is a
+command failing inside the script (a foreign key of the wrong type under the prefix, or the server out of
+memory): use a prefix of your own. Field names and increments travel as one string per comparison and per
+slot, because redis-py packs each argument separately.
 
 State reads: :meth:`RedisWindowStore.read_state` walks the hash of earlier versions with ``HSCAN`` (10 000
 entries per call) and the log with ``LRANGE`` (256 records per call), so a large state never blocks the
@@ -68,16 +69,16 @@ import numpy.typing as npt
 import redis
 
 from governance.errors import InfrastructureError, StoreError
-from streams.joinstate import StateDelta, StateLog, apply_log
+from streams.joinstate import apply_log
 from streams.store import (
     ComparisonMeta,
-    Fence,
+    FencedState,
     FenceState,
     SlotBatch,
     SlotKey,
     WindowRead,
     WindowStore,
-    state_log,
+    check_parts,
 )
 from streams.windows import Retention, Slot, plan
 
@@ -134,25 +135,19 @@ class RedisWindowStore(WindowStore):
         """The Redis key of one slot of one comparison."""
         return f"{self._prefix}:w:{{{comparison_id}}}:{slot.granularity.value}:{slot.start_s}"
 
-    def apply(
-        self,
-        batch: SlotBatch,
-        fence: Fence,
-        checkpoint: bytes | None = None,
-        state: StateDelta | StateLog | None = None,
-    ) -> bool:
-        fence.validate()
+    def apply_many(self, batch: SlotBatch, parts: Sequence[FencedState]) -> bool:
+        checked = check_parts(parts)
         batch.validate()
-        if checkpoint is not None and not isinstance(checkpoint, bytes | bytearray | memoryview):
-            raise StoreError(f"fence {fence.name!r} partition {fence.partition}: checkpoint must be bytes")
-        log = state_log(fence, state)
-        keys: list[str] = [
-            self._fence_key(fence.name, fence.partition),
-            f"{self._prefix}:models",
-            self._state_key(fence.name, fence.partition),
-        ]
-        args: list[Any] = [fence.offset, 0, b""] if checkpoint is None else [fence.offset, 1, checkpoint]
-        args += ["" if fence.expected is None else fence.expected, len(batch.meta)]
+        keys: list[str] = [f"{self._prefix}:models"]
+        args: list[Any] = [len(checked)]
+        for fence, checkpoint, log in checked:
+            args += [fence.offset, 0, b""] if checkpoint is None else [fence.offset, 1, checkpoint]
+            args.append("" if fence.expected is None else fence.expected)
+            if log is None or not (log.blob or log.replace):
+                args.append(0)
+            else:
+                args += [2 if log.replace else 1, log.blob]
+        args.append(len(batch.meta))
         for cid, meta in batch.meta.items():
             keys += [f"{self._prefix}:model:{meta.model}", self._meta_key(cid)]
             args += [meta.model, cid, meta.first_event_ms, meta.last_event_ms]
@@ -174,12 +169,16 @@ class RedisWindowStore(WindowStore):
                 keys.append(self.slot_key(cid, slot))
                 pairs = "".join([f"{position[name]}:{value};" for name, value in fields.items()])
                 args += [self.retention.expires_at_s(slot), pairs]
-        keys.append(self._state_log_key(fence.name, fence.partition))
-        if log is None or not (log.blob or log.replace):
-            args.append(0)
-        else:
-            args += [2 if log.replace else 1, log.blob]
-        where = f"apply batch of fence {fence.name!r} partition {fence.partition} offset {fence.offset}"
+        for fence, _, _ in checked:
+            keys += [
+                self._fence_key(fence.name, fence.partition),
+                self._state_key(fence.name, fence.partition),
+                self._state_log_key(fence.name, fence.partition),
+            ]
+        first = checked[0][0]
+        where = f"apply batch of fence {first.name!r} partition {first.partition} offset {first.offset}"
+        if len(checked) > 1:
+            where += f" (and {len(checked) - 1} more partitions)"
         with self._errors(where):
             return bool(self._apply_script(keys=keys, args=args))
 

@@ -60,6 +60,8 @@ __all__ = [
     "SlotKey",
     "WindowRead",
     "WindowStore",
+    "FencedState",
+    "check_parts",
     "state_log",
 ]
 
@@ -106,6 +108,14 @@ class Fence(NamedTuple):
         if self.expected is not None:
             return (NO_FENCE if stored is None else stored) == self.expected
         return stored is None or stored < self.offset
+
+
+class FencedState(NamedTuple):
+    """One partition's part of :meth:`WindowStore.apply_many`: its fence, checkpoint and state delta."""
+
+    fence: Fence
+    checkpoint: bytes | None = None
+    state: StateDelta | StateLog | None = None
 
 
 class FenceState(NamedTuple):
@@ -206,7 +216,6 @@ class WindowStore(ABC):
     def __init__(self, retention: Retention | None = None) -> None:
         self.retention = retention if retention is not None else Retention()
 
-    @abstractmethod
     def apply(
         self,
         batch: SlotBatch,
@@ -222,6 +231,16 @@ class WindowStore(ABC):
         given with the stored fence. ``state`` is applied to the state map of the same ``(name,
         partition)``; ``None`` leaves the map as it is. Idempotent, so safe to retry.
         Raises StoreError (bad batch, nothing applied) or InfrastructureError (store unreachable).
+        """
+        return self.apply_many(batch, [FencedState(fence, checkpoint, state)])
+
+    @abstractmethod
+    def apply_many(self, batch: SlotBatch, parts: Sequence[FencedState]) -> bool:
+        """:meth:`apply` with the fences of several partitions: ONE atomic step that applies ``batch`` once
+        and every part (fence, checkpoint, state) only if EVERY fence admits; otherwise nothing, False.
+
+        A worker folds the batch of all its partitions together, so the window increments are written once
+        instead of once per partition. The parts' ``(name, partition)`` must be distinct.
         """
 
     @abstractmethod
@@ -265,6 +284,23 @@ class WindowStore(ABC):
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+def check_parts(parts: Sequence[FencedState]) -> list[tuple[Fence, bytes | None, StateLog | None]]:
+    """Validate the parts of an ``apply_many`` (StoreError naming the bad one); their encoded state logs."""
+    if not parts:
+        raise StoreError("apply_many needs at least one fence")
+    out: list[tuple[Fence, bytes | None, StateLog | None]] = []
+    seen: set[tuple[str, int]] = set()
+    for fence, checkpoint, state in parts:
+        fence.validate()
+        if (fence.name, fence.partition) in seen:
+            raise StoreError(f"fence {fence.name!r} partition {fence.partition} appears twice in one apply")
+        seen.add((fence.name, fence.partition))
+        if checkpoint is not None and not isinstance(checkpoint, bytes | bytearray | memoryview):
+            raise StoreError(f"fence {fence.name!r} partition {fence.partition}: checkpoint must be bytes")
+        out.append((fence, None if checkpoint is None else bytes(checkpoint), state_log(fence, state)))
+    return out
 
 
 def state_log(fence: Fence, state: StateDelta | StateLog | None) -> StateLog | None:

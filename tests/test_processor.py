@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,12 +25,11 @@ from governance.snapshot import ComparisonKey
 from governance.wire import LabelEvent, ScoreEvent, encode, validate_label, validate_score
 from shadowgate.partitioner import partition_for
 from shadowgate.traffic import TrafficSpec, generate
-from streams.joinstate import StateDelta
 from streams.memory_store import MemoryWindowStore
 from streams.processor import Processor, Record, integrity_id
 from streams.readout import metrics_from_fields
 from streams.redis_store import RedisWindowStore
-from streams.store import Fence, SlotBatch, WindowStore
+from streams.store import FencedState, SlotBatch, WindowStore
 from streams.windows import DAY_S
 
 SCORES, LABELS = "scores", "labels"
@@ -48,13 +47,11 @@ class _Failing(MemoryWindowStore):
         self.fail_at = fail_at
         self.written = written
 
-    def apply(
-        self, batch: SlotBatch, fence: Fence, checkpoint: bytes | None = None, state: StateDelta | None = None
-    ) -> bool:
+    def apply_many(self, batch: SlotBatch, parts: Sequence[FencedState]) -> bool:
         self.calls += 1
         if self.calls == self.fail_at and not self.written:
             raise InfrastructureError("connection refused (simulated)")
-        applied = super().apply(batch, fence, checkpoint, state)
+        applied = super().apply_many(batch, parts)
         if self.calls == self.fail_at:
             raise InfrastructureError("reply lost after the write (simulated timeout)")
         return applied
@@ -236,6 +233,25 @@ class TestExactlyOnce:
             assert {k[2:]: v for k, v in stored.items() if k.startswith("l/")} == state.joiner.entries()
         # Compacting: whole-state records were written (and read back above); appending: never.
         assert (processor._states[0].snapshot_bytes > 0) == (compact == 1)
+
+
+def test_a_batch_of_several_partitions_is_one_apply(stream: list[Record]) -> None:
+    calls: list[list[int]] = []
+
+    class Counting(MemoryWindowStore):
+        def apply_many(self, batch: SlotBatch, parts: Sequence[FencedState]) -> bool:
+            calls.append(sorted(part.fence.partition for part in parts))
+            return super().apply_many(batch, parts)
+
+    store = Counting()
+    batches = _batches(stream, list(range(300, len(stream), 300)))
+    processor = _processor(store)
+    for batch in batches:
+        processor.process(batch)
+    # One apply per batch, carrying the fence of every partition the batch touched.
+    assert calls == [sorted({r.partition for r in batch}) for batch in batches]
+    assert any(len(parts) > 1 for parts in calls)
+    assert _fields(store) == _single_pass(MemoryWindowStore, stream)
 
 
 @pytest.mark.parametrize("written", [True, False], ids=["reply-lost", "not-written"])

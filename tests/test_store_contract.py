@@ -17,7 +17,7 @@ from governance.errors import StoreError
 from streams.joinstate import StateDelta, StateLog, encode_delta, pack_log
 from streams.memory_store import MemoryWindowStore
 from streams.redis_store import RedisWindowStore
-from streams.store import NO_FENCE, ComparisonMeta, Fence, FenceState, SlotBatch, WindowStore
+from streams.store import NO_FENCE, ComparisonMeta, Fence, FencedState, FenceState, SlotBatch, WindowStore
 from streams.windows import DAY_S, HOUR_S, MINUTE_S, Granularity, Retention, Slot, slots_for
 
 StoreFactory = Callable[[], WindowStore]
@@ -438,6 +438,35 @@ class TestWindowStoreContract:
         delta = StateDelta({"3": bytes(range(256)), "é": b""}, frozenset({"1"}))
         assert store.apply(SlotBatch(), Fence(name, 0, 2), None, StateLog(encode_delta(delta, "p/")))
         assert store.read_state(name, 0) == {"l/2": b"y", "p/3": bytes(range(256)), "p/é": b""}
+
+    def test_apply_many_applies_every_partition_or_none(self, store: WindowStore) -> None:
+        cid, now = _cid(), _now()
+        name = f"g/{cid}"
+        one = _batch(cid, [(now, {"n": 3, "sa": 5})])
+        logged = StateLog(encode_delta(StateDelta({"p/b": b"1"}, frozenset())))
+        first = [
+            FencedState(Fence(name, 0, 4, expected=NO_FENCE), b"c0", StateDelta({"p/a": b"0"}, frozenset())),
+            FencedState(Fence(name, 1, 7, expected=NO_FENCE), None, logged),
+        ]
+        assert store.apply_many(one, first)
+        assert store.read(cid, now - 60, now + 1, now).fields == {"n": 3, "sa": 5}  # once, not once per partition
+        assert store.read_fence(name, 0) == FenceState(4, b"c0") and store.read_fence(name, 1) == FenceState(7, None)
+        assert store.read_state(name, 0) == {"p/a": b"0"} and store.read_state(name, 1) == {"p/b": b"1"}
+        # Partition 1's fence moved on (another worker): the whole apply is refused, partition 0's part too.
+        assert store.apply(SlotBatch(), Fence(name, 1, 9, expected=7))
+        stale = [
+            FencedState(Fence(name, 0, 8, expected=4), b"c1", StateDelta({"p/x": b"x"}, frozenset())),
+            FencedState(Fence(name, 1, 10, expected=7), b"c1", StateDelta({"p/y": b"y"}, frozenset())),
+        ]
+        assert not store.apply_many(one, stale)
+        assert store.read(cid, now - 60, now + 1, now).fields == {"n": 3, "sa": 5}
+        assert store.read_fence(name, 0) == FenceState(4, b"c0") and store.read_state(name, 0) == {"p/a": b"0"}
+        assert store.read_fence(name, 1) == FenceState(9, None) and store.read_state(name, 1) == {"p/b": b"1"}
+        with pytest.raises(StoreError, match="appears twice"):
+            store.apply_many(one, [FencedState(Fence(name, 2, 1)), FencedState(Fence(name, 2, 2))])
+        with pytest.raises(StoreError, match="at least one fence"):
+            store.apply_many(one, [])
+        assert store.read(cid, now - 60, now + 1, now).fields == {"n": 3, "sa": 5}
 
     def test_compare_and_set_fence(self, store: WindowStore) -> None:
         cid, now = _cid(), _now()
