@@ -61,7 +61,7 @@ import numpy as np
 import numpy.typing as npt
 
 from governance.errors import ConfigError, SketchError
-from streams.features import feature_bin_counts
+from streams.features import FeatureColumn, feature_bin_counts
 from streams.sketches import LinearHistogram, LogHistogram
 
 __all__ = [
@@ -77,7 +77,7 @@ __all__ = [
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
-Features = Mapping[str, npt.ArrayLike]
+Features = Mapping[str, npt.ArrayLike | FeatureColumn]
 
 
 @dataclass(frozen=True)

@@ -11,26 +11,65 @@ Each value bins on its own, whatever else is in the batch, so folding is indepen
 * None, NaN and infinities are missing, labelled ``na``: a change in the missing rate is drift too.
 
 Cost: vectorised for all-numeric and all-string arrays; mixed (object) arrays pay one ``isinstance`` per
-value; one CRC per distinct string in the batch.
+value; one CRC per distinct string in the batch. A :class:`FeatureColumn` (the worker's form, from the
+native pairs: numbers and string codes as arrays) costs no Python work per value at all.
 """
 
 from __future__ import annotations
 
 import zlib
 from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["feature_bin_counts"]
+__all__ = ["FeatureColumn", "feature_bin_counts"]
+
+
+@dataclass(frozen=True)
+class FeatureColumn:
+    """One feature's values as arrays (``Pairs.feature_arrays`` of the native pairs).
+
+    ``numbers[i]`` is value ``i`` when it is a number (NaN when it is missing or a string); ``codes[i]``
+    indexes ``strings`` when value ``i`` is a string, else -1. Bins exactly like the list of the values.
+    """
+
+    numbers: npt.NDArray[np.float64]
+    codes: npt.NDArray[np.int32]
+    strings: list[str]
+
+    def __len__(self) -> int:
+        return len(self.numbers)
+
+    def take(self, keep: npt.NDArray[np.bool_]) -> FeatureColumn:
+        """The values where ``keep`` is True."""
+        return FeatureColumn(self.numbers[keep], self.codes[keep], self.strings)
 
 
 def feature_bin_counts(
-    values: npt.ArrayLike, *, edges: tuple[float, ...] | None, log_width: float, buckets: int
+    values: npt.ArrayLike | Sequence[float | int | str | None] | FeatureColumn,
+    *,
+    edges: tuple[float, ...] | None,
+    log_width: float,
+    buckets: int,
 ) -> Counter[str]:
     """Counts per bin label (``{i}`` numeric bin, ``s{k}`` string bucket, ``na`` missing) of the values."""
-    array = np.asarray(values).ravel()
     counts: Counter[str] = Counter()
+    if isinstance(values, FeatureColumn):
+        is_str = values.codes >= 0
+        if is_str.any():
+            seen = np.bincount(values.codes[is_str], minlength=len(values.strings))
+            for word, c in zip(values.strings, seen.tolist(), strict=True):
+                if c:
+                    counts[f"s{zlib.crc32(word.encode()) % buckets}"] += c
+        if not is_str.all():
+            _count_numbers(counts, values.numbers[~is_str], edges, log_width)
+        return counts
+    array = np.asarray(values).ravel()
+    if array.dtype.kind == "U" and _has_non_strings(values):
+        array = np.asarray(values, dtype=object).ravel()  # numbers beside strings: numpy made them all text
     if array.dtype.kind in "biuf":
         is_str = np.zeros(array.size, dtype=bool)
     elif array.dtype.kind == "U":  # numpy made a str array: every value is a string
@@ -42,14 +81,25 @@ def feature_bin_counts(
         for word, c in zip(words.tolist(), seen.tolist(), strict=True):
             counts[f"s{zlib.crc32(word.encode()) % buckets}"] += c
     if not is_str.all():
-        numbers = array[~is_str].astype(np.float64)  # None becomes NaN: missing
-        finite = numbers[np.isfinite(numbers)]
-        if edges is not None:
-            bins = np.searchsorted(np.asarray(edges, dtype=np.float64), finite, side="right")
-        else:
-            bins = np.floor(np.sign(finite) * np.log1p(np.abs(finite)) / log_width)
-        uniq, seen = np.unique(bins.astype(np.int64), return_counts=True)
-        counts.update(dict(zip(map(str, uniq.tolist()), seen.tolist(), strict=True)))
-        if finite.size < numbers.size:
-            counts["na"] += numbers.size - finite.size
+        _count_numbers(counts, array[~is_str].astype(np.float64), edges, log_width)  # None becomes NaN: missing
     return counts
+
+
+def _has_non_strings(values: object) -> bool:
+    """Whether a list holds something besides strings (numpy turns ``[1.5, "x"]`` into text)."""
+    return isinstance(values, list | tuple) and not all(isinstance(v, str) for v in values)
+
+
+def _count_numbers(
+    counts: Counter[str], numbers: npt.NDArray[np.float64], edges: tuple[float, ...] | None, log_width: float
+) -> None:
+    """Add the numeric bins of ``numbers`` (NaN and infinities: ``na``)."""
+    finite = numbers[np.isfinite(numbers)]
+    if edges is not None:
+        bins = np.searchsorted(np.asarray(edges, dtype=np.float64), finite, side="right")
+    else:
+        bins = np.floor(np.sign(finite) * np.log1p(np.abs(finite)) / log_width)
+    uniq, seen = np.unique(bins.astype(np.int64), return_counts=True)
+    counts.update(dict(zip(map(str, uniq.tolist()), seen.tolist(), strict=True)))
+    if finite.size < numbers.size:
+        counts["na"] += numbers.size - finite.size

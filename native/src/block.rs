@@ -419,6 +419,61 @@ impl Pairs {
         side_features(self.get(i)?, side)?.iter().map(|f| features_to_py(py, f)).collect()
     }
 
+    /// One side's features per name as arrays, without a Python object per value: {name: (uint32 row
+    /// indices, float64 numbers (NaN where the value is null or a string), int32 codes (index into
+    /// `strings` where the value is a string, else -1), strings (distinct, in order of appearance))},
+    /// names in order of first appearance; rows without the feature add nothing.
+    fn feature_arrays<'py>(&self, py: Python<'py>, i: usize, side: &str) -> PyResult<Bound<'py, PyDict>> {
+        struct Column<'a> {
+            rows: Vec<u8>,
+            numbers: Vec<u8>,
+            codes: Vec<u8>,
+            strings: Vec<&'a str>,
+            index: std::collections::HashMap<&'a str, i32>,
+        }
+        let rows = side_features(self.get(i)?, side)?;
+        let mut order: Vec<&str> = Vec::new();
+        let mut columns: std::collections::HashMap<&str, Column<'_>> = std::collections::HashMap::new();
+        for (row, features) in rows.iter().enumerate() {
+            for (name, value) in features.iter().flat_map(|f| f.iter()) {
+                let column = columns.entry(name.as_ref()).or_insert_with(|| {
+                    order.push(name.as_ref());
+                    Column { rows: Vec::new(), numbers: Vec::new(), codes: Vec::new(), strings: Vec::new(),
+                             index: std::collections::HashMap::new() }
+                });
+                column.rows.extend_from_slice(&(row as u32).to_le_bytes());
+                let (number, code) = match value {
+                    FeatureValue::Null => (f64::NAN, -1),
+                    FeatureValue::Int(v) => (*v as f64, -1),
+                    FeatureValue::Float(v) => (*v, -1),
+                    FeatureValue::Str(s) => {
+                        let next = column.strings.len() as i32;
+                        let code = *column.index.entry(s.as_ref()).or_insert(next);
+                        if code == next {
+                            column.strings.push(s.as_ref());
+                        }
+                        (f64::NAN, code)
+                    }
+                };
+                column.numbers.extend_from_slice(&number.to_le_bytes());
+                column.codes.extend_from_slice(&code.to_le_bytes());
+            }
+        }
+        let out = PyDict::new_bound(py);
+        for name in order {
+            if let Some(c) = columns.remove(name) {
+                let arrays = (
+                    pyo3::types::PyBytes::new_bound(py, &c.rows),
+                    pyo3::types::PyBytes::new_bound(py, &c.numbers),
+                    pyo3::types::PyBytes::new_bound(py, &c.codes),
+                    c.strings,
+                );
+                out.set_item(name, arrays)?;
+            }
+        }
+        Ok(out)
+    }
+
     /// One side's features per name: {name: (uint32 row indices as bytes, values)}, names in order of
     /// first appearance; rows without the feature add nothing. What the fold needs, without a dict per row.
     fn feature_columns<'py>(&self, py: Python<'py>, i: usize, side: &str) -> PyResult<Bound<'py, PyDict>> {
