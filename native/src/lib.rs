@@ -10,6 +10,11 @@
 
 use pyo3::prelude::*;
 
+// The joins allocate and free a few small strings and vectors per event; mimalloc does that about twice
+// as fast as the system allocator (Rust allocations only: Python objects keep Python's allocator).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 pub mod block;
 pub mod joiner;
 pub mod jsonfmt;
