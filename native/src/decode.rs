@@ -40,9 +40,14 @@ const NAME_CACHE: usize = 32;
 
 /// Score messages: a block of the message's events, or None to let the Python contract decide.
 #[pyfunction]
-pub fn decode_scores(raw: &[u8]) -> Option<ScoreBlock> {
-    parse_scores(raw).map(|rows| ScoreBlock { rows })
+pub fn decode_scores(py: Python<'_>, raw: &[u8]) -> Option<ScoreBlock> {
+    // An envelope's parse runs without the interpreter (other threads run meanwhile); a small message is
+    // cheaper to parse than to let go of the GIL and take it back.
+    let rows = if raw.len() >= RELEASE_GIL_BYTES { py.allow_threads(|| parse_scores(raw)) } else { parse_scores(raw) };
+    rows.map(|rows| ScoreBlock { rows })
 }
+
+const RELEASE_GIL_BYTES: usize = 16 * 1024;
 
 /// One label message: a block of its one label, or None to let the Python contract decide.
 #[pyfunction]

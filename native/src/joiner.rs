@@ -671,6 +671,102 @@ enum Parsed {
 }
 
 impl NativeJoiner {
+    fn add_pairs_core(&mut self, pairs: &Pairs, now_s: f64) -> LabelOut {
+        let mut out = Out::default();
+        let mut newest = f64::NEG_INFINITY;
+        for c in &pairs.comparisons {
+            if let Some(top) = c.ts.iter().copied().reduce(f64::max) {
+                newest = py_max(newest, top);
+            }
+        }
+        self.advance(py_max(now_s, newest), &mut out);
+        let cutoff = self.s.w - self.horizon_s;
+        for c in &pairs.comparisons {
+            let comp = self.comparison(&c.model, &c.production_version, &c.candidate_version, c.role);
+            let model = self.comps[comp as usize].model.clone();
+            let s = &mut self.s;
+            for i in 0..c.len() {
+                let rid: &str = &c.request_ids[i];
+                let prod = if c.prod_error[i] { f64::NAN } else { c.prod_score[i] };
+                let cand = if c.cand_error[i] { f64::NAN } else { c.cand_score[i] };
+                let ts = c.ts[i];
+                if let Some(label) = s.match_label(rid, &model) {
+                    out.join(comp, Arc::from(rid), prod, cand, label, ts);
+                } else if ts < cutoff {
+                    slot(&mut out.unlabeled, comp).push(ts);
+                } else {
+                    let seq = s.seq;
+                    let wait = Wait { ts, seq, comp, prod, cand };
+                    let key = match s.pairs.entry(Arc::from(rid)) {
+                        Entry::Occupied(mut e) => {
+                            e.get_mut().push(wait); // another comparison's pair of the request
+                            e.key().clone()
+                        }
+                        Entry::Vacant(e) => {
+                            let key = e.key().clone();
+                            e.insert(Few::One(wait));
+                            key
+                        }
+                    };
+                    s.dirty_pairs.push((key.clone(), wait));
+                    s.pair_heap.push(HeapItem { ts, seq, rid: key });
+                    s.seq += 1;
+                    s.live += 1;
+                    if s.live > self.max_pairs {
+                        while !s.pop_pair(&mut out, true) {}
+                    }
+                }
+            }
+        }
+        self.finish(out)
+    }
+
+    fn add_labels_core(&mut self, blocks: &[&LabelBlock], now_s: f64) -> LabelOut {
+        let mut out = Out::default();
+        let newest = blocks.iter().flat_map(|b| b.rows.iter()).map(|r| r.ts).fold(f64::NEG_INFINITY, py_max);
+        self.advance(py_max(now_s, newest), &mut out);
+        let cutoff = self.s.w - self.horizon_s;
+        let comps = &self.comps;
+        let s = &mut self.s;
+        for row in blocks.iter().flat_map(|b| b.rows.iter()) {
+            let rid: Arc<str> = Arc::from(&*row.request_id);
+            let entry = s.labels.entry(rid.clone());
+            if let Entry::Occupied(known) = &entry {
+                if let Some(known) = known.get().iter().find(|l| same(&l.model, &row.model)) {
+                    if known.value == row.label {
+                        out.duplicates += 1;
+                    } else {
+                        out.conflicts += 1;
+                    }
+                    continue;
+                }
+            }
+            let taken = take_pairs(&mut s.pairs, comps, &mut s.t, &rid, &row.model, row.label, &mut out);
+            s.live -= taken;
+            s.stale += taken; // their heap entries stay until popped or compacted
+            if row.ts < cutoff {
+                out.unmatched += u64::from(taken == 0);
+                continue;
+            }
+            let seq = s.seq;
+            let label = Label { model: row.model.clone(), value: row.label, ts: row.ts, seq, matched: taken > 0 };
+            match entry {
+                Entry::Occupied(mut e) => e.get_mut().push(label),
+                Entry::Vacant(e) => {
+                    e.insert(Few::One(label));
+                }
+            }
+            s.dirty_labels.push((seq, rid.clone()));
+            s.label_heap.push(HeapItem { ts: row.ts, seq, rid });
+            s.seq += 1;
+            if s.label_heap.len() > self.max_labels {
+                s.drop_label(&mut out, true);
+            }
+        }
+        s.compact();
+        self.finish(out)
+    }
+
     /// Write the changes since the previous delta to `sink` and restart the tracking.
     fn delta_into(&mut self, sink: &mut impl Sink) -> PyResult<()> {
         let mut buf = Vec::with_capacity(256);
@@ -770,101 +866,16 @@ impl NativeJoiner {
     }
 
     /// `LabelJoiner.add_pairs`: join a pairer's output with the labels already here; keep the rest.
-    fn add_pairs(&mut self, pairs: PyRef<'_, Pairs>, now_s: f64) -> LabelOut {
-        let mut out = Out::default();
-        let mut newest = f64::NEG_INFINITY;
-        for c in &pairs.comparisons {
-            if let Some(top) = c.ts.iter().copied().reduce(f64::max) {
-                newest = py_max(newest, top);
-            }
-        }
-        self.advance(py_max(now_s, newest), &mut out);
-        let cutoff = self.s.w - self.horizon_s;
-        for c in &pairs.comparisons {
-            let comp = self.comparison(&c.model, &c.production_version, &c.candidate_version, c.role);
-            let model = self.comps[comp as usize].model.clone();
-            let s = &mut self.s;
-            for i in 0..c.len() {
-                let rid: &str = &c.request_ids[i];
-                let prod = if c.prod_error[i] { f64::NAN } else { c.prod_score[i] };
-                let cand = if c.cand_error[i] { f64::NAN } else { c.cand_score[i] };
-                let ts = c.ts[i];
-                if let Some(label) = s.match_label(rid, &model) {
-                    out.join(comp, Arc::from(rid), prod, cand, label, ts);
-                } else if ts < cutoff {
-                    slot(&mut out.unlabeled, comp).push(ts);
-                } else {
-                    let seq = s.seq;
-                    let wait = Wait { ts, seq, comp, prod, cand };
-                    let key = match s.pairs.entry(Arc::from(rid)) {
-                        Entry::Occupied(mut e) => {
-                            e.get_mut().push(wait); // another comparison's pair of the request
-                            e.key().clone()
-                        }
-                        Entry::Vacant(e) => {
-                            let key = e.key().clone();
-                            e.insert(Few::One(wait));
-                            key
-                        }
-                    };
-                    s.dirty_pairs.push((key.clone(), wait));
-                    s.pair_heap.push(HeapItem { ts, seq, rid: key });
-                    s.seq += 1;
-                    s.live += 1;
-                    if s.live > self.max_pairs {
-                        while !s.pop_pair(&mut out, true) {}
-                    }
-                }
-            }
-        }
-        self.finish(out)
+    fn add_pairs(&mut self, py: Python<'_>, pairs: PyRef<'_, Pairs>, now_s: f64) -> LabelOut {
+        let pairs: &Pairs = &pairs;
+        // The join touches no Python object: other threads (Faust's event loop) run meanwhile.
+        py.allow_threads(|| self.add_pairs_core(pairs, now_s))
     }
 
     /// `LabelJoiner.add_labels` over all labels of the blocks in order, as one call.
-    fn add_labels(&mut self, blocks: Vec<PyRef<'_, LabelBlock>>, now_s: f64) -> LabelOut {
-        let mut out = Out::default();
-        let newest = blocks.iter().flat_map(|b| b.rows.iter()).map(|r| r.ts).fold(f64::NEG_INFINITY, py_max);
-        self.advance(py_max(now_s, newest), &mut out);
-        let cutoff = self.s.w - self.horizon_s;
-        let comps = &self.comps;
-        let s = &mut self.s;
-        for row in blocks.iter().flat_map(|b| b.rows.iter()) {
-            let rid: Arc<str> = Arc::from(&*row.request_id);
-            let entry = s.labels.entry(rid.clone());
-            if let Entry::Occupied(known) = &entry {
-                if let Some(known) = known.get().iter().find(|l| same(&l.model, &row.model)) {
-                    if known.value == row.label {
-                        out.duplicates += 1;
-                    } else {
-                        out.conflicts += 1;
-                    }
-                    continue;
-                }
-            }
-            let taken = take_pairs(&mut s.pairs, comps, &mut s.t, &rid, &row.model, row.label, &mut out);
-            s.live -= taken;
-            s.stale += taken; // their heap entries stay until popped or compacted
-            if row.ts < cutoff {
-                out.unmatched += u64::from(taken == 0);
-                continue;
-            }
-            let seq = s.seq;
-            let label = Label { model: row.model.clone(), value: row.label, ts: row.ts, seq, matched: taken > 0 };
-            match entry {
-                Entry::Occupied(mut e) => e.get_mut().push(label),
-                Entry::Vacant(e) => {
-                    e.insert(Few::One(label));
-                }
-            }
-            s.dirty_labels.push((seq, rid.clone()));
-            s.label_heap.push(HeapItem { ts: row.ts, seq, rid });
-            s.seq += 1;
-            if s.label_heap.len() > self.max_labels {
-                s.drop_label(&mut out, true);
-            }
-        }
-        s.compact();
-        self.finish(out)
+    fn add_labels(&mut self, py: Python<'_>, blocks: Vec<PyRef<'_, LabelBlock>>, now_s: f64) -> LabelOut {
+        let blocks: Vec<&LabelBlock> = blocks.iter().map(|b| &**b).collect();
+        py.allow_threads(|| self.add_labels_core(&blocks, now_s))
     }
 
     /// `LabelJoiner.state_delta`: (upserts, deletes) since the previous call; the next starts empty.

@@ -811,6 +811,25 @@ impl NativePairer {
 }
 
 impl NativePairer {
+    /// `add_batch` without the interpreter: every row of `blocks` in order, then the watermark raised to
+    /// `now_s` and the bound enforced.
+    fn add_rows(&mut self, blocks: &[&ScoreBlock], now_s: f64) -> Out {
+        let mut out = Out { expected: blocks.iter().map(|b| b.rows.len()).sum::<usize>() / 2, ..Out::default() };
+        for b in blocks {
+            for row in &b.rows {
+                self.add(row, &mut out);
+            }
+        }
+        if now_s > self.w {
+            self.w = now_s;
+            self.expire(&mut out);
+        }
+        while self.heap.len() > self.max_pending {
+            self.evict(&mut out);
+        }
+        out
+    }
+
     /// Write the changes since the previous delta to `sink` and restart the tracking.
     fn delta_into(&mut self, sink: &mut impl Sink) -> PyResult<()> {
         let dirty = std::mem::take(&mut self.dirty);
@@ -921,22 +940,9 @@ impl NativePairer {
     /// All rows of `blocks` in order, then the watermark raised to `now_s` (the partition's max ts) and
     /// the bound applied: `Pairer.add_batch`.
     fn add_batch(&mut self, py: Python<'_>, blocks: Vec<Bound<'_, ScoreBlock>>, now_s: f64) -> PyResult<PairingOut> {
-        let mut out = Out {
-            expected: blocks.iter().map(|b| b.get().rows.len()).sum::<usize>() / 2,
-            ..Out::default()
-        };
-        for b in &blocks {
-            for row in &b.get().rows {
-                self.add(row, &mut out);
-            }
-        }
-        if now_s > self.w {
-            self.w = now_s;
-            self.expire(&mut out);
-        }
-        while self.heap.len() > self.max_pending {
-            self.evict(&mut out);
-        }
+        let rows: Vec<&ScoreBlock> = blocks.iter().map(|b| b.get()).collect();
+        // The join touches no Python object: other threads (Faust's event loop) run meanwhile.
+        let out = py.allow_threads(|| self.add_rows(&rows, now_s));
         self.result(py, out)
     }
 
