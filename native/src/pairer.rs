@@ -522,16 +522,7 @@ impl NativePairer {
     }
 
     fn store(&mut self, half: Half) -> u32 {
-        match self.free.pop() {
-            Some(slot) => {
-                self.slots[slot as usize] = Some(half);
-                slot
-            }
-            None => {
-                self.slots.push(Some(half));
-                (self.slots.len() - 1) as u32
-            }
-        }
+        slab_insert(&mut self.slots, &mut self.free, half)
     }
 
     /// A group for a new request id (the caller maps the id to it).
@@ -540,16 +531,7 @@ impl NativePairer {
             rid,
             members: Group::empty(),
         };
-        match self.gfree.pop() {
-            Some(gid) => {
-                self.gslab[gid as usize] = Some(group);
-                gid
-            }
-            None => {
-                self.gslab.push(Some(group));
-                (self.gslab.len() - 1) as u32
-            }
-        }
+        slab_insert(&mut self.gslab, &mut self.gfree, group)
     }
 
     fn rid(&self, h: &Half) -> &str {
@@ -1312,4 +1294,18 @@ fn write_features(buf: &mut Vec<u8>, features: &Option<Features>) {
         }
     }
     buf.push(b'}');
+}
+
+/// Put `item` in a free slot of `slab` (or a new one at the end); its index.
+fn slab_insert<T>(slab: &mut Vec<Option<T>>, free: &mut Vec<u32>, item: T) -> u32 {
+    match free.pop() {
+        Some(slot) => {
+            slab[slot as usize] = Some(item);
+            slot
+        }
+        None => {
+            slab.push(Some(item));
+            (slab.len() - 1) as u32
+        }
+    }
 }
