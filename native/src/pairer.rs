@@ -333,6 +333,13 @@ struct PairSide<'a> {
     error: bool,
 }
 
+impl<'a> PairSide<'a> {
+    /// The side a remembered half brings to a pair.
+    fn of(h: &'a Half) -> Self {
+        PairSide { version: &h.version, role: h.role, ts: h.ts, score: h.score, latency_ms: h.latency_ms, error: h.error }
+    }
+}
+
 /// Per-call accumulator.
 #[derive(Default)]
 struct Out {
@@ -587,15 +594,8 @@ impl NativePairer {
                 for &slot in members {
                     let o = slots[slot as usize].as_mut().expect("live slot");
                     if o.state == PENDING && o.role != PRODUCTION && same(&o.model, &row.model) {
-                        let cand = PairSide {
-                            version: &o.version,
-                            role: o.role,
-                            ts: o.ts,
-                            score: o.score,
-                            latency_ms: o.latency_ms,
-                            error: o.error,
-                        };
                         let cand_features = o.features.take();
+                        let cand = PairSide::of(o);
                         out.pair(
                             &row.request_id,
                             &row.model,
@@ -613,14 +613,7 @@ impl NativePairer {
                 for &slot in members {
                     let o = slots[slot as usize].as_mut().expect("live slot");
                     if o.role == PRODUCTION && same(&o.model, &row.model) {
-                        let prod = PairSide {
-                            version: &o.version,
-                            role: o.role,
-                            ts: o.ts,
-                            score: o.score,
-                            latency_ms: o.latency_ms,
-                            error: o.error,
-                        };
+                        let prod = PairSide::of(o);
                         out.pair(
                             &row.request_id,
                             &row.model,
