@@ -14,6 +14,17 @@ import pytest
 from tests.infra import Infra, find_infra, require_infra
 
 
+_SERVER_FIXTURES = frozenset({"infra", "kafka_bootstrap", "redis_url", "redis_prefix", "make_topic"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that asks for a server is an integration test, marked or not: ``-m "not integration"`` (the
+    run under a clock moved forward, ``make test-clock``) must never reach a server."""
+    for item in items:
+        if _SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+
+
 @pytest.fixture(scope="session")
 def infra() -> Iterator[Infra]:
     yield from find_infra()

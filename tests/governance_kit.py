@@ -220,8 +220,9 @@ def lifecycle_facts(model: str, version: str, to: str, at: datetime | None = Non
 
     when = at or now_utc()
     ok, failures = validate_feature_linkage(catalog(), MODEL_FEATURES)
+    metadata = valid_metadata(version, f"PP-{version}", when - timedelta(days=3))
     facts: list[Event] = [Registered(event_id=f"{model}-{version}-reg", at=when, model=model, version=version,
-                                     model_type="classification", metadata=valid_metadata(version, f"PP-{version}"),
+                                     model_type="classification", metadata=metadata,
                                      features=MODEL_FEATURES, feature_linkage=Verdict(passed=ok,
                                                                                       failures=tuple(failures)))]
     for stage, docs in complete_documents().items():

@@ -89,13 +89,20 @@ def complete_documents() -> dict[str, dict[str, str]]:
     }
 
 
-def valid_metadata(version: str = "1.4.0", proof_pack_id: str = "PP-2026-0001") -> dict[str, Any]:
-    """A complete, valid metadata object (spec 4.1) in its JSON form."""
+def valid_metadata(
+    version: str = "1.4.0", proof_pack_id: str = "PP-2026-0001", trained_at: datetime | None = None
+) -> dict[str, Any]:
+    """A complete, valid metadata object (spec 4.1) in its JSON form.
+
+    ``training_date`` is 2026-01-02T18:30:00Z (three days before :data:`T0`) unless ``trained_at`` is given:
+    tests that run against the wall clock pass a time relative to it, so staleness does not grow with the date.
+    """
+    trained = "2026-01-02T18:30:00Z" if trained_at is None else trained_at.strftime("%Y-%m-%dT%H:%M:%SZ")
     return {
         "model_id": "3f1c2a9e-8b7d-4c61-9a0e-5d2f7b3c1e44",
         "model_type": "EBM",
         "version": version,
-        "training_date": "2026-01-02T18:30:00Z",
+        "training_date": trained,
         "training_data_hash": hashlib.sha256(b"training-set-2025q4.parquet").hexdigest(),
         "monotonicity_constraints": {"transaction_amount_usd": "increasing", "account_age_days": "decreasing"},
         "calibration_metrics": {"brier": 0.071, "slope": 0.97, "intercept": -0.01},

@@ -104,6 +104,7 @@ def test_demo_runs_the_whole_story_and_leaves_nothing_behind(kafka_bootstrap: st
         client.close()
 
 
+@pytest.mark.real_clock
 def test_demo_says_run_make_up_when_kafka_does_not_answer(tmp_path: Path) -> None:
     done = _demo({"SHADOWGATE_KAFKA_BOOTSTRAP": "127.0.0.1:1", "SHADOWGATE_STATE_DIR": str(tmp_path)}, timeout_s=60)
     assert done.returncode == 2

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from tests.governance_kit import (
     lifecycle_facts,
     make_env,
     make_keys,
+    now_utc,
     running,
     seed_log,
     send_event,
@@ -61,7 +63,8 @@ def _files(root: Path) -> dict[str, Path]:
             files[name] = root / f"{stage.lower()}-{name}.md"
             files[name].write_text(text)
     files["metadata"] = root / "metadata.json"
-    files["metadata"].write_bytes(orjson.dumps(valid_metadata("1.0.0", "PP-fraud-1.0.0")))
+    trained_at = now_utc() - timedelta(days=3)  # relative to the wall clock the consumer judges staleness by
+    files["metadata"].write_bytes(orjson.dumps(valid_metadata("1.0.0", "PP-fraud-1.0.0", trained_at)))
     files["features"] = root / "features.yaml"
     files["features"].write_text("".join(f"{name}: {dtype}\n" for name, dtype in MODEL_FEATURES.items()))
     files["artifact"] = root / "model.ebm"

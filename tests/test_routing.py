@@ -93,10 +93,12 @@ def test_signed_assignment_round_trips_and_refuses_tampering(keys: tuple[Signer,
 
 
 @pytest.mark.integration
-def test_routing_client_keeps_the_latest_valid_assignment(kafka_bootstrap: str, make_topic: Callable[..., str],
-                                                          keys: tuple[Signer, TrustStore, Signer]) -> None:
-    signer, store, stranger = keys
+def test_routing_client_keeps_the_latest_valid_assignment(kafka_bootstrap: str, make_topic: Callable[..., str]) -> None:
+    # Keys made now: the module's keys date from T0 and would expire under a wall clock 90 days later.
     now = datetime.now(UTC)
+    info, secret = generate_key(Algorithm.ML_DSA_65, now - timedelta(days=1), KeyPolicy())
+    other, other_secret = generate_key(Algorithm.ML_DSA_65, now - timedelta(days=1), KeyPolicy())
+    signer, store, stranger = Signer(info, secret), TrustStore([info]), Signer(other, other_secret)
     topic = make_topic("routing", config={"cleanup.policy": "compact"})
     first = Assignment(model="fraud", production="1.0.0", seq=4, issued_at=now)
     second = Assignment(model="fraud", production="2.0.0", canary=Canary(version="3.0.0", share=0.1), seq=9,

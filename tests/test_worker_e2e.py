@@ -26,13 +26,18 @@ from tests.worker_kit import WorkerEnv, jsonl, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-INVALID = [
-    b'{"request_id":"bad-1","model":"fraud-risk","version":"1.5.0","role":"shadow","score":1.5,'
-    b'"latency_ms":3,"ts":"2026-11-26T00:00:00Z"}',
-    b"this is not json",
-    b'{"request_id":"bad-2","model":"fraud-risk","version":"1.5.0","role":"champion","score":0.5,'
-    b'"latency_ms":3,"ts":"2026-11-26T00:00:00Z"}',
-]
+
+
+def _invalid(at: datetime) -> list[bytes]:
+    """Three invalid messages; two name the model and claim ``at``, so they count in its 24 h window."""
+    ts = at.strftime("%Y-%m-%dT%H:%M:%SZ").encode()
+    return [
+        b'{"request_id":"bad-1","model":"fraud-risk","version":"1.5.0","role":"shadow","score":1.5,'
+        b'"latency_ms":3,"ts":"' + ts + b'"}',
+        b"this is not json",
+        b'{"request_id":"bad-2","model":"fraud-risk","version":"1.5.0","role":"champion","score":0.5,'
+        b'"latency_ms":3,"ts":"' + ts + b'"}',
+    ]
 
 
 def _env(kafka_bootstrap: str, redis_url: str, unique: str, tmp_path: Path) -> WorkerEnv:
@@ -109,15 +114,17 @@ def test_two_workers_match_the_replay_and_dead_letter_invalid_messages(
 ) -> None:
     env = _env(kafka_bootstrap, redis_url, unique, tmp_path)
     events = _traffic(3000)
+    # Claimed inside the traffic's span (it starts 20 minutes ago), whatever the date the test runs on.
+    invalid = _invalid(datetime.now(UTC) - timedelta(minutes=15))
     try:
         env.start_worker(tmp_path)
         env.start_worker(tmp_path)
-        _publish(env, events, INVALID)
+        _publish(env, events, invalid)
         live = _settled(env, (3000, 3000), "both workers to fold 3000 pairs and labels")
-        replay = env.cli("replay", str(_replay_file(tmp_path, events, INVALID)), "--json")
+        replay = env.cli("replay", str(_replay_file(tmp_path, events, invalid)), "--json")
         assert replay.returncode == 0, replay.stderr.decode()
         offline = orjson.loads(replay.stdout)
-        assert offline["stats"]["dead_letters"] == len(INVALID)
+        assert offline["stats"]["dead_letters"] == len(invalid)
         assert live["comparisons"] == offline["comparisons"], _diff(live["comparisons"], offline["comparisons"])
         w = live["comparisons"][0]["windows"]["24h"]
         assert w["integrity_violations"] == 2  # the line that is not JSON names no model
@@ -125,10 +132,10 @@ def test_two_workers_match_the_replay_and_dead_letter_invalid_messages(
                         "auto.offset.reset": "earliest"})
         dlq.subscribe([env.topics.dlq])
         dead = wait_for(lambda: dlq.consume(num_messages=10, timeout=2.0), 60, "dead letters", env)
-        while len(dead) < len(INVALID):
+        while len(dead) < len(invalid):
             dead += dlq.consume(num_messages=10, timeout=2.0)
         dlq.close()
-        assert sorted(m.value() for m in dead) == sorted(INVALID)
+        assert sorted(m.value() for m in dead) == sorted(invalid)
         reasons = [dict(m.headers())["shadowgate.reason"].decode() for m in dead]
         assert any("score" in r for r in reasons) and any("JSON" in r for r in reasons)
         assert all(dict(m.headers())["shadowgate.source"].startswith(env.topics.scores.encode()) for m in dead)
