@@ -52,12 +52,12 @@ import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from harness import PARTITIONS, PRODUCER, REPO, Harness, cpu_meter, free_port, server_pids
 
-from governance.snapshot import ComparisonKey
+from governance.contract.comparison import ComparisonKey
 from shadowgate.sdk import ScorePublisher
 from shadowgate.traffic import TrafficSpec, generate
-from streams.processor import Processor, Record
-from streams.redis_store import RedisWindowStore
-from streams.snapshots import read_snapshot
+from streams.state.redis_store import RedisWindowStore
+from streams.worker.processor import Processor, Record
+from streams.worker.reading import read_snapshot
 
 __all__ = ["run"]
 
@@ -257,12 +257,12 @@ def _offline(h: Harness, records: list[Record], batch_records: int, profile: boo
 # Stages of Processor.process by cumulative time (they nest: decode and the joins are inside the fold).
 # (file suffix, function): Python functions by file, native methods by cProfile's "<method ...>" name.
 STAGES = {
-    "decode + validate (streams.decoding.decode_scores_block)": ("streams/decoding.py", "decode_scores_block"),
+    "decode + validate (streams.decoding.decode_scores_block)": ("streams/decode/decoder.py", "decode_scores_block"),
     "pairing (NativePairer.add_batch)": ("~", "<method 'add_batch' of 'streams._native.NativePairer' objects>"),
     "label join (NativeJoiner.add_pairs)": ("~", "<method 'add_pairs' of 'streams._native.NativeJoiner' objects>"),
-    "fold pairs with numpy (Processor._fold_pairs)": ("streams/processor.py", "_fold_pairs"),
-    "state log record, compressed (Processor._state_record)": ("streams/processor.py", "_state_record"),
-    "Redis apply, one Lua call (RedisWindowStore.apply)": ("streams/redis_store.py", "apply"),
+    "fold pairs with numpy (Processor._fold_pairs)": ("streams/worker/processor.py", "_fold_pairs"),
+    "state log record, compressed (Processor._state_record)": ("streams/worker/processor.py", "_state_record"),
+    "Redis apply, one Lua call (RedisWindowStore.apply)": ("streams/state/redis_store.py", "apply"),
 }
 
 

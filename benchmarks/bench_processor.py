@@ -6,12 +6,12 @@ Generates synthetic shadow traffic (``shadowgate.traffic``: production + shadow 
 1 h later in event time, ``--rate`` pairs per second of event time, features on) and encodes it as the
 records a worker would consume: 2 partitions keyed by request id, either one score event per record or
 envelopes of 500 score events of one partition (labels are always single records). Batches hold about
-2,000 events, like the Faust agent's (``streams.app.BATCH_MAX_EVENTS``).
+2,000 events, like the Faust agent's (``streams.worker.app.BATCH_MAX_EVENTS``).
 
 Each configuration (store x encoding x GC mode) runs 3 times on a fresh store and reports the median:
 ``MemoryWindowStore``, and ``RedisWindowStore`` under a throwaway key prefix deleted after each run.
 GC modes: the interpreter's default; ``worker``, the young-generation threshold the worker sets
-(``streams.runtime.tune_gc``, 50,000 allocations); and ``gc.freeze()`` after a warm-up (the generated records and
+(``streams.worker.runtime.tune_gc``, 50,000 allocations); and ``gc.freeze()`` after a warm-up (the generated records and
 everything imported move to the permanent generation, so full collections stop re-scanning them);
 the time spent inside the collector is measured with ``gc.callbacks``. The join state peaks at
 ``rate x 3600`` pairs waiting for their labels, which is what a whole-state checkpoint would rewrite
@@ -37,15 +37,15 @@ from typing import Any
 import orjson
 import redis
 
-from governance.settings import Settings
-from governance.wire import LabelEvent, ScoreEvent, encode, validate_label, validate_score
+from governance.contract.settings import Settings
+from governance.contract.wire import LabelEvent, ScoreEvent, encode, validate_label, validate_score
 from shadowgate.partitioner import partition_for
 from shadowgate.traffic import TrafficSpec, generate
-from streams.memory_store import MemoryWindowStore
-from streams.processor import Processor, Record
-from streams.redis_store import RedisWindowStore
-from streams.runtime import tune_gc
-from streams.store import WindowStore
+from streams.state.memory_store import MemoryWindowStore
+from streams.state.redis_store import RedisWindowStore
+from streams.state.store import WindowStore
+from streams.worker.processor import Processor, Record
+from streams.worker.runtime import tune_gc
 
 RESULTS = Path(__file__).resolve().parent / "results" / "processor.json"
 PARTITIONS = 2

@@ -15,7 +15,7 @@ the worker's timers), then its latency becomes 2,000 ms, which breaches the P99-
 breaching envelope is handed to ``produce()`` (and, reported beside it, when the broker acknowledged it)
 and stops when a consumer of the rollbacks topic receives that candidate's ``RollbackTrigger``; traffic
 keeps flowing meanwhile. Every received record is verified against the worker's trust store
-(``governance.publishing.decode_signed_event``). The record's ``signed_at`` and the event time it was
+(``governance.contract.publishing.decode_signed_event``). The record's ``signed_at`` and the event time it was
 evaluated at (its ``ts``) split the time into: breach to evaluated event time, evaluated event time to
 signature, signature to consumer. A trial with no trigger within 30 s counts as infinitely slow in the
 percentiles (nearest rank), with what the worker did publish for it and its late trigger, if any.
@@ -51,11 +51,11 @@ import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Producer, TopicPartition
 from harness import PRODUCER, Harness, cpu_meter, server_pids
 
+from governance.contract.comparison import ComparisonKey
+from governance.contract.events import RollbackTrigger
+from governance.contract.publishing import decode_signed_event
 from governance.crypto import DEFAULT_SCHEDULE, Keyring
-from governance.events import RollbackTrigger
-from governance.publishing import decode_signed_event
-from governance.snapshot import ComparisonKey
-from streams.redis_store import RedisWindowStore
+from streams.state.redis_store import RedisWindowStore
 
 RESULTS = Path(__file__).resolve().parent / "results" / "rollback.json"
 MODEL, PRODUCTION = "bench-risk", "1.4.0"

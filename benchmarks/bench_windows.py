@@ -28,9 +28,9 @@ from typing import Any
 
 import redis
 
-from streams.redis_store import RedisWindowStore
-from streams.store import Fence, SlotBatch
-from streams.windows import DAY_S, WINDOWS, Granularity, Retention, Slot, named_window, plan, slots_for
+from streams.state.redis_store import RedisWindowStore
+from streams.state.store import Fence, SlotBatch
+from streams.state.windows import DAY_S, WINDOWS, Granularity, Retention, Slot, named_window, plan, slots_for
 
 RESULTS = Path(__file__).resolve().parent / "results" / "windows.json"
 CID = "bench|v1|v2|shadow"

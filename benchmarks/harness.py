@@ -28,10 +28,10 @@ import redis
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
+from governance.contract.settings import Settings, Topics
+from governance.contract.topics import ensure_topics, topic_specs
 from governance.crypto import Keyring
-from governance.settings import Settings, Topics
-from governance.topics import ensure_topics, topic_specs
-from streams.redis_store import RedisWindowStore
+from streams.state.redis_store import RedisWindowStore
 
 __all__ = ["PARTITIONS", "PRODUCER", "REPO", "Harness", "cpu_meter", "cpu_s", "free_port", "server_pids"]
 

@@ -22,9 +22,9 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from governance.contract.wire import LabelEvent, ScoreBatch, ScoreEvent
     from governance.crypto import TrustStore, verify_artifact
-    from governance.wire import LabelEvent, ScoreBatch, ScoreEvent
-    from shadowgate.routing import RoutingClient
+    from shadowgate.routing_client import RoutingClient
     from shadowgate.sdk import LabelPublisher, ScorePublisher
 
 
@@ -35,7 +35,7 @@ def __getattr__(name: str) -> Any:
 
         return getattr(sdk, name)
     if name in ("ScoreEvent", "ScoreBatch", "LabelEvent"):
-        from governance import wire
+        from governance.contract import wire
 
         return getattr(wire, name)
     if name in ("TrustStore", "verify_artifact"):
@@ -43,7 +43,7 @@ def __getattr__(name: str) -> Any:
 
         return getattr(crypto, name)
     if name == "RoutingClient":
-        from shadowgate.routing import RoutingClient
+        from shadowgate.routing_client import RoutingClient
 
         return RoutingClient
     raise AttributeError(name)

@@ -32,8 +32,8 @@ from typing import Any
 import orjson
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from governance.contract.wire import LabelEvent, ScoreEvent, encode, validate_label, validate_score
 from governance.errors import DeliveryError, InfrastructureError
-from governance.wire import LabelEvent, ScoreEvent, encode, validate_label, validate_score
 from shadowgate.partitioner import partition_for
 
 __all__ = ["LabelPublisher", "PublisherStats", "ScorePublisher"]

@@ -13,7 +13,6 @@ import pytest
 
 from tests.infra import Infra, find_infra, require_infra
 
-
 _SERVER_FIXTURES = frozenset({"infra", "kafka_bootstrap", "redis_url", "redis_prefix", "make_topic"})
 
 

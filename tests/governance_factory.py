@@ -10,8 +10,8 @@ import numpy as np
 import numpy.typing as npt
 import yaml
 
-from governance.policy import Policy, load_policy, parse_policy
-from governance.snapshot import ComparisonKey, DeltaSums, WindowSnapshot
+from governance.contract.comparison import ComparisonKey, DeltaSums, WindowSnapshot
+from governance.policy.document import Policy, load_policy, parse_policy
 
 __all__ = [
     "BINS",
@@ -135,7 +135,7 @@ def default_policy_data() -> dict[str, Any]:
     """The shipped default policy as plain YAML data, for mutation in tests."""
     import importlib.resources
 
-    text = importlib.resources.files("governance").joinpath("default_policy.yaml").read_text("utf-8")
+    text = importlib.resources.files("governance.policy").joinpath("default_policy.yaml").read_text("utf-8")
     data: dict[str, Any] = yaml.safe_load(text)
     return data
 

@@ -18,18 +18,18 @@ from typing import Any
 import yaml
 from prometheus_client import CollectorRegistry
 
-from governance.auditlog import AuditWriter, EntryBody, Input, entry_hash
-from governance.catalog import FeatureCatalog, load_catalog
-from governance.checks import Check
-from governance.consumer import ConsumerConfig, GovernanceConsumer
+from governance.contract.events import Evidence, GateReady, RollbackTrigger, Versions
+from governance.contract.kafkaio import SyncProducer
+from governance.contract.publishing import encode_signed_event
 from governance.crypto.keyring import Keyring
 from governance.crypto.signing import Signer
-from governance.events import Evidence, GateReady, RollbackTrigger, Versions
-from governance.identities import Trust, identity_dir, load_trust, system_signer
-from governance.kafkaio import SyncProducer
-from governance.ledger import Event
-from governance.policy import Policy
-from governance.publishing import encode_signed_event
+from governance.lifecycle.identities import Trust, identity_dir, load_trust, system_signer
+from governance.lifecycle.ledger import Event
+from governance.policy.catalog import FeatureCatalog, load_catalog
+from governance.policy.checks import Check
+from governance.policy.document import Policy
+from governance.service.auditlog import AuditWriter, EntryBody, Input, entry_hash
+from governance.service.consumer import ConsumerConfig, GovernanceConsumer
 from tests.governance_factory import policy_with
 
 REPO = Path(__file__).resolve().parent.parent
@@ -213,9 +213,9 @@ def seed_log(env: Env, batches: list[list[Event]]) -> None:
 def lifecycle_facts(model: str, version: str, to: str, at: datetime | None = None) -> list[Event]:
     """Facts that register ``model@version`` with valid metadata, features and every stage's documents, then move
     it along the forward path to stage ``to`` (the registry checks the table, not the gates: this is a seed)."""
-    from governance.catalog import validate_feature_linkage
-    from governance.ledger import DocumentRecorded, Registered, Transitioned
-    from governance.lifecycle import FORWARD, Stage, Verdict
+    from governance.lifecycle.ledger import DocumentRecorded, Registered, Transitioned
+    from governance.lifecycle.machine import FORWARD, Stage, Verdict
+    from governance.policy.catalog import validate_feature_linkage
     from tests.lifecycle_samples import MODEL_FEATURES, complete_documents, valid_metadata
 
     when = at or now_utc()

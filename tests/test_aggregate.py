@@ -16,7 +16,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 from governance.errors import ConfigError, SketchError
-from streams.aggregate import (
+from streams.fold.aggregate import (
     AggregateConfig,
     fold_duplicates,
     fold_integrity,
@@ -25,7 +25,7 @@ from streams.aggregate import (
     fold_pairs,
     merge_fields,
 )
-from streams.readout import METRIC_NAMES, delta_sums, metrics_from_fields, score_counts
+from streams.fold.readout import METRIC_NAMES, delta_sums, metrics_from_fields, score_counts
 
 CFG = AggregateConfig()
 SPEC_NAMES = [

@@ -8,12 +8,12 @@ from datetime import UTC, datetime, timedelta
 import orjson
 import pytest
 
-from governance.settings import Settings
+from governance.contract.settings import Settings
 from shadowgate.traffic import TrafficSpec, generate
-from streams.app import create_app
-from streams.memory_store import MemoryWindowStore
-from streams.processor import BatchOutcome, DeadLetter
-from streams.snapshots import read_windows
+from streams.state.memory_store import MemoryWindowStore
+from streams.worker.app import create_app
+from streams.worker.processor import BatchOutcome, DeadLetter
+from streams.worker.reading import read_windows
 
 
 @pytest.mark.integration  # the evaluator's state store is Redis even in this test

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from governance.catalog import (
+from governance.errors import ConfigError
+from governance.policy.catalog import (
     FeatureCatalog,
     leaking_features,
     load_catalog,
@@ -18,7 +19,6 @@ from governance.catalog import (
     validate_feature_linkage,
     validate_schema_change,
 )
-from governance.errors import ConfigError
 
 SHIPPED = Path(__file__).resolve().parents[1] / "deploy" / "feature_catalog.yaml"
 

@@ -14,15 +14,15 @@ import pytest
 import redis
 from prometheus_client import CollectorRegistry
 
-from governance.auditlog import AuditEntry
-from governance.consumer import GovernanceConsumer, read_log
+from governance.contract.kafkaio import Record
+from governance.contract.publishing import decode_signed_event, encode_signed_event
 from governance.errors import VerificationError
-from governance.identities import identity_signer
-from governance.kafkaio import Record
-from governance.lifecycle import Stage
-from governance.publishing import decode_signed_event, encode_signed_event
-from governance.statestore import StateStore
-from shadowgate.routing import RoutingClient
+from governance.lifecycle.identities import identity_signer
+from governance.lifecycle.machine import Stage
+from governance.service.auditlog import AuditEntry
+from governance.service.consumer import GovernanceConsumer, read_log
+from governance.service.statestore import StateStore
+from shadowgate.routing_client import RoutingClient
 from tests.governance_kit import (
     Env,
     catalog,
@@ -55,7 +55,7 @@ def env(kafka_bootstrap: str, redis_url: str, redis_prefix: str, make_topic: Cal
 
 
 def _entries(env: Env) -> list[AuditEntry]:
-    from governance.auditlog import parse_entry
+    from governance.service.auditlog import parse_entry
 
     return [parse_entry(orjson.loads(r.value)["payload"]) for r in read_log(env.bootstrap, env.topics["lifecycle"])]
 
@@ -263,19 +263,19 @@ def _record(value: bytes, topic: str = "governance.commands", offset: int = 0) -
 
 
 def _command(identity: str = "GID-08", **fields: Any) -> Any:
-    from governance.commands import Approve, new_command
+    from governance.lifecycle.commands import Approve, new_command
 
     return new_command(Approve, identity=identity, now=now_utc(), model="fraud", version="1.0.0",
                        target="PRODUCTION", **fields)
 
 
 def test_intake_proves_the_identity_and_refuses_replays(keys_dir: Path) -> None:
-    from governance.commands import sign_command
     from governance.crypto.record import sign_record
     from governance.crypto.signing import Context
-    from governance.identities import load_trust
-    from governance.intake import Received, Refused, intake
-    from governance.state import GovernanceState
+    from governance.lifecycle.commands import sign_command
+    from governance.lifecycle.identities import load_trust
+    from governance.lifecycle.intake import Received, Refused, intake
+    from governance.lifecycle.state import GovernanceState
 
     trust, now = load_trust(keys_dir), now_utc()
     gid08, gid02 = identity_signer(keys_dir, "GID-08", now), identity_signer(keys_dir, "GID-02", now)

@@ -17,10 +17,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from governance.contract.wire import decode_label, decode_scores
 from governance.errors import EventValidationError
-from governance.wire import decode_label, decode_scores
 from shadowgate.traffic import TrafficSpec, generate
-from streams.decoding import FastScore, decode_label_fast, decode_scores_fast
+from streams.decode.decoder import FastScore, decode_label_fast, decode_scores_fast
 
 _SCORE_FIELDS = ("request_id", "model", "version", "role", "score", "latency_ms", "ts", "error", "features")
 

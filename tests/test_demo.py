@@ -1,7 +1,7 @@
 """`shadowgate demo` as a user runs it: a subprocess against the real Kafka broker and Redis.
 
 The outcome is checked independently of what the demo prints: the signed audit log it exported is verified
-with the run's trust store and folded into a state by `governance.state.rebuild`, which must show 1.4.0
+with the run's trust store and folded into a state by `governance.lifecycle.state.rebuild`, which must show 1.4.0
 serving again after an automatic rollback of 1.5.0 triggered by the latency breach, both ProofPacks, and the
 promotions made by the worker's gate events; and nothing of the run may be left behind (processes, topics,
 Redis keys).
@@ -21,13 +21,13 @@ import pytest
 import redis
 from confluent_kafka.admin import AdminClient
 
-from governance.auditlog import entry_hash, parse_entry, verify_chain
 from governance.crypto.record import verify_record
 from governance.crypto.signing import Context
-from governance.identities import load_trust
-from governance.ledger import Transitioned
-from governance.lifecycle import Stage
-from governance.state import rebuild
+from governance.lifecycle.identities import load_trust
+from governance.lifecycle.ledger import Transitioned
+from governance.lifecycle.machine import Stage
+from governance.lifecycle.state import rebuild
+from governance.service.auditlog import entry_hash, parse_entry, verify_chain
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -8,16 +8,16 @@ from pathlib import Path
 import orjson
 import pytest
 
-from governance.evaluator import EvaluationContext
-from governance.events import GateBlocked
-from governance.policy import load_policy
-from governance.snapshot import ComparisonKey
+from governance.contract.comparison import ComparisonKey
+from governance.contract.events import GateBlocked
+from governance.policy.document import load_policy
+from governance.policy.evaluator import EvaluationContext
 from shadowgate.traffic import TrafficSpec, generate
-from streams.app import EvaluationLoop
-from streams.evaluation import Evaluator, MemoryStateStore
-from streams.memory_store import MemoryWindowStore
-from streams.processor import Processor, Record
-from streams.snapshots import comparison_keys
+from streams.state.memory_store import MemoryWindowStore
+from streams.worker.app import EvaluationLoop
+from streams.worker.processor import Processor, Record
+from streams.worker.reading import comparison_keys
+from streams.worker.rounds import Evaluator, MemoryStateStore
 
 START = datetime(2026, 11, 26, 4, 0, tzinfo=UTC)
 DEMO_POLICY = Path(__file__).resolve().parent.parent / "deploy" / "demo-policy.yaml"

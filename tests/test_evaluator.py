@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from governance.evaluator import EvaluationContext, EvaluatorState, evaluate
-from governance.events import (
+from governance.contract.comparison import WindowSnapshot
+from governance.contract.events import (
     Alert,
     GateBlocked,
     GateReady,
@@ -17,8 +17,8 @@ from governance.events import (
     RollbackTrigger,
     parse_event,
 )
-from governance.policy import Policy, load_policy
-from governance.snapshot import WindowSnapshot
+from governance.policy.document import Policy, load_policy
+from governance.policy.evaluator import EvaluationContext, EvaluatorState, evaluate
 from tests.governance_factory import T0, key, policy_with, snapshot
 
 POLICY = load_policy()

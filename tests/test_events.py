@@ -9,9 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
-from governance.checks import Check, WindowRef
-from governance.errors import EventValidationError
-from governance.events import (
+from governance.contract.events import (
     Alert,
     Escalation,
     Evidence,
@@ -22,8 +20,10 @@ from governance.events import (
     Versions,
     parse_event,
 )
-from governance.policy import load_policy
-from governance.stats import StatResult
+from governance.errors import EventValidationError
+from governance.policy.checks import Check, WindowRef
+from governance.policy.document import load_policy
+from governance.policy.stats import StatResult
 from tests.governance_factory import T0, snapshot
 
 TS = T0 + timedelta(days=14)

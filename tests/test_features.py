@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streams._native import Pairs
-from streams.features import FeatureColumn, feature_bin_counts
+from streams.fold.features import FeatureColumn, feature_bin_counts
 
 VALUES = st.one_of(
     st.none(),

@@ -7,11 +7,11 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from governance.checks import Check, GateResult, Outcome, verdict_of
-from governance.gates import drift_severity, evaluate_shadow_completion, evaluate_shadow_gate
-from governance.policy import Enforcement, Policy, load_policy
-from governance.snapshot import WindowSnapshot
-from governance.stats import ks_two_sample, mean_abs_delta_ci, paired_t
+from governance.contract.comparison import WindowSnapshot
+from governance.policy.checks import Check, GateResult, Outcome, verdict_of
+from governance.policy.document import Enforcement, Policy, load_policy
+from governance.policy.gates import drift_severity, evaluate_shadow_completion, evaluate_shadow_gate
+from governance.policy.stats import ks_two_sample, mean_abs_delta_ci, paired_t
 from tests.governance_factory import T0, policy_with, snapshot
 
 NOW = T0 + timedelta(days=15)

@@ -17,7 +17,7 @@ import pytest
 import redis
 from click.testing import CliRunner, Result
 
-from governance.statestore import StateStore
+from governance.service.statestore import StateStore
 from shadowgate.cli import cli
 from tests.governance_kit import (
     REPO,

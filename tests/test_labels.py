@@ -14,13 +14,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from governance.contract.comparison import ComparisonKey
+from governance.contract.wire import LabelEvent, ScoreEvent
 from governance.errors import ConfigError
-from governance.snapshot import ComparisonKey
-from governance.wire import LabelEvent, ScoreEvent
-from streams.joinstate import CheckpointError, StateDelta, accumulate
-from streams.labels import LabelJoiner, LabelResult
-from streams.native_labels import NativeLabelJoiner
-from streams.pairing import PairColumns, Pairer
+from streams.join.joiner import NativeLabelJoiner
+from streams.join.reference.labels import LabelJoiner, LabelResult
+from streams.join.reference.pairing import PairColumns, Pairer
+from streams.join.state import CheckpointError, StateDelta, accumulate
 
 T0 = datetime(2024, 3, 1, tzinfo=UTC)
 E0 = T0.timestamp()

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from governance.errors import ConfigError, EventValidationError, PolicyViolation
-from governance.lifecycle import (
+from governance.lifecycle.machine import (
     ALLOWED_TRANSITIONS,
     SPEC_MIN_DURATION,
     LifecycleState,

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from governance.errors import PolicyViolation
-from governance.metadata import ModelMetadata, parse_model_metadata, validate_model_metadata
+from governance.lifecycle.metadata import ModelMetadata, parse_model_metadata, validate_model_metadata
 from tests.lifecycle_samples import valid_metadata
 
 FIELDS = [

@@ -13,7 +13,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 from governance.errors import SketchError
-from streams import metrics
+from streams.fold import metrics
 
 FLOOR = 1e-4
 

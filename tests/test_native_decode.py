@@ -18,11 +18,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from governance.contract.wire import decode_label, decode_scores, validate_label, validate_score
 from governance.errors import EventValidationError
-from governance.wire import decode_label, decode_scores, validate_label, validate_score
 from shadowgate.traffic import TrafficSpec, generate
 from streams import _native
-from streams.decoding import decode_label_block, decode_scores_block
+from streams.decode.decoder import decode_label_block, decode_scores_block
 from tests.test_decoding import _FIELD_VALUES, _NUMBERS, _TEXT, _TIMES, _events, _valid
 
 

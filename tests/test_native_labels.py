@@ -19,13 +19,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from governance.snapshot import ComparisonKey
-from governance.wire import LabelEvent
+from governance.contract.comparison import ComparisonKey
+from governance.contract.wire import LabelEvent
 from streams import _native
-from streams.joinstate import CheckpointError, StateDelta, accumulate
-from streams.labels import LabelJoiner, LabelResult
-from streams.native_labels import NativeLabelJoiner
-from streams.pairing import PairColumns
+from streams.join.joiner import NativeLabelJoiner
+from streams.join.reference.labels import LabelJoiner, LabelResult
+from streams.join.reference.pairing import PairColumns
+from streams.join.state import CheckpointError, StateDelta, accumulate
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 E0 = T0.timestamp()
@@ -185,8 +185,8 @@ def test_native_joiner_equals_the_reference_call_for_call(
 
 
 def test_native_adapters_take_the_native_pairs_and_label_blocks() -> None:
-    from streams.native_labels import pairs_of as native_pairs
-    from streams.native_labels import to_label_result
+    from streams.join.joiner import pairs_of as native_pairs
+    from streams.join.joiner import to_label_result
 
     ref, nat = LabelJoiner(), NativeLabelJoiner()
     batch = pairs_of([("a", "m", 0, 0.1, 0.2, False, True, 0.0), ("a", "m", 1, 0.1, 0.9, False, False, 0.5)], 0)

@@ -18,9 +18,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.joinstate import CheckpointError, accumulate
-from streams.native_pairing import NativePairer
-from streams.pairing import Pairer, PairingResult
+from streams.join.pairer import NativePairer
+from streams.join.reference.pairing import Pairer, PairingResult
+from streams.join.state import CheckpointError, accumulate
 from tests.test_pairing import T0, ev
 
 I64 = st.integers(-(2**63), 2**63 - 1)

@@ -17,10 +17,10 @@ import yaml
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics import MetricWrapperBase
 
-from governance.auditlog import RejectReason, RollbackStatus
-from governance.consumer import Metrics
-from governance.settings import Settings
-from streams.telemetry import WorkerMetrics
+from governance.contract.settings import Settings
+from governance.service.auditlog import RejectReason, RollbackStatus
+from governance.service.consumer import Metrics
+from streams.worker.telemetry import WorkerMetrics
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"

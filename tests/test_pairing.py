@@ -1,7 +1,8 @@
-"""The event-time pairing of production with shadow/canary scores (streams.pairing).
+"""The event-time pairing of production with shadow/canary scores (streams.join).
 
-Every test that drives a pairer runs against both implementations: the reference ``streams.pairing.Pairer``
-and ``streams.native_pairing.NativePairer`` (the Rust engine, ``native/src/pairer.rs``).
+Every test that drives a pairer runs against both implementations: the reference
+``streams.join.reference.pairing.Pairer`` and ``streams.join.pairer.NativePairer`` (the Rust engine,
+``native/src/pairer.rs``).
 """
 
 from __future__ import annotations
@@ -18,12 +19,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from governance.contract.comparison import ComparisonKey
+from governance.contract.wire import ScoreEvent
 from governance.errors import ConfigError, StoreError
-from governance.snapshot import ComparisonKey
-from governance.wire import ScoreEvent
-from streams.joinstate import CheckpointError, Interner, StateDelta, accumulate
-from streams.native_pairing import NativePairer
-from streams.pairing import Pairer, PairingResult, Side
+from streams.join.pairer import NativePairer
+from streams.join.reference.pairing import Pairer, PairingResult, Side
+from streams.join.state import CheckpointError, Interner, StateDelta, accumulate
 
 AnyPairer = Pairer | NativePairer
 #: Parametrizes a test over both implementations (argument ``impl``: the class).

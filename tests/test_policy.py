@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from governance.errors import ConfigError
-from governance.policy import Policy, load_policy, parse_policy
+from governance.policy.document import Policy, load_policy, parse_policy
 from tests.governance_factory import default_policy_data
 
 

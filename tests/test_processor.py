@@ -3,7 +3,7 @@
 Every test compares the windows a processor leaves in a store with an independent reference: the same
 records processed once in a single pass into a fresh store, or numpy on the generated scores. Records
 are built as a Kafka consumer would see them: synthetic traffic (``shadowgate.traffic``) encoded with
-``governance.wire.encode``, keyed and partitioned by request id, with per-(topic, partition) offsets.
+``governance.contract.wire.encode``, keyed and partitioned by request id, with per-(topic, partition) offsets.
 """
 
 from __future__ import annotations
@@ -20,17 +20,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from governance.contract.comparison import ComparisonKey
+from governance.contract.wire import LabelEvent, ScoreEvent, encode, validate_label, validate_score
 from governance.errors import InfrastructureError
-from governance.snapshot import ComparisonKey
-from governance.wire import LabelEvent, ScoreEvent, encode, validate_label, validate_score
 from shadowgate.partitioner import partition_for
 from shadowgate.traffic import TrafficSpec, generate
-from streams.memory_store import MemoryWindowStore
-from streams.processor import Processor, Record, integrity_id
-from streams.readout import metrics_from_fields
-from streams.redis_store import RedisWindowStore
-from streams.store import FencedState, SlotBatch, WindowStore
-from streams.windows import DAY_S
+from streams.fold.readout import metrics_from_fields
+from streams.state.memory_store import MemoryWindowStore
+from streams.state.redis_store import RedisWindowStore
+from streams.state.store import FencedState, SlotBatch, WindowStore
+from streams.state.windows import DAY_S
+from streams.worker.processor import Processor, Record, integrity_id
 
 SCORES, LABELS = "scores", "labels"
 PARTITIONS = 2

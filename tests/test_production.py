@@ -9,11 +9,11 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from governance.checks import GateResult
-from governance.gates import evaluate_production
-from governance.policy import Policy, load_policy
-from governance.production import daily_mean_score
-from governance.snapshot import WindowSnapshot
+from governance.contract.comparison import WindowSnapshot
+from governance.policy.checks import GateResult
+from governance.policy.document import Policy, load_policy
+from governance.policy.gates import evaluate_production
+from governance.policy.production import daily_mean_score
 from tests.governance_factory import BINS, T0, histogram, key, policy_with, snapshot
 
 NOW = T0 + timedelta(days=15)

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from governance.errors import EventValidationError, PolicyViolation
-from governance.ledger import (
+from governance.lifecycle.ledger import (
     ApprovalRecorded,
     DocumentRecorded,
     EscalationRaised,
@@ -24,9 +24,9 @@ from governance.ledger import (
     Transitioned,
     parse_event,
 )
-from governance.lifecycle import Stage, Verdict
-from governance.promotion import decide_transition
-from governance.registry import Registry, apply, replay
+from governance.lifecycle.machine import Stage, Verdict
+from governance.lifecycle.promotion import decide_transition
+from governance.lifecycle.registry import Registry, apply, replay
 from tests.lifecycle_samples import MODEL_FEATURES, T0, complete_documents, valid_metadata
 
 MODEL = "fraud-risk"

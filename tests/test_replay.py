@@ -11,10 +11,10 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
-from governance.policy import load_policy
+from governance.policy.document import load_policy
 from shadowgate.cli import cli
 from shadowgate.traffic import TrafficSpec, generate
-from streams.replay import replay_lines
+from streams.worker.replay import replay_lines
 
 pytestmark = pytest.mark.slow
 

@@ -10,18 +10,18 @@ import orjson
 import pytest
 from scipy import stats
 
+from governance.contract.kafkaio import SyncProducer
 from governance.crypto.algorithms import Algorithm
 from governance.crypto.keys import KeyPolicy, TrustStore, generate_key
 from governance.crypto.record import sign_record
 from governance.crypto.schedule import Phase
 from governance.crypto.signing import Context, Signer
 from governance.errors import EventValidationError, VerificationError
-from governance.kafkaio import SyncProducer
-from governance.ledger import Registered, Transitioned
-from governance.lifecycle import FORWARD, Stage
-from governance.registry import Registry, replay
-from governance.routing import Assignment, Canary, assignment_for, decode_assignment, encode_assignment
-from shadowgate.routing import RoutingClient
+from governance.lifecycle.ledger import Registered, Transitioned
+from governance.lifecycle.machine import FORWARD, Stage
+from governance.lifecycle.registry import Registry, replay
+from governance.lifecycle.routing import Assignment, Canary, assignment_for, decode_assignment, encode_assignment
+from shadowgate.routing_client import RoutingClient
 
 T0 = datetime(2026, 11, 20, tzinfo=UTC)
 NOW = T0 + timedelta(hours=1)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from governance.settings import Settings
-from streams.runtime import tune_gc
+from governance.contract.settings import Settings
+from streams.worker.runtime import tune_gc
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

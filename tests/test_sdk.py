@@ -13,8 +13,8 @@ import orjson
 import pytest
 from confluent_kafka import Consumer, Producer
 
+from governance.contract.wire import decode_label, decode_scores
 from governance.errors import EventValidationError, InfrastructureError
-from governance.wire import decode_label, decode_scores
 from shadowgate.partitioner import murmur2, partition_for
 from shadowgate.sdk import LabelPublisher, ScorePublisher
 

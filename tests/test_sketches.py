@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from governance.errors import SketchError
-from streams.sketches import DEFAULT_RELATIVE_ACCURACY, LinearHistogram, LogHistogram
+from streams.fold.sketches import DEFAULT_RELATIVE_ACCURACY, LinearHistogram, LogHistogram
 
 QS = (0.0, 0.01, 0.25, 0.5, 0.9, 0.95, 0.99, 0.999, 1.0)
 _SLACK = 1e-12  # float rounding in the bin arithmetic, far below the guarantees tested

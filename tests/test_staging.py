@@ -7,10 +7,10 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from governance.checks import GateResult
-from governance.gates import evaluate_staging_gate
-from governance.policy import load_policy
-from governance.snapshot import WindowSnapshot
+from governance.contract.comparison import WindowSnapshot
+from governance.policy.checks import GateResult
+from governance.policy.document import load_policy
+from governance.policy.gates import evaluate_staging_gate
 from tests.governance_factory import T0, snapshot
 
 NOW = T0 + timedelta(days=15)  # the factory's window end

@@ -9,13 +9,13 @@ from typing import Any
 import pytest
 import redis
 
-from governance.auditlog import GENESIS, AuditEntry, GateRecord, Input, Rejection
+from governance.contract.comparison import ComparisonKey
 from governance.errors import VerificationError
-from governance.ledger import EscalationRaised, Registered, Transitioned
-from governance.lifecycle import FORWARD, Stage
-from governance.snapshot import ComparisonKey
-from governance.state import GovernanceState, as_verdict, fold, latest_gate, rebuild
-from governance.statestore import (
+from governance.lifecycle.ledger import EscalationRaised, Registered, Transitioned
+from governance.lifecycle.machine import FORWARD, Stage
+from governance.lifecycle.state import GovernanceState, as_verdict, fold, latest_gate, rebuild
+from governance.service.auditlog import GENESIS, AuditEntry, GateRecord, Input, Rejection
+from governance.service.statestore import (
     StateStore,
     lifecycle_context,
     production_monitor,

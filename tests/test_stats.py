@@ -8,9 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
+from governance.contract.comparison import DeltaSums
 from governance.errors import SketchError
-from governance.snapshot import DeltaSums
-from governance.stats import ks_two_sample, mean_abs_delta_ci, paired_t
+from governance.policy.stats import ks_two_sample, mean_abs_delta_ci, paired_t
 from tests.governance_factory import histogram, sample_pair, sums_of
 
 

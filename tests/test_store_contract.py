@@ -14,11 +14,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from governance.errors import StoreError
-from streams.joinstate import StateDelta, StateLog, encode_delta, pack_log
-from streams.memory_store import MemoryWindowStore
-from streams.redis_store import RedisWindowStore
-from streams.store import NO_FENCE, ComparisonMeta, Fence, FencedState, FenceState, SlotBatch, WindowStore
-from streams.windows import DAY_S, HOUR_S, MINUTE_S, Granularity, Retention, Slot, slots_for
+from streams.join.state import StateDelta, StateLog, encode_delta, pack_log
+from streams.state.memory_store import MemoryWindowStore
+from streams.state.redis_store import RedisWindowStore
+from streams.state.store import NO_FENCE, ComparisonMeta, Fence, FencedState, FenceState, SlotBatch, WindowStore
+from streams.state.windows import DAY_S, HOUR_S, MINUTE_S, Granularity, Retention, Slot, slots_for
 
 StoreFactory = Callable[[], WindowStore]
 Event = tuple[int, dict[str, int]]  # (event time in epoch s, field increments)

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from governance.policy import Policy, load_policy
-from governance.triggers import (
+from governance.policy.document import Policy, load_policy
+from governance.policy.triggers import (
     METRIC_TRIGGERS,
     Observation,
     TriggerFiring,
@@ -21,8 +21,8 @@ from governance.triggers import (
     inputs_from_snapshots,
     step,
 )
-from streams.aggregate import AggregateConfig, fold_labels, fold_pairs
-from streams.readout import metrics_from_fields
+from streams.fold.aggregate import AggregateConfig, fold_labels, fold_pairs
+from streams.fold.readout import metrics_from_fields
 from tests.governance_factory import T0, policy_with, snapshot
 
 POLICY = load_policy()

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from governance.errors import ConfigError
-from streams.windows import (
+from streams.state.windows import (
     DAY_S,
     HOUR_S,
     MINUTE_S,

@@ -9,8 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
-from governance.errors import EventValidationError
-from governance.wire import (
+from governance.contract.wire import (
     MAX_BATCH_EVENTS,
     ScoreEvent,
     decode_label,
@@ -19,6 +18,7 @@ from governance.wire import (
     validate_label,
     validate_score,
 )
+from governance.errors import EventValidationError
 from shadowgate.commands.publish import export_schemas
 
 TS = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)

@@ -17,9 +17,9 @@ import orjson
 import pytest
 from confluent_kafka import Consumer, Producer
 
+from governance.contract.publishing import decode_signed_event
 from governance.crypto import DEFAULT_SCHEDULE, Keyring
 from governance.errors import VerificationError
-from governance.publishing import decode_signed_event
 from shadowgate.sdk import LabelPublisher, ScorePublisher
 from shadowgate.traffic import TrafficSpec, generate
 from tests.worker_kit import WorkerEnv, jsonl, wait_for

@@ -14,8 +14,8 @@ from typing import Any
 
 import orjson
 
-from governance.settings import Settings, Topics
-from governance.topics import ensure_topics, topic_specs
+from governance.contract.settings import Settings, Topics
+from governance.contract.topics import ensure_topics, topic_specs
 
 REPO = Path(__file__).resolve().parent.parent
 

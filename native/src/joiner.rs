@@ -913,7 +913,7 @@ impl NativeJoiner {
     /// one) goes through the reference's own validators (`streams.joinstate`, `streams.labels`), so
     /// what is accepted, what it means and the error texts are the reference's by construction.
     fn restore_entries(&mut self, py: Python<'_>, entries: &Bound<'_, PyDict>) -> PyResult<()> {
-        let joinstate = py.import_bound("streams.joinstate")?;
+        let joinstate = py.import_bound("streams.join.state")?;
         let checkpoint_error = joinstate.getattr("CheckpointError")?;
         let as_value_error = |err: PyErr| -> PyErr {
             if err.is_instance_bound(py, &checkpoint_error) {
@@ -944,7 +944,7 @@ impl NativeJoiner {
                 Some(parsed) => parsed,
                 None => {
                     if slow.is_none() {
-                        let labels = py.import_bound("streams.labels")?;
+                        let labels = py.import_bound("streams.join.reference.labels")?;
                         let interner = joinstate.getattr("Interner")?.call0()?;
                         slow = Some((labels, interner));
                     }

@@ -40,9 +40,9 @@ from typing import Any
 import click
 import orjson
 
-from governance.auditlog import AuditEntry
 from governance.errors import ConfigError, ShadowgateError
-from governance.policy import Policy, load_policy
+from governance.policy.document import Policy, load_policy
+from governance.service.auditlog import AuditEntry
 from shadowgate.commands.demo_kit import (
     LEGACY,
     MODEL,
@@ -126,10 +126,10 @@ def _quiet(*args: str) -> str:
 
 
 def _story(run: Run, policy: Policy, pairs: int, timeout_s: float, summary: dict[str, Any]) -> None:
-    from governance.identities import load_trust
-    from governance.settings import load_settings
-    from governance.topics import ensure_topics, topic_specs
-    from shadowgate.routing import RoutingClient
+    from governance.contract.settings import load_settings
+    from governance.contract.topics import ensure_topics, topic_specs
+    from governance.lifecycle.identities import load_trust
+    from shadowgate.routing_client import RoutingClient
 
     began = time.monotonic()
     _step(1, f"Start run {run.run}: keys, topics, 1 governance consumer, 2 streams workers",
@@ -242,7 +242,7 @@ def _cleanup(run: Run, summary: dict[str, Any]) -> None:
     import redis
     from confluent_kafka.admin import AdminClient
 
-    from governance.consumer import read_log
+    from governance.service.consumer import read_log
 
     run.stop()
     with suppress(ShadowgateError):
@@ -275,7 +275,7 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 @click.option("--stop", "stop_run", default=None, metavar="RUN", help="Stop and clean up a run kept with --keep.")
 def demo(pairs: int, timeout_s: float, keep: bool, stop_run: str | None) -> None:
     """Run the whole lifecycle of a fraud model end to end on the running Kafka and Redis (`make up`)."""
-    from governance.settings import load_settings
+    from governance.contract.settings import load_settings
 
     policy = load_policy(POLICY_PATH)
     need = policy.shadow.model_types["risk_scoring"].min_samples

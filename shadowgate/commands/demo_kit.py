@@ -32,9 +32,9 @@ from typing import Any
 import click
 import orjson
 
-from governance.auditlog import AuditEntry
 from governance.errors import InfrastructureError, ShadowgateError
-from governance.ledger import Transitioned
+from governance.lifecycle.ledger import Transitioned
+from governance.service.auditlog import AuditEntry
 from shadowgate.traffic import TrafficSpec
 
 __all__ = ["DOCS", "LEGACY", "MODEL", "NEW", "OLD", "POLICY_PATH", "RATE_PER_S", "REPO", "TRICKLE_PER_S", "Audit",
@@ -136,7 +136,7 @@ class Run:
 
 def make_run(state_dir: Path, kafka_bootstrap: str, redis_url: str) -> Run:
     """A new run id and directory, and the environment that gives the run its own names."""
-    from governance.settings import Topics
+    from governance.contract.settings import Topics
 
     run = uuid.uuid4().hex[:8]
     root = (state_dir / "demo" / run).resolve()
@@ -174,7 +174,7 @@ def check_servers(kafka_bootstrap: str, redis_url: str) -> None:
 def make_keys(keys_dir: Path) -> None:
     """The system key (audit log, routing, worker events) and the keys of GID-02 (Maggie) and GID-08 (ALEX)."""
     from governance.crypto.keyring import Keyring
-    from governance.identities import identity_dir
+    from governance.lifecycle.identities import identity_dir
 
     now = now_utc()
     Keyring(keys_dir).generate(now)
@@ -233,8 +233,8 @@ class Audit:
     def __init__(self, run: Run) -> None:
         from confluent_kafka import TopicPartition
 
-        from governance.identities import load_trust
-        from governance.kafkaio import make_consumer
+        from governance.contract.kafkaio import make_consumer
+        from governance.lifecycle.identities import load_trust
 
         self.run = run
         self.trust = load_trust(run.keys)
@@ -245,10 +245,10 @@ class Audit:
         self.check: Callable[[], None] = run.check_alive  # raises DemoError when something it waits on died
 
     def poll(self, timeout_s: float = 0.2) -> list[AuditEntry]:
-        from governance.auditlog import parse_entry
+        from governance.contract.kafkaio import poll_records
         from governance.crypto.record import verify_record
         from governance.crypto.signing import Context
-        from governance.kafkaio import poll_records
+        from governance.service.auditlog import parse_entry
 
         new = []
         for record in poll_records(self.consumer, timeout_s):

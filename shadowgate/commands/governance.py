@@ -28,12 +28,12 @@ from typing import Any, TypeVar
 
 import click
 
-from governance.auditlog import AuditEntry
+from governance.contract.settings import Settings, load_settings
 from governance.crypto.keyring import default_keys_dir
 from governance.crypto.schedule import DEFAULT_SCHEDULE, MigrationSchedule, parse_phase
 from governance.errors import ConfigError
-from governance.ledger import Transitioned
-from governance.settings import Settings, load_settings
+from governance.lifecycle.ledger import Transitioned
+from governance.service.auditlog import AuditEntry
 
 __all__ = ["audit", "commands_topic_option", "describe_entry", "governance", "keys_dir_option", "phase_option",
            "schedule_of", "settings"]
@@ -125,13 +125,13 @@ def governance(keys_dir: Path, commands_topic: str, phase: str | None, catalog: 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from prometheus_client import CollectorRegistry
 
-    from governance.catalog import load_catalog
-    from governance.consumer import ConsumerConfig, GovernanceConsumer
+    from governance.contract.topics import ensure_topics
     from governance.crypto.algorithms import Algorithm
     from governance.crypto.keyring import Keyring
-    from governance.identities import load_trust, system_signer
-    from governance.policy import load_policy
-    from governance.topics import ensure_topics
+    from governance.lifecycle.identities import load_trust, system_signer
+    from governance.policy.catalog import load_catalog
+    from governance.policy.document import load_policy
+    from governance.service.consumer import ConsumerConfig, GovernanceConsumer
     from shadowgate.commands.metrics import serve_metrics
 
     config = settings()
@@ -182,9 +182,9 @@ def audit() -> None:
 @click.option("--expect-head", default=None, help="Fail unless the last entry hashes to this (detects truncation).")
 def audit_verify(keys_dir: Path, phase: str | None, path: Path | None, expect_head: str | None) -> None:
     """Check every entry's signature, seq and hash link; report the first broken entry (exit 1)."""
-    from governance.auditlog import verify_chain
-    from governance.consumer import read_log
-    from governance.identities import load_trust
+    from governance.lifecycle.identities import load_trust
+    from governance.service.auditlog import verify_chain
+    from governance.service.consumer import read_log
 
     trust = load_trust(keys_dir, schedule_of(phase))
     if path is not None:
@@ -207,7 +207,7 @@ def audit_verify(keys_dir: Path, phase: str | None, path: Path | None, expect_he
 @click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
 def audit_export(output: Path, force: bool) -> None:
     """Write the audit log as JSON lines (one signed entry per line) for archiving or offline verification."""
-    from governance.consumer import read_log
+    from governance.service.consumer import read_log
 
     if output.exists() and not force:
         raise ConfigError(f"{output} exists; pass --force to overwrite it")

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import click
 
+from governance.contract.settings import load_settings
+from governance.contract.topics import ensure_topics, topic_specs
 from governance.errors import ConfigError
-from governance.settings import load_settings
-from governance.topics import ensure_topics, topic_specs
 
 __all__ = ["down", "topics", "up"]
 

@@ -20,11 +20,21 @@ import click
 import orjson
 import yaml
 
-from governance.commands import Advance, Approve, Command, DocumentIn, Escalate, Propose, Register, Resolve, Rollback
-from governance.documents import REQUIRED_DOCUMENTS
 from governance.errors import ConfigError
-from governance.lifecycle import MODEL_TYPES, Stage
-from governance.state import GovernanceState
+from governance.lifecycle.commands import (
+    Advance,
+    Approve,
+    Command,
+    DocumentIn,
+    Escalate,
+    Propose,
+    Register,
+    Resolve,
+    Rollback,
+)
+from governance.lifecycle.documents import REQUIRED_DOCUMENTS
+from governance.lifecycle.machine import MODEL_TYPES, Stage
+from governance.lifecycle.state import GovernanceState
 from shadowgate.commands.governance import (
     commands_topic_option,
     describe_entry,
@@ -56,9 +66,9 @@ def _sending(func: _F) -> _F:
 
 def _send(command_kind: type[Any], model: str, version: str, identity: str, keys_dir: Path, commands_topic: str,
           phase: str | None, timeout: float, **fields: Any) -> None:
-    from governance.client import submit
-    from governance.commands import new_command, sign_command
-    from governance.identities import identity_signer, load_trust
+    from governance.lifecycle.commands import new_command, sign_command
+    from governance.lifecycle.identities import identity_signer, load_trust
+    from governance.service.client import submit
 
     config = settings()
     now = now_utc()
@@ -224,14 +234,14 @@ def rollback(model_name: str, version: str, reason: str, restore_version: str | 
 def _state(from_log: bool) -> GovernanceState:
     import redis
 
-    from governance.statestore import StateStore
+    from governance.service.statestore import StateStore
 
     config = settings()
     if from_log:
-        from governance.auditlog import entry_hash, parse_entry
-        from governance.consumer import read_log
-        from governance.publishing import decode_record
-        from governance.state import rebuild
+        from governance.contract.publishing import decode_record
+        from governance.lifecycle.state import rebuild
+        from governance.service.auditlog import entry_hash, parse_entry
+        from governance.service.consumer import read_log
 
         signed = [decode_record(r.value) for r in read_log(config.kafka_bootstrap, config.topics.lifecycle)]
         return rebuild((parse_entry(s["payload"]), entry_hash(s)) for s in signed)
@@ -256,8 +266,8 @@ _from_log = click.option("--from-log", is_flag=True, help="Rebuild the state fro
 @_from_log
 def status(model_name: str | None, as_json: bool, policy_path: str | None, from_log: bool) -> None:
     """Every model version: stage, time in stage, role, and what blocks its next step."""
-    from governance.policy import load_policy
-    from governance.report import status as status_rows
+    from governance.lifecycle.report import status as status_rows
+    from governance.policy.document import load_policy
 
     rows = status_rows(_state(from_log), load_policy(policy_path or settings().policy_path), now_utc(), model_name)
     if as_json:
@@ -318,8 +328,8 @@ def history(model_name: str, version: str | None, as_json: bool, from_log: bool)
 def proofpack(model_name: str, version: str, keys_dir: Path, phase: str | None, output: Path | None,
               from_log: bool) -> None:
     """Fetch VERSION's ProofPack, verify its signature, print it (or write the signed record)."""
-    from governance.identities import load_trust
-    from governance.proofpack import verify_proofpack
+    from governance.lifecycle.identities import load_trust
+    from governance.lifecycle.proofpack import verify_proofpack
 
     state = _state(from_log)
     pack_id = state.registry.get(model_name, version).proofpack_id

@@ -10,8 +10,8 @@ from typing import Any
 import click
 import orjson
 
+from governance.contract.settings import load_settings
 from governance.errors import ConfigError
-from governance.settings import load_settings
 
 __all__ = ["consume", "export_schemas", "publish", "schemas"]
 
@@ -128,8 +128,15 @@ def consume(topic: str, from_beginning: bool, max_messages: int, idle_timeout: f
 
 def export_schemas() -> dict[str, str]:
     """File name -> JSON Schema text of the wire contract and of every governance event."""
-    from governance.events import Alert, Escalation, GateBlocked, GateReady, RecalibrationRequested, RollbackTrigger
-    from governance.wire import LabelEvent, ScoreBatch, ScoreEvent
+    from governance.contract.events import (
+        Alert,
+        Escalation,
+        GateBlocked,
+        GateReady,
+        RecalibrationRequested,
+        RollbackTrigger,
+    )
+    from governance.contract.wire import LabelEvent, ScoreBatch, ScoreEvent
 
     models: dict[str, Any] = {
         "score_event": ScoreEvent, "score_batch": ScoreBatch, "label_event": LabelEvent,

@@ -10,8 +10,8 @@ from typing import Any
 import click
 import orjson
 
+from governance.contract.settings import Settings, load_settings
 from governance.errors import ConfigError, ShadowgateError
-from governance.settings import Settings, load_settings
 
 __all__ = ["replay", "windows", "worker"]
 
@@ -33,12 +33,12 @@ def worker(metrics_port: int | None, loglevel: str, keys_dir: Path | None) -> No
     import faust
     from prometheus_client import REGISTRY
 
+    from governance.contract.topics import ensure_topics, topic_specs
     from governance.crypto import Keyring, default_keys_dir
-    from governance.topics import ensure_topics, topic_specs
     from shadowgate.commands.metrics import serve_metrics
-    from streams.app import create_app
-    from streams.runtime import tune_gc
-    from streams.telemetry import WorkerMetrics
+    from streams.worker.app import create_app
+    from streams.worker.runtime import tune_gc
+    from streams.worker.telemetry import WorkerMetrics
 
     settings = load_settings()
     tune_gc(settings.gc_young_threshold)
@@ -83,8 +83,8 @@ def _check_copartitioned(s: Settings) -> None:
 @click.option("--json", "as_json", is_flag=True, help="print the JSON document")
 def windows(model: str | None, window_names: tuple[str, ...], as_json: bool) -> None:
     """Show the live windows of every comparison from Redis."""
-    from streams.redis_store import RedisWindowStore
-    from streams.snapshots import DEFAULT_WINDOWS, read_windows
+    from streams.state.redis_store import RedisWindowStore
+    from streams.worker.reading import DEFAULT_WINDOWS, read_windows
 
     settings = load_settings()
     store = RedisWindowStore.from_url(settings.redis_url_value(), prefix=settings.redis_prefix)
@@ -107,10 +107,10 @@ def windows(model: str | None, window_names: tuple[str, ...], as_json: bool) -> 
 def replay(file: Path, window_names: tuple[str, ...], as_json: bool, model_type: str | None,
            policy_path: Path | None, evaluate_every: float) -> None:
     """Evaluate recorded traffic (JSON lines of score, envelope and label events) with no Kafka or Redis."""
-    from governance.policy import load_policy
-    from streams.replay import replay_file
-    from streams.runtime import tune_gc
-    from streams.snapshots import DEFAULT_WINDOWS
+    from governance.policy.document import load_policy
+    from streams.worker.reading import DEFAULT_WINDOWS
+    from streams.worker.replay import replay_file
+    from streams.worker.runtime import tune_gc
 
     tune_gc(Settings.model_fields["gc_young_threshold"].default)
     doc = replay_file(file, windows=window_names or DEFAULT_WINDOWS, policy=load_policy(policy_path),

@@ -1,0 +1,186 @@
+"""The facts of the lifecycle log: what happened to a model version, as validated JSON events.
+
+Each event is a fact already decided (by the governance consumer, the CLI, or
+:func:`~governance.lifecycle.promotion.decide_transition`); :func:`~governance.lifecycle.registry.apply` folds them
+into the registry. Every event names its model and version, carries a unique ``event_id`` (the idempotency key),
+the time it happened (``at``, aware, normalised to UTC) and who caused it (``actor``).
+
+=====================  ==============================================================================
+kind                   fact
+=====================  ==============================================================================
+registered             a new version, in PROPOSAL, with its model type (spec 3.1 class), metadata and
+                       features so far
+metadata_recorded      the version's metadata (spec 4), replacing the previous one
+features_recorded      the version's input features ``{name: dtype}`` and the catalog linkage verdict
+document_recorded      one Markdown document of one stage (spec 9)
+approval_recorded      an approver (GID-02, GID-08, ...) approved the version's move to a target stage
+escalation_raised      an escalation on the version; it blocks promotion until resolved
+escalation_resolved    that escalation resolved
+proofpack_recorded     the version's ProofPack exists, with its ``PP-`` id
+transitioned           a decided stage move, with the evidence the gates judged and, for a retired
+                       serving production version, the previous version it restored
+=====================  ==============================================================================
+
+Guarantees: events are immutable; unknown fields are refused; :func:`event_digest` is a SHA-256 over
+the canonical JSON (sorted keys), equal for equal events however their dicts were ordered.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC
+from functools import cache
+from typing import Annotated, Literal
+
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    StrictBool,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+)
+
+from governance.errors import EventValidationError
+from governance.lifecycle.machine import ModelType, Stage, Verdict
+
+__all__ = [
+    "ApprovalRecorded",
+    "DocumentRecorded",
+    "EscalationRaised",
+    "EscalationResolved",
+    "Event",
+    "EventId",
+    "LifecycleEvent",
+    "FeaturesRecorded",
+    "MetadataRecorded",
+    "Name",
+    "ProofPackRecorded",
+    "Registered",
+    "Transitioned",
+    "UtcDatetime",
+    "event_digest",
+    "parse_event",
+]
+
+Name = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:\-]+$")]
+DocName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9_]{1,64}$")]
+EventId = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+Text = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
+ProofPackId = Annotated[str, StringConstraints(pattern=r"^PP-[A-Za-z0-9][A-Za-z0-9._-]*$")]
+UtcDatetime = Annotated[AwareDatetime, AfterValidator(lambda value: value.astimezone(UTC))]
+
+
+class LifecycleEvent(BaseModel):
+    """Fields every lifecycle event carries."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    event_id: EventId
+    at: UtcDatetime
+    actor: Name = "system"
+    model: Name
+    version: Name
+
+
+class Registered(LifecycleEvent):
+    kind: Literal["registered"] = "registered"
+    model_type: ModelType
+    metadata: dict[str, JsonValue] = {}
+    features: dict[str, str] = {}
+    feature_linkage: Verdict | None = None
+
+
+class MetadataRecorded(LifecycleEvent):
+    kind: Literal["metadata_recorded"] = "metadata_recorded"
+    metadata: dict[str, JsonValue]
+
+
+class FeaturesRecorded(LifecycleEvent):
+    kind: Literal["features_recorded"] = "features_recorded"
+    features: dict[str, str]
+    feature_linkage: Verdict
+
+
+class DocumentRecorded(LifecycleEvent):
+    kind: Literal["document_recorded"] = "document_recorded"
+    stage: Stage
+    name: DocName
+    text: str
+
+
+class ApprovalRecorded(LifecycleEvent):
+    kind: Literal["approval_recorded"] = "approval_recorded"
+    approver: Name
+    target: Stage
+
+
+class EscalationRaised(LifecycleEvent):
+    kind: Literal["escalation_raised"] = "escalation_raised"
+    escalation_id: EventId
+    reason: Text
+
+
+class EscalationResolved(LifecycleEvent):
+    kind: Literal["escalation_resolved"] = "escalation_resolved"
+    escalation_id: EventId
+    resolution: Text
+
+
+class ProofPackRecorded(LifecycleEvent):
+    kind: Literal["proofpack_recorded"] = "proofpack_recorded"
+    proofpack_id: ProofPackId
+
+
+class Transitioned(LifecycleEvent):
+    """A decided stage move; ``restored_version`` is the production version it restored, if any."""
+
+    kind: Literal["transitioned"] = "transitioned"
+    from_stage: Stage
+    to_stage: Stage
+    reason: str = ""
+    rollback: StrictBool = False
+    restored_version: Name | None = None
+    approvals: tuple[str, ...] = ()
+    shadow_checklist: Verdict | None = None
+    staging_gate: Verdict | None = None
+
+
+Event = Annotated[
+    Registered
+    | MetadataRecorded
+    | FeaturesRecorded
+    | DocumentRecorded
+    | ApprovalRecorded
+    | EscalationRaised
+    | EscalationResolved
+    | ProofPackRecorded
+    | Transitioned,
+    Field(discriminator="kind"),
+]
+
+
+@cache
+def _event_adapter() -> TypeAdapter[Event]:
+    return TypeAdapter(Event)
+
+
+def parse_event(data: object) -> Event:
+    """The event in a JSON object (dict); :class:`EventValidationError` naming the first bad field."""
+    try:
+        return _event_adapter().validate_python(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise EventValidationError(f"lifecycle event refused: {where}: {first['msg']}", field=where) from exc
+
+
+def event_digest(event: Event) -> str:
+    """SHA-256 hex of the canonical JSON of ``event``."""
+    canonical = json.dumps(event.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()

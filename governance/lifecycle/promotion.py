@@ -1,0 +1,150 @@
+"""Deciding a stage move against the registry: a request becomes a :class:`Transitioned` fact or is refused.
+
+:func:`decide_transition` gathers the version's evidence from the registry (documents, metadata,
+feature linkage, approvals for the target stage, open escalations, ProofPack), runs
+:func:`governance.lifecycle.machine.transition` on it, and adds the rules only the registry can judge:
+
+* one canary per model: SHADOW -> STAGING is refused while another version is in STAGING (1.2);
+* metadata of the version it describes: its ``version`` field must be the registered version, and its
+  monotonicity constraints may only name features the model uses (4);
+* rollback (8.2): a rollback always ends in RETIRED; retiring the serving production version restores
+  the previous production version (the most recent, or ``restore_version`` if it is one of them); a
+  rollback with no version to restore is refused ("Target model not found"), a decommission is not.
+
+Gate verdicts computed from the streams (the shadow completion checklist, the staging gate) are passed
+in; the consumer computes them with ``governance.policy.gates`` and the policy.
+
+Guarantees: pure and deterministic (``now`` is the decision time and becomes the fact's ``at``); the
+registry is not changed (apply the returned fact with :func:`governance.lifecycle.registry.apply`); a refusal
+names every broken rule, the lifecycle's first. It does not look at ``registry.applied``: check
+``registry.is_applied(event_id)`` before deciding on a redelivered command.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+
+from governance.errors import PolicyViolation
+from governance.lifecycle.ledger import Transitioned
+from governance.lifecycle.machine import (
+    LifecycleState,
+    Stage,
+    TransitionRequest,
+    Verdict,
+    spec_min_durations,
+    transition,
+)
+from governance.lifecycle.registry import ModelLine, ModelVersion, Registry
+
+__all__ = ["decide_transition"]
+
+
+def _restore_target(
+    line: ModelLine, record: ModelVersion, target: Stage, rollback: bool, restore_version: str | None
+) -> tuple[str | None, list[str]]:
+    retiring_serving = (
+        target is Stage.RETIRED and record.stage is Stage.PRODUCTION and line.production == record.version
+    )
+    if not retiring_serving:
+        if restore_version is not None:
+            return None, ["[8.2] restore_version applies only when retiring the serving production version"]
+        return None, []
+    candidates = line.previous_production
+    if restore_version is not None:
+        if restore_version not in candidates:
+            return None, [
+                f"[8.2] Target model {restore_version} not found among the previous production "
+                f"versions {candidates}; name one of them"
+            ]
+        return restore_version, []
+    if candidates:
+        return candidates[-1], []
+    if rollback:
+        return None, [f"[8.2] Target model not found: {record.model} has no previous production version to restore"]
+    return None, []
+
+
+def _registry_rules(line: ModelLine, record: ModelVersion, target: Stage, rollback: bool) -> list[str]:
+    rules = []
+    if rollback and target is not Stage.RETIRED:
+        rules.append(f"[8.2] a rollback moves the version to RETIRED, not to {target}")
+    if target is Stage.STAGING:
+        canary = next((v for v, r in line.versions.items() if r.stage is Stage.STAGING), None)
+        if canary is not None:
+            rules.append(f"[1.2] version {canary} of {record.model} is already the canary; retire or promote it first")
+    if target is Stage.SHADOW:
+        declared = record.metadata.get("version")
+        if declared is not None and declared != record.version:
+            rules.append(f"[4] metadata version {declared!r} is not the registered version {record.version!r}")
+        constraints = record.metadata.get("monotonicity_constraints")
+        if isinstance(constraints, dict) and record.features:
+            stray = sorted(set(constraints) - set(record.features))
+            if stray:
+                rules.append(f"[4] monotonicity_constraints name features the model does not use: {stray}")
+    return rules
+
+
+def decide_transition(
+    registry: Registry,
+    *,
+    event_id: str,
+    model: str,
+    version: str,
+    target: Stage,
+    now: datetime,
+    actor: str = "system",
+    reason: str = "",
+    rollback: bool = False,
+    restore_version: str | None = None,
+    shadow_checklist: Verdict | None = None,
+    staging_gate: Verdict | None = None,
+    min_duration: Mapping[Stage, timedelta] | None = None,
+) -> Transitioned:
+    """The fact "``model``@``version`` moved to ``target`` at ``now``", or :class:`PolicyViolation`.
+
+    ``min_duration`` is the policy's per-stage minimum (defaults to the spec's for the version's model
+    type). ``rollback`` marks an automatic or manual rollback (section 8); ``restore_version`` picks
+    which previous production version a retired serving version hands over to.
+    """
+    record = registry.get(model, version)
+    line = registry.models[model]
+    restored, rules = _restore_target(line, record, target, rollback, restore_version)
+    rules += _registry_rules(line, record, target, rollback)
+    request = TransitionRequest(
+        target=target,
+        reason=reason,
+        approvals=record.approvers_for(target),
+        open_escalations=record.open_escalations(),
+        documents=record.documents,
+        metadata=record.metadata,
+        feature_linkage=record.feature_linkage,
+        shadow_checklist=shadow_checklist,
+        staging_gate=staging_gate,
+        proofpack_id=record.proofpack_id,
+    )
+    durations = min_duration if min_duration is not None else spec_min_durations(record.model_type)
+    try:
+        transition(LifecycleState(record.stage, record.entered_stage_at), request, now, min_duration=durations)
+    except PolicyViolation as exc:
+        rules = exc.rules + rules
+    if rules:
+        raise PolicyViolation(
+            f"{model}@{version} {record.stage} -> {target} refused, {len(rules)} rule(s) broken: " + "; ".join(rules),
+            rules,
+        )
+    return Transitioned(
+        event_id=event_id,
+        at=now,
+        actor=actor,
+        model=model,
+        version=version,
+        from_stage=record.stage,
+        to_stage=target,
+        reason=reason,
+        rollback=rollback,
+        restored_version=restored,
+        approvals=tuple(sorted(request.approvals)),
+        shadow_checklist=shadow_checklist,
+        staging_gate=staging_gate,
+    )

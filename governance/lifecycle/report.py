@@ -1,0 +1,112 @@
+"""Status of every model version: stage, time in stage, serving role, and what blocks its next step.
+
+:func:`status` is what ``shadowgate model status`` prints. For a version that can still move forward it
+runs the same decision the consumer would make (:func:`governance.lifecycle.promotion.decide_transition` with the
+recorded gate verdicts and the policy's minimum durations) without changing anything, and lists every
+rule that would refuse the move. For STAGING -> PRODUCTION the missing ProofPack is not a blocker when
+it can be generated (the consumer generates it on promotion); what it needs (the metadata's
+``proof_pack_id``, an artifact digest) is.
+
+Guarantees: pure (``now`` is passed in); versions sorted by model, then registration order.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from pydantic import BaseModel, ConfigDict
+
+from governance.errors import PolicyViolation
+from governance.lifecycle.handler import min_durations, next_stage
+from governance.lifecycle.machine import Stage
+from governance.lifecycle.promotion import decide_transition
+from governance.lifecycle.proofpack import build_proofpack
+from governance.lifecycle.state import GovernanceState, as_verdict, latest_gate
+from governance.policy.document import Policy
+
+__all__ = ["VersionStatus", "blockers", "status"]
+
+_PROOFPACK_RULE = "[7.1] ProofPack artifact required"
+
+
+class VersionStatus(BaseModel):
+    """One row of ``shadowgate model status``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str
+    version: str
+    stage: Stage
+    entered_stage_at: datetime
+    time_in_stage_s: float
+    role: str
+    next_stage: Stage | None
+    blocked_by: list[str]
+    open_escalations: list[str]
+    proofpack_id: str | None
+
+    @property
+    def time_in_stage(self) -> str:
+        """``3d 04:12`` style, for people."""
+        total = timedelta(seconds=int(self.time_in_stage_s))
+        hours, rest = divmod(total.seconds, 3600)
+        return f"{total.days}d {hours:02d}:{rest // 60:02d}"
+
+
+def blockers(state: GovernanceState, policy: Policy, model: str, version: str, now: datetime) -> list[str]:
+    """Every rule that would refuse moving ``model@version`` to its next stage now ([] when it may move)."""
+    record = state.registry.get(model, version)
+    target = next_stage(record.stage)
+    if target is None:
+        return []
+    try:
+        decide_transition(
+            state.registry, event_id="status", model=model, version=version, target=target, now=now,
+            shadow_checklist=as_verdict(latest_gate(state, model, version, Stage.SHADOW)),
+            staging_gate=as_verdict(latest_gate(state, model, version, Stage.STAGING)),
+            min_duration=min_durations(policy, record.model_type),
+        )
+    except PolicyViolation as exc:
+        rules = exc.rules
+    else:
+        return []
+    if target is Stage.PRODUCTION and _PROOFPACK_RULE in rules:
+        rules = [rule for rule in rules if rule != _PROOFPACK_RULE]
+        try:
+            build_proofpack(state, model, version, now, policy.hash())
+        except PolicyViolation as missing:
+            rules += missing.rules
+    return rules
+
+
+def _role(state: GovernanceState, model: str, version: str, stage: Stage) -> str:
+    line = state.registry.models[model]
+    if line.production == version:
+        return "serving"
+    if version in line.previous_production:
+        return "standby (previous production)"
+    return {Stage.STAGING: "canary", Stage.SHADOW: "shadow"}.get(stage, "-")
+
+
+def status(state: GovernanceState, policy: Policy, now: datetime, model: str | None = None) -> list[VersionStatus]:
+    """A row per registered version (of ``model`` only, when given)."""
+    rows = []
+    for name in sorted(state.registry.models):
+        if model is not None and name != model:
+            continue
+        for version, record in state.registry.models[name].versions.items():
+            rows.append(
+                VersionStatus(
+                    model=name,
+                    version=version,
+                    stage=record.stage,
+                    entered_stage_at=record.entered_stage_at,
+                    time_in_stage_s=max(0.0, (now - record.entered_stage_at).total_seconds()),
+                    role=_role(state, name, version, record.stage),
+                    next_stage=next_stage(record.stage),
+                    blocked_by=blockers(state, policy, name, version, now),
+                    open_escalations=list(record.open_escalations()),
+                    proofpack_id=record.proofpack_id,
+                )
+            )
+    return rows

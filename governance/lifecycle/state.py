@@ -1,0 +1,112 @@
+"""The governance state: everything the audit log implies, folded entry by entry (event sourcing).
+
+:class:`GovernanceState` is a pure value: the model registry (:mod:`governance.lifecycle.registry`) plus what the
+consumer needs beyond it — the latest gate verdict per version and stage, artifact digests, ProofPacks,
+the input positions already handled, the ids already seen (replay protection), rollback records and
+rejection counts. :func:`fold` is the only way it changes; the live consumer and a rebuild from the log
+call the same function, so the state materialised in Redis equals ``rebuild(log)`` by construction.
+
+Guarantees: :func:`fold` is pure and deterministic; it refuses an entry that does not continue the chain
+(``seq`` not the next one, ``prev_hash`` not the head) or whose facts the registry refuses, with
+:class:`~governance.errors.VerificationError` naming the seq (a log that cannot be folded is corrupt and
+must not be served). Only ids of inputs whose signature verified are remembered, so a forged message
+cannot burn the id of a genuine event that arrives later. JSON round-trips exactly
+(``model_dump(mode="json")`` / ``model_validate``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from pydantic import BaseModel, ConfigDict, JsonValue
+
+from governance.errors import EventValidationError, PolicyViolation, VerificationError
+from governance.lifecycle.machine import Verdict
+from governance.lifecycle.registry import Registry, apply
+from governance.service.auditlog import GENESIS, AuditEntry, GateRecord, RollbackRecord
+
+__all__ = ["GovernanceState", "as_verdict", "fold", "latest_gate", "rebuild"]
+
+# Rejections after which the input's id is known genuine (its signature verified).
+_VERIFIED_REJECTIONS = ("refused", "expired", "replayed")
+
+
+class GovernanceState(BaseModel):
+    """The folded audit log (see the module docstring)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seq: int = -1
+    head: str = GENESIS
+    registry: Registry = Registry()
+    verdicts: dict[str, dict[str, dict[str, GateRecord]]] = {}
+    artifacts: dict[str, dict[str, str]] = {}
+    proofpacks: dict[str, dict[str, JsonValue]] = {}
+    positions: dict[str, int] = {}
+    seen: dict[str, int] = {}
+    rollbacks: list[RollbackRecord] = []
+    rejections: dict[str, int] = {}
+
+    def handled(self, topic: str, partition: int, offset: int) -> bool:
+        """Whether the message at these coordinates was already handled (a redelivery)."""
+        return offset <= self.positions.get(f"{topic}:{partition}", -1)
+
+
+def fold(state: GovernanceState, entry: AuditEntry, entry_hash: str) -> GovernanceState:
+    """The state after ``entry`` (whose record hashes to ``entry_hash``); ``state`` is not changed."""
+    if entry.seq != state.seq + 1:
+        raise VerificationError(f"audit entry seq {entry.seq} does not follow seq {state.seq}; the log is corrupt")
+    if entry.prev_hash != state.head:
+        raise VerificationError(f"audit entry seq {entry.seq} does not link to the previous entry's hash")
+    new = state.model_copy(deep=True)
+    registry = new.registry
+    for fact in entry.facts:
+        try:
+            registry = apply(registry, fact)
+        except (PolicyViolation, EventValidationError) as exc:
+            raise VerificationError(f"audit entry seq {entry.seq}: the registry refuses its fact: {exc}") from None
+    new.registry = registry
+    if entry.gate is not None:
+        gate = entry.gate
+        new.verdicts.setdefault(gate.model, {}).setdefault(gate.version, {})[gate.stage] = gate
+    if entry.artifact is not None:
+        new.artifacts.setdefault(entry.artifact.model, {})[entry.artifact.version] = entry.artifact.sha256
+    if entry.proofpack is not None:
+        payload = entry.proofpack.get("payload")
+        pack_id = payload.get("proofpack_id") if isinstance(payload, dict) else None
+        if not isinstance(pack_id, str):
+            raise VerificationError(f"audit entry seq {entry.seq}: its ProofPack has no proofpack_id")
+        new.proofpacks[pack_id] = entry.proofpack
+    if entry.rollback is not None:
+        new.rollbacks.append(entry.rollback)
+    source = entry.input
+    new.positions[source.position] = max(source.offset, new.positions.get(source.position, -1))
+    rejection = entry.rejection
+    if rejection is not None:
+        new.rejections[rejection.reason] = new.rejections.get(rejection.reason, 0) + 1
+    if source.id is not None and (rejection is None or rejection.reason in _VERIFIED_REJECTIONS):
+        new.seen.setdefault(source.id, entry.seq)
+    new.seq, new.head = entry.seq, entry_hash
+    return new
+
+
+def rebuild(entries: Iterable[tuple[AuditEntry, str]]) -> GovernanceState:
+    """Fold ``(entry, entry_hash)`` pairs, in log order, onto an empty state."""
+    state = GovernanceState()
+    for entry, digest in entries:
+        state = fold(state, entry, digest)
+    return state
+
+
+def latest_gate(state: GovernanceState, model: str, version: str, stage: str) -> GateRecord | None:
+    """The latest verified gate decision about ``model@version`` in ``stage`` (SHADOW or STAGING)."""
+    return state.verdicts.get(model, {}).get(version, {}).get(stage)
+
+
+def as_verdict(record: GateRecord | None) -> Verdict | None:
+    """The lifecycle verdict a gate decision stands for (None when there was none: it blocks)."""
+    if record is None:
+        return None
+    if record.passed:
+        return Verdict(passed=True)
+    return Verdict(passed=False, failures=tuple(record.failures) or (f"{record.gate} not READY",))

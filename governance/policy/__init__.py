@@ -1,0 +1,1 @@
+"""The policy files (lifecycle policy, feature catalog) and their pure evaluation: checks, gates, triggers."""

@@ -1,0 +1,327 @@
+"""Emit-on-change evaluation of one comparison: snapshots in, governance events out.
+
+:func:`evaluate` is what the worker's evaluator timer (and ``shadowgate replay``) calls for each
+comparison: it reads the comparison's snapshots keyed by window name, steps the rollback triggers,
+evaluates the gate of the comparison's stage, and returns the events to publish with the new state.
+
+Windows read (names from ``policy.windows`` and ``policy.triggers``; the default policy's in brackets):
+
+* the stage gate: ``windows.stage`` [``stage``], the whole current stage so far;
+* production monitoring: ``windows.production`` [``1d``] and ``<windows.daily_prefix>1`` ...
+  ``<daily_prefix>N`` [``day-1`` ... ``day-7``], the last whole days (1 = most recent);
+* each trigger: its own ``window`` [``1m`` error rate and latency, ``1h`` KL and integrity, ``1d``
+  calibration]. A window absent from the mapping reads as no data (INCONCLUSIVE / unknown).
+
+Events, and when:
+
+* ``GateReady`` / ``GateBlocked`` (SHADOW and STAGING) when the verdict differs from the last one
+  emitted, or the policy hash changed (a new policy deserves a fresh decision); the first evaluation
+  always emits;
+* ``RollbackTrigger`` when a trigger fires (once per breach episode, see :mod:`governance.policy.triggers`), and
+  an ``Alert`` too when the trigger's policy says ``alert`` (always for SOURCE_UNHEALTHY, which never
+  rolls back);
+* PRODUCTION: for each check whose outcome changed to WARN or FAIL, an ``Alert``, or a
+  ``RecalibrationRequested`` for the RECALIBRATE check (calibration drift).
+
+An ``Alert`` whose dedup key was emitted less than ``alerts.dedup_s`` ago is dropped. Guarantees: pure
+(``now`` is the event-time watermark, passed in); deterministic, including event ids (UUID5 of the
+decision), so a replay of the same traffic yields the same events as the live worker; events come in
+event-time order (all carry ``ts = now``; within one call: source alert, rollbacks and their alerts in
+trigger order, gate decision, production alerts); a ``now`` older than the previous call's changes
+nothing and emits nothing. :class:`EvaluatorState` round-trips through JSON for storage in Redis.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Literal
+
+import orjson
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from governance.contract.comparison import ComparisonKey, WindowSnapshot
+from governance.contract.events import (
+    Alert,
+    Evidence,
+    GateBlocked,
+    GateReady,
+    GovernanceEvent,
+    RecalibrationRequested,
+    RollbackTrigger,
+    Stage,
+    Versions,
+)
+from governance.policy.checks import Check, GateResult, Outcome, Verdict, WindowRef
+from governance.policy.document import AlertSeverity, Policy
+from governance.policy.gates import evaluate_production, evaluate_shadow_completion, evaluate_staging_gate
+from governance.policy.triggers import SOURCE_UNHEALTHY, TriggerFiring, TriggerState, step
+
+__all__ = ["EvaluationContext", "EvaluatorState", "evaluate"]
+
+# Fixed namespace: event ids are UUID5(namespace, decision), identical in replay and live evaluation.
+_NAMESPACE = uuid.UUID("5f1d3c2e-8a4b-5c6d-9e7f-0a1b2c3d4e5f")
+
+
+@dataclass(frozen=True)
+class EvaluationContext:
+    """Facts about the comparison that the windows do not hold (from the lifecycle state and the CLI).
+
+    SHADOW needs ``stage_started_at`` and ``model_type``; STAGING needs ``stage_started_at`` (and the
+    assigned ``canary_share``, else that check is INCONCLUSIVE); PRODUCTION uses ``trained_at`` for
+    staleness and ``rollback_to`` as the target of a production rollback. The integrity-violation and
+    escalation counts cover the last ``policy.shadow.lookback_days`` days.
+    """
+
+    key: ComparisonKey
+    stage: Stage
+    stage_started_at: datetime | None = None
+    model_type: str | None = None
+    integrity_violations_7d: int | None = None
+    escalations_7d: int | None = None
+    canary_share: float | None = None
+    trained_at: datetime | None = None
+    rollback_to: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.stage in ("SHADOW", "STAGING") and self.stage_started_at is None:
+            raise ValueError(f"EvaluationContext for {self.key.as_id()}: stage {self.stage} needs stage_started_at")
+        if self.stage == "SHADOW" and self.model_type is None:
+            raise ValueError(f"EvaluationContext for {self.key.as_id()}: stage SHADOW needs model_type")
+
+
+class EvaluatorState(BaseModel):
+    """What one comparison's evaluator remembers between calls (JSON-serialisable)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    verdict: Verdict | None = None
+    policy_hash: str | None = None
+    outcomes: dict[str, Outcome] = Field(default_factory=dict)
+    triggers: TriggerState = Field(default_factory=TriggerState)
+    alerts: dict[str, AwareDatetime] = Field(default_factory=dict)
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> EvaluatorState:
+        return cls.model_validate_json(data)
+
+
+class _Emitter:
+    """Builds event envelopes for one call: deterministic ids, shared ts / expiry, alert dedup."""
+
+    def __init__(self, policy: Policy, context: EvaluationContext, alerts: Mapping[str, datetime], now: datetime):
+        self.policy, self.context, self.now = policy, context, now
+        self.events: list[GovernanceEvent] = []
+        window = timedelta(seconds=policy.alerts.dedup_s)
+        self.alerts = {key: ts for key, ts in alerts.items() if now - ts < window}
+        key = context.key
+        self.envelope = {
+            "ts": now,
+            "expires_at": now + timedelta(seconds=policy.events.ttl_s),
+            "model": key.model,
+            "versions": Versions(production=key.production_version, candidate=key.candidate_version, role=key.role),
+        }
+
+    def _id(self, kind: str, detail: str) -> uuid.UUID:
+        parts = (kind, self.context.key.as_id(), detail, self.now.isoformat(), self.policy.hash())
+        return uuid.uuid5(_NAMESPACE, "|".join(parts))
+
+    def evidence(self, checks: list[Check], windows: list[WindowRef], result: GateResult | None = None) -> Evidence:
+        return Evidence(
+            policy_hash=self.policy.hash(),
+            checks=checks,
+            windows=windows,
+            statistics=list(result.statistics) if result is not None else [],
+        )
+
+    def alert(self, name: str, severity: AlertSeverity, summary: str, runbook: str, evidence: Evidence) -> None:
+        dedup_key = f"{self.context.key.as_id()}|{name}"
+        if dedup_key in self.alerts:
+            return
+        self.alerts[dedup_key] = self.now
+        self.events.append(
+            Alert.model_validate(
+                {
+                    **self.envelope,
+                    "event_id": self._id("Alert", name),
+                    "evidence": evidence,
+                    "severity": severity,
+                    "dedup_key": dedup_key,
+                    "summary": summary[:512],
+                    "runbook": runbook,
+                }
+            )
+        )
+
+    def add(self, event: type[GovernanceEvent], detail: str, evidence: Evidence, **fields: object) -> None:
+        payload = {**self.envelope, "event_id": self._id(event.__name__, detail), "evidence": evidence, **fields}
+        self.events.append(event.model_validate(payload))
+
+
+def _refs(snapshots: Mapping[str, WindowSnapshot], names: list[str]) -> list[WindowRef]:
+    return [WindowRef.of(snapshots[name]) for name in names if name in snapshots]
+
+
+def _firing_check(firing: TriggerFiring) -> Check:
+    return Check(
+        name=firing.trigger,
+        outcome="FAIL",
+        value=firing.value,
+        threshold=firing.threshold,
+        upper_threshold=firing.upper_threshold,
+        comparator=firing.comparator,
+        enforcement="BLOCK" if firing.action == "immediate" else "WARNING",
+        message=firing.reason[:512],
+    )
+
+
+def _emit_firings(
+    emit: _Emitter, firings: list[TriggerFiring], snapshots: Mapping[str, WindowSnapshot], side: str
+) -> None:
+    key, context = emit.context.key, emit.context
+    for firing in firings:
+        names = sorted(snapshots) if firing.trigger == SOURCE_UNHEALTHY else [firing.window or ""]
+        evidence = emit.evidence([_firing_check(firing)], _refs(snapshots, names))
+        if firing.action is not None:
+            from_version = key.production_version if side == "production" else key.candidate_version
+            to_version = context.rollback_to if side == "production" else key.production_version
+            emit.add(
+                RollbackTrigger,
+                firing.trigger,
+                evidence,
+                trigger=firing.trigger,
+                action=firing.action,
+                reason=firing.reason[:512],
+                from_version=from_version,
+                to_version=to_version,
+            )
+        if firing.alert:
+            emit.alert(firing.trigger, firing.severity, firing.reason, firing.runbook, evidence)
+
+
+def _missing(policy: Policy, gate: str, window: str, now: datetime) -> GateResult:
+    check = Check(
+        name=f"window[{window}]",
+        outcome="INCONCLUSIVE",
+        value=None,
+        threshold=None,
+        comparator=">",
+        enforcement="BLOCK",
+        message=f"window {window!r} is not available for this comparison yet",
+    )
+    return GateResult(gate=gate, verdict="INCONCLUSIVE", checks=[check], evaluated_at=now, policy_hash=policy.hash())
+
+
+def _gate(
+    policy: Policy, context: EvaluationContext, snapshots: Mapping[str, WindowSnapshot], now: datetime
+) -> GateResult:
+    name = policy.windows.stage
+    gate = "shadow_completion" if context.stage == "SHADOW" else "staging"
+    snapshot = snapshots.get(name)
+    if snapshot is None:
+        return _missing(policy, gate, name, now)
+    started = context.stage_started_at
+    if started is None:  # EvaluationContext refuses this; kept so a bypassed check cannot pass a gate
+        raise ValueError(f"stage {context.stage} of {context.key.as_id()} needs stage_started_at")
+    if context.stage == "SHADOW":
+        return evaluate_shadow_completion(
+            policy,
+            snapshot,
+            context.model_type or "",
+            started,
+            context.integrity_violations_7d,
+            context.escalations_7d,
+            now,
+        )
+    return evaluate_staging_gate(policy, snapshot, started, context.canary_share, now)
+
+
+def _emit_gate(emit: _Emitter, result: GateResult, state: EvaluatorState) -> None:
+    if (result.verdict, emit.policy.hash()) == (state.verdict, state.policy_hash):
+        return
+    evidence = emit.evidence(result.checks, [result.window] if result.window else [], result)
+    stage = emit.context.stage
+    if result.verdict == "READY":
+        emit.add(GateReady, result.gate + "|READY", evidence, gate=result.gate, stage=stage)
+    else:
+        emit.add(
+            GateBlocked,
+            f"{result.gate}|{result.verdict}",
+            evidence,
+            gate=result.gate,
+            stage=stage,
+            verdict=result.verdict,
+            failing_checks=result.blocking,
+        )
+
+
+def _production(
+    emit: _Emitter, snapshots: Mapping[str, WindowSnapshot], state: EvaluatorState
+) -> tuple[GateResult | None, dict[str, Outcome]]:
+    policy, context = emit.policy, emit.context
+    snapshot = snapshots.get(policy.windows.production)
+    if snapshot is None:
+        return None, dict(state.outcomes)
+    days = [f"{policy.windows.daily_prefix}{i}" for i in range(policy.production.stability_days, 0, -1)]
+    daily = [snapshots[name] for name in days if name in snapshots]
+    result = evaluate_production(policy, snapshot, daily, context.trained_at, emit.now)
+    outcomes = dict(state.outcomes)
+    for check in result.checks:
+        before, outcomes[check.name] = outcomes.get(check.name), check.outcome
+        # A stale source is the SOURCE_UNHEALTHY trigger's alert; no second alert for the same fact.
+        if check.outcome == before or check.outcome not in ("WARN", "FAIL") or check.name == "source_fresh":
+            continue
+        evidence = emit.evidence([check], _refs(snapshots, [policy.windows.production, *days]), result)
+        if check.enforcement == "RECALIBRATE":
+            emit.add(
+                RecalibrationRequested,
+                check.name,
+                evidence,
+                calibration_drift=check.value,
+                threshold=check.threshold,
+                reason=check.message[:512],
+            )
+        else:
+            severity: AlertSeverity = "critical" if check.outcome == "FAIL" else "warning"
+            emit.alert(f"production.{check.name}", severity, check.message, f"production-{check.name}", evidence)
+    return result, outcomes
+
+
+def evaluate(
+    policy: Policy,
+    snapshots: Mapping[str, WindowSnapshot],
+    context: EvaluationContext,
+    state: EvaluatorState,
+    now: datetime,
+) -> tuple[EvaluatorState, list[GovernanceEvent]]:
+    """Evaluate one comparison at event time ``now``; see the module docstring for what is emitted."""
+    if now.tzinfo is None or now.utcoffset() is None:
+        raise ValueError(f"now must be a timezone-aware UTC datetime, got naive {now.isoformat()}")
+    now = now.astimezone(UTC)  # one spelling of the instant, so event ids do not depend on the caller's zone
+    if state.triggers.last_step is not None and now < state.triggers.last_step:
+        return state, []
+    side: Literal["candidate", "production"] = "production" if context.stage == "PRODUCTION" else "candidate"
+    emit = _Emitter(policy, context, state.alerts, now)
+    triggers, firings = step(policy, state.triggers, snapshots, now, side)
+    _emit_firings(emit, firings, snapshots, side)
+    outcomes = dict(state.outcomes)
+    if context.stage == "PRODUCTION":
+        result, outcomes = _production(emit, snapshots, state)
+        verdict = state.verdict if result is None else result.verdict
+    else:
+        result = _gate(policy, context, snapshots, now)
+        _emit_gate(emit, result, state)
+        verdict = result.verdict
+    new_state = EvaluatorState(
+        verdict=verdict,
+        policy_hash=policy.hash(),
+        outcomes=outcomes,
+        triggers=triggers,
+        alerts=emit.alerts,
+    )
+    return new_state, sorted(emit.events, key=lambda event: event.ts)

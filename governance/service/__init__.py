@@ -1,0 +1,1 @@
+"""The governance consumer and its I/O: audit log on Kafka, state in Redis, lease, rollback, CLI client."""

@@ -1,0 +1,1 @@
+"""Decoding: raw Kafka records into native blocks or contract events; dead letters as data."""

@@ -1,0 +1,1 @@
+"""Folding pairs into mergeable aggregates (sketches, counters) and reading metrics back out of them."""

@@ -1,0 +1,1 @@
+"""The Python reference joins: the specification the native joins are tested against."""

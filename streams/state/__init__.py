@@ -1,0 +1,1 @@
+"""The window store: slot arithmetic, the store protocol and its Redis and memory backends."""

@@ -1,0 +1,1 @@
+"""The worker: the processor, the Faust app, evaluation rounds, replay and telemetry."""

@@ -1,0 +1,522 @@
+"""From raw Kafka records to window increments: validate, pair, join labels, fold, apply with a fence.
+
+:class:`Processor` is the synchronous core of the worker. The Faust agent (``streams.worker.app``) and the
+offline replay (``streams.worker.replay``) both feed it batches of :class:`Record` s, so live and replayed
+traffic give the same windows by construction.
+
+Per partition it keeps a pairer and a label joiner: the native ones (``streams._native``, Rust), which
+give the results and state entries of the reference :class:`~streams.join.reference.pairing.Pairer` and
+:class:`~streams.join.reference.labels.LabelJoiner` (the same tests run against both). Messages are decoded into native
+blocks (:func:`streams.decode.decoder.decode_scores_block`), the joins run on them without Python objects per
+event, and the fold reads their output as numpy columns. The scores and labels topics are co-partitioned
+(same partition count, keyed by ``request_id``), so partition ``p`` of both belongs to one worker and
+one state.
+
+Exactly-once effect. After each batch of partition ``p`` the processor applies in ONE atomic store step:
+the slot increments, the fence, a small checkpoint blob (next offset of each topic; the production version
+each candidate last paired with) and the *state delta* of the joins, i.e. the remembered half-pairs, pairs
+waiting for labels and labels that changed since the previous batch (``Pairer.state_delta`` under ``p/``,
+``LabelJoiner.state_delta`` under ``l/``), written by the native joins as ONE state log record
+(:class:`~streams.join.state.StateLog`) that the store appends whole, so a batch writes in proportion to
+its events, never to the state (hours of pairs waiting for labels). Once the records since the last
+whole-state record outgrow it (and 32 MiB), the batch writes a whole-state record instead, which replaces
+the log: the stored state stays within about twice its size. The fence offset is the sum of the next
+offsets of the two topics, which grows with every batch.
+
+The apply is a compare-and-set (``Fence.expected``: the fence the in-memory state was loaded at or last
+stored with), because a delta only means something on top of the exact state it came from. After a crash
+Kafka redelivers from the last committed offset; the new owner loads the state (``read_state`` between two
+fence reads that agree) and skips every record below its checkpointed offsets: each event counts once. If
+another worker moved the fence (a rebalance race), ``apply`` refuses; the delta was taken (the joins'
+change tracking restarted) but not stored, so the in-memory state is dropped, the other worker's state
+reloaded and what is new redone. Any exception from the fold or the store (outcome unknown) drops the
+partition's in-memory state too. Counts and dead letters of a refused attempt are discarded.
+
+Errors are data: an invalid message becomes a :class:`DeadLetter` (original bytes, reason, coordinates)
+and, when its model can be read, an integrity violation of that model, counted at the ts the message
+claims (never past the partition's score watermark, which it is when it claims none); never fatal.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+
+from governance.contract.comparison import ComparisonKey
+from governance.errors import EventValidationError, StoreError
+from streams._native import LabelBlock, LabelOut, PairingOut, Pairs, ScoreBlock
+from streams.decode.decoder import decode_label_block, decode_scores_block
+from streams.decode.records import INTEGRITY_ROLE, BatchOutcome, DeadLetter, Record, identify, integrity_id
+from streams.fold.aggregate import (
+    AggregateConfig,
+    fold_duplicates,
+    fold_integrity,
+    fold_labels,
+    fold_orphans,
+    fold_pairs,
+)
+from streams.fold.features import FeatureColumn
+from streams.join.joiner import NativeLabelJoiner
+from streams.join.pairer import NativePairer
+from streams.join.reference.pairing import Side
+from streams.join.state import StateLog, pack_log, section
+from streams.state.store import NO_FENCE, Fence, FencedState, FenceState, SlotBatch, WindowStore
+from streams.state.windows import slots_for
+
+__all__ = ["INTEGRITY_ROLE", "BatchOutcome", "DeadLetter", "Processor", "Record", "integrity_id"]
+
+log = logging.getLogger(__name__)
+
+_CHECKPOINT_VERSION = 2
+_MAX_RETRIES = 5
+_PAIRER = "p/"  # state key prefixes of the two joins
+_JOINER = "l/"
+FloatArray = npt.NDArray[np.float64]
+# name -> (uint32 row indices, float64 numbers, int32 string codes, strings): Pairs.feature_arrays
+FeatureArrays = dict[str, tuple[bytes, bytes, bytes, list[str]]]
+
+
+class _PartitionState:
+    __slots__ = ("joiner", "log_bytes", "next_offsets", "pairer", "production_of", "snapshot_bytes", "stored_offset")
+
+    def __init__(self, pairer: NativePairer, joiner: NativeLabelJoiner) -> None:
+        self.pairer = pairer
+        self.joiner = joiner
+        self.next_offsets: dict[str, int] = {}
+        self.stored_offset = NO_FENCE  # the store's fence this state is: the apply's expected fence
+        # (model, candidate version, role) -> production version it was last paired with, and
+        # (model, production version) -> candidate comparisons: to attribute orphans and duplicates.
+        self.production_of: dict[tuple[str, str, str], str] = {}
+        # The store's state log: bytes of the last whole-state record, and of the records after it.
+        self.snapshot_bytes = 0
+        self.log_bytes = 0
+
+    def fence_offset(self) -> int:
+        return sum(self.next_offsets.values())
+
+
+class Processor:
+    """Turns record batches into fenced window increments (see module doc). Not thread-safe: one caller."""
+
+    def __init__(
+        self,
+        store: WindowStore,
+        *,
+        scores_topic: str,
+        labels_topic: str,
+        fence_name: str,
+        config: AggregateConfig | None = None,
+        join_window_s: float = 60.0,
+        max_pending: int = 200_000,
+        label_horizon_s: float = 3 * 86400.0,
+        max_label_pending: int = 1_000_000,
+        max_message_bytes: int = 1_048_576,
+        compact_min_bytes: int = 32 * 1024 * 1024,
+    ) -> None:
+        self.store = store
+        self.scores_topic = scores_topic
+        self.labels_topic = labels_topic
+        self.fence_name = fence_name
+        self.config = config or AggregateConfig()
+        self._join_window_s = join_window_s
+        self._max_pending = max_pending
+        self._label_horizon_s = label_horizon_s
+        self._max_label_pending = max_label_pending
+        self._max_message_bytes = max_message_bytes
+        self._compact_min_bytes = compact_min_bytes
+        self._states: dict[int, _PartitionState] = {}
+
+    # -- partition state ------------------------------------------------------------------------------
+
+    def _new_state(self) -> _PartitionState:
+        return _PartitionState(
+            NativePairer(join_window_s=self._join_window_s, max_pending=self._max_pending),
+            NativeLabelJoiner(horizon_s=self._label_horizon_s, max_pending=self._max_label_pending),
+        )
+
+    def _load(self, partition: int) -> _PartitionState:
+        stored, entries = self._read_stored(partition)
+        state = self._new_state()
+        if stored is not None:
+            where = f"checkpoint of {self.fence_name!r} partition {partition}"
+            if stored.checkpoint is None:
+                raise StoreError(
+                    f"fence {self.fence_name!r} partition {partition} is at {stored.offset} but has no checkpoint: "
+                    "written by something else? give this worker a fence name of its own"
+                )
+            try:
+                doc = orjson.loads(stored.checkpoint)
+            except orjson.JSONDecodeError as exc:
+                raise StoreError(f"{where} is not valid JSON: {exc}") from None
+            if not isinstance(doc, dict) or doc.get("v") != _CHECKPOINT_VERSION:
+                version = doc.get("v") if isinstance(doc, dict) else None
+                raise StoreError(
+                    f"{where} has version {version!r}; this worker reads version {_CHECKPOINT_VERSION} "
+                    "(version 1 kept the whole join state in the blob: replay into a fresh fence name)"
+                )
+            state.next_offsets = {str(k): int(v) for k, v in doc["offsets"].items()}
+            state.production_of = {tuple(k.split("|")): v for k, v in doc["production_of"].items()}
+            state.pairer.restore_entries(section(entries, _PAIRER))
+            state.joiner.restore_entries(section(entries, _JOINER))
+            state.stored_offset = stored.offset
+            state.snapshot_bytes = sum(len(k) + len(v) + 9 for k, v in entries.items())
+        elif entries:
+            raise StoreError(f"fence {self.fence_name!r} partition {partition}: state entries without a fence")
+        self._states[partition] = state
+        return state
+
+    def _read_stored(self, partition: int) -> tuple[FenceState | None, dict[str, bytes]]:
+        """The fence, its checkpoint and the state map, all of one fence (the state read is not atomic)."""
+        before = self.store.read_fence(self.fence_name, partition)
+        for _ in range(_MAX_RETRIES):
+            entries = self.store.read_state(self.fence_name, partition)
+            after = self.store.read_fence(self.fence_name, partition)
+            if (before and before.offset) == (after and after.offset):
+                return after, entries
+            before = after
+        raise StoreError(
+            f"fence {self.fence_name!r} partition {partition} moved during each of {_MAX_RETRIES} state reads: "
+            "is another worker processing this partition?"
+        )
+
+    def _checkpoint(self, state: _PartitionState) -> bytes:
+        return orjson.dumps(
+            {
+                "v": _CHECKPOINT_VERSION,
+                "offsets": state.next_offsets,
+                "production_of": {"|".join(k): v for k, v in state.production_of.items()},
+            }
+        )
+
+    def revoke(self, partitions: Iterable[int]) -> None:
+        """Forget the state of partitions this worker no longer owns (reloaded from the store if back)."""
+        for partition in partitions:
+            self._states.pop(partition, None)
+
+    def pending(self) -> dict[int, tuple[int, int]]:
+        """Per partition: (half-pairs remembered, pairs waiting for labels)."""
+        return {p: (s.pairer.pending, s.joiner.pending_pairs) for p, s in self._states.items()}
+
+    # -- processing -----------------------------------------------------------------------------------
+
+    def process(self, records: Sequence[Record]) -> BatchOutcome:
+        """Process one batch (any partitions, both topics) and apply its whole effect in one atomic step.
+
+        Every partition of the batch is folded into ONE :class:`SlotBatch`, applied with all the partitions'
+        fences, checkpoints and state records (``WindowStore.apply_many``), so the window increments are
+        written once, not once per partition. If a fence refuses (another worker moved it), nothing was
+        applied: the partitions' in-memory states, which went ahead, are dropped and each partition is
+        redone on its own from its stored state (:meth:`_process_partition`).
+        """
+        outcome = BatchOutcome(records=len(records))
+        by_partition: dict[int, list[Record]] = defaultdict(list)
+        for record in records:
+            by_partition[record.partition].append(record)
+        if self._apply_together(by_partition, outcome):
+            return outcome
+        for partition, part_records in sorted(by_partition.items()):
+            self._process_partition(partition, part_records, outcome)
+        return outcome
+
+    def _apply_together(self, by_partition: dict[int, list[Record]], outcome: BatchOutcome) -> bool:
+        batch = SlotBatch()
+        done: list[tuple[_PartitionState, FencedState | None, BatchOutcome]] = []
+        try:
+            for partition, records in sorted(by_partition.items()):
+                state = self._states.get(partition) or self._load(partition)
+                done.append((state, *self._fold_fresh(state, partition, records, batch)))
+            parts = [fenced for _, fenced, _ in done if fenced is not None]
+            applied = not parts or self.store.apply_many(batch, parts)
+        except BaseException:
+            # Apply outcome unknown, or a failure mid-fold: the in-memory states may be ahead of the store.
+            for partition in by_partition:
+                self._states.pop(partition, None)
+            raise
+        if not applied:
+            for partition in by_partition:
+                self._states.pop(partition, None)
+            outcome.retries += 1
+            log.warning("a fence of %s moved (another worker): redoing the batch per partition", self.fence_name)
+            return False
+        for state, fenced, part in done:
+            if fenced is not None:
+                state.stored_offset = fenced.fence.offset
+            outcome.absorb(part)
+        return True
+
+    def _process_partition(self, partition: int, records: list[Record], outcome: BatchOutcome) -> None:
+        try:
+            state = self._states.get(partition) or self._load(partition)
+            for attempt in range(_MAX_RETRIES):
+                if self._attempt(state, partition, records, outcome):
+                    return
+                outcome.retries += 1
+                log.warning(
+                    "fence %s/%d moved by another worker (attempt %d): reloading the partition state",
+                    self.fence_name,
+                    partition,
+                    attempt + 1,
+                )
+                # The refused delta was taken from the joins (their change tracking restarted) but not
+                # stored, and the store holds another worker's state: only a reload matches the store.
+                state = self._load(partition)
+        except BaseException:
+            # Apply outcome unknown, or a failure mid-fold: the in-memory state may be ahead of the store.
+            self._states.pop(partition, None)
+            raise
+        self._states.pop(partition, None)
+        raise StoreError(
+            f"fence {self.fence_name!r} partition {partition}: gave up after {_MAX_RETRIES} concurrent updates"
+        )
+
+    def _attempt(self, state: _PartitionState, partition: int, records: list[Record], outcome: BatchOutcome) -> bool:
+        """Fold the records the state has not seen and apply them; False if the fence refused."""
+        batch = SlotBatch()
+        fenced, part = self._fold_fresh(state, partition, records, batch)
+        if fenced is not None:
+            if not self.store.apply_many(batch, [fenced]):
+                return False
+            state.stored_offset = fenced.fence.offset
+        outcome.absorb(part)
+        return True
+
+    def _fold_fresh(
+        self, state: _PartitionState, partition: int, records: list[Record], batch: SlotBatch
+    ) -> tuple[FencedState | None, BatchOutcome]:
+        """Fold into ``batch`` the records ``state`` has not seen; the partition's part of the apply (None:
+        nothing new) and its counts."""
+        fresh = [r for r in records if r.offset >= state.next_offsets.get(r.topic, -1)]
+        part = BatchOutcome(skipped=len(records) - len(fresh))
+        if not fresh:
+            return None, part
+        self._fold_partition(state, fresh, batch, part)
+        for record in fresh:
+            state.next_offsets[record.topic] = max(state.next_offsets.get(record.topic, 0), record.offset + 1)
+        fence = Fence(self.fence_name, partition, state.fence_offset(), state.stored_offset)
+        return FencedState(fence, self._checkpoint(state), self._state_record(state)), part
+
+    def _state_record(self, state: _PartitionState) -> StateLog:
+        """The joins' changes since the last batch as one state log record, or, once the records since the
+        last whole-state record outgrow it (and ``compact_min_bytes``), a whole-state record replacing them:
+        the stored log stays within about twice the state, so loading a partition costs about its state."""
+        record = state.pairer.state_delta_blob(_PAIRER) + state.joiner.state_delta_blob(_JOINER)
+        state.log_bytes += len(record)
+        if state.log_bytes <= max(self._compact_min_bytes, state.snapshot_bytes):
+            return StateLog(pack_log(record))
+        snapshot = state.pairer.entries_blob(_PAIRER) + state.joiner.entries_blob(_JOINER)
+        state.snapshot_bytes, state.log_bytes = len(snapshot), 0
+        return StateLog(pack_log(snapshot), replace=True)
+
+    def _decode(
+        self, records: list[Record], outcome: BatchOutcome
+    ) -> tuple[list[ScoreBlock], list[LabelBlock], dict[str, list[float | None]]]:
+        """Valid events, and per model the ts each of its invalid messages claims (None: unreadable)."""
+        scores: list[ScoreBlock] = []
+        labels: list[LabelBlock] = []
+        violations: dict[str, list[float | None]] = defaultdict(list)
+        for record in records:
+            raw = record.value or b""
+            try:
+                if len(raw) > self._max_message_bytes:
+                    raise EventValidationError(
+                        f"message of {len(raw)} bytes exceeds the limit of {self._max_message_bytes}", field="<size>"
+                    )
+                if record.topic == self.labels_topic:
+                    labels.append(decode_label_block(raw))
+                else:
+                    scores.append(decode_scores_block(raw))
+            except EventValidationError as exc:
+                model, ts_s = identify(raw)
+                outcome.dead_letters.append(DeadLetter(record, str(exc), model))
+                if model is not None:
+                    violations[model].append(ts_s)
+        return scores, labels, violations
+
+    def _fold_partition(
+        self, state: _PartitionState, records: list[Record], batch: SlotBatch, outcome: BatchOutcome
+    ) -> None:
+        scores, labels, violations = self._decode(records, outcome)
+        outcome.score_events += sum(len(block) for block in scores)
+        outcome.labels += sum(len(block) for block in labels)
+        score_s = _newest(scores, state.pairer.watermark_s)
+        # A partition that never saw a score has no score time: the pairer waits rather than get a made-up one.
+        paired = None if score_s is None else state.pairer.add_blocks(scores, score_s)
+        pairs = paired.pairs if paired is not None else Pairs()
+        for model, production, candidate, role in pairs.comparisons():
+            state.production_of[(model, candidate, role)] = production
+        known_s = _newest(labels, state.joiner.watermark_s, score_s)
+        if known_s is not None:
+            from_pairs = state.joiner.add_native_pairs(pairs, known_s)
+            from_labels = state.joiner.add_label_blocks(labels, known_s)
+            self._fold_labels(from_pairs, batch, outcome)
+            self._fold_labels(from_labels, batch, outcome)
+        if paired is not None:
+            self._fold_pairs(pairs, batch, outcome)
+            self._fold_sides(state, paired, batch, outcome)
+        if violations:
+            # Never past the partition's score time: a window read at a comparison's latest pair covers it.
+            self._fold_integrity(state, violations, batch, known_s if score_s is None else score_s, outcome)
+        if paired is not None and paired.watermark_s is not None:
+            outcome.watermark_s[records[0].partition] = paired.watermark_s
+
+    def _fold_pairs(self, pairs: Pairs, batch: SlotBatch, outcome: BatchOutcome) -> None:
+        for i, names in enumerate(pairs.comparisons()):
+            cid = ComparisonKey(*names).as_id()  # type: ignore[arg-type]
+            prod_score, cand_score, prod_latency, cand_latency, ts = (
+                np.frombuffer(raw, dtype=np.float64) for raw in pairs.columns(i)[:5]
+            )
+            prod_error, cand_error = (np.frombuffer(raw, dtype=np.bool_) for raw in pairs.columns(i)[5:])
+            prod_features, cand_features = pairs.feature_arrays(i, "prod"), pairs.feature_arrays(i, "cand")
+            outcome.pairs += len(ts)
+            outcome.comparisons.add(cid)
+            batch.note(cid, names[0], int(ts.min() * 1000), int(ts.max() * 1000))
+            for idx, ts_s in _by_minute(ts):
+                fields = fold_pairs(
+                    prod_score[idx],
+                    cand_score[idx],
+                    prod_latency[idx],
+                    cand_latency[idx],
+                    prod_error[idx],
+                    cand_error[idx],
+                    _features(prod_features, idx, len(ts)),
+                    _features(cand_features, idx, len(ts)),
+                    self.config,
+                )
+                _add_to_slots(batch, cid, ts_s, fields)
+
+    def _fold_labels(self, result: LabelOut, batch: SlotBatch, outcome: BatchOutcome) -> None:
+        for model, production, candidate, role, prod_raw, cand_raw, label_raw, ts_raw, _ in result.joined:
+            cid = ComparisonKey(model, production, candidate, role).as_id()  # type: ignore[arg-type]
+            prod_score, cand_score, ts = (np.frombuffer(raw, dtype=np.float64) for raw in (prod_raw, cand_raw, ts_raw))
+            label = np.frombuffer(label_raw, dtype=np.int8)
+            outcome.labeled_pairs += len(ts)
+            outcome.labeled.add(cid)
+            for idx, ts_s in _by_minute(ts):
+                fields = fold_labels(prod_score[idx], cand_score[idx], label[idx], self.config)
+                _add_to_slots(batch, cid, ts_s, fields)
+
+    def _fold_sides(self, state: _PartitionState, paired: PairingOut, batch: SlotBatch, outcome: BatchOutcome) -> None:
+        for (model, version, role, ts_raw), errors_raw in zip(paired.orphans, paired.orphan_errors, strict=True):
+            side = Side(model, version, role)  # type: ignore[arg-type]
+            ts = np.frombuffer(ts_raw, dtype=np.float64)
+            errors = np.frombuffer(errors_raw, dtype=np.bool_)
+            outcome.orphans += len(ts)
+            production = role == "production"
+            for cid in self._claimants(state, side):
+                for idx, ts_s in _by_minute(ts):
+                    n = len(idx)
+                    n_err = int(errors[idx].sum())
+                    fields = fold_orphans(n, 0, n_err, 0) if production else fold_orphans(0, n, 0, n_err)
+                    _add_to_slots(batch, cid, ts_s, fields)
+        for model, version, role, ts_raw in paired.duplicates:
+            side = Side(model, version, role)  # type: ignore[arg-type]
+            ts = np.frombuffer(ts_raw, dtype=np.float64)
+            outcome.duplicates += len(ts)
+            for cid in self._claimants(state, side):
+                for idx, ts_s in _by_minute(ts):
+                    _add_to_slots(batch, cid, ts_s, fold_duplicates(len(idx)))
+        outcome.evicted += sum(len(ts_raw) // 8 for *_, ts_raw in paired.evicted)
+
+    def _claimants(self, state: _PartitionState, side: Side) -> list[str]:
+        """The comparisons an orphan or duplicate of ``side`` belongs to (none known: not attributed)."""
+        if side.role == "production":
+            return [
+                ComparisonKey(model, side.version, cand, role).as_id()  # type: ignore[arg-type]
+                for (model, cand, role), prod in state.production_of.items()
+                if model == side.model and prod == side.version
+            ]
+        prod = state.production_of.get((side.model, side.version, side.role))
+        if prod is None:
+            return []
+        return [ComparisonKey(side.model, prod, side.version, side.role).as_id()]
+
+    def _fold_integrity(
+        self,
+        state: _PartitionState,
+        violations: Mapping[str, list[float | None]],
+        batch: SlotBatch,
+        ceiling_s: float | None,
+        outcome: BatchOutcome,
+    ) -> None:
+        """Count invalid messages at the ts they claim, never past ``ceiling_s`` (the partition's watermark).
+
+        The message's own ts keeps the count independent of batching and partitioning; without one, the
+        watermark; without either, the message is only a dead letter (``unplaced_violations``).
+        """
+        for model, claimed in violations.items():
+            placed = [t if t is not None and (ceiling_s is None or t <= ceiling_s) else ceiling_s for t in claimed]
+            ts = np.array([t for t in placed if t is not None], dtype=np.float64)
+            unplaced = len(claimed) - len(ts)
+            if unplaced:
+                outcome.unplaced_violations += unplaced
+                log.warning("%d invalid messages of model %r carry no time: in no window", unplaced, model)
+            if not len(ts):
+                continue
+            claimants = sorted(
+                {
+                    ComparisonKey(m, prod, cand, role).as_id()  # type: ignore[arg-type]
+                    for (m, cand, role), prod in state.production_of.items()
+                    if m == model
+                }
+            )
+            if not claimants:
+                # The pseudo comparison exists only through its violations; a real one's span stays its events'.
+                claimants = [integrity_id(model)]
+                batch.note(claimants[0], model, int(ts.min() * 1000), int(ts.max() * 1000))
+            for cid in claimants:
+                for idx, ts_s in _by_minute(ts):
+                    _add_to_slots(batch, cid, ts_s, fold_integrity(len(idx)))
+
+
+def _newest(blocks: Sequence[ScoreBlock] | Sequence[LabelBlock], *known: float | None) -> float | None:
+    """The newest of the blocks' ts and the known times (None: nothing known)."""
+    candidates = [t for t in (block.max_ts for block in blocks) if t is not None]
+    candidates += [t for t in known if t is not None]
+    return max(candidates) if candidates else None
+
+
+def _by_minute(ts: npt.NDArray[np.float64]) -> list[tuple[npt.NDArray[np.intp], float]]:
+    """Indices of ``ts`` grouped by event-time minute, with a representative ts of each group."""
+    if len(ts) == 0:
+        return []
+    minutes = np.floor(ts / 60.0).astype(np.int64)
+    first = minutes[0]
+    if (minutes == first).all():
+        return [(np.arange(len(ts)), float(first) * 60.0)]
+    order = np.argsort(minutes, kind="stable")
+    uniq, starts = np.unique(minutes[order], return_index=True)
+    groups = np.split(order, starts[1:])
+    return [(g, float(m) * 60.0) for g, m in zip(groups, uniq, strict=True)]
+
+
+def _features(arrays: FeatureArrays, idx: npt.NDArray[np.intp], n: int) -> dict[str, FeatureColumn] | None:
+    """The feature values of rows ``idx`` (of ``n``) per name, from ``Pairs.feature_arrays``."""
+    if not arrays:
+        return None
+    chosen = None
+    if len(idx) < n:  # usually one minute group holds the whole batch: no per-row selection
+        chosen = np.zeros(n, dtype=np.bool_)
+        chosen[idx] = True
+    out: dict[str, FeatureColumn] = {}
+    for name, (rows_raw, numbers_raw, codes_raw, strings) in arrays.items():
+        column = FeatureColumn(
+            np.frombuffer(numbers_raw, dtype=np.float64), np.frombuffer(codes_raw, dtype=np.int32), strings
+        )
+        if chosen is not None:
+            column = column.take(chosen[np.frombuffer(rows_raw, dtype=np.uint32)])
+        if len(column):
+            out[name] = column
+    return out or None
+
+
+def _add_to_slots(batch: SlotBatch, cid: str, ts_s: float, fields: Mapping[str, int]) -> None:
+    if not fields or math.isnan(ts_s):
+        return
+    for slot in slots_for(int(ts_s)):
+        batch.add(cid, slot, fields)

@@ -1,0 +1,291 @@
+"""The evaluator: read a comparison's windows, run the pure gates and triggers, return events on change.
+
+:class:`Evaluator` is shared by the live worker's timer (``streams.worker.app``) and ``shadowgate replay``.
+For one comparison at event time ``now`` it reads the windows the policy names (the stage window since
+the stage started, each trigger's rolling window, and for PRODUCTION the last whole days), calls
+:func:`governance.policy.evaluator.evaluate`, keeps the :class:`~governance.policy.evaluator.EvaluatorState` in a
+:class:`StateStore` (Redis for the worker, memory for replay) and returns the events to publish.
+
+Lifecycle facts (stage, when it started, model type, escalations...) come from a ``ContextSource``.
+Without one, a comparison is judged as its role says (shadow → SHADOW, canary → STAGING), its stage
+started at its first event, and its model type is unknown, which fails closed: the strictest shadow
+rules of the policy apply (longest minimum duration, largest minimum sample).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Literal, Protocol
+
+import redis
+
+from governance.contract.comparison import ComparisonKey, WindowSnapshot
+from governance.contract.events import GovernanceEvent
+from governance.policy.document import Policy
+from governance.policy.evaluator import EvaluationContext, EvaluatorState, evaluate
+from streams.fold.aggregate import AggregateConfig
+from streams.state.store import WindowStore
+from streams.worker.processor import integrity_id
+from streams.worker.reading import comparison_keys, read_snapshot
+
+__all__ = [
+    "ContextSource",
+    "Monitor",
+    "Evaluator",
+    "MemoryStateStore",
+    "RedisStateStore",
+    "StateStore",
+    "default_context",
+    "strictest_model_type",
+]
+
+_DURATION = re.compile(r"^(\d+)([smhd])$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_DAY_S = 86400
+
+
+class StateStore(Protocol):
+    """Where evaluator states live between evaluations (and who may evaluate a comparison)."""
+
+    def get(self, comparison_id: str) -> bytes | None: ...
+
+    def put(self, comparison_id: str, state: bytes) -> None: ...
+
+    def lease(self, comparison_id: str, owner: str, ttl_s: float) -> bool: ...
+
+
+class MemoryStateStore:
+    """States in a dict; every lease is granted (one process)."""
+
+    def __init__(self) -> None:
+        self._states: dict[str, bytes] = {}
+
+    def get(self, comparison_id: str) -> bytes | None:
+        return self._states.get(comparison_id)
+
+    def put(self, comparison_id: str, state: bytes) -> None:
+        self._states[comparison_id] = state
+
+    def lease(self, comparison_id: str, owner: str, ttl_s: float) -> bool:
+        return True
+
+
+class RedisStateStore:
+    """States under ``<prefix>:eval:<comparison>``; a lease makes one worker the evaluator of a comparison."""
+
+    _LEASE = """
+    local cur = redis.call('GET', KEYS[1])
+    if not cur or cur == ARGV[1] then
+      redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+      return 1
+    end
+    return 0
+    """
+
+    def __init__(self, client: redis.Redis[bytes], prefix: str) -> None:
+        self._client = client
+        self._prefix = prefix
+        self._lease_script = client.register_script(self._LEASE)
+
+    def get(self, comparison_id: str) -> bytes | None:
+        value = self._client.get(f"{self._prefix}:eval:{{{comparison_id}}}")
+        return bytes(value) if value is not None else None
+
+    def put(self, comparison_id: str, state: bytes) -> None:
+        self._client.set(f"{self._prefix}:eval:{{{comparison_id}}}", state)
+
+    def lease(self, comparison_id: str, owner: str, ttl_s: float) -> bool:
+        key = f"{self._prefix}:evaluator:{{{comparison_id}}}"
+        return bool(self._lease_script(keys=[key], args=[owner, int(ttl_s * 1000)]))
+
+
+#: The candidate side's lifecycle facts (None: the candidate is not judged).
+ContextSource = Callable[[ComparisonKey, datetime | None], EvaluationContext | None]
+#: A PRODUCTION context when the comparison's production side is the serving production version.
+Monitor = Callable[[ComparisonKey], EvaluationContext | None]
+
+
+def strictest_model_type(policy: Policy) -> str:
+    """The model type with the longest minimum shadow duration (then the largest sample)."""
+    rules = policy.shadow.model_types
+    return max(rules, key=lambda name: (rules[name].min_duration_days, rules[name].min_samples))
+
+
+def default_context(policy: Policy, model_type: str | None = None) -> ContextSource:
+    """Judge a comparison by its role, from its first event, as ``model_type`` (default: the strictest)."""
+    kind = model_type or strictest_model_type(policy)
+
+    def context(key: ComparisonKey, first_event: datetime | None) -> EvaluationContext:
+        stage: Literal["SHADOW", "STAGING"] = "SHADOW" if key.role == "shadow" else "STAGING"
+        return EvaluationContext(key=key, stage=stage, stage_started_at=first_event or datetime(1970, 1, 1, tzinfo=UTC),
+                                 model_type=kind, integrity_violations_7d=None, escalations_7d=0)
+
+    return context
+
+
+def _seconds(name: str) -> int | None:
+    match = _DURATION.match(name)
+    return int(match.group(1)) * _UNIT_S[match.group(2)] if match else None
+
+
+class Evaluator:
+    """Evaluates comparisons on demand; see the module docstring."""
+
+    def __init__(
+        self,
+        store: WindowStore,
+        policy: Policy,
+        states: StateStore,
+        context: ContextSource | None = None,
+        config: AggregateConfig | None = None,
+        *,
+        monitor: Monitor | None = None,
+        max_refresh_s: float = 900.0,
+    ) -> None:
+        self.store = store
+        self.policy = policy
+        self.states = states
+        self.context = context or default_context(policy)
+        self.config = config or AggregateConfig()
+        self.max_refresh_s = max_refresh_s
+        self.monitor = monitor
+        self._cache: dict[tuple[str, str], tuple[datetime, WindowSnapshot]] = {}
+
+    def _refresh_s(self, length_s: float) -> float:
+        # Windows of up to two minutes (the rollback triggers' 1 m windows) are read at every evaluation:
+        # a breach must be seen at once. A longer window moves little in a short time: it is re-read
+        # at 1/60 of its length (1 h: every minute), at most every max_refresh_s.
+        if length_s <= 120.0:
+            return 0.0
+        return min(length_s / 60.0, self.max_refresh_s)
+
+    def _lite_windows(self, context: EvaluationContext) -> set[str]:
+        """Windows read only by triggers that need no ranking metric (no calibration slope)."""
+        full = {self.policy.windows.stage, self.policy.windows.production}
+        lite: set[str] = set()
+        for name, trigger in self.policy.triggers.model_dump().items():
+            if isinstance(trigger, dict) and isinstance(trigger.get("window"), str):
+                (full if name == "calibration_slope" else lite).add(trigger["window"])
+        return lite - full
+
+    def windows(self, context: EvaluationContext) -> dict[str, tuple[datetime | None, int | None]]:
+        """Window name -> (fixed start or None, rolling length in s or None) that this stage needs."""
+        w = self.policy.windows
+        wanted: dict[str, tuple[datetime | None, int | None]] = {}
+        for trigger in self.policy.triggers.model_dump().values():
+            if isinstance(trigger, dict) and isinstance(trigger.get("window"), str):
+                seconds = _seconds(trigger["window"])
+                if seconds is not None:
+                    wanted[trigger["window"]] = (None, seconds)
+        if context.stage == "PRODUCTION":
+            seconds = _seconds(w.production)
+            if seconds is not None:
+                wanted[w.production] = (None, seconds)
+            for day in range(1, self.policy.production.stability_days + 1):
+                wanted[f"{w.daily_prefix}{day}"] = (None, -day)  # negative: whole day `day` days back
+        else:
+            wanted[w.stage] = (context.stage_started_at, None)
+        return wanted
+
+    def snapshots(self, key: ComparisonKey, context: EvaluationContext, now: datetime) -> dict[str, WindowSnapshot]:
+        """The windows of ``key`` at ``now``; long windows come from a cache refreshed at 1/12 of their length."""
+        out: dict[str, WindowSnapshot] = {}
+        cid = key.as_id()
+        for name, (start, length_s) in self.windows(context).items():
+            # Windows are [start, end) in whole seconds: end one second past ``now`` so the events of
+            # now's own second (the newest event, at an idle re-evaluation) are in.
+            end = now + timedelta(seconds=1)
+            if length_s is not None and length_s < 0:
+                day_end = datetime.fromtimestamp((int(now.timestamp()) // _DAY_S) * _DAY_S, UTC) + timedelta(
+                    days=1 + length_s
+                )
+                start, end = day_end - timedelta(days=1), day_end
+                span_s = float(_DAY_S)
+            elif length_s is not None:
+                start = now - timedelta(seconds=length_s)
+                span_s = float(length_s)
+            else:
+                span_s = (now - start).total_seconds() if start is not None else 0.0
+            cached = self._cache.get((cid, name))
+            if cached is not None and timedelta(0) <= now - cached[0] < timedelta(seconds=self._refresh_s(span_s)):
+                out[name] = cached[1]
+                continue
+            tests = name == self.policy.windows.stage
+            full = name not in self._lite_windows(context)
+            snap = read_snapshot(self.store, key, name, end, self.config, start=start, tests=tests, full=full)
+            self._cache[(cid, name)] = (now, snap)
+            out[name] = snap
+        return out
+
+    def forget(self, comparison_id: str) -> None:
+        """Drop the cached windows of a comparison: the next evaluation re-reads them all."""
+        self._cache = {k: v for k, v in self._cache.items() if k[0] != comparison_id}
+
+    def integrity_violations(self, key: ComparisonKey, context: EvaluationContext, now: datetime) -> int:
+        """Invalid messages of the model in the policy's lookback (spec 3.2 check 5), from the windows.
+
+        Counted on this comparison and on the model's pseudo comparison (violations seen before any
+        comparison of the model existed); cached like the other long windows.
+        """
+        days = self.policy.shadow.lookback_days
+        total = 0
+        for cid in (key.as_id(), integrity_id(key.model)):
+            name = f"integrity-{days}d"
+            cached = self._cache.get((cid, name))
+            if cached is not None and timedelta(0) <= now - cached[0] < timedelta(seconds=self.max_refresh_s):
+                total += int(cached[1].metric("integrity_violations") or 0)
+                continue
+            if self.store.meta(cid) is None:
+                continue
+            snap = read_snapshot(self.store, key, name, now + timedelta(seconds=1),  # now's own second too
+                                 self.config, start=now - timedelta(days=days), tests=False, full=False,
+                                 comparison_id=cid)
+            self._cache[(cid, name)] = (now, snap)
+            total += int(snap.metric("integrity_violations") or 0)
+        return total
+
+    def evaluate(self, key: ComparisonKey, now: datetime | None = None) -> list[GovernanceEvent]:
+        """Evaluate ``key`` at event time ``now`` (default: its newest event); return the events.
+
+        The candidate side is judged by the stage its context names (SHADOW, STAGING); when a monitor
+        says the production side is the serving PRODUCTION version, the production checks and triggers
+        run too, with their own state, on one comparison per production version (the first by id), so a
+        serving version compared with both a shadow and a canary is not rolled back twice.
+        """
+        meta = self.store.meta(key.as_id())
+        if meta is None:
+            return []
+        first = datetime.fromtimestamp(meta.first_event_ms / 1000, UTC)
+        if now is None:
+            now = datetime.fromtimestamp(meta.last_event_ms / 1000, UTC)
+        cid = key.as_id()
+        judged: list[tuple[str, EvaluationContext]] = []
+        context = self.context(key, first)
+        if context is not None:
+            judged.append((cid, context))
+        if self.monitor is not None and (context is None or context.stage != "PRODUCTION"):
+            production = self.monitor(key)
+            if production is not None and self._monitors(key):
+                judged.append((f"{cid}#production", production))
+        events: list[GovernanceEvent] = []
+        for state_id, ctx in judged:
+            if ctx.stage_started_at is not None and ctx.stage_started_at > now:
+                # The stage began after the newest event (a transition the stream has not caught up with):
+                # none of its traffic is here yet, so there is nothing to judge, only an empty window.
+                continue
+            if ctx.integrity_violations_7d is None:
+                ctx = replace(ctx, integrity_violations_7d=self.integrity_violations(key, ctx, now))
+            raw = self.states.get(state_id)
+            state = EvaluatorState.from_json(raw) if raw else EvaluatorState()
+            new_state, produced = evaluate(self.policy, self.snapshots(key, ctx, now), ctx, state, now)
+            self.states.put(state_id, new_state.to_json())
+            events += produced
+        return sorted(events, key=lambda event: event.ts)
+
+    def _monitors(self, key: ComparisonKey) -> bool:
+        """Whether ``key`` is the comparison that monitors its production version (the first by id)."""
+        same = [k for k in comparison_keys(self.store, key.model) if k.production_version == key.production_version]
+        return not same or key == min(same)
