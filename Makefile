@@ -12,7 +12,7 @@ help:
 	@echo "make test       bring up Kafka + Redis and run the whole test suite"
 	@echo "make up | down  start / stop the local Kafka broker and Redis server"
 	@echo "make test-clock  server-free tests again, with the clock moved 400 days ahead (faketime)"
-	@echo "make lint       ruff + mypy --strict + JSON Schemas current + crypto audit (PQC phase 3)"
+	@echo "make lint       ruff + mypy --strict + import directions + JSON Schemas current + crypto audit (PQC phase 3)"
 	@echo "make bench      run the benchmarks (figures land in benchmarks/results/)"
 
 # The editable install compiles native/ once: changed Rust sources need a reinstall.
@@ -53,6 +53,7 @@ test-clock: install
 lint: install
 	ruff check .
 	mypy
+	lint-imports
 	$(PYTHON) -m shadowgate schemas --check
 	$(PYTHON) -m shadowgate crypto audit .
 

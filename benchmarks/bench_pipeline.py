@@ -53,10 +53,11 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from harness import PARTITIONS, PRODUCER, REPO, Harness, cpu_meter, free_port, server_pids
 
 from governance.contract.comparison import ComparisonKey
+from governance.contract.kafkaio import Record
 from shadowgate.sdk import ScorePublisher
 from shadowgate.traffic import TrafficSpec, generate
 from streams.state.redis_store import RedisWindowStore
-from streams.worker.processor import Processor, Record
+from streams.worker.processor import Processor
 from streams.worker.reading import read_snapshot
 
 __all__ = ["run"]

@@ -37,6 +37,7 @@ from typing import Any
 import orjson
 import redis
 
+from governance.contract.kafkaio import Record
 from governance.contract.settings import Settings
 from governance.contract.wire import LabelEvent, ScoreEvent, encode, validate_label, validate_score
 from shadowgate.partitioner import partition_for
@@ -44,7 +45,7 @@ from shadowgate.traffic import TrafficSpec, generate
 from streams.state.memory_store import MemoryWindowStore
 from streams.state.redis_store import RedisWindowStore
 from streams.state.store import WindowStore
-from streams.worker.processor import Processor, Record
+from streams.worker.processor import Processor
 from streams.worker.runtime import tune_gc
 
 RESULTS = Path(__file__).resolve().parent / "results" / "processor.json"

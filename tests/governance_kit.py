@@ -19,16 +19,17 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from governance.contract.events import Evidence, GateReady, RollbackTrigger, Versions
+from governance.contract.findings import Check
 from governance.contract.kafkaio import SyncProducer
 from governance.contract.publishing import encode_signed_event
 from governance.crypto.keyring import Keyring
 from governance.crypto.signing import Signer
+from governance.lifecycle.audit import EntryBody, Input, entry_hash
 from governance.lifecycle.identities import Trust, identity_dir, load_trust, system_signer
 from governance.lifecycle.ledger import Event
 from governance.policy.catalog import FeatureCatalog, load_catalog
-from governance.policy.checks import Check
 from governance.policy.document import Policy
-from governance.service.auditlog import AuditWriter, EntryBody, Input, entry_hash
+from governance.service.auditlog import AuditWriter
 from governance.service.consumer import ConsumerConfig, GovernanceConsumer
 from tests.governance_factory import policy_with
 
@@ -213,8 +214,9 @@ def seed_log(env: Env, batches: list[list[Event]]) -> None:
 def lifecycle_facts(model: str, version: str, to: str, at: datetime | None = None) -> list[Event]:
     """Facts that register ``model@version`` with valid metadata, features and every stage's documents, then move
     it along the forward path to stage ``to`` (the registry checks the table, not the gates: this is a seed)."""
+    from governance.contract.stages import Stage
     from governance.lifecycle.ledger import DocumentRecorded, Registered, Transitioned
-    from governance.lifecycle.machine import FORWARD, Stage, Verdict
+    from governance.lifecycle.machine import FORWARD, Assessment
     from governance.policy.catalog import validate_feature_linkage
     from tests.lifecycle_samples import MODEL_FEATURES, complete_documents, valid_metadata
 
@@ -223,7 +225,7 @@ def lifecycle_facts(model: str, version: str, to: str, at: datetime | None = Non
     metadata = valid_metadata(version, f"PP-{version}", when - timedelta(days=3))
     facts: list[Event] = [Registered(event_id=f"{model}-{version}-reg", at=when, model=model, version=version,
                                      model_type="classification", metadata=metadata,
-                                     features=MODEL_FEATURES, feature_linkage=Verdict(passed=ok,
+                                     features=MODEL_FEATURES, feature_linkage=Assessment(passed=ok,
                                                                                       failures=tuple(failures)))]
     for stage, docs in complete_documents().items():
         for name, text in docs.items():

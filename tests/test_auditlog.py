@@ -12,22 +12,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from governance.contract.stages import Stage
 from governance.crypto.algorithms import Algorithm
 from governance.crypto.canonical import canonical_bytes
 from governance.crypto.keys import KeyPolicy, TrustStore, generate_key
 from governance.crypto.signing import Signer
+from governance.lifecycle.audit import GENESIS, EntryBody, Input, Rejection, entry_hash, parse_entry, seal, verify_chain
 from governance.lifecycle.ledger import ApprovalRecorded, DocumentRecorded, Registered
-from governance.lifecycle.machine import Stage
-from governance.service.auditlog import (
-    GENESIS,
-    EntryBody,
-    Input,
-    Rejection,
-    entry_hash,
-    parse_entry,
-    seal,
-    verify_chain,
-)
 
 T0 = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
 NOW = T0 + timedelta(days=1)

@@ -16,10 +16,10 @@ from prometheus_client import CollectorRegistry
 
 from governance.contract.kafkaio import Record
 from governance.contract.publishing import decode_signed_event, encode_signed_event
+from governance.contract.stages import Stage
 from governance.errors import VerificationError
+from governance.lifecycle.audit import AuditEntry
 from governance.lifecycle.identities import identity_signer
-from governance.lifecycle.machine import Stage
-from governance.service.auditlog import AuditEntry
 from governance.service.consumer import GovernanceConsumer, read_log
 from governance.service.statestore import StateStore
 from shadowgate.routing_client import RoutingClient
@@ -55,7 +55,7 @@ def env(kafka_bootstrap: str, redis_url: str, redis_prefix: str, make_topic: Cal
 
 
 def _entries(env: Env) -> list[AuditEntry]:
-    from governance.service.auditlog import parse_entry
+    from governance.lifecycle.audit import parse_entry
 
     return [parse_entry(orjson.loads(r.value)["payload"]) for r in read_log(env.bootstrap, env.topics["lifecycle"])]
 

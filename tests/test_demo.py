@@ -21,13 +21,13 @@ import pytest
 import redis
 from confluent_kafka.admin import AdminClient
 
+from governance.contract.stages import Stage
 from governance.crypto.record import verify_record
 from governance.crypto.signing import Context
+from governance.lifecycle.audit import entry_hash, parse_entry, verify_chain
 from governance.lifecycle.identities import load_trust
 from governance.lifecycle.ledger import Transitioned
-from governance.lifecycle.machine import Stage
 from governance.lifecycle.state import rebuild
-from governance.service.auditlog import entry_hash, parse_entry, verify_chain
 
 REPO = Path(__file__).resolve().parent.parent
 

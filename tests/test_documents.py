@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from governance.contract.stages import Stage
 from governance.errors import EventValidationError
 from governance.lifecycle.documents import REQUIRED_DOCUMENTS, check_documents, find_gaps, heading_key, section_status
-from governance.lifecycle.machine import Stage
 from tests.lifecycle_samples import HEADINGS, SPEC_SECTIONS, complete_documents, markdown
 
 # Spec 9.1 items per stage; each must be covered by a required document or a required section.

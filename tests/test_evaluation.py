@@ -10,14 +10,14 @@ import pytest
 
 from governance.contract.comparison import ComparisonKey
 from governance.contract.events import GateBlocked
+from governance.contract.kafkaio import Record
 from governance.policy.document import load_policy
 from governance.policy.evaluator import EvaluationContext
 from shadowgate.traffic import TrafficSpec, generate
 from streams.state.memory_store import MemoryWindowStore
-from streams.worker.app import EvaluationLoop
-from streams.worker.processor import Processor, Record
+from streams.worker.processor import Processor
 from streams.worker.reading import comparison_keys
-from streams.worker.rounds import Evaluator, MemoryStateStore
+from streams.worker.rounds import EvaluationLoop, Evaluator, MemoryEvaluatorStates
 
 START = datetime(2026, 11, 26, 4, 0, tzinfo=UTC)
 DEMO_POLICY = Path(__file__).resolve().parent.parent / "deploy" / "demo-policy.yaml"
@@ -49,7 +49,7 @@ def test_windows_at_a_newest_event_in_the_first_second_of_a_minute_include_it() 
     # 601 pairs at 10/s from 04:00:00: the last one is at 04:01:00.0, alone in its minute.
     store, key, last = _store(pairs=601)
     assert last == START + timedelta(minutes=1)
-    evaluator = Evaluator(store, load_policy(None), MemoryStateStore(), lambda k, first: None)
+    evaluator = Evaluator(store, load_policy(None), MemoryEvaluatorStates(), lambda k, first: None)
     snaps = evaluator.snapshots(key, _context(key, "SHADOW", START), last)
     assert snaps and all(s.metric("sample_count") == 601 for s in snaps.values()), {
         name: s.metric("sample_count") for name, s in snaps.items()
@@ -61,7 +61,7 @@ def test_windows_at_a_newest_event_in_the_first_second_of_a_minute_include_it() 
 def test_a_stage_that_began_after_the_newest_event_is_not_judged_yet(stage: str) -> None:
     store, key, last = _store()
     ctx = _context(key, stage, last + timedelta(seconds=20))
-    states = MemoryStateStore()
+    states = MemoryEvaluatorStates()
     evaluator = Evaluator(store, load_policy(None), states, lambda k, first: ctx)
     assert evaluator.evaluate(key, last) == []
     assert states.get(key.as_id()) is None  # no state either: the first real evaluation starts clean
@@ -84,7 +84,7 @@ def test_late_labels_reach_the_gate_once_the_comparison_has_been_idle() -> None:
     processor.process(records["s"])  # every score; the labels come later, after the traffic stopped
     key = comparison_keys(store)[0]
     ctx = _context(key, "SHADOW", START - timedelta(days=1))
-    evaluator = Evaluator(store, load_policy(DEMO_POLICY), MemoryStateStore(), lambda k, first: ctx)
+    evaluator = Evaluator(store, load_policy(DEMO_POLICY), MemoryEvaluatorStates(), lambda k, first: ctx)
     clock = [1000.0]
     wall = [START.timestamp() + 3600]
     loop = EvaluationLoop(evaluator, None, TOPICS, lease_s=5.0, owner="w1", idle_s=60.0, idle_horizon_s=86400.0,

@@ -20,10 +20,9 @@ from governance.contract.events import (
     Versions,
     parse_event,
 )
+from governance.contract.findings import Check, StatResult, WindowRef
 from governance.errors import EventValidationError
-from governance.policy.checks import Check, WindowRef
 from governance.policy.document import load_policy
-from governance.policy.stats import StatResult
 from tests.governance_factory import T0, snapshot
 
 TS = T0 + timedelta(days=14)

@@ -8,8 +8,9 @@ from datetime import datetime, timedelta
 import pytest
 
 from governance.contract.comparison import WindowSnapshot
-from governance.policy.checks import Check, GateResult, Outcome, verdict_of
-from governance.policy.document import Enforcement, Policy, load_policy
+from governance.contract.findings import Check, CheckOutcome, Enforcement
+from governance.policy.checks import GateResult, verdict_of
+from governance.policy.document import Policy, load_policy
 from governance.policy.gates import drift_severity, evaluate_shadow_completion, evaluate_shadow_gate
 from governance.policy.stats import ks_two_sample, mean_abs_delta_ci, paired_t
 from tests.governance_factory import T0, policy_with, snapshot
@@ -87,7 +88,7 @@ def test_too_few_labels_or_pairs_is_inconclusive_even_with_good_values() -> None
     assert evaluate_shadow_gate(POLICY, snapshot(label_count=10, mean_abs_delta=0.2), NOW).verdict == "BLOCKED"
 
 
-def _check(outcome: Outcome, enforcement: Enforcement = "BLOCK") -> Check:
+def _check(outcome: CheckOutcome, enforcement: Enforcement = "BLOCK") -> Check:
     return Check(name="x", outcome=outcome, value=None, threshold=None, comparator=">", enforcement=enforcement,
                  message="m")
 
@@ -103,7 +104,7 @@ def _check(outcome: Outcome, enforcement: Enforcement = "BLOCK") -> Check:
         ([], "READY"),
     ],
 )
-def test_verdict_rule(outcomes: list[tuple[Outcome, Enforcement]], verdict: str) -> None:
+def test_verdict_rule(outcomes: list[tuple[CheckOutcome, Enforcement]], verdict: str) -> None:
     assert verdict_of([_check(o, e) for o, e in outcomes]) == verdict
 
 

@@ -20,7 +20,8 @@ from governance.errors import ConfigError
 from streams.join.joiner import NativeLabelJoiner
 from streams.join.reference.labels import LabelJoiner, LabelResult
 from streams.join.reference.pairing import PairColumns, Pairer
-from streams.join.state import CheckpointError, StateDelta, accumulate
+from streams.join.state import CheckpointError
+from streams.state.statelog import StateDelta, accumulate
 
 T0 = datetime(2024, 3, 1, tzinfo=UTC)
 E0 = T0.timestamp()

@@ -12,21 +12,21 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from governance.contract.stages import Stage
 from governance.errors import ConfigError, EventValidationError, PolicyViolation
 from governance.lifecycle.machine import (
     ALLOWED_TRANSITIONS,
     SPEC_MIN_DURATION,
+    Assessment,
     LifecycleState,
-    Stage,
     TransitionRequest,
-    Verdict,
     spec_min_durations,
     transition,
 )
 from tests.lifecycle_samples import SPEC_FORWARD, SPEC_LEGAL, T0, complete_documents, valid_metadata
 
 LONG_AGO = T0 - timedelta(days=365)
-PASS = Verdict(passed=True)
+PASS = Assessment(passed=True)
 # Spec 1.2 minimum durations (SHADOW at the spec 10.2 floor), and spec 3.1 shadow durations by model type.
 SPEC_DAYS = {"PROPOSAL": 1, "PROTOTYPE": 3, "TRAINING": 2, "SHADOW": 7, "STAGING": 3}
 SPEC_SHADOW_DAYS = {"risk_scoring": 14, "classification": 7, "anomaly_detection": 21, "ranking": 14}
@@ -199,7 +199,7 @@ def test_shadow_gate_refuses_a_black_box_in_spec_words() -> None:
 
 def test_shadow_gate_reports_feature_linkage_failures() -> None:
     state = LifecycleState(Stage.TRAINING, LONG_AGO)
-    linkage = Verdict(passed=False, failures=("Model uses features not in catalog: {'zip_code'}",))
+    linkage = Assessment(passed=False, failures=("Model uses features not in catalog: {'zip_code'}",))
     rules = refused(state, full_request(Stage.SHADOW, feature_linkage=linkage))
     assert rules == ["[5.2] Model uses features not in catalog: {'zip_code'}"]
 
@@ -216,7 +216,7 @@ def test_staging_gate() -> None:
     assert refused(state, full_request(Stage.STAGING, shadow_checklist=None)) == [
         "[3.2] Shadow completion checklist not evaluated: no verdict, so no promotion"
     ]
-    failed = Verdict(passed=False, failures=("min_samples_met", "metrics_pass_gate"))
+    failed = Assessment(passed=False, failures=("min_samples_met", "metrics_pass_gate"))
     assert refused(state, full_request(Stage.STAGING, shadow_checklist=failed)) == [
         "[7.1] Shadow completion failed: ['min_samples_met', 'metrics_pass_gate']"
     ]
@@ -235,7 +235,7 @@ def test_production_gate_with_nothing_names_every_rule() -> None:
 
 def test_production_gate_each_rule_alone() -> None:
     state = LifecycleState(Stage.STAGING, LONG_AGO)
-    failed = Verdict(passed=False, failures=("P99 latency 612ms >= 500ms", "Error rate 0.0021 >= 0.1%"))
+    failed = Assessment(passed=False, failures=("P99 latency 612ms >= 500ms", "Error rate 0.0021 >= 0.1%"))
     assert refused(state, full_request(Stage.PRODUCTION, staging_gate=failed)) == [
         "[2.1] P99 latency 612ms >= 500ms",
         "[2.1] Error rate 0.0021 >= 0.1%",
@@ -274,8 +274,8 @@ def test_times_must_be_aware_utc() -> None:
 
 def test_verdict_must_be_consistent() -> None:
     with pytest.raises(ValidationError, match="names no failure"):
-        Verdict(passed=False)
+        Assessment(passed=False)
     with pytest.raises(ValidationError, match="lists failures"):
-        Verdict(passed=True, failures=("x",))
+        Assessment(passed=True, failures=("x",))
     with pytest.raises(ValidationError):
-        Verdict.model_validate({"passed": "yes"})
+        Assessment.model_validate({"passed": "yes"})

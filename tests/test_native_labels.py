@@ -25,7 +25,8 @@ from streams import _native
 from streams.join.joiner import NativeLabelJoiner
 from streams.join.reference.labels import LabelJoiner, LabelResult
 from streams.join.reference.pairing import PairColumns
-from streams.join.state import CheckpointError, StateDelta, accumulate
+from streams.join.state import CheckpointError
+from streams.state.statelog import StateDelta, accumulate
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 E0 = T0.timestamp()

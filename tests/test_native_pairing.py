@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 
 from streams.join.pairer import NativePairer
 from streams.join.reference.pairing import Pairer, PairingResult
-from streams.join.state import CheckpointError, accumulate
+from streams.join.state import CheckpointError
+from streams.state.statelog import accumulate
 from tests.test_pairing import T0, ev
 
 I64 = st.integers(-(2**63), 2**63 - 1)

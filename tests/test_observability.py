@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.metrics import MetricWrapperBase
 
 from governance.contract.settings import Settings
-from governance.service.auditlog import RejectReason, RollbackStatus
+from governance.lifecycle.audit import RejectReason, RollbackStatus
 from governance.service.consumer import Metrics
 from streams.worker.telemetry import WorkerMetrics
 

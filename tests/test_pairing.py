@@ -24,7 +24,8 @@ from governance.contract.wire import ScoreEvent
 from governance.errors import ConfigError, StoreError
 from streams.join.pairer import NativePairer
 from streams.join.reference.pairing import Pairer, PairingResult, Side
-from streams.join.state import CheckpointError, Interner, StateDelta, accumulate
+from streams.join.state import CheckpointError, Interner
+from streams.state.statelog import StateDelta, accumulate
 
 AnyPairer = Pairer | NativePairer
 #: Parametrizes a test over both implementations (argument ``impl``: the class).

@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from governance.contract.comparison import ComparisonKey
+from governance.contract.kafkaio import Record
 from governance.contract.wire import LabelEvent, ScoreEvent, encode, validate_label, validate_score
 from governance.errors import InfrastructureError
 from shadowgate.partitioner import partition_for
@@ -30,7 +31,7 @@ from streams.state.memory_store import MemoryWindowStore
 from streams.state.redis_store import RedisWindowStore
 from streams.state.store import FencedState, SlotBatch, WindowStore
 from streams.state.windows import DAY_S
-from streams.worker.processor import Processor, Record, integrity_id
+from streams.worker.processor import Processor, integrity_id
 
 SCORES, LABELS = "scores", "labels"
 PARTITIONS = 2

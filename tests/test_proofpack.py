@@ -12,6 +12,8 @@ import orjson
 import pytest
 
 from governance.contract.events import Evidence, GateReady, Versions
+from governance.contract.findings import Check, StatResult
+from governance.contract.stages import Stage
 from governance.crypto.algorithms import Algorithm
 from governance.crypto.canonical import canonical_bytes
 from governance.crypto.hybrid import decrypt
@@ -21,16 +23,13 @@ from governance.crypto.record import sign_record
 from governance.crypto.schedule import Phase
 from governance.crypto.signing import Context, Signer
 from governance.errors import PolicyViolation, VerificationError
+from governance.lifecycle.audit import GateRecord
 from governance.lifecycle.handler import Rules, promote_to_production
 from governance.lifecycle.ledger import ApprovalRecorded, Event
-from governance.lifecycle.machine import Stage
 from governance.lifecycle.proofpack import build_proofpack, sign_proofpack, verify_proofpack, write_encrypted
 from governance.lifecycle.registry import replay
 from governance.lifecycle.state import GovernanceState
 from governance.policy.catalog import load_catalog
-from governance.policy.checks import Check
-from governance.policy.stats import StatResult
-from governance.service.auditlog import GateRecord
 from tests.governance_kit import REPO, fast_policy, lifecycle_facts
 from tests.lifecycle_samples import complete_documents
 

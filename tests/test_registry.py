@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from governance.contract.stages import Stage
 from governance.errors import EventValidationError, PolicyViolation
 from governance.lifecycle.ledger import (
     ApprovalRecorded,
@@ -24,13 +25,13 @@ from governance.lifecycle.ledger import (
     Transitioned,
     parse_event,
 )
-from governance.lifecycle.machine import Stage, Verdict
+from governance.lifecycle.machine import Assessment
 from governance.lifecycle.promotion import decide_transition
 from governance.lifecycle.registry import Registry, apply, replay
 from tests.lifecycle_samples import MODEL_FEATURES, T0, complete_documents, valid_metadata
 
 MODEL = "fraud-risk"
-PASS = Verdict(passed=True)
+PASS = Assessment(passed=True)
 DAY = timedelta(days=1)
 
 

@@ -11,6 +11,7 @@ import pytest
 from scipy import stats
 
 from governance.contract.kafkaio import SyncProducer
+from governance.contract.stages import Stage
 from governance.crypto.algorithms import Algorithm
 from governance.crypto.keys import KeyPolicy, TrustStore, generate_key
 from governance.crypto.record import sign_record
@@ -18,7 +19,7 @@ from governance.crypto.schedule import Phase
 from governance.crypto.signing import Context, Signer
 from governance.errors import EventValidationError, VerificationError
 from governance.lifecycle.ledger import Registered, Transitioned
-from governance.lifecycle.machine import FORWARD, Stage
+from governance.lifecycle.machine import FORWARD
 from governance.lifecycle.registry import Registry, replay
 from governance.lifecycle.routing import Assignment, Canary, assignment_for, decode_assignment, encode_assignment
 from shadowgate.routing_client import RoutingClient

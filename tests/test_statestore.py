@@ -10,18 +10,15 @@ import pytest
 import redis
 
 from governance.contract.comparison import ComparisonKey
+from governance.contract.facts import read_version_facts
+from governance.contract.stages import Stage
 from governance.errors import VerificationError
+from governance.lifecycle.audit import GENESIS, AuditEntry, GateRecord, Input, Rejection
 from governance.lifecycle.ledger import EscalationRaised, Registered, Transitioned
-from governance.lifecycle.machine import FORWARD, Stage
+from governance.lifecycle.machine import FORWARD
 from governance.lifecycle.state import GovernanceState, as_verdict, fold, latest_gate, rebuild
-from governance.service.auditlog import GENESIS, AuditEntry, GateRecord, Input, Rejection
-from governance.service.statestore import (
-    StateStore,
-    lifecycle_context,
-    production_monitor,
-    read_version_facts,
-    version_facts,
-)
+from governance.service.statestore import StateStore, version_facts
+from streams.worker.lifecycle_view import lifecycle_context, production_monitor
 from tests.lifecycle_samples import MODEL_FEATURES, valid_metadata
 
 T0 = datetime(2026, 11, 1, 8, 0, tzinfo=UTC)

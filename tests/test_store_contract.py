@@ -14,9 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from governance.errors import StoreError
-from streams.join.state import StateDelta, StateLog, encode_delta, pack_log
 from streams.state.memory_store import MemoryWindowStore
 from streams.state.redis_store import RedisWindowStore
+from streams.state.statelog import StateDelta, StateLog, encode_delta, pack_log
 from streams.state.store import NO_FENCE, ComparisonMeta, Fence, FencedState, FenceState, SlotBatch, WindowStore
 from streams.state.windows import DAY_S, HOUR_S, MINUTE_S, Granularity, Retention, Slot, slots_for
 

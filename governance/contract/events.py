@@ -42,11 +42,10 @@ from pydantic import (
     model_validator,
 )
 
+from governance.contract.findings import Action, AlertSeverity, Check, GateVerdict, StatResult, WindowRef
+from governance.contract.stages import GatedStage
 from governance.crypto.canonical import canonical_bytes
 from governance.errors import EventValidationError
-from governance.policy.checks import Check, Verdict, WindowRef
-from governance.policy.document import Action, AlertSeverity
-from governance.policy.stats import StatResult
 
 __all__ = [
     "Alert",
@@ -58,13 +57,11 @@ __all__ = [
     "GovernanceEvent",
     "RecalibrationRequested",
     "RollbackTrigger",
-    "Stage",
     "Versions",
     "parse_event",
 ]
 
 EventType = Literal["GateReady", "GateBlocked", "RollbackTrigger", "Alert", "Escalation", "RecalibrationRequested"]
-Stage = Literal["SHADOW", "STAGING", "PRODUCTION"]
 _Text = Annotated[str, Field(min_length=1, max_length=512)]
 _PolicyHash = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 
@@ -124,7 +121,7 @@ class GateReady(_Event):
 
     type: Literal["GateReady"] = "GateReady"
     gate: _Text
-    stage: Stage
+    stage: GatedStage
 
 
 class GateBlocked(_Event):
@@ -132,13 +129,13 @@ class GateBlocked(_Event):
 
     type: Literal["GateBlocked"] = "GateBlocked"
     gate: _Text
-    stage: Stage
-    verdict: Verdict
+    stage: GatedStage
+    verdict: GateVerdict
     failing_checks: Annotated[list[Check], Field(min_length=1)]
 
     @field_validator("verdict")
     @classmethod
-    def _not_ready(cls, value: Verdict) -> Verdict:
+    def _not_ready(cls, value: GateVerdict) -> GateVerdict:
         if value == "READY":
             raise ValueError("a GateBlocked event cannot carry verdict READY (emit GateReady)")
         return value

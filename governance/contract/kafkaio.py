@@ -16,8 +16,7 @@ import logging
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
@@ -26,9 +25,11 @@ from governance.errors import DeliveryError, InfrastructureError
 __all__ = ["Record", "SyncProducer", "make_consumer", "partitions_of", "poll_records", "read_range", "watermarks"]
 
 
-@dataclass(frozen=True)
-class Record:
-    """One Kafka message as governance sees it."""
+class Record(NamedTuple):
+    """One Kafka message: what the worker's processor and the governance consumer take.
+
+    A tombstone's value (None on the wire) is ``b""``: whoever builds a Record normalises it.
+    """
 
     topic: str
     partition: int

@@ -74,6 +74,7 @@ DEFAULT_EXCLUDES = (
     ".mypy_cache",
     ".ruff_cache",
     ".pytest_cache",
+    ".import_linter_cache",
     ".hypothesis",
     "build",
     "dist",

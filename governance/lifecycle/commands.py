@@ -44,11 +44,11 @@ from pydantic import (
     model_validator,
 )
 
+from governance.contract.stages import ModelType, Stage
 from governance.crypto.record import sign_record
 from governance.crypto.signing import Context, Signer
 from governance.errors import EventValidationError
 from governance.lifecycle.ledger import Name, UtcDatetime
-from governance.lifecycle.machine import ModelType, Stage
 
 __all__ = [
     "COMMAND_TTL",

@@ -38,8 +38,10 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from governance.contract.events import Escalation, GateBlocked, GateReady, GovernanceEvent, RollbackTrigger
+from governance.contract.stages import ModelType, Stage
 from governance.crypto.signing import Signer
 from governance.errors import EventValidationError, PolicyViolation
+from governance.lifecycle.audit import ArtifactDigest, EntryBody, EntryOutcome, GateRecord, Rejection
 from governance.lifecycle.commands import Advance, Approve, Command, Escalate, Propose, Register, Resolve
 from governance.lifecycle.intake import Received, Refused
 from governance.lifecycle.ledger import (
@@ -55,14 +57,13 @@ from governance.lifecycle.ledger import (
     Registered,
     Transitioned,
 )
-from governance.lifecycle.machine import APPROVER_GOVERNANCE, FORWARD, ModelType, Stage, Verdict
+from governance.lifecycle.machine import APPROVER_GOVERNANCE, FORWARD, Assessment
 from governance.lifecycle.promotion import decide_transition
 from governance.lifecycle.proofpack import build_proofpack, sign_proofpack
 from governance.lifecycle.registry import Registry, apply
 from governance.lifecycle.state import GovernanceState, as_verdict, latest_gate
 from governance.policy.catalog import FeatureCatalog, validate_feature_linkage
 from governance.policy.document import Policy
-from governance.service.auditlog import ArtifactDigest, EntryBody, GateRecord, Outcome, Rejection
 
 __all__ = ["AUTOMATED", "Rules", "RollbackPlan", "handle", "min_durations", "next_stage", "promote_to_production",
            "rejected"]
@@ -147,7 +148,7 @@ def _fact(kind: type[_F], command: Command, event_id: str, now: datetime, **fiel
     return kind.model_validate({**base, **fields})
 
 
-def _body(received: Received, now: datetime, outcome: Outcome = "applied", **fields: Any) -> EntryBody:
+def _body(received: Received, now: datetime, outcome: EntryOutcome = "applied", **fields: Any) -> EntryBody:
     return EntryBody.model_validate({"at": now, "input": received.input, "outcome": outcome, **fields})
 
 
@@ -200,9 +201,9 @@ def promote_to_production(
     return [recorded, moved], signed
 
 
-def _linkage(rules: Rules, features: dict[str, str]) -> Verdict:
+def _linkage(rules: Rules, features: dict[str, str]) -> Assessment:
     ok, violations = validate_feature_linkage(rules.catalog, features)
-    return Verdict(passed=ok, failures=tuple(violations))
+    return Assessment(passed=ok, failures=tuple(violations))
 
 
 def _evidence(state: GovernanceState, received: Received, command: Register | Propose, rules: Rules,

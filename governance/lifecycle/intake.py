@@ -37,10 +37,10 @@ from governance.crypto.keys import TrustStore
 from governance.crypto.record import verify_record
 from governance.crypto.signing import Context
 from governance.errors import EventValidationError, VerificationError
+from governance.lifecycle.audit import Input, Rejection, RejectReason
 from governance.lifecycle.commands import Command, parse_command
 from governance.lifecycle.identities import Trust
 from governance.lifecycle.state import GovernanceState
-from governance.service.auditlog import Input, Rejection, RejectReason
 
 __all__ = ["INPUT_EVENTS", "Received", "Refused", "intake"]
 

@@ -46,8 +46,9 @@ from pydantic import (
     ValidationError,
 )
 
+from governance.contract.stages import ModelType, Stage
 from governance.errors import EventValidationError
-from governance.lifecycle.machine import ModelType, Stage, Verdict
+from governance.lifecycle.machine import Assessment
 
 __all__ = [
     "ApprovalRecorded",
@@ -93,7 +94,7 @@ class Registered(LifecycleEvent):
     model_type: ModelType
     metadata: dict[str, JsonValue] = {}
     features: dict[str, str] = {}
-    feature_linkage: Verdict | None = None
+    feature_linkage: Assessment | None = None
 
 
 class MetadataRecorded(LifecycleEvent):
@@ -104,7 +105,7 @@ class MetadataRecorded(LifecycleEvent):
 class FeaturesRecorded(LifecycleEvent):
     kind: Literal["features_recorded"] = "features_recorded"
     features: dict[str, str]
-    feature_linkage: Verdict
+    feature_linkage: Assessment
 
 
 class DocumentRecorded(LifecycleEvent):
@@ -147,8 +148,8 @@ class Transitioned(LifecycleEvent):
     rollback: StrictBool = False
     restored_version: Name | None = None
     approvals: tuple[str, ...] = ()
-    shadow_checklist: Verdict | None = None
-    staging_gate: Verdict | None = None
+    shadow_checklist: Assessment | None = None
+    staging_gate: Assessment | None = None
 
 
 Event = Annotated[

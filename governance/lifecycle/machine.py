@@ -35,7 +35,7 @@ A move into RETIRED needs only a reason: a rollback must never wait for a minimu
 an escalation to clear (RETIRED's own documents are reported by :mod:`governance.lifecycle.documents`).
 
 Gate verdicts computed elsewhere (the shadow checklist and staging gate of ``governance.policy.gates``, the
-feature linkage of :mod:`governance.policy.catalog`) come in as :class:`Verdict`; a verdict that was not
+feature linkage of :mod:`governance.policy.catalog`) come in as :class:`Assessment`; a verdict that was not
 computed (``None``) blocks, it never passes.
 
 Guarantees: :func:`transition` is pure and deterministic: no clock (``now`` is passed in), no I/O; it
@@ -48,12 +48,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from enum import StrEnum
 from types import MappingProxyType
-from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, StrictBool, model_validator
 
+from governance.contract.stages import MODEL_TYPES, ModelType, Stage
 from governance.errors import ConfigError, EventValidationError, PolicyViolation
 from governance.lifecycle.documents import find_gaps
 from governance.lifecycle.metadata import ALLOWED_MODEL_TYPES, validate_model_metadata
@@ -63,29 +62,14 @@ __all__ = [
     "APPROVER_GOVERNANCE",
     "APPROVER_ML",
     "FORWARD",
-    "MODEL_TYPES",
     "SPEC_MIN_DURATION",
     "SPEC_SHADOW_MIN_DURATION",
     "LifecycleState",
-    "ModelType",
-    "Stage",
     "TransitionRequest",
-    "Verdict",
+    "Assessment",
     "spec_min_durations",
     "transition",
 ]
-
-
-class Stage(StrEnum):
-    """The seven lifecycle stages of spec 1.1."""
-
-    PROPOSAL = "PROPOSAL"
-    PROTOTYPE = "PROTOTYPE"
-    TRAINING = "TRAINING"
-    SHADOW = "SHADOW"
-    STAGING = "STAGING"
-    PRODUCTION = "PRODUCTION"
-    RETIRED = "RETIRED"
 
 
 FORWARD: tuple[Stage, ...] = (
@@ -112,9 +96,6 @@ ALLOWED_TRANSITIONS: Mapping[Stage, frozenset[Stage]] = MappingProxyType(
 APPROVER_ML = "GID-02"
 APPROVER_GOVERNANCE = "GID-08"
 
-# The shadow-duration class of spec 3.1 (the same values as governance.policy.ModelType).
-ModelType = Literal["risk_scoring", "classification", "anomaly_detection", "ranking"]
-MODEL_TYPES: tuple[ModelType, ...] = get_args(ModelType)
 
 # Spec 1.2 lower bounds. SHADOW's 7 days is the floor of spec 10.2; use spec_min_durations(model_type) for the
 # per-type shadow duration of spec 3.1. PRODUCTION and RETIRED have no forward exit to time.
@@ -146,10 +127,10 @@ def spec_min_durations(model_type: ModelType) -> Mapping[Stage, timedelta]:
     return MappingProxyType({**SPEC_MIN_DURATION, Stage.SHADOW: SPEC_SHADOW_MIN_DURATION[model_type]})
 
 
-class Verdict(BaseModel):
+class Assessment(BaseModel):
     """A gate's outcome computed elsewhere: passed, or failed with the name of every failure.
 
-    A verdict that contradicts itself (passed with failures, failed without any) is refused.
+    An assessment that contradicts itself (passed with failures, failed without any) is refused.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -158,7 +139,7 @@ class Verdict(BaseModel):
     failures: tuple[str, ...] = ()
 
     @model_validator(mode="after")
-    def _consistent(self) -> Verdict:
+    def _consistent(self) -> Assessment:
         if self.passed and self.failures:
             raise ValueError(f"verdict says passed but lists failures {list(self.failures)}")
         if not self.passed and not self.failures:
@@ -197,9 +178,9 @@ class TransitionRequest:
     open_escalations: tuple[str, ...] = ()
     documents: Mapping[Stage, Mapping[str, str]] = field(default_factory=dict)
     metadata: Mapping[str, object] | None = None
-    feature_linkage: Verdict | None = None
-    shadow_checklist: Verdict | None = None
-    staging_gate: Verdict | None = None
+    feature_linkage: Assessment | None = None
+    shadow_checklist: Assessment | None = None
+    staging_gate: Assessment | None = None
     proofpack_id: str | None = None
 
 

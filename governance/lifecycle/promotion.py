@@ -25,16 +25,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 
+from governance.contract.stages import Stage
 from governance.errors import PolicyViolation
 from governance.lifecycle.ledger import Transitioned
-from governance.lifecycle.machine import (
-    LifecycleState,
-    Stage,
-    TransitionRequest,
-    Verdict,
-    spec_min_durations,
-    transition,
-)
+from governance.lifecycle.machine import Assessment, LifecycleState, TransitionRequest, spec_min_durations, transition
 from governance.lifecycle.registry import ModelLine, ModelVersion, Registry
 
 __all__ = ["decide_transition"]
@@ -97,8 +91,8 @@ def decide_transition(
     reason: str = "",
     rollback: bool = False,
     restore_version: str | None = None,
-    shadow_checklist: Verdict | None = None,
-    staging_gate: Verdict | None = None,
+    shadow_checklist: Assessment | None = None,
+    staging_gate: Assessment | None = None,
     min_duration: Mapping[Stage, timedelta] | None = None,
 ) -> Transitioned:
     """The fact "``model``@``version`` moved to ``target`` at ``now``", or :class:`PolicyViolation`.

@@ -37,13 +37,13 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, JsonValue, StringConstraints, ValidationError
 
+from governance.contract.stages import Stage
 from governance.crypto.hybrid import encrypt
 from governance.crypto.keys import KeyInfo, TrustStore
 from governance.crypto.record import sign_record, verify_record
 from governance.crypto.schedule import Phase
 from governance.crypto.signing import Context, Signer
 from governance.errors import EventValidationError, PolicyViolation
-from governance.lifecycle.machine import Stage
 from governance.lifecycle.state import GovernanceState
 
 __all__ = ["ProofPack", "build_proofpack", "sign_proofpack", "verify_proofpack", "write_encrypted"]

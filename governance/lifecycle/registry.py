@@ -30,6 +30,7 @@ from collections.abc import Iterable
 
 from pydantic import BaseModel, ConfigDict, JsonValue
 
+from governance.contract.stages import ModelType, Stage
 from governance.errors import EventValidationError, PolicyViolation
 from governance.lifecycle.ledger import (
     ApprovalRecorded,
@@ -48,7 +49,7 @@ from governance.lifecycle.ledger import (
     UtcDatetime,
     event_digest,
 )
-from governance.lifecycle.machine import ALLOWED_TRANSITIONS, FORWARD, ModelType, Stage, Verdict
+from governance.lifecycle.machine import ALLOWED_TRANSITIONS, FORWARD, Assessment
 
 __all__ = ["Approval", "Escalation", "HistoryEntry", "ModelLine", "ModelVersion", "Registry", "apply", "replay"]
 
@@ -92,7 +93,7 @@ class ModelVersion(_State):
     model_type: ModelType
     metadata: dict[str, JsonValue] = {}
     features: dict[str, str] = {}
-    feature_linkage: Verdict | None = None
+    feature_linkage: Assessment | None = None
     documents: dict[Stage, dict[str, str]] = {}
     stage: Stage
     entered_stage_at: UtcDatetime

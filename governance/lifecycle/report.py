@@ -16,9 +16,9 @@ from datetime import datetime, timedelta
 
 from pydantic import BaseModel, ConfigDict
 
+from governance.contract.stages import Stage
 from governance.errors import PolicyViolation
 from governance.lifecycle.handler import min_durations, next_stage
-from governance.lifecycle.machine import Stage
 from governance.lifecycle.promotion import decide_transition
 from governance.lifecycle.proofpack import build_proofpack
 from governance.lifecycle.state import GovernanceState, as_verdict, latest_gate

@@ -32,13 +32,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from governance.contract.kafkaio import SyncProducer, make_consumer, poll_records
 from governance.contract.publishing import decode_record
+from governance.contract.stages import Stage
 from governance.crypto.keys import TrustStore
 from governance.crypto.record import sign_record, verify_record
 from governance.crypto.schedule import Phase
 from governance.crypto.signing import Context, Signer
 from governance.errors import EventValidationError, InfrastructureError
 from governance.lifecycle.ledger import Name, UtcDatetime
-from governance.lifecycle.machine import Stage
 from governance.lifecycle.registry import Registry
 
 __all__ = ["Assignment", "Canary", "RoutingPublisher", "assignment_for", "decode_assignment", "encode_assignment"]

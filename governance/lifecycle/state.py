@@ -21,9 +21,9 @@ from collections.abc import Iterable
 from pydantic import BaseModel, ConfigDict, JsonValue
 
 from governance.errors import EventValidationError, PolicyViolation, VerificationError
-from governance.lifecycle.machine import Verdict
+from governance.lifecycle.audit import GENESIS, AuditEntry, GateRecord, RollbackRecord
+from governance.lifecycle.machine import Assessment
 from governance.lifecycle.registry import Registry, apply
-from governance.service.auditlog import GENESIS, AuditEntry, GateRecord, RollbackRecord
 
 __all__ = ["GovernanceState", "as_verdict", "fold", "latest_gate", "rebuild"]
 
@@ -103,10 +103,10 @@ def latest_gate(state: GovernanceState, model: str, version: str, stage: str) ->
     return state.verdicts.get(model, {}).get(version, {}).get(stage)
 
 
-def as_verdict(record: GateRecord | None) -> Verdict | None:
+def as_verdict(record: GateRecord | None) -> Assessment | None:
     """The lifecycle verdict a gate decision stands for (None when there was none: it blocks)."""
     if record is None:
         return None
     if record.passed:
-        return Verdict(passed=True)
-    return Verdict(passed=False, failures=tuple(record.failures) or (f"{record.gate} not READY",))
+        return Assessment(passed=True)
+    return Assessment(passed=False, failures=tuple(record.failures) or (f"{record.gate} not READY",))

@@ -1,13 +1,7 @@
-"""Checks and gate results: the vocabulary every gate speaks, and the rule that turns checks into a verdict.
+"""Building checks and gate results, and the rule that turns checks into a verdict.
 
-A :class:`Check` is one threshold applied to one value. Its outcome is
-
-* PASS - enough data, within the limit;
-* FAIL - breached a BLOCK or RECALIBRATE limit (only BLOCK failures stop promotion);
-* WARN - breached a WARNING limit;
-* INCONCLUSIVE - the value is missing (None) or rests on fewer samples than the policy's minimum:
-  never a pass;
-* ERROR - the value cannot be judged (NaN, infinite, inconsistent inputs).
+The vocabulary (:class:`~governance.contract.findings.Check`, its outcomes, :class:`WindowRef`) is the
+contract's (:mod:`governance.contract.findings`); this module applies the policy's thresholds to make them.
 
 The verdict follows argo-rollouts' ``assessMetricStatus`` in keeping inconclusive separate from failure:
 BLOCKED when any BLOCK check FAILs (a definite answer wins), else ERROR when any check errored, else
@@ -20,21 +14,24 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from datetime import datetime, timedelta
-from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from governance.contract.comparison import WindowSnapshot
-from governance.policy.document import Enforcement, Policy, Range, Severity, UnitLowerLimit, UpperLimit
-from governance.policy.stats import StatResult
+from governance.contract.findings import (
+    Check,
+    CheckOutcome,
+    Comparator,
+    Enforcement,
+    GateVerdict,
+    Severity,
+    StatResult,
+    WindowRef,
+)
+from governance.policy.document import Policy, Range, UnitLowerLimit, UpperLimit
 
 __all__ = [
-    "Check",
-    "Comparator",
     "GateResult",
-    "Outcome",
-    "Verdict",
-    "WindowRef",
     "blocking_check",
     "duration_check",
     "gate_result",
@@ -47,66 +44,13 @@ __all__ = [
     "verdict_of",
 ]
 
-Outcome = Literal["PASS", "FAIL", "WARN", "INCONCLUSIVE", "ERROR"]
-Verdict = Literal["READY", "BLOCKED", "INCONCLUSIVE", "ERROR"]
-# The failing condition: ">=" means "breaches when value >= threshold"; "outside" means value < threshold
-# or value > upper_threshold; "not in" is a categorical check whose value is an ordinal.
-Comparator = Literal[">=", ">", "<=", "<", "outside", "not in"]
-
-
-class _Frozen(BaseModel):
+class GateResult(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
-
-class Check(_Frozen):
-    """One threshold applied to one value, with the numbers that justify the outcome."""
-
-    name: str
-    outcome: Outcome
-    value: float | None
-    threshold: float | None
-    upper_threshold: float | None = None
-    comparator: Comparator
-    enforcement: Enforcement
-    samples: int | None = None
-    message: str
-
-    @property
-    def blocks(self) -> bool:
-        """True when this check keeps the verdict from READY."""
-        return (self.outcome == "FAIL" and self.enforcement == "BLOCK") or self.outcome in (
-            "INCONCLUSIVE",
-            "ERROR",
-        )
-
-
-class WindowRef(_Frozen):
-    """Where the evidence came from: window bounds, newest event and the Kafka offsets folded in."""
-
-    window: str
-    start: AwareDatetime
-    end: AwareDatetime
-    first_event_ts: AwareDatetime | None = None
-    latest_event_ts: AwareDatetime | None = None
-    offsets: dict[str, int] = Field(default_factory=dict)
-
-    @classmethod
-    def of(cls, snapshot: WindowSnapshot) -> WindowRef:
-        return cls(
-            window=snapshot.window,
-            start=snapshot.start,
-            end=snapshot.end,
-            first_event_ts=snapshot.first_event_ts,
-            latest_event_ts=snapshot.latest_event_ts,
-            offsets=dict(snapshot.offsets),
-        )
-
-
-class GateResult(_Frozen):
     """A gate's checks, its verdict, and the evidence it rests on (policy hash, window, statistics)."""
 
     gate: str
-    verdict: Verdict
+    verdict: GateVerdict
     checks: list[Check]
     evaluated_at: AwareDatetime
     policy_hash: str
@@ -127,7 +71,7 @@ class GateResult(_Frozen):
         raise KeyError(f"no check {name!r} in gate {self.gate}; checks: {[c.name for c in self.checks]}")
 
 
-def verdict_of(checks: Iterable[Check]) -> Verdict:
+def verdict_of(checks: Iterable[Check]) -> GateVerdict:
     """BLOCKED > ERROR > INCONCLUSIVE > READY, as the module docstring explains."""
     outcomes = list(checks)
     if any(c.outcome == "FAIL" and c.enforcement == "BLOCK" for c in outcomes):
@@ -139,7 +83,7 @@ def verdict_of(checks: Iterable[Check]) -> Verdict:
     return "READY"
 
 
-def _breach_outcome(enforcement: Enforcement) -> Outcome:
+def _breach_outcome(enforcement: Enforcement) -> CheckOutcome:
     return "WARN" if enforcement == "WARNING" else "FAIL"
 
 
@@ -159,7 +103,7 @@ def _screen(
 ) -> Check | float:
     """The INCONCLUSIVE / ERROR check for a value that cannot be judged, else the (finite) value itself."""
 
-    def _check(outcome: Outcome, message: str) -> Check:
+    def _check(outcome: CheckOutcome, message: str) -> Check:
         shown = value if value is not None and math.isfinite(value) else None
         return Check(
             name=name,
@@ -201,7 +145,7 @@ def judge(
         "<=": value <= limit.threshold,
         "<": value < limit.threshold,
     }[limit.fails_when]
-    outcome: Outcome = _breach_outcome(limit.enforcement) if breached else "PASS"
+    outcome: CheckOutcome = _breach_outcome(limit.enforcement) if breached else "PASS"
     relation = limit.fails_when if breached else _negate(limit.fails_when)
     return Check(
         name=name,
@@ -311,7 +255,9 @@ def gate_result(
     )
 
 
-def blocking_check(name: str, outcome: Outcome, value: float | None, threshold: float | None, message: str) -> Check:
+def blocking_check(
+    name: str, outcome: CheckOutcome, value: float | None, threshold: float | None, message: str
+) -> Check:
     """A blocking checklist item whose comparator is "breaches when value > threshold"."""
     return Check(
         name=name,
@@ -344,7 +290,7 @@ def duration_check(name: str, started_at: datetime, now: datetime, min_days: int
     elapsed = now - started_at
     days = elapsed.total_seconds() / 86400.0
     if elapsed < timedelta(0):
-        outcome: Outcome = "ERROR"
+        outcome: CheckOutcome = "ERROR"
         message = f"{name}: the stage start is after now ({days:.3f} days)"
     elif elapsed < timedelta(days=min_days):
         outcome, message = "FAIL", f"{name}: {days:.3f} days elapsed < {min_days} required"

@@ -28,18 +28,15 @@ import orjson
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
+from governance.contract.findings import Action, AlertSeverity, Enforcement, Severity
+from governance.contract.stages import ModelType
 from governance.contract.yamlfile import load_strict_yaml
 from governance.errors import ConfigError
 
 __all__ = [
-    "Action",
-    "AlertSeverity",
-    "Enforcement",
-    "ModelType",
     "Policy",
     "Range",
     "RangeTrigger",
-    "Severity",
     "StageDuration",
     "ThresholdTrigger",
     "UnitLowerLimit",
@@ -49,11 +46,6 @@ __all__ = [
     "parse_policy",
 ]
 
-Enforcement = Literal["BLOCK", "WARNING", "RECALIBRATE"]
-Severity = Literal["LOW", "MEDIUM", "HIGH", "CRITICAL"]
-ModelType = Literal["risk_scoring", "classification", "anomaly_detection", "ranking"]
-Action = Literal["immediate", "scheduled", "manual_review"]
-AlertSeverity = Literal["info", "warning", "critical"]
 DriftMetric = Literal["mean_abs_delta", "p95_abs_delta", "p99_abs_delta", "kl_divergence", "psi", "js_divergence"]
 # The signature algorithms governance.crypto implements (ML-DSA-65 is the spec's Dilithium-3).
 SigningAlgorithm = Literal["ML-DSA-65", "SLH-DSA-SHA2-128f"]

@@ -34,7 +34,7 @@ nothing and emits nothing. :class:`EvaluatorState` round-trips through JSON for 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal
@@ -51,15 +51,16 @@ from governance.contract.events import (
     GovernanceEvent,
     RecalibrationRequested,
     RollbackTrigger,
-    Stage,
     Versions,
 )
-from governance.policy.checks import Check, GateResult, Outcome, Verdict, WindowRef
-from governance.policy.document import AlertSeverity, Policy
+from governance.contract.findings import AlertSeverity, Check, CheckOutcome, GateVerdict, WindowRef
+from governance.contract.stages import GatedStage
+from governance.policy.checks import GateResult
+from governance.policy.document import Policy
 from governance.policy.gates import evaluate_production, evaluate_shadow_completion, evaluate_staging_gate
 from governance.policy.triggers import SOURCE_UNHEALTHY, TriggerFiring, TriggerState, step
 
-__all__ = ["EvaluationContext", "EvaluatorState", "evaluate"]
+__all__ = ["ContextSource", "EvaluationContext", "EvaluatorState", "Monitor", "evaluate"]
 
 # Fixed namespace: event ids are UUID5(namespace, decision), identical in replay and live evaluation.
 _NAMESPACE = uuid.UUID("5f1d3c2e-8a4b-5c6d-9e7f-0a1b2c3d4e5f")
@@ -76,7 +77,7 @@ class EvaluationContext:
     """
 
     key: ComparisonKey
-    stage: Stage
+    stage: GatedStage
     stage_started_at: datetime | None = None
     model_type: str | None = None
     integrity_violations_7d: int | None = None
@@ -92,14 +93,20 @@ class EvaluationContext:
             raise ValueError(f"EvaluationContext for {self.key.as_id()}: stage SHADOW needs model_type")
 
 
+# Where the evaluator gets a comparison's lifecycle facts: its candidate side (given the first event time,
+# None: not judged) and its serving production side (None: not monitored).
+ContextSource = Callable[[ComparisonKey, datetime | None], EvaluationContext | None]
+Monitor = Callable[[ComparisonKey], EvaluationContext | None]
+
+
 class EvaluatorState(BaseModel):
     """What one comparison's evaluator remembers between calls (JSON-serialisable)."""
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
-    verdict: Verdict | None = None
+    verdict: GateVerdict | None = None
     policy_hash: str | None = None
-    outcomes: dict[str, Outcome] = Field(default_factory=dict)
+    outcomes: dict[str, CheckOutcome] = Field(default_factory=dict)
     triggers: TriggerState = Field(default_factory=TriggerState)
     alerts: dict[str, AwareDatetime] = Field(default_factory=dict)
 
@@ -262,7 +269,7 @@ def _emit_gate(emit: _Emitter, result: GateResult, state: EvaluatorState) -> Non
 
 def _production(
     emit: _Emitter, snapshots: Mapping[str, WindowSnapshot], state: EvaluatorState
-) -> tuple[GateResult | None, dict[str, Outcome]]:
+) -> tuple[GateResult | None, dict[str, CheckOutcome]]:
     policy, context = emit.policy, emit.context
     snapshot = snapshots.get(policy.windows.production)
     if snapshot is None:

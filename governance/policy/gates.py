@@ -19,12 +19,10 @@ from datetime import datetime
 from typing import get_args
 
 from governance.contract.comparison import WindowSnapshot
+from governance.contract.findings import Check, CheckOutcome, GateVerdict, Severity, StatResult
 from governance.errors import SketchError
 from governance.policy.checks import (
-    Check,
     GateResult,
-    Outcome,
-    Verdict,
     blocking_check,
     duration_check,
     gate_result,
@@ -34,10 +32,10 @@ from governance.policy.checks import (
     role_checks,
     source_fresh,
 )
-from governance.policy.document import Policy, Severity
+from governance.policy.document import Policy
 from governance.policy.production import evaluate_production
 from governance.policy.staging import evaluate_staging_gate
-from governance.policy.stats import StatResult, ks_two_sample, mean_abs_delta_ci, paired_t
+from governance.policy.stats import ks_two_sample, mean_abs_delta_ci, paired_t
 
 __all__ = [
     "SEVERITIES",
@@ -50,7 +48,7 @@ __all__ = [
 ]
 
 SEVERITIES: tuple[Severity, ...] = get_args(Severity)
-_VERDICT_AS_OUTCOME: dict[Verdict, Outcome] = {
+_VERDICT_AS_OUTCOME: dict[GateVerdict, CheckOutcome] = {
     "READY": "PASS",
     "BLOCKED": "FAIL",
     "INCONCLUSIVE": "INCONCLUSIVE",
@@ -150,7 +148,7 @@ def _requirement_checks(
     pairs = metric_count(snapshot, "sample_count")
     need = requirement.min_samples
     if pairs is None:
-        outcome: Outcome = "INCONCLUSIVE"
+        outcome: CheckOutcome = "INCONCLUSIVE"
         message = "min_samples_met: sample_count missing"
     else:
         outcome = "FAIL" if pairs < need else "PASS"
@@ -174,7 +172,7 @@ def _drift_check(policy: Policy, severity: Severity | None) -> Check:
     acceptable = policy.shadow.acceptable_drift
     worst_ok = float(max(SEVERITIES.index(level) for level in acceptable))
     if severity is None:
-        outcome: Outcome = "INCONCLUSIVE"
+        outcome: CheckOutcome = "INCONCLUSIVE"
         message = "drift_severity_acceptable: severity unknown (too few pairs or a missing metric)"
     else:
         outcome = "PASS" if severity in acceptable else "FAIL"
@@ -196,7 +194,7 @@ def _count_check(name: str, count: int | None, lookback_days: int) -> Check:
         return blocking_check(
             name, "INCONCLUSIVE", None, 0.0, f"{name}: count for the last {lookback_days} days unknown"
         )
-    outcome: Outcome = "FAIL" if count > 0 else "PASS"
+    outcome: CheckOutcome = "FAIL" if count > 0 else "PASS"
     return blocking_check(name, outcome, float(count), 0.0, f"{name}: {count} in the last {lookback_days} days")
 
 

@@ -26,7 +26,8 @@ from typing import Literal
 import numpy as np
 
 from governance.contract.comparison import WindowSnapshot
-from governance.policy.checks import Check, GateResult, WindowRef, judge, metric_count, source_fresh, verdict_of
+from governance.contract.findings import Check, WindowRef
+from governance.policy.checks import GateResult, judge, metric_count, source_fresh, verdict_of
 from governance.policy.document import Policy
 
 __all__ = ["daily_mean_score", "evaluate_production"]

@@ -11,8 +11,8 @@ from __future__ import annotations
 from datetime import datetime
 
 from governance.contract.comparison import WindowSnapshot
+from governance.contract.findings import Check
 from governance.policy.checks import (
-    Check,
     GateResult,
     duration_check,
     gate_result,

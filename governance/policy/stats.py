@@ -24,33 +24,16 @@ so they serialise to JSON unchanged.
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict
 from scipy import stats as _sps
 
 from governance.contract.comparison import DeltaSums
+from governance.contract.findings import StatResult
 from governance.errors import SketchError
 
-__all__ = ["StatResult", "ks_two_sample", "mean_abs_delta_ci", "paired_t"]
-
-
-class StatResult(BaseModel):
-    """One test: statistic, p-value or interval, and the sample sizes it rests on."""
-
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
-
-    test: Literal["ks_2samp", "paired_t", "mean_abs_delta_ci"]
-    n: int
-    n_other: int | None = None
-    statistic: float | None
-    p_value: float | None = None
-    ci_low: float | None = None
-    ci_high: float | None = None
-    confidence: float | None = None
-    note: str = ""
+__all__ = ["ks_two_sample", "mean_abs_delta_ci", "paired_t"]
 
 
 def ks_two_sample(counts_a: npt.NDArray[np.int64], counts_b: npt.NDArray[np.int64]) -> StatResult:

@@ -37,8 +37,9 @@ import orjson
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from governance.contract.comparison import WindowSnapshot
+from governance.contract.findings import Action, AlertSeverity
 from governance.policy.checks import metric_count
-from governance.policy.document import Action, AlertSeverity, Policy, RangeTrigger, ThresholdTrigger
+from governance.policy.document import Policy, RangeTrigger, ThresholdTrigger
 
 __all__ = [
     "METRIC_TRIGGERS",

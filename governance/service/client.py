@@ -23,8 +23,8 @@ from governance.contract.kafkaio import SyncProducer, make_consumer, partitions_
 from governance.crypto.record import verify_record
 from governance.crypto.signing import Context
 from governance.errors import ConfigError, EventValidationError, InfrastructureError
+from governance.lifecycle.audit import AuditEntry, parse_entry
 from governance.lifecycle.identities import Trust
-from governance.service.auditlog import AuditEntry, parse_entry
 
 __all__ = ["log_end", "submit", "wait_for_entry"]
 

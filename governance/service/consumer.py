@@ -39,12 +39,14 @@ from confluent_kafka import TopicPartition
 from prometheus_client import CollectorRegistry, Counter
 
 from governance.contract.events import Alert, Evidence, Versions
+from governance.contract.findings import AlertSeverity
 from governance.contract.kafkaio import Record, SyncProducer, make_consumer, partitions_of, poll_records, read_range
 from governance.contract.publishing import decode_record, encode_signed_event
 from governance.contract.settings import Settings
 from governance.crypto.keys import KeyInfo
 from governance.crypto.signing import Signer
 from governance.errors import ConfigError, DeliveryError, InfrastructureError, VerificationError
+from governance.lifecycle.audit import AuditEntry, EntryBody, entry_hash, parse_entry, verify_chain
 from governance.lifecycle.handler import Rules, handle, rejected
 from governance.lifecycle.identities import Trust
 from governance.lifecycle.intake import Refused, intake
@@ -53,8 +55,8 @@ from governance.lifecycle.proofpack import write_encrypted
 from governance.lifecycle.routing import Assignment, RoutingPublisher, assignment_for
 from governance.lifecycle.state import GovernanceState, fold
 from governance.policy.catalog import FeatureCatalog
-from governance.policy.document import AlertSeverity, Policy
-from governance.service.auditlog import AuditEntry, AuditWriter, EntryBody, entry_hash, parse_entry, verify_chain
+from governance.policy.document import Policy
+from governance.service.auditlog import AuditWriter
 from governance.service.lease import Lease
 from governance.service.rollback import execute_rollback
 from governance.service.statestore import StateStore

@@ -30,12 +30,12 @@ from collections.abc import Callable
 from datetime import datetime
 
 from governance.errors import ShadowgateError
+from governance.lifecycle.audit import EntryBody, RollbackRecord, RollbackStatus
 from governance.lifecycle.handler import RollbackPlan
 from governance.lifecycle.identities import Trust
 from governance.lifecycle.registry import apply
 from governance.lifecycle.routing import Assignment, RoutingPublisher, assignment_for
 from governance.lifecycle.state import GovernanceState
-from governance.service.auditlog import EntryBody, RollbackRecord, RollbackStatus
 
 __all__ = ["execute_rollback"]
 

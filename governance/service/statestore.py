@@ -1,4 +1,7 @@
-"""The governance state materialised in Redis, and the lifecycle facts the streams worker reads from it.
+"""The governance state materialised in Redis by its single writer, the governance consumer.
+
+What the streams worker reads of it (the per-version lifecycle facts) is a contract of its own,
+:mod:`governance.contract.facts`; this module writes those facts and the rest.
 
 Keys, all under ``<prefix>:gov:``::
 
@@ -17,51 +20,24 @@ Guarantees: :meth:`StateStore.load` returns exactly what was saved (pydantic JSO
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import orjson
 import redis
-from pydantic import BaseModel, ConfigDict, JsonValue
+from pydantic import JsonValue
 
-from governance.contract.comparison import ComparisonKey
+from governance.contract.facts import VersionFacts, gov_key
+from governance.contract.stages import Stage
 from governance.errors import InfrastructureError
-from governance.lifecycle.machine import ModelType, Stage
 from governance.lifecycle.routing import Assignment, assignment_for
 from governance.lifecycle.state import GovernanceState
-from governance.policy.evaluator import EvaluationContext
 
 __all__ = [
-    "Monitor",
     "StateStore",
-    "VersionFacts",
     "fetch_proofpack",
-    "lifecycle_context",
-    "production_monitor",
-    "read_version_facts",
     "version_facts",
 ]
 
-ContextSource = Callable[[ComparisonKey, datetime | None], EvaluationContext | None]
-Monitor = Callable[[ComparisonKey], EvaluationContext | None]
-
-
-class VersionFacts(BaseModel):
-    """One model version's lifecycle facts, as the streams evaluator needs them."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    model: str
-    version: str
-    stage: Stage
-    entered_stage_at: datetime
-    model_type: ModelType
-    open_escalations: list[str] = []
-    escalations_raised_at: list[datetime] = []
-    canary_share: float | None = None
-    trained_at: datetime | None = None
-    production_version: str | None = None
-    rollback_to: str | None = None
 
 
 def _trained_at(value: JsonValue) -> datetime | None:
@@ -94,8 +70,6 @@ def version_facts(state: GovernanceState, model: str, version: str, canary_share
     )
 
 
-def _key(prefix: str, *parts: str) -> str:
-    return ":".join((prefix, "gov", *parts))
 
 
 class StateStore:
@@ -109,15 +83,15 @@ class StateStore:
         """Replace the materialised state with ``state`` in one transaction."""
         try:
             pipe = self.client.pipeline(transaction=True)
-            pipe.set(_key(self.prefix, "state"), state.model_dump_json())
+            pipe.set(gov_key(self.prefix, "state"), state.model_dump_json())
             for model, line in state.registry.models.items():
                 assignment = assignment_for(state.registry, model, canary_share, state.seq, now)
-                pipe.set(_key(self.prefix, "routing", model), assignment.model_dump_json())
+                pipe.set(gov_key(self.prefix, "routing", model), assignment.model_dump_json())
                 for version in line.versions:
                     facts = version_facts(state, model, version, canary_share)
-                    pipe.set(_key(self.prefix, "version", model, version), facts.model_dump_json())
+                    pipe.set(gov_key(self.prefix, "version", model, version), facts.model_dump_json())
             for pack_id, record in state.proofpacks.items():
-                pipe.set(_key(self.prefix, "proofpack", pack_id), orjson.dumps(record))
+                pipe.set(gov_key(self.prefix, "proofpack", pack_id), orjson.dumps(record))
             pipe.execute()
         except redis.RedisError as exc:
             raise InfrastructureError(f"cannot save the governance state under {self.prefix}:gov: {exc}") from None
@@ -125,89 +99,20 @@ class StateStore:
     def load(self) -> GovernanceState | None:
         """The saved state, or None when nothing was saved under this prefix."""
         try:
-            raw = self.client.get(_key(self.prefix, "state"))
+            raw = self.client.get(gov_key(self.prefix, "state"))
         except redis.RedisError as exc:
             raise InfrastructureError(f"cannot read the governance state under {self.prefix}:gov: {exc}") from None
         return None if raw is None else GovernanceState.model_validate_json(raw)
 
     def assignment(self, model: str) -> Assignment | None:
-        raw = self.client.get(_key(self.prefix, "routing", model))
+        raw = self.client.get(gov_key(self.prefix, "routing", model))
         return None if raw is None else Assignment.model_validate_json(raw)
-
-
-def read_version_facts(client: redis.Redis[bytes], prefix: str, model: str, version: str) -> VersionFacts | None:
-    """The facts of ``model@version`` as last materialised (None if the version is unknown)."""
-    try:
-        raw = client.get(_key(prefix, "version", model, version))
-    except redis.RedisError as exc:
-        raise InfrastructureError(f"cannot read lifecycle facts of {model}@{version}: {exc}") from None
-    return None if raw is None else VersionFacts.model_validate_json(raw)
 
 
 def fetch_proofpack(client: redis.Redis[bytes], prefix: str, proofpack_id: str) -> dict[str, JsonValue] | None:
     """The signed ProofPack record stored under ``proofpack_id`` (verify it before trusting it)."""
-    raw = client.get(_key(prefix, "proofpack", proofpack_id))
+    raw = client.get(gov_key(prefix, "proofpack", proofpack_id))
     if raw is None:
         return None
     record = orjson.loads(raw)
     return record if isinstance(record, dict) else None
-
-
-def lifecycle_context(
-    client: redis.Redis[bytes],
-    prefix: str,
-    fallback: ContextSource,
-    lookback_days: int = 7,
-    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-) -> ContextSource:
-    """A ``ContextSource`` for the streams evaluator: the candidate's facts from Redis, else ``fallback``.
-
-    Used when the candidate version is registered and in SHADOW (shadow role) or STAGING (canary role);
-    escalations count those open plus those raised in the last ``lookback_days``. An unregistered
-    candidate gets ``fallback``; a registered one in any other stage (a standby, a retired version still
-    scoring) is not judged on its candidate side at all (None).
-    """
-
-    def context(key: ComparisonKey, first_event: datetime | None) -> EvaluationContext | None:
-        facts = read_version_facts(client, prefix, key.model, key.candidate_version)
-        expected = Stage.SHADOW if key.role == "shadow" else Stage.STAGING
-        if facts is None:
-            return fallback(key, first_event)
-        if facts.stage is not expected:
-            return None
-        since = clock() - timedelta(days=lookback_days)
-        recent = {i for i, at in enumerate(facts.escalations_raised_at) if at >= since}
-        production = read_version_facts(client, prefix, key.model, key.production_version)
-        return EvaluationContext(
-            key=key,
-            stage="SHADOW" if expected is Stage.SHADOW else "STAGING",
-            stage_started_at=facts.entered_stage_at,
-            model_type=facts.model_type,
-            integrity_violations_7d=None,
-            escalations_7d=max(len(recent), len(facts.open_escalations)),
-            canary_share=facts.canary_share,
-            trained_at=facts.trained_at,
-            rollback_to=production.rollback_to if production is not None else None,
-        )
-
-    return context
-
-
-def production_monitor(client: redis.Redis[bytes], prefix: str) -> Monitor:
-    """A ``Monitor`` for the streams evaluator: the serving PRODUCTION version of a comparison, if it is one.
-
-    The production side of every comparison is the version serving clients; while it is the model's
-    serving PRODUCTION version, the evaluator also runs the production checks (spec 2.1) and the
-    production-side rollback triggers (8.1) on it, whatever stage the candidate is in.
-    """
-
-    def monitor(key: ComparisonKey) -> EvaluationContext | None:
-        facts = read_version_facts(client, prefix, key.model, key.production_version)
-        if facts is None or facts.stage is not Stage.PRODUCTION:
-            return None
-        if facts.production_version not in (None, key.production_version):
-            return None  # a previous production version still scoring: not the one serving
-        return EvaluationContext(key=key, stage="PRODUCTION", trained_at=facts.trained_at,
-                                 rollback_to=facts.rollback_to)
-
-    return monitor

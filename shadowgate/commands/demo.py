@@ -41,8 +41,8 @@ import click
 import orjson
 
 from governance.errors import ConfigError, ShadowgateError
+from governance.lifecycle.audit import AuditEntry
 from governance.policy.document import Policy, load_policy
-from governance.service.auditlog import AuditEntry
 from shadowgate.commands.demo_kit import (
     LEGACY,
     MODEL,

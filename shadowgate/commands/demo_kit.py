@@ -33,8 +33,8 @@ import click
 import orjson
 
 from governance.errors import InfrastructureError, ShadowgateError
+from governance.lifecycle.audit import AuditEntry
 from governance.lifecycle.ledger import Transitioned
-from governance.service.auditlog import AuditEntry
 from shadowgate.traffic import TrafficSpec
 
 __all__ = ["DOCS", "LEGACY", "MODEL", "NEW", "OLD", "POLICY_PATH", "RATE_PER_S", "REPO", "TRICKLE_PER_S", "Audit",
@@ -248,7 +248,7 @@ class Audit:
         from governance.contract.kafkaio import poll_records
         from governance.crypto.record import verify_record
         from governance.crypto.signing import Context
-        from governance.service.auditlog import parse_entry
+        from governance.lifecycle.audit import parse_entry
 
         new = []
         for record in poll_records(self.consumer, timeout_s):

@@ -32,8 +32,8 @@ from governance.contract.settings import Settings, load_settings
 from governance.crypto.keyring import default_keys_dir
 from governance.crypto.schedule import DEFAULT_SCHEDULE, MigrationSchedule, parse_phase
 from governance.errors import ConfigError
+from governance.lifecycle.audit import AuditEntry
 from governance.lifecycle.ledger import Transitioned
-from governance.service.auditlog import AuditEntry
 
 __all__ = ["audit", "commands_topic_option", "describe_entry", "governance", "keys_dir_option", "phase_option",
            "schedule_of", "settings"]
@@ -182,8 +182,8 @@ def audit() -> None:
 @click.option("--expect-head", default=None, help="Fail unless the last entry hashes to this (detects truncation).")
 def audit_verify(keys_dir: Path, phase: str | None, path: Path | None, expect_head: str | None) -> None:
     """Check every entry's signature, seq and hash link; report the first broken entry (exit 1)."""
+    from governance.lifecycle.audit import verify_chain
     from governance.lifecycle.identities import load_trust
-    from governance.service.auditlog import verify_chain
     from governance.service.consumer import read_log
 
     trust = load_trust(keys_dir, schedule_of(phase))

@@ -20,6 +20,7 @@ import click
 import orjson
 import yaml
 
+from governance.contract.stages import MODEL_TYPES, Stage
 from governance.errors import ConfigError
 from governance.lifecycle.commands import (
     Advance,
@@ -33,7 +34,6 @@ from governance.lifecycle.commands import (
     Rollback,
 )
 from governance.lifecycle.documents import REQUIRED_DOCUMENTS
-from governance.lifecycle.machine import MODEL_TYPES, Stage
 from governance.lifecycle.state import GovernanceState
 from shadowgate.commands.governance import (
     commands_topic_option,
@@ -239,8 +239,8 @@ def _state(from_log: bool) -> GovernanceState:
     config = settings()
     if from_log:
         from governance.contract.publishing import decode_record
+        from governance.lifecycle.audit import entry_hash, parse_entry
         from governance.lifecycle.state import rebuild
-        from governance.service.auditlog import entry_hash, parse_entry
         from governance.service.consumer import read_log
 
         signed = [decode_record(r.value) for r in read_log(config.kafka_bootstrap, config.topics.lifecycle)]

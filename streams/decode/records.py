@@ -1,6 +1,6 @@
 """What the processor takes and gives: Kafka records, dead letters and batch outcomes.
 
-Plain data, no I/O: the Faust agent and the replay build :class:`Record` s, the
+Plain data, no I/O: the Faust agent and the replay build :class:`~governance.contract.kafkaio.Record` s, the
 :class:`~streams.worker.processor.Processor` returns a :class:`BatchOutcome` whose :class:`DeadLetter` s the
 caller publishes to the dead-letter topic.
 """
@@ -11,13 +11,13 @@ import json
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import NamedTuple
 
 import orjson
 
+from governance.contract.kafkaio import Record
 from governance.contract.wire import NAME_CHARS
 
-__all__ = ["INTEGRITY_ROLE", "BatchOutcome", "DeadLetter", "Record", "identify", "integrity_id"]
+__all__ = ["INTEGRITY_ROLE", "BatchOutcome", "DeadLetter", "identify", "integrity_id"]
 
 #: Comparison ids ending in this role hold a model's integrity violations that no comparison claimed.
 INTEGRITY_ROLE = "integrity"
@@ -34,16 +34,6 @@ _MODEL_NAME = re.compile(rf"{NAME_CHARS}{{1,128}}")
 def integrity_id(model: str) -> str:
     """The pseudo comparison id under which a model's unattributed integrity violations are counted."""
     return f"{model}|*|*|{INTEGRITY_ROLE}"
-
-
-class Record(NamedTuple):
-    """One Kafka record as the processor sees it."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
 
 
 @dataclass(frozen=True)

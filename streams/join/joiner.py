@@ -26,7 +26,8 @@ from streams._native import LabelBlock, LabelOut, NativeJoiner, Pairs
 from streams.decode.decoder import LabelLike
 from streams.join.reference.labels import LabeledColumns, LabelResult
 from streams.join.reference.pairing import PairColumns
-from streams.join.state import CheckpointError, StateDelta, epoch_s, positive
+from streams.join.state import CheckpointError, epoch_s, positive
+from streams.state.statelog import StateDelta
 
 __all__ = ["NativeLabelJoiner", "pairs_of", "to_label_result"]
 

@@ -26,7 +26,8 @@ from streams._native import NativePairer as _Engine
 from streams._native import PairingOut, ScoreBlock
 from streams.decode.decoder import ScoreLike
 from streams.join.reference.pairing import FloatArray, PairColumns, PairingResult, Side
-from streams.join.state import CheckpointError, StateDelta, epoch_s
+from streams.join.state import CheckpointError, epoch_s
+from streams.state.statelog import StateDelta
 
 __all__ = ["NativePairer", "to_result"]
 

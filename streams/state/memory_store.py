@@ -20,7 +20,7 @@ import threading
 from collections.abc import Iterable, Sequence
 
 from governance.errors import StoreError
-from streams.join.state import apply_log
+from streams.state.statelog import apply_log
 from streams.state.store import (
     INT64_MAX,
     INT64_MIN,

@@ -69,7 +69,7 @@ import numpy.typing as npt
 import redis
 
 from governance.errors import InfrastructureError, StoreError
-from streams.join.state import apply_log
+from streams.state.statelog import apply_log
 from streams.state.store import (
     ComparisonMeta,
     FencedState,

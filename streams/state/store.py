@@ -46,7 +46,7 @@ from types import TracebackType
 from typing import NamedTuple
 
 from governance.errors import StoreError
-from streams.join.state import StateDelta, StateLog
+from streams.state.statelog import StateDelta, StateLog
 from streams.state.windows import Granularity, Plan, Retention, Slot
 
 __all__ = [

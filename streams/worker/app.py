@@ -15,32 +15,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import tempfile
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import faust
-import orjson
 import redis
 from faust.types import TP, EventT
 
 from governance.contract.events import GovernanceEvent
-from governance.contract.publishing import encode_signed_event
+from governance.contract.kafkaio import Record
 from governance.contract.settings import Settings
 from governance.crypto import Signer
 from governance.policy.document import Policy, load_policy
-from governance.service.statestore import lifecycle_context, production_monitor
+from governance.policy.evaluator import ContextSource
 from streams.state.redis_store import RedisWindowStore
 from streams.state.store import WindowStore
-from streams.worker.processor import BatchOutcome, DeadLetter, Processor, Record
-from streams.worker.reading import comparison_keys
-from streams.worker.rounds import ContextSource, Evaluator, RedisStateStore, default_context
+from streams.worker.lifecycle_view import lifecycle_context, production_monitor
+from streams.worker.processor import BatchOutcome, DeadLetter, Processor
+from streams.worker.rounds import EvaluationLoop, Evaluator, RedisEvaluatorStates, default_context
 from streams.worker.telemetry import WorkerMetrics
 
 __all__ = ["WorkerHandle", "create_app"]
@@ -72,79 +68,6 @@ class WorkerHandle:
         """Release the Redis connections and the fold thread (the Faust app stops on its own)."""
         for close in self.closers:
             close()
-
-
-class EvaluationLoop:
-    """One evaluation round of the worker: every comparison this worker leases, at its watermark.
-
-    A comparison is evaluated when its newest event time advanced past the last evaluated second, and
-    again at the same event time once ``idle_s`` seconds of ``clock`` passed (its windows re-read), so
-    labels that arrive after the last score still reach its gates and triggers, for ``idle_horizon_s``
-    (the label horizon) of wall time after its newest event; the
-    Redis lease (``3 x`` the timer period) makes exactly one worker the evaluator of each comparison, and
-    the evaluator state lives in Redis, so a comparison moves to another worker without losing its
-    trigger and dedup state. Returns ``(topic, key, signed record bytes, event)`` to publish.
-    """
-
-    def __init__(
-        self,
-        evaluator: Evaluator,
-        signer: Signer | None,
-        topics: dict[str, str],
-        lease_s: float,
-        owner: str,
-        *,
-        idle_s: float = 60.0,
-        idle_horizon_s: float = 3 * 86400.0,
-        clock: Callable[[], float] = time.monotonic,
-        wall: Callable[[], float] = time.time,
-    ) -> None:
-        self.evaluator = evaluator
-        self.signer = signer
-        self.topics = topics
-        self.lease_s = lease_s
-        self.owner = owner
-        self.idle_s = idle_s
-        self.idle_horizon_s = idle_horizon_s
-        self.clock = clock
-        self.wall = wall
-        self._last: dict[str, tuple[int, float]] = {}  # comparison -> (event time, clock) of its last evaluation
-
-    def round(self) -> list[tuple[str, bytes, bytes, GovernanceEvent]]:
-        out: list[tuple[str, bytes, bytes, GovernanceEvent]] = []
-        states = self.evaluator.states
-        for key in comparison_keys(self.evaluator.store):
-            cid = key.as_id()
-            meta = self.evaluator.store.meta(cid)
-            if meta is None or not states.lease(cid, self.owner, self.lease_s):
-                continue
-            now_s = math.floor(meta.last_event_ms / 1000)
-            last = self._last.get(cid)
-            if last is not None and now_s <= last[0]:
-                # Event time stands still; labels (or late orphans) may still land in its windows, until
-                # the label horizon has passed its newest event (then nothing can change them).
-                if not self.idle_s or now_s < last[0] or self.clock() - last[1] < self.idle_s:
-                    continue
-                if self.wall() - now_s > self.idle_horizon_s:
-                    continue
-                self.evaluator.forget(cid)
-            self._last[cid] = (now_s, self.clock())
-            for event in self.evaluator.evaluate(key, datetime.fromtimestamp(now_s, UTC)):
-                out.append((self._topic(event), key.model.encode(), self._sign(event), event))
-        return out
-
-    def _topic(self, event: GovernanceEvent) -> str:
-        kind = type(event).__name__
-        if kind in ("GateReady", "GateBlocked"):
-            return self.topics["gates"]
-        if kind == "RollbackTrigger":
-            return self.topics["rollbacks"]
-        return self.topics["alerts"]
-
-    def _sign(self, event: GovernanceEvent) -> bytes:
-        if self.signer is None:
-            return orjson.dumps(event.model_dump(mode="json"))
-        return encode_signed_event(event, self.signer, datetime.now(UTC))
 
 
 def create_app(
@@ -202,7 +125,7 @@ def create_app(
         # the serving production version is monitored whatever its candidates' stages.
         context = lifecycle_context(client, settings.redis_prefix, default_context(policy))
         monitor = production_monitor(client, settings.redis_prefix)
-    evaluator = Evaluator(store, policy, RedisStateStore(client, settings.redis_prefix), context, monitor=monitor)
+    evaluator = Evaluator(store, policy, RedisEvaluatorStates(client, settings.redis_prefix), context, monitor=monitor)
     handle = WorkerHandle(app, processor, store, metrics, evaluator)
     handle.closers += [client.close, store.close]
     loop_ = EvaluationLoop(
@@ -277,4 +200,4 @@ async def _no_dead_letters(dead_letters: list[DeadLetter]) -> None:
 
 def _record(event: EventT[Any]) -> Record:
     msg = event.message
-    return Record(msg.topic, msg.partition, msg.offset, msg.key, msg.value)
+    return Record(msg.topic, msg.partition, msg.offset, msg.key, msg.value or b"")

@@ -49,10 +49,11 @@ import numpy.typing as npt
 import orjson
 
 from governance.contract.comparison import ComparisonKey
+from governance.contract.kafkaio import Record
 from governance.errors import EventValidationError, StoreError
 from streams._native import LabelBlock, LabelOut, PairingOut, Pairs, ScoreBlock
 from streams.decode.decoder import decode_label_block, decode_scores_block
-from streams.decode.records import INTEGRITY_ROLE, BatchOutcome, DeadLetter, Record, identify, integrity_id
+from streams.decode.records import INTEGRITY_ROLE, BatchOutcome, DeadLetter, identify, integrity_id
 from streams.fold.aggregate import (
     AggregateConfig,
     fold_duplicates,
@@ -65,7 +66,8 @@ from streams.fold.features import FeatureColumn
 from streams.join.joiner import NativeLabelJoiner
 from streams.join.pairer import NativePairer
 from streams.join.reference.pairing import Side
-from streams.join.state import StateLog, pack_log, section
+from streams.join.state import section
+from streams.state.statelog import StateLog, pack_log
 from streams.state.store import NO_FENCE, Fence, FencedState, FenceState, SlotBatch, WindowStore
 from streams.state.windows import slots_for
 

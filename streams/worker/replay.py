@@ -29,12 +29,13 @@ import orjson
 
 from governance.contract.comparison import ComparisonKey
 from governance.contract.events import GovernanceEvent
+from governance.contract.kafkaio import Record
 from governance.policy.document import Policy, load_policy
 from streams.fold.aggregate import AggregateConfig
 from streams.state.memory_store import MemoryWindowStore
-from streams.worker.processor import DeadLetter, Processor, Record
+from streams.worker.processor import DeadLetter, Processor
 from streams.worker.reading import DEFAULT_WINDOWS, read_windows
-from streams.worker.rounds import Evaluator, MemoryStateStore, default_context
+from streams.worker.rounds import Evaluator, MemoryEvaluatorStates, default_context
 
 __all__ = ["replay_file", "replay_lines"]
 
@@ -86,7 +87,7 @@ def replay_lines(
     store = MemoryWindowStore()
     processor = Processor(store, scores_topic=_SCORES, labels_topic=_LABELS, fence_name="replay",
                           config=config, join_window_s=join_window_s, label_horizon_s=label_horizon_s)
-    evaluator = Evaluator(store, policy, MemoryStateStore(), default_context(policy, model_type), config)
+    evaluator = Evaluator(store, policy, MemoryEvaluatorStates(), default_context(policy, model_type), config)
     dead: list[DeadLetter] = []
     events: list[GovernanceEvent] = []
     totals = {"lines": 0, "score_events": 0, "labels": 0, "pairs": 0, "labeled_pairs": 0, "orphans": 0,

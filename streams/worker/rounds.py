@@ -4,7 +4,7 @@
 For one comparison at event time ``now`` it reads the windows the policy names (the stage window since
 the stage started, each trigger's rolling window, and for PRODUCTION the last whole days), calls
 :func:`governance.policy.evaluator.evaluate`, keeps the :class:`~governance.policy.evaluator.EvaluatorState` in a
-:class:`StateStore` (Redis for the worker, memory for replay) and returns the events to publish.
+:class:`EvaluatorStates` (Redis for the worker, memory for replay) and returns the events to publish.
 
 Lifecycle facts (stage, when it started, model type, escalations...) come from a ``ContextSource``.
 Without one, a comparison is judged as its role says (shadow → SHADOW, canary → STAGING), its stage
@@ -14,30 +14,34 @@ rules of the policy apply (longest minimum duration, largest minimum sample).
 
 from __future__ import annotations
 
+import math
 import re
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Literal, Protocol
 
+import orjson
 import redis
 
 from governance.contract.comparison import ComparisonKey, WindowSnapshot
 from governance.contract.events import GovernanceEvent
+from governance.contract.publishing import encode_signed_event
+from governance.crypto import Signer
 from governance.policy.document import Policy
-from governance.policy.evaluator import EvaluationContext, EvaluatorState, evaluate
+from governance.policy.evaluator import ContextSource, EvaluationContext, EvaluatorState, Monitor, evaluate
 from streams.fold.aggregate import AggregateConfig
 from streams.state.store import WindowStore
 from streams.worker.processor import integrity_id
 from streams.worker.reading import comparison_keys, read_snapshot
 
 __all__ = [
-    "ContextSource",
-    "Monitor",
+    "EvaluationLoop",
     "Evaluator",
-    "MemoryStateStore",
-    "RedisStateStore",
-    "StateStore",
+    "EvaluatorStates",
+    "MemoryEvaluatorStates",
+    "RedisEvaluatorStates",
     "default_context",
     "strictest_model_type",
 ]
@@ -47,7 +51,7 @@ _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _DAY_S = 86400
 
 
-class StateStore(Protocol):
+class EvaluatorStates(Protocol):
     """Where evaluator states live between evaluations (and who may evaluate a comparison)."""
 
     def get(self, comparison_id: str) -> bytes | None: ...
@@ -57,7 +61,7 @@ class StateStore(Protocol):
     def lease(self, comparison_id: str, owner: str, ttl_s: float) -> bool: ...
 
 
-class MemoryStateStore:
+class MemoryEvaluatorStates:
     """States in a dict; every lease is granted (one process)."""
 
     def __init__(self) -> None:
@@ -73,7 +77,7 @@ class MemoryStateStore:
         return True
 
 
-class RedisStateStore:
+class RedisEvaluatorStates:
     """States under ``<prefix>:eval:<comparison>``; a lease makes one worker the evaluator of a comparison."""
 
     _LEASE = """
@@ -103,9 +107,6 @@ class RedisStateStore:
 
 
 #: The candidate side's lifecycle facts (None: the candidate is not judged).
-ContextSource = Callable[[ComparisonKey, datetime | None], EvaluationContext | None]
-#: A PRODUCTION context when the comparison's production side is the serving production version.
-Monitor = Callable[[ComparisonKey], EvaluationContext | None]
 
 
 def strictest_model_type(policy: Policy) -> str:
@@ -138,7 +139,7 @@ class Evaluator:
         self,
         store: WindowStore,
         policy: Policy,
-        states: StateStore,
+        states: EvaluatorStates,
         context: ContextSource | None = None,
         config: AggregateConfig | None = None,
         *,
@@ -289,3 +290,76 @@ class Evaluator:
         """Whether ``key`` is the comparison that monitors its production version (the first by id)."""
         same = [k for k in comparison_keys(self.store, key.model) if k.production_version == key.production_version]
         return not same or key == min(same)
+
+
+class EvaluationLoop:
+    """One evaluation round of the worker: every comparison this worker leases, at its watermark.
+
+    A comparison is evaluated when its newest event time advanced past the last evaluated second, and
+    again at the same event time once ``idle_s`` seconds of ``clock`` passed (its windows re-read), so
+    labels that arrive after the last score still reach its gates and triggers, for ``idle_horizon_s``
+    (the label horizon) of wall time after its newest event; the
+    Redis lease (``3 x`` the timer period) makes exactly one worker the evaluator of each comparison, and
+    the evaluator state lives in Redis, so a comparison moves to another worker without losing its
+    trigger and dedup state. Returns ``(topic, key, signed record bytes, event)`` to publish.
+    """
+
+    def __init__(
+        self,
+        evaluator: Evaluator,
+        signer: Signer | None,
+        topics: dict[str, str],
+        lease_s: float,
+        owner: str,
+        *,
+        idle_s: float = 60.0,
+        idle_horizon_s: float = 3 * 86400.0,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.evaluator = evaluator
+        self.signer = signer
+        self.topics = topics
+        self.lease_s = lease_s
+        self.owner = owner
+        self.idle_s = idle_s
+        self.idle_horizon_s = idle_horizon_s
+        self.clock = clock
+        self.wall = wall
+        self._last: dict[str, tuple[int, float]] = {}  # comparison -> (event time, clock) of its last evaluation
+
+    def round(self) -> list[tuple[str, bytes, bytes, GovernanceEvent]]:
+        out: list[tuple[str, bytes, bytes, GovernanceEvent]] = []
+        states = self.evaluator.states
+        for key in comparison_keys(self.evaluator.store):
+            cid = key.as_id()
+            meta = self.evaluator.store.meta(cid)
+            if meta is None or not states.lease(cid, self.owner, self.lease_s):
+                continue
+            now_s = math.floor(meta.last_event_ms / 1000)
+            last = self._last.get(cid)
+            if last is not None and now_s <= last[0]:
+                # Event time stands still; labels (or late orphans) may still land in its windows, until
+                # the label horizon has passed its newest event (then nothing can change them).
+                if not self.idle_s or now_s < last[0] or self.clock() - last[1] < self.idle_s:
+                    continue
+                if self.wall() - now_s > self.idle_horizon_s:
+                    continue
+                self.evaluator.forget(cid)
+            self._last[cid] = (now_s, self.clock())
+            for event in self.evaluator.evaluate(key, datetime.fromtimestamp(now_s, UTC)):
+                out.append((self._topic(event), key.model.encode(), self._sign(event), event))
+        return out
+
+    def _topic(self, event: GovernanceEvent) -> str:
+        kind = type(event).__name__
+        if kind in ("GateReady", "GateBlocked"):
+            return self.topics["gates"]
+        if kind == "RollbackTrigger":
+            return self.topics["rollbacks"]
+        return self.topics["alerts"]
+
+    def _sign(self, event: GovernanceEvent) -> bytes:
+        if self.signer is None:
+            return orjson.dumps(event.model_dump(mode="json"))
+        return encode_signed_event(event, self.signer, datetime.now(UTC))

@@ -59,7 +59,6 @@ from streams.join.state import (
     META_KEY,
     CheckpointError,
     Interner,
-    StateDelta,
     dump_meta,
     epoch_s,
     is_int,
@@ -69,6 +68,7 @@ from streams.join.state import (
     parse_seq,
     positive,
 )
+from streams.state.statelog import StateDelta
 
 __all__ = ["STATE_FORMAT", "LabelJoiner", "LabelResult", "LabeledColumns"]
 

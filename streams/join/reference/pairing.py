@@ -67,7 +67,6 @@ from streams.join.state import (
     META_KEY,
     CheckpointError,
     Interner,
-    StateDelta,
     dump_meta,
     epoch_s,
     is_int,
@@ -77,6 +76,7 @@ from streams.join.state import (
     parse_seq,
     positive,
 )
+from streams.state.statelog import StateDelta
 
 __all__ = ["STATE_FORMAT", "Features", "PairColumns", "Pairer", "PairingResult", "Side"]
 
