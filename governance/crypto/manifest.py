@@ -28,9 +28,8 @@ from typing import Any
 
 import orjson
 
-from governance.crypto.canonical import canonical_bytes
 from governance.crypto.keys import TrustStore
-from governance.crypto.record import sign_record, verify_record
+from governance.crypto.record import record_bytes, sign_record, verify_record
 from governance.crypto.schedule import DEFAULT_SCHEDULE, MigrationSchedule, Phase
 from governance.crypto.signing import Context, Signature, Signer
 from governance.errors import ConfigError, VerificationError
@@ -119,7 +118,7 @@ def sign_artifact(
     )
     target = manifest_path or manifest_path_for(path)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    tmp.write_bytes(canonical_bytes(record) + b"\n")
+    tmp.write_bytes(record_bytes(record) + b"\n")
     os.replace(tmp, target)
     return target
 
@@ -135,7 +134,7 @@ def _load_manifest(manifest_path: Path) -> dict[str, Any]:
         record = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise VerificationError(f"manifest {manifest_path} is not valid JSON (altered?): {exc}") from exc
-    if not isinstance(record, dict) or canonical_bytes(record) + b"\n" != raw:
+    if not isinstance(record, dict) or record_bytes(record) + b"\n" != raw:
         raise VerificationError(f"manifest {manifest_path} is not in canonical form; it was edited after signing")
     return record
 

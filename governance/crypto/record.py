@@ -5,12 +5,14 @@ A record is a JSON object::
     {
       "payload":   {...},                                  # any JSON object; what is signed
       "signature": {"alg": "ML-DSA-65", "key_id": "mldsa65-…", "context": "shadowgate/event/v1",
-                    "sig": "<base64>", "signed_at": "2026-11-26T12:00:00.000000+00:00"},
+                    "sig": "<base64>", "signed_at": "2026-11-26T12:00:00.000000+00:00", "canon": "rfc8785"},
       "classical": {...same shape, alg = the classical scheme...}   # optional, dual mode (phases 0-2)
     }
 
-Each signature covers :func:`~governance.crypto.canonical.canonical_bytes` of the payload (see
-:mod:`governance.crypto.signing` for the exact input). Guarantees:
+Each signature covers the RFC 8785 (JCS) bytes of the payload, :func:`~governance.crypto.canonical.canonical_bytes`
+(see :mod:`governance.crypto.signing` for the exact input); a block without ``canon`` (made before JCS) covers
+the legacy form, and is verified over it. :func:`record_bytes` gives a whole record's canonical bytes, what
+the audit chain hashes. Guarantees:
 
 * ``sign_record`` returns the payload in JSON-decoded form, so ``orjson.loads(orjson.dumps(record))``
   verifies exactly as the returned dict does.
@@ -31,13 +33,13 @@ from typing import Any
 from pydantic import ValidationError
 
 from governance.crypto.algorithms import Algorithm, spec
-from governance.crypto.canonical import canonical_bytes, json_normalize
+from governance.crypto.canonical import canonical_bytes, canonical_bytes_for, json_normalize
 from governance.crypto.keys import TrustStore
 from governance.crypto.schedule import DEFAULT_SCHEDULE, ClassicalOnly, MigrationSchedule, Phase
 from governance.crypto.signing import Context, Signature, Signer, Verifier
 from governance.errors import CryptoError, VerificationError
 
-__all__ = ["sign_record", "sign_record_async", "verify_record"]
+__all__ = ["record_bytes", "sign_record", "sign_record_async", "verify_record"]
 
 _FIELDS = frozenset({"payload", "signature", "classical"})
 
@@ -58,10 +60,17 @@ def _check_signers(signer: Signer, classical: Signer | None, phase: Phase | None
 
 
 def _assemble(payload: Any, pqc: Signature, extra: Signature | None) -> dict[str, Any]:
-    record: dict[str, Any] = {"payload": payload, "signature": pqc.model_dump(mode="json")}
+    record: dict[str, Any] = {"payload": payload, "signature": pqc.as_json()}
     if extra is not None:
-        record["classical"] = extra.model_dump(mode="json")
+        record["classical"] = extra.as_json()
     return record
+
+
+def record_bytes(record: Mapping[str, Any]) -> bytes:
+    """The canonical bytes of a whole signed record, under the canonicalization its signature names."""
+    block = record.get("signature") or record.get("classical")
+    canon = block.get("canon") if isinstance(block, Mapping) else None
+    return canonical_bytes_for(record, canon if isinstance(canon, str) else None)
 
 
 def _payload(payload: Mapping[str, Any]) -> tuple[Any, bytes]:
@@ -148,12 +157,11 @@ def verify_record(
     if pqc is None:
         _check_classical_only(extra, enforcement.classical_only, phase, schedule)
     verifier = verifier or Verifier(trust_store)
-    message = canonical_bytes(payload)
     if pqc is not None:
-        verifier.verify(message, pqc, context, now)
+        verifier.verify(pqc.message(payload), pqc, context, now)
     if extra is not None and enforcement.classical_only is not ClassicalOnly.REFUSE:
         # Phase 3 ignores (never trusts) a classical block; earlier phases require it to verify if present.
-        verifier.verify(message, extra, context, now)
+        verifier.verify(extra.message(payload), extra, context, now)
     return payload
 
 

@@ -2,11 +2,13 @@
 
 What is signed for a message ``m`` (bytes)::
 
-    header = canonical JSON of {"alg", "key_id", "signed_at"}
+    header = canonical JSON (RFC 8785) of {"alg", "canon", "key_id", "signed_at"}
     signed = len(header) as 4 bytes big-endian || header || m        with FIPS 204/205 ctx = context
 
-so a signature cannot be re-attributed to another key, re-dated (expiry checks rely on ``signed_at``), or
-replayed under another :class:`Context`. Replay of the *same* record is the consumer's concern (event ids).
+so a signature cannot be re-attributed to another key, re-dated (expiry checks rely on ``signed_at``),
+replayed under another :class:`Context`, or read under another canonicalization (``canon``: ``"rfc8785"``
+for every signature made now; blocks from before JCS have none, nor does their header). Replay of the
+*same* record is the consumer's concern (event ids).
 
 Signing is slow and holds the CPU: with pqcrypto 1.0 on one EPYC core, ~10 ms per ML-DSA-65 signature
 (its rejection loop varies; twice that on a loaded machine) and ~12 ms per SLH-DSA-SHA2-128f signature;
@@ -30,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, SecretBytes, field_serializer, field
 
 from governance.crypto import algorithms
 from governance.crypto.algorithms import Algorithm, Kind, spec
-from governance.crypto.canonical import canonical_bytes, format_timestamp
+from governance.crypto.canonical import JCS, Canon, canonical_bytes_for, format_timestamp
 from governance.crypto.keys import KeyInfo, KeyStatus, TrustStore, b64decode, b64encode
 from governance.errors import CryptoError, VerificationError
 
@@ -64,6 +66,8 @@ class Signature(BaseModel):
     context: Context
     sig: str  # base64
     signed_at: datetime
+    # How the signed message was canonicalized: RFC 8785 (JCS). Absent only in blocks made before JCS.
+    canon: Canon | None = None
 
     @field_validator("signed_at", mode="before")
     @classmethod
@@ -81,10 +85,23 @@ class Signature(BaseModel):
     def signature_bytes(self) -> bytes:
         return b64decode(self.sig, f"signature by key {self.key_id}")
 
+    def as_json(self) -> dict[str, str]:
+        """The block as it travels (``canon`` omitted when absent, so a block from before JCS is unchanged)."""
+        return self.model_dump(mode="json", exclude_none=True)
 
-def signing_input(algorithm: Algorithm, key_id: str, signed_at: datetime, message: bytes) -> bytes:
+    def message(self, value: object) -> bytes:
+        """The canonical bytes of ``value`` under this block's canonicalization: what it signs."""
+        return canonical_bytes_for(value, self.canon)
+
+
+def signing_input(
+    algorithm: Algorithm, key_id: str, signed_at: datetime, message: bytes, canon: Canon | None = JCS
+) -> bytes:
     """The exact bytes the algorithm signs (see the module docstring)."""
-    header = canonical_bytes({"alg": algorithm.value, "key_id": key_id, "signed_at": format_timestamp(signed_at)})
+    fields = {"alg": algorithm.value, "key_id": key_id, "signed_at": format_timestamp(signed_at)}
+    if canon is not None:
+        fields["canon"] = canon
+    header = canonical_bytes_for(fields, canon)
     return len(header).to_bytes(4, "big") + header + message
 
 
@@ -138,7 +155,9 @@ class Signer:
         return signing_input(self.algorithm, self.key_id, now, message)
 
     def _block(self, raw: bytes, context: Context, now: datetime) -> Signature:
-        return Signature(alg=self.algorithm, key_id=self.key_id, context=context, sig=b64encode(raw), signed_at=now)
+        return Signature(
+            alg=self.algorithm, key_id=self.key_id, context=context, sig=b64encode(raw), signed_at=now, canon=JCS
+        )
 
     def sign(self, message: bytes, context: Context, now: datetime) -> Signature:
         """Sign ``message`` under ``context`` at time ``now``. CPU-bound: see :meth:`sign_async`."""
@@ -184,7 +203,7 @@ class Verifier:
                 f"key {key.key_id} is {key.algorithm.value} but the signature says {signature.alg.value}"
             )
         self.trust_store.check_signature_time(key, signature.signed_at, now, self.skew)
-        data = signing_input(signature.alg, key.key_id, signature.signed_at, message)
+        data = signing_input(signature.alg, key.key_id, signature.signed_at, message, signature.canon)
         try:
             algorithms.verify(
                 key.algorithm, key.public_bytes(), data, signature.signature_bytes(), context.value.encode()

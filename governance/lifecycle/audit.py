@@ -39,9 +39,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
 from governance.contract.publishing import decode_record
-from governance.crypto.canonical import canonical_bytes
 from governance.crypto.keys import TrustStore
-from governance.crypto.record import sign_record, verify_record
+from governance.crypto.record import record_bytes, sign_record, verify_record
 from governance.crypto.schedule import DEFAULT_SCHEDULE, Phase
 from governance.crypto.signing import Context, Signer
 from governance.errors import CryptoError, EventValidationError
@@ -161,7 +160,7 @@ class AuditEntry(EntryBody):
 
 def entry_hash(record: Mapping[str, Any]) -> str:
     """SHA-256 hex of the canonical bytes of a signed entry record (payload and signatures)."""
-    return hashlib.sha256(canonical_bytes(record)).hexdigest()
+    return hashlib.sha256(record_bytes(record)).hexdigest()
 
 
 def seal(body: EntryBody, seq: int, prev_hash: str, signer: Signer, now: datetime) -> dict[str, Any]:

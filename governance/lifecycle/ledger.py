@@ -28,7 +28,6 @@ the canonical JSON (sorted keys), equal for equal events however their dicts wer
 from __future__ import annotations
 
 import hashlib
-import json
 from datetime import UTC
 from functools import cache
 from typing import Annotated, Literal
@@ -47,6 +46,7 @@ from pydantic import (
 )
 
 from governance.contract.stages import ModelType, Stage
+from governance.crypto.canonical import canonical_bytes
 from governance.errors import EventValidationError
 from governance.lifecycle.machine import Assessment
 
@@ -183,5 +183,4 @@ def parse_event(data: object) -> Event:
 
 def event_digest(event: Event) -> str:
     """SHA-256 hex of the canonical JSON of ``event``."""
-    canonical = json.dumps(event.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return hashlib.sha256(canonical_bytes(event.model_dump(mode="json"))).hexdigest()

@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from governance.contract.kafkaio import SyncProducer
-from governance.crypto.canonical import canonical_bytes
+from governance.crypto.record import record_bytes
 from governance.crypto.signing import Signer
 from governance.lifecycle.audit import AuditEntry, EntryBody, parse_entry, seal
 
@@ -27,5 +27,5 @@ class AuditWriter:
     def append(self, body: EntryBody, seq: int, prev_hash: str, now: datetime) -> tuple[AuditEntry, dict[str, Any]]:
         """Seal and write entry ``seq``; returns it and its record once the broker acknowledged it."""
         record = seal(body, seq, prev_hash, self.signer, now)
-        self.producer.send(self.topic, canonical_bytes(record), key=b"audit")
+        self.producer.send(self.topic, record_bytes(record), key=b"audit")
         return parse_entry(record["payload"]), record
