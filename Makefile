@@ -53,7 +53,7 @@ test-clock: install
 lint: install
 	ruff check .
 	mypy
-	lint-imports
+	lint-imports --no-cache
 	$(PYTHON) -m shadowgate schemas --check
 	$(PYTHON) -m shadowgate crypto audit .
 
