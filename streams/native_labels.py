@@ -1,5 +1,5 @@
 """The label joiner on the native hot path: :class:`NativeLabelJoiner`, a drop-in for
-:class:`streams.labels.LabelJoiner` backed by ``streams._native.NativeJoiner`` (``native/src/joiner.rs``).
+:class:`streams.labels.LabelJoiner` backed by ``streams._native.NativeJoiner`` (``native/core/src/joiner``).
 
 ``streams.labels`` is the reference: same rules, same results (arrays, dict orders, counts) and
 byte-identical state entries, so a Python and a native worker can take over each other's partitions

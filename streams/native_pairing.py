@@ -1,4 +1,4 @@
-"""The native pairer (``streams._native.NativePairer``, ``native/src/pairer.rs``) behind :class:`Pairer`'s interface.
+"""The native pairer (``streams._native.NativePairer``, ``native/core/src/pairer``) behind :class:`Pairer`'s interface.
 
 :class:`NativePairer` gives the same :class:`~streams.pairing.PairingResult`, the same state deltas and
 the same entries (byte for byte) as the reference :class:`streams.pairing.Pairer`, so either can take over
