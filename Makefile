@@ -5,20 +5,29 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 STATE  ?= .local
 STAMP  := $(STATE)/.installed
 
-.PHONY: help install up down status demo test test-fast test-clock lint schemas bench clean
+.PHONY: help install up down status demo test test-fast test-clock lint native-check schemas bench clean
 
 help:
 	@echo "make demo       bring up Kafka + Redis and run the end-to-end demo"
 	@echo "make test       bring up Kafka + Redis and run the whole test suite"
 	@echo "make up | down  start / stop the local Kafka broker and Redis server"
 	@echo "make test-clock  server-free tests again, with the clock moved 400 days ahead (faketime)"
-	@echo "make lint       ruff + mypy --strict + import directions + JSON Schemas current + crypto audit (PQC phase 3)"
+	@echo "make lint       native-check + ruff + mypy --strict + import directions + JSON Schemas current + crypto audit"
+	@echo "make native-check  the native core: cargo test, clippy -D warnings, rustfmt (in native/)"
 	@echo "make bench      run the benchmarks (figures land in benchmarks/results/)"
 
-# The editable install compiles native/ once: changed Rust sources need a reinstall.
-$(STAMP): pyproject.toml native/Cargo.toml native/Cargo.lock $(wildcard native/src/*.rs)
+# The editable install compiles native/ once: changed Rust sources need a reinstall. The extension is optional
+# to pip (a machine without cargo gets the Python reference joins); where cargo is, a failed build (a stale
+# Cargo.lock: the build runs --locked) fails here instead of leaving the worker on the slow path.
+NATIVE_SOURCES := native/Cargo.toml native/Cargo.lock $(wildcard native/*/Cargo.toml native/*/src/*.rs native/*/src/*/*.rs)
+$(STAMP): pyproject.toml $(NATIVE_SOURCES)
 	@mkdir -p $(STATE)
 	$(PYTHON) -m pip install -q -e '.[dev]'
+	@if command -v cargo >/dev/null 2>&1 && ! $(PYTHON) -c 'import streams._native' 2>/dev/null; then \
+	  echo "cargo is installed but the native core did not build (a stale native/Cargo.lock?);" \
+	    "to see why: cd native && cargo build --locked -p shadowgate-native" >&2; \
+	  exit 1; \
+	fi
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -50,7 +59,11 @@ test-clock: install
 	faketime -m -f '$(FAKETIME_OFFSET)' $(PYTHON) -c 'import datetime as d; print("clock moved to", d.datetime.now(d.UTC))'
 	faketime -m -f '$(FAKETIME_OFFSET)' $(PYTHON) -m pytest -p no:cacheprovider -m "not integration and not real_clock"
 
-lint: install
+# The native core (pure Rust, native/core) and its binding (native/python), as CI checks them.
+native-check:
+	cd native && cargo test --locked && cargo clippy --locked --all-targets -- -D warnings && cargo fmt --all --check
+
+lint: install native-check
 	ruff check .
 	mypy
 	lint-imports --no-cache

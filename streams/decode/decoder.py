@@ -4,7 +4,7 @@
 in the dead-letter reason. Validating with it costs about 3.4 µs per score event, and its model objects are
 tracked by the garbage collector, so a worker holding hours of state pays again in every collection.
 
-1. ``streams._native`` (Rust, ``native/src/decode.rs``) turns a message straight into a block
+1. ``streams._native`` (Rust, ``native/core/src/decode.rs``) turns a message straight into a block
    (:class:`ScoreBlock` / :class:`LabelBlock`, no Python object per event; well under 0.5 µs per event). It
    answers ``None`` for anything it is not certain the contract accepts with the same values (a timestamp
    form it does not parse, an escaped name, an int beyond 64 bits, any invalid message...).
@@ -12,6 +12,9 @@ tracked by the garbage collector, so a worker holding hours of state pays again 
    dicts; never tracked by the collector) take the rest; their events become a block with ``from_events``.
 3. Every message msgspec refuses goes to :func:`governance.contract.wire.decode_scores`: that gives the reason of an
    invalid message, and an event the contract accepts but the faster tiers do not still counts.
+
+The native core is optional (:mod:`streams.native`): without it the worker decodes with tiers 2 and 3
+(:func:`decode_scores_fast`, :func:`decode_label_fast`); the ``*_block`` functions need it.
 
 The invariant, checked with Hypothesis against the pydantic models (``tests/test_decoding.py``,
 ``tests/test_native_decode.py``): whatever a faster tier accepts, the contract accepts with the same values
@@ -25,7 +28,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Annotated, Literal, Protocol
+from typing import TYPE_CHECKING, Annotated, Literal, Protocol
 
 import msgspec
 
@@ -37,8 +40,10 @@ from governance.contract.wire import (
     decode_label,
     decode_scores,
 )
-from streams import _native
-from streams._native import LabelBlock, ScoreBlock
+from streams.native import core as _native
+
+if TYPE_CHECKING:
+    from streams._native import LabelBlock, ScoreBlock
 
 __all__ = [
     "FastLabel",
@@ -165,19 +170,20 @@ def decode_label_fast(raw: bytes) -> LabelLike:
 def decode_scores_block(raw: bytes) -> ScoreBlock:
     """The events of one score message as a block: native first, else msgspec, else the contract.
 
-    Raises EventValidationError as the contract does for an invalid message.
+    Raises EventValidationError as the contract does for an invalid message. Needs the native core.
     """
     block = _native.decode_scores(raw)
     if block is None:
-        block = ScoreBlock.from_events(decode_scores_fast(raw))
+        block = _native.ScoreBlock.from_events(decode_scores_fast(raw))
     return block
 
 
 def decode_label_block(raw: bytes) -> LabelBlock:
-    """One label message as a block of one label: native first, else msgspec, else the contract."""
+    """One label message as a block of one label: native first, else msgspec, else the contract (needs the
+    native core)."""
     block = _native.decode_label(raw)
     if block is None:
-        block = LabelBlock.from_events([decode_label_fast(raw)])
+        block = _native.LabelBlock.from_events([decode_label_fast(raw)])
     return block
 
 

@@ -1,6 +1,6 @@
 """The label joiner on the native hot path: :class:`NativeLabelJoiner`, a drop-in for
 :class:`streams.join.reference.labels.LabelJoiner` backed by ``streams._native.NativeJoiner``
-(``native/src/joiner.rs``).
+(``native/core/src/joiner``).
 
 ``streams.join.reference.labels`` is the reference: same rules, same results (arrays, dict orders, counts) and
 byte-identical state entries, so a Python and a native worker can take over each other's partitions
@@ -10,13 +10,20 @@ The processor feeds the native joiner without Python objects per pair: :meth:`Na
 takes the native pairer's :class:`~streams._native.Pairs`, :meth:`NativeLabelJoiner.add_label_blocks` the
 decoder's :class:`~streams._native.LabelBlock` s; both return a :class:`~streams._native.LabelOut`, which
 :func:`to_label_result` turns into the reference's :class:`~streams.join.reference.labels.LabelResult` where needed.
+
+Restore: the native core parses the entries it is sure of and hands back the keys of the others; this
+wrapper reads the meta entry and validates those entries with the reference's own functions
+(``streams.join.state``, ``streams.join.reference.labels``), so what is accepted and every error text are the
+reference's, and hands the parsed values back to the core. Entries a joiner wrote never need the reference.
 """
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Mapping, Sequence
 from datetime import datetime
+from typing import Any
 
 import numpy as np
 
@@ -24,9 +31,9 @@ from governance.contract.comparison import ComparisonKey
 from governance.errors import ConfigError
 from streams._native import LabelBlock, LabelOut, NativeJoiner, Pairs
 from streams.decode.decoder import LabelLike
-from streams.join.reference.labels import LabeledColumns, LabelResult
+from streams.join.reference.labels import STATE_FORMAT, LabeledColumns, LabelResult, _parse_label, _parse_wait
 from streams.join.reference.pairing import PairColumns
-from streams.join.state import CheckpointError, epoch_s, positive
+from streams.join.state import CheckpointError, Interner, epoch_s, load_entry, load_meta, parse_seq, positive
 from streams.state.statelog import StateDelta
 
 __all__ = ["NativeLabelJoiner", "pairs_of", "to_label_result"]
@@ -150,9 +157,43 @@ class NativeLabelJoiner:
 
     def restore_entries(self, entries: Mapping[str, bytes]) -> None:
         """:meth:`LabelJoiner.restore_entries`: CheckpointError naming the bad entry, current state kept."""
+        kind, version = STATE_FORMAT
+        meta = load_meta(kind, version, entries)
+        if meta is None:
+            self._restore({}, -math.inf, 0, {})
+            return
+        watermark, next_seq = meta
+        if next_seq >= 2**64:  # orjson reads no larger int; the core counts in 64 bits
+            raise CheckpointError(f"{kind} state meta: next_seq {next_seq} exceeds 64 bits")
+        raw = dict(entries)
+        deferred = self._restore(raw, watermark, next_seq, {})
+        if deferred:
+            intern = Interner()
+            resolved = {name: _reference_entry(name, raw[name], next_seq, intern) for name in deferred}
+            if self._restore(raw, watermark, next_seq, resolved):
+                raise RuntimeError(f"the native joiner refused entries the reference parsed: {deferred!r:.200}")
+
+    def _restore(
+        self, entries: dict[str, bytes], watermark: float, next_seq: int, resolved: dict[str, tuple[Any, ...]]
+    ) -> list[str]:
         try:
-            self._native.restore_entries(dict(entries))
-        except CheckpointError:
-            raise
+            return self._native.restore_entries(entries, watermark, next_seq, resolved)
         except ValueError as exc:
             raise CheckpointError(str(exc)) from None
+
+
+def _reference_entry(name: str, raw: bytes, next_seq: int, intern: Interner) -> tuple[Any, ...]:
+    """One entry the native core deferred, validated by the reference (the body of
+    ``LabelJoiner.restore_entries``' loop: same acceptance, same CheckpointError texts), as the tuple
+    ``NativeJoiner.restore_entries`` takes."""
+    kind = STATE_FORMAT[0]
+    seq = parse_seq(kind, name, name[1:])
+    if seq >= next_seq:
+        raise CheckpointError(f"{kind} state entry {name!r}: seq {seq} is not below next_seq {next_seq}")
+    if name[0] == "p":
+        rid, (ts, _, key, prod, cand) = _parse_wait(name, seq, load_entry(kind, name, raw))
+        return seq, rid, key.model, key.production_version, key.candidate_version, key.role, prod, cand, ts
+    if name[0] == "l":
+        rid, (model, value, ts, _, matched) = _parse_label(name, seq, load_entry(kind, name, raw), intern)
+        return seq, rid, model, value, ts, matched
+    raise CheckpointError(f"{kind} state key {name!r}: must start with 'p' (pair) or 'l' (label)")

@@ -4,13 +4,14 @@
 offline replay (``streams.worker.replay``) both feed it batches of :class:`Record` s, so live and replayed
 traffic give the same windows by construction.
 
-Per partition it keeps a pairer and a label joiner: the native ones (``streams._native``, Rust), which
-give the results and state entries of the reference :class:`~streams.join.reference.pairing.Pairer` and
-:class:`~streams.join.reference.labels.LabelJoiner` (the same tests run against both). Messages are decoded into native
-blocks (:func:`streams.decode.decoder.decode_scores_block`), the joins run on them without Python objects per
-event, and the fold reads their output as numpy columns. The scores and labels topics are co-partitioned
-(same partition count, keyed by ``request_id``), so partition ``p`` of both belongs to one worker and
-one state.
+Per partition it keeps a pairer and a label joiner (:mod:`streams.join.engines`): the native ones
+(``streams._native``, Rust) when the native core is built, which give the results and state entries of the
+reference :class:`~streams.join.reference.pairing.Pairer` and :class:`~streams.join.reference.labels.LabelJoiner` (the
+same tests run against both); otherwise those reference joins themselves, with one warning at start
+(:mod:`streams.native`). On the native path messages are decoded into native blocks, the joins run on them
+without Python objects per event, and the fold reads their output as numpy columns. The scores and labels
+topics are co-partitioned (same partition count, keyed by ``request_id``), so partition ``p`` of both
+belongs to one worker and one state.
 
 Exactly-once effect. After each batch of partition ``p`` the processor applies in ONE atomic store step:
 the slot increments, the fence, a small checkpoint blob (next offset of each topic; the production version
@@ -43,6 +44,7 @@ import logging
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -51,8 +53,6 @@ import orjson
 from governance.contract.comparison import ComparisonKey
 from governance.contract.kafkaio import Record
 from governance.errors import EventValidationError, StoreError
-from streams._native import LabelBlock, LabelOut, PairingOut, Pairs, ScoreBlock
-from streams.decode.decoder import decode_label_block, decode_scores_block
 from streams.decode.records import INTEGRITY_ROLE, BatchOutcome, DeadLetter, identify, integrity_id
 from streams.fold.aggregate import (
     AggregateConfig,
@@ -63,10 +63,16 @@ from streams.fold.aggregate import (
     fold_pairs,
 )
 from streams.fold.features import FeatureColumn
-from streams.join.joiner import NativeLabelJoiner
-from streams.join.pairer import NativePairer
+from streams.join.engines import (
+    FeatureArrays,
+    JoinOutput,
+    LabeledBatch,
+    PairBatch,
+    PartitionJoins,
+    ReferenceJoins,
+    select,
+)
 from streams.join.reference.pairing import Side
-from streams.join.state import section
 from streams.state.statelog import StateLog, pack_log
 from streams.state.store import NO_FENCE, Fence, FencedState, FenceState, SlotBatch, WindowStore
 from streams.state.windows import slots_for
@@ -77,19 +83,14 @@ log = logging.getLogger(__name__)
 
 _CHECKPOINT_VERSION = 2
 _MAX_RETRIES = 5
-_PAIRER = "p/"  # state key prefixes of the two joins
-_JOINER = "l/"
 FloatArray = npt.NDArray[np.float64]
-# name -> (uint32 row indices, float64 numbers, int32 string codes, strings): Pairs.feature_arrays
-FeatureArrays = dict[str, tuple[bytes, bytes, bytes, list[str]]]
 
 
 class _PartitionState:
-    __slots__ = ("joiner", "log_bytes", "next_offsets", "pairer", "production_of", "snapshot_bytes", "stored_offset")
+    __slots__ = ("joins", "log_bytes", "next_offsets", "production_of", "snapshot_bytes", "stored_offset")
 
-    def __init__(self, pairer: NativePairer, joiner: NativeLabelJoiner) -> None:
-        self.pairer = pairer
-        self.joiner = joiner
+    def __init__(self, joins: PartitionJoins[Any, Any]) -> None:
+        self.joins = joins
         self.next_offsets: dict[str, int] = {}
         self.stored_offset = NO_FENCE  # the store's fence this state is: the apply's expected fence
         # (model, candidate version, role) -> production version it was last paired with, and
@@ -98,6 +99,15 @@ class _PartitionState:
         # The store's state log: bytes of the last whole-state record, and of the records after it.
         self.snapshot_bytes = 0
         self.log_bytes = 0
+
+    @property
+    def pairer(self) -> Any:
+        """The partition's pairer (native or reference): for ``pending`` and for tools and tests."""
+        return self.joins.pairer
+
+    @property
+    def joiner(self) -> Any:
+        return self.joins.joiner
 
     def fence_offset(self) -> int:
         return sum(self.next_offsets.values())
@@ -120,7 +130,10 @@ class Processor:
         max_label_pending: int = 1_000_000,
         max_message_bytes: int = 1_048_576,
         compact_min_bytes: int = 32 * 1024 * 1024,
+        native: bool | None = None,
     ) -> None:
+        """``native``: the native core's joins (True), the Python reference's (False), or the native ones
+        when the core is built (None, with a warning when it is not)."""
         self.store = store
         self.scores_topic = scores_topic
         self.labels_topic = labels_topic
@@ -133,13 +146,18 @@ class Processor:
         self._max_message_bytes = max_message_bytes
         self._compact_min_bytes = compact_min_bytes
         self._states: dict[int, _PartitionState] = {}
+        self._joins = select(native)
+
+    @property
+    def native(self) -> bool:
+        """Whether this processor runs the native core (else the Python reference joins)."""
+        return self._joins is not ReferenceJoins
 
     # -- partition state ------------------------------------------------------------------------------
 
     def _new_state(self) -> _PartitionState:
         return _PartitionState(
-            NativePairer(join_window_s=self._join_window_s, max_pending=self._max_pending),
-            NativeLabelJoiner(horizon_s=self._label_horizon_s, max_pending=self._max_label_pending),
+            self._joins(self._join_window_s, self._max_pending, self._label_horizon_s, self._max_label_pending)
         )
 
     def _load(self, partition: int) -> _PartitionState:
@@ -164,8 +182,7 @@ class Processor:
                 )
             state.next_offsets = {str(k): int(v) for k, v in doc["offsets"].items()}
             state.production_of = {tuple(k.split("|")): v for k, v in doc["production_of"].items()}
-            state.pairer.restore_entries(section(entries, _PAIRER))
-            state.joiner.restore_entries(section(entries, _JOINER))
+            state.joins.restore(entries)
             state.stored_offset = stored.offset
             state.snapshot_bytes = sum(len(k) + len(v) + 9 for k, v in entries.items())
         elif entries:
@@ -307,20 +324,21 @@ class Processor:
         """The joins' changes since the last batch as one state log record, or, once the records since the
         last whole-state record outgrow it (and ``compact_min_bytes``), a whole-state record replacing them:
         the stored log stays within about twice the state, so loading a partition costs about its state."""
-        record = state.pairer.state_delta_blob(_PAIRER) + state.joiner.state_delta_blob(_JOINER)
+        record = state.joins.delta_record()
         state.log_bytes += len(record)
         if state.log_bytes <= max(self._compact_min_bytes, state.snapshot_bytes):
             return StateLog(pack_log(record))
-        snapshot = state.pairer.entries_blob(_PAIRER) + state.joiner.entries_blob(_JOINER)
+        snapshot = state.joins.entries_record()
         state.snapshot_bytes, state.log_bytes = len(snapshot), 0
         return StateLog(pack_log(snapshot), replace=True)
 
     def _decode(
-        self, records: list[Record], outcome: BatchOutcome
-    ) -> tuple[list[ScoreBlock], list[LabelBlock], dict[str, list[float | None]]]:
-        """Valid events, and per model the ts each of its invalid messages claims (None: unreadable)."""
-        scores: list[ScoreBlock] = []
-        labels: list[LabelBlock] = []
+        self, joins: PartitionJoins[Any, Any], records: list[Record], outcome: BatchOutcome
+    ) -> tuple[list[Any], list[Any], dict[str, list[float | None]]]:
+        """Valid messages as ``joins`` decodes them, and per model the ts each of its invalid messages claims
+        (None: unreadable)."""
+        scores: list[Any] = []
+        labels: list[Any] = []
         violations: dict[str, list[float | None]] = defaultdict(list)
         for record in records:
             raw = record.value or b""
@@ -330,9 +348,9 @@ class Processor:
                         f"message of {len(raw)} bytes exceeds the limit of {self._max_message_bytes}", field="<size>"
                     )
                 if record.topic == self.labels_topic:
-                    labels.append(decode_label_block(raw))
+                    labels.append(joins.decode_label(raw))
                 else:
-                    scores.append(decode_scores_block(raw))
+                    scores.append(joins.decode_scores(raw))
             except EventValidationError as exc:
                 model, ts_s = identify(raw)
                 outcome.dead_letters.append(DeadLetter(record, str(exc), model))
@@ -343,87 +361,70 @@ class Processor:
     def _fold_partition(
         self, state: _PartitionState, records: list[Record], batch: SlotBatch, outcome: BatchOutcome
     ) -> None:
-        scores, labels, violations = self._decode(records, outcome)
-        outcome.score_events += sum(len(block) for block in scores)
-        outcome.labels += sum(len(block) for block in labels)
-        score_s = _newest(scores, state.pairer.watermark_s)
-        # A partition that never saw a score has no score time: the pairer waits rather than get a made-up one.
-        paired = None if score_s is None else state.pairer.add_blocks(scores, score_s)
-        pairs = paired.pairs if paired is not None else Pairs()
-        for model, production, candidate, role in pairs.comparisons():
-            state.production_of[(model, candidate, role)] = production
-        known_s = _newest(labels, state.joiner.watermark_s, score_s)
-        if known_s is not None:
-            from_pairs = state.joiner.add_native_pairs(pairs, known_s)
-            from_labels = state.joiner.add_label_blocks(labels, known_s)
-            self._fold_labels(from_pairs, batch, outcome)
-            self._fold_labels(from_labels, batch, outcome)
-        if paired is not None:
-            self._fold_pairs(pairs, batch, outcome)
-            self._fold_sides(state, paired, batch, outcome)
+        scores, labels, violations = self._decode(state.joins, records, outcome)
+        joined = state.joins.join(scores, labels)
+        outcome.score_events += joined.score_events
+        outcome.labels += joined.label_events
+        for pairs in joined.pairs:
+            key = pairs.key
+            state.production_of[(key.model, key.candidate_version, key.role)] = key.production_version
+        self._fold_labels(joined.labeled, batch, outcome)
+        self._fold_pairs(joined.pairs, batch, outcome)
+        self._fold_sides(state, joined, batch, outcome)
         if violations:
             # Never past the partition's score time: a window read at a comparison's latest pair covers it.
-            self._fold_integrity(state, violations, batch, known_s if score_s is None else score_s, outcome)
-        if paired is not None and paired.watermark_s is not None:
-            outcome.watermark_s[records[0].partition] = paired.watermark_s
+            ceiling_s = joined.known_s if joined.score_s is None else joined.score_s
+            self._fold_integrity(state, violations, batch, ceiling_s, outcome)
+        if joined.watermark_s is not None:
+            outcome.watermark_s[records[0].partition] = joined.watermark_s
 
-    def _fold_pairs(self, pairs: Pairs, batch: SlotBatch, outcome: BatchOutcome) -> None:
-        for i, names in enumerate(pairs.comparisons()):
-            cid = ComparisonKey(*names).as_id()  # type: ignore[arg-type]
-            prod_score, cand_score, prod_latency, cand_latency, ts = (
-                np.frombuffer(raw, dtype=np.float64) for raw in pairs.columns(i)[:5]
-            )
-            prod_error, cand_error = (np.frombuffer(raw, dtype=np.bool_) for raw in pairs.columns(i)[5:])
-            prod_features, cand_features = pairs.feature_arrays(i, "prod"), pairs.feature_arrays(i, "cand")
+    def _fold_pairs(self, comparisons: list[PairBatch], batch: SlotBatch, outcome: BatchOutcome) -> None:
+        for pairs in comparisons:
+            cid = pairs.key.as_id()
+            ts = pairs.ts
             outcome.pairs += len(ts)
             outcome.comparisons.add(cid)
-            batch.note(cid, names[0], int(ts.min() * 1000), int(ts.max() * 1000))
+            batch.note(cid, pairs.key.model, int(ts.min() * 1000), int(ts.max() * 1000))
             for idx, ts_s in _by_minute(ts):
                 fields = fold_pairs(
-                    prod_score[idx],
-                    cand_score[idx],
-                    prod_latency[idx],
-                    cand_latency[idx],
-                    prod_error[idx],
-                    cand_error[idx],
-                    _features(prod_features, idx, len(ts)),
-                    _features(cand_features, idx, len(ts)),
+                    pairs.prod_score[idx],
+                    pairs.cand_score[idx],
+                    pairs.prod_latency_ms[idx],
+                    pairs.cand_latency_ms[idx],
+                    pairs.prod_error[idx],
+                    pairs.cand_error[idx],
+                    _features(pairs.prod_features, idx, len(ts)),
+                    _features(pairs.cand_features, idx, len(ts)),
                     self.config,
                 )
                 _add_to_slots(batch, cid, ts_s, fields)
 
-    def _fold_labels(self, result: LabelOut, batch: SlotBatch, outcome: BatchOutcome) -> None:
-        for model, production, candidate, role, prod_raw, cand_raw, label_raw, ts_raw, _ in result.joined:
-            cid = ComparisonKey(model, production, candidate, role).as_id()  # type: ignore[arg-type]
-            prod_score, cand_score, ts = (np.frombuffer(raw, dtype=np.float64) for raw in (prod_raw, cand_raw, ts_raw))
-            label = np.frombuffer(label_raw, dtype=np.int8)
-            outcome.labeled_pairs += len(ts)
+    def _fold_labels(self, labeled: list[LabeledBatch], batch: SlotBatch, outcome: BatchOutcome) -> None:
+        for joined in labeled:
+            cid = joined.key.as_id()
+            outcome.labeled_pairs += len(joined.ts)
             outcome.labeled.add(cid)
-            for idx, ts_s in _by_minute(ts):
-                fields = fold_labels(prod_score[idx], cand_score[idx], label[idx], self.config)
+            for idx, ts_s in _by_minute(joined.ts):
+                fields = fold_labels(joined.prod_score[idx], joined.cand_score[idx], joined.label[idx], self.config)
                 _add_to_slots(batch, cid, ts_s, fields)
 
-    def _fold_sides(self, state: _PartitionState, paired: PairingOut, batch: SlotBatch, outcome: BatchOutcome) -> None:
-        for (model, version, role, ts_raw), errors_raw in zip(paired.orphans, paired.orphan_errors, strict=True):
-            side = Side(model, version, role)  # type: ignore[arg-type]
-            ts = np.frombuffer(ts_raw, dtype=np.float64)
-            errors = np.frombuffer(errors_raw, dtype=np.bool_)
+    def _fold_sides(self, state: _PartitionState, joined: JoinOutput, batch: SlotBatch, outcome: BatchOutcome) -> None:
+        for orphans in joined.orphans:
+            ts, errors = orphans.ts, orphans.errors
             outcome.orphans += len(ts)
-            production = role == "production"
-            for cid in self._claimants(state, side):
+            production = orphans.side.role == "production"
+            for cid in self._claimants(state, orphans.side):
                 for idx, ts_s in _by_minute(ts):
                     n = len(idx)
-                    n_err = int(errors[idx].sum())
+                    n_err = 0 if errors is None else int(errors[idx].sum())
                     fields = fold_orphans(n, 0, n_err, 0) if production else fold_orphans(0, n, 0, n_err)
                     _add_to_slots(batch, cid, ts_s, fields)
-        for model, version, role, ts_raw in paired.duplicates:
-            side = Side(model, version, role)  # type: ignore[arg-type]
-            ts = np.frombuffer(ts_raw, dtype=np.float64)
-            outcome.duplicates += len(ts)
-            for cid in self._claimants(state, side):
-                for idx, ts_s in _by_minute(ts):
+        for duplicates in joined.duplicates:
+            outcome.duplicates += len(duplicates.ts)
+            for cid in self._claimants(state, duplicates.side):
+                for idx, ts_s in _by_minute(duplicates.ts):
                     _add_to_slots(batch, cid, ts_s, fold_duplicates(len(idx)))
-        outcome.evicted += sum(len(ts_raw) // 8 for *_, ts_raw in paired.evicted)
+        outcome.evicted += joined.evicted
 
     def _claimants(self, state: _PartitionState, side: Side) -> list[str]:
         """The comparisons an orphan or duplicate of ``side`` belongs to (none known: not attributed)."""
@@ -476,13 +477,6 @@ class Processor:
                     _add_to_slots(batch, cid, ts_s, fold_integrity(len(idx)))
 
 
-def _newest(blocks: Sequence[ScoreBlock] | Sequence[LabelBlock], *known: float | None) -> float | None:
-    """The newest of the blocks' ts and the known times (None: nothing known)."""
-    candidates = [t for t in (block.max_ts for block in blocks) if t is not None]
-    candidates += [t for t in known if t is not None]
-    return max(candidates) if candidates else None
-
-
 def _by_minute(ts: npt.NDArray[np.float64]) -> list[tuple[npt.NDArray[np.intp], float]]:
     """Indices of ``ts`` grouped by event-time minute, with a representative ts of each group."""
     if len(ts) == 0:
@@ -498,7 +492,7 @@ def _by_minute(ts: npt.NDArray[np.float64]) -> list[tuple[npt.NDArray[np.intp], 
 
 
 def _features(arrays: FeatureArrays, idx: npt.NDArray[np.intp], n: int) -> dict[str, FeatureColumn] | None:
-    """The feature values of rows ``idx`` (of ``n``) per name, from ``Pairs.feature_arrays``."""
+    """The feature values of rows ``idx`` (of ``n``) per name."""
     if not arrays:
         return None
     chosen = None
@@ -506,12 +500,9 @@ def _features(arrays: FeatureArrays, idx: npt.NDArray[np.intp], n: int) -> dict[
         chosen = np.zeros(n, dtype=np.bool_)
         chosen[idx] = True
     out: dict[str, FeatureColumn] = {}
-    for name, (rows_raw, numbers_raw, codes_raw, strings) in arrays.items():
-        column = FeatureColumn(
-            np.frombuffer(numbers_raw, dtype=np.float64), np.frombuffer(codes_raw, dtype=np.int32), strings
-        )
+    for name, (rows, column) in arrays.items():
         if chosen is not None:
-            column = column.take(chosen[np.frombuffer(rows_raw, dtype=np.uint32)])
+            column = column.take(chosen[rows])
         if len(column):
             out[name] = column
     return out or None

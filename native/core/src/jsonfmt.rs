@@ -42,12 +42,37 @@ pub fn write_null(out: &mut Vec<u8>) {
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
+/// Any byte below 0x20, a quote or a backslash, eight bytes at a time (most strings need no escape).
+fn needs_escape(bytes: &[u8]) -> bool {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let zero_byte = |w: u64| w.wrapping_sub(LO) & !w & HI;
+    let mut chunks = bytes.chunks_exact(8);
+    for chunk in &mut chunks {
+        let w = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+        // bytes < 0x20: (w - 0x20..) & !w & 0x80.. flags them (ASCII or not, no false negatives)
+        if (w.wrapping_sub(0x20 * LO) & !w & HI)
+            | zero_byte(w ^ (b'"' as u64 * LO))
+            | zero_byte(w ^ (b'\\' as u64 * LO))
+            != 0
+        {
+            return true;
+        }
+    }
+    chunks.remainder().iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\')
+}
+
 /// Append a JSON string as orjson escapes it.
 #[inline]
 pub fn write_str(out: &mut Vec<u8>, value: &str) {
     let bytes = value.as_bytes();
     out.reserve(bytes.len() + 2);
     out.push(b'"');
+    if !needs_escape(bytes) {
+        out.extend_from_slice(bytes);
+        out.push(b'"');
+        return;
+    }
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
         if b >= 0x20 && b != b'"' && b != b'\\' {
@@ -107,20 +132,28 @@ mod tests {
         write_str(&mut out, "\"\\/\u{0}\u{1f}\u{7f}\u{2028}é\t\n\r\u{8}\u{c}");
         assert_eq!(String::from_utf8(out).unwrap(), "\"\\\"\\\\/\\u0000\\u001f\u{7f}\u{2028}é\\t\\n\\r\\b\\f\"");
     }
-}
 
-/// `orjson.dumps(value)` of a float, for the tests that check this module against orjson.
-#[pyo3::pyfunction]
-pub fn dumps_f64(py: pyo3::Python<'_>, value: f64) -> pyo3::Bound<'_, pyo3::types::PyBytes> {
-    let mut out = Vec::new();
-    write_f64(&mut out, value);
-    pyo3::types::PyBytes::new_bound(py, &out)
-}
-
-/// `orjson.dumps(value)` of a string, for the tests that check this module against orjson.
-#[pyo3::pyfunction]
-pub fn dumps_str<'py>(py: pyo3::Python<'py>, value: &str) -> pyo3::Bound<'py, pyo3::types::PyBytes> {
-    let mut out = Vec::new();
-    write_str(&mut out, value);
-    pyo3::types::PyBytes::new_bound(py, &out)
+    #[test]
+    fn long_strings_escape_wherever_the_byte_falls() {
+        // The 8-byte scan must find a special byte in any lane and in the tail.
+        for at in 0..19 {
+            for special in [b'"', b'\\', 0x01u8, 0x1f] {
+                let mut text = vec![b'a'; 19];
+                text[at] = special;
+                let text = String::from_utf8(text).unwrap();
+                let mut out = Vec::new();
+                write_str(&mut out, &text);
+                let escaped = match special {
+                    b'"' => "\\\"".to_owned(),
+                    b'\\' => "\\\\".to_owned(),
+                    c => format!("\\u{c:04x}"),
+                };
+                let want = format!("\"{}{}{}\"", &text[..at], escaped, &text[at + 1..]);
+                assert_eq!(String::from_utf8(out).unwrap(), want, "special byte {special:#x} at {at}");
+            }
+        }
+        let mut out = Vec::new();
+        write_str(&mut out, "é漢😀 plain text, no escapes at all");
+        assert_eq!(String::from_utf8(out).unwrap(), "\"é漢😀 plain text, no escapes at all\"");
+    }
 }

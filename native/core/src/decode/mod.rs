@@ -1,4 +1,4 @@
-//! Score and label messages -> blocks, without building Python objects.
+//! Score and label messages -> blocks.
 //!
 //! A hand-written parser for exactly the wire shapes of `governance/wire.py`. It answers `None` for
 //! anything it is not certain the contract accepts with exactly these values; the Python caller then
@@ -21,8 +21,6 @@ use std::borrow::Cow;
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use pyo3::prelude::*;
-
 use crate::block::{self, FeatureValue, Features, LabelBlock, LabelRow, ScoreBlock, ScoreRow};
 
 pub const MAX_BATCH_EVENTS: usize = 10_000;
@@ -39,18 +37,11 @@ const LINEAR_DUPLICATE_SCAN: usize = 16;
 const NAME_CACHE: usize = 32;
 
 /// Score messages: a block of the message's events, or None to let the Python contract decide.
-#[pyfunction]
-pub fn decode_scores(py: Python<'_>, raw: &[u8]) -> Option<ScoreBlock> {
-    // An envelope's parse runs without the interpreter (other threads run meanwhile); a small message is
-    // cheaper to parse than to let go of the GIL and take it back.
-    let rows = if raw.len() >= RELEASE_GIL_BYTES { py.allow_threads(|| parse_scores(raw)) } else { parse_scores(raw) };
-    rows.map(|rows| ScoreBlock { rows })
+pub fn decode_scores(raw: &[u8]) -> Option<ScoreBlock> {
+    parse_scores(raw).map(|rows| ScoreBlock { rows })
 }
 
-const RELEASE_GIL_BYTES: usize = 16 * 1024;
-
 /// One label message: a block of its one label, or None to let the Python contract decide.
-#[pyfunction]
 pub fn decode_label(raw: &[u8]) -> Option<LabelBlock> {
     parse_label(raw).map(|row| LabelBlock { rows: vec![row] })
 }
@@ -859,71 +850,4 @@ pub fn parse_timestamp(s: &[u8]) -> Option<f64> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn decimals_round_like_the_parser() {
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
-        let mut checked = 0;
-        for _ in 0..400_000 {
-            let digits = next() % 10u64.pow((next() % 19 + 1) as u32);
-            let scale = (next() % 21) as usize;
-            let exact: f64 = format!("{digits}e-{scale}").parse().unwrap();
-            if let Some(fast) = decimal_to_f64(digits, scale) {
-                assert_eq!(fast.to_bits(), exact.to_bits(), "{digits}e-{scale}");
-                checked += 1;
-            }
-        }
-        assert!(checked > 300_000, "{checked}");
-    }
-
-    #[test]
-    fn timestamps() {
-        assert_eq!(parse_timestamp(b"1970-01-01T00:00:00Z"), Some(0.0));
-        assert_eq!(parse_timestamp(b"1969-12-31T23:59:59.999999Z"), Some(-1e-6));
-        assert_eq!(parse_timestamp(b"2026-11-26T10:00:00+23:59"), Some(1795600860.0));
-        assert_eq!(parse_timestamp(b"2026-11-26T10:00:00.5+05:30"), Some(1795667400.5));
-        assert_eq!(parse_timestamp(b"2024-02-29T10:00:00Z"), Some(1709200800.0));
-        for bad in [
-            &b"2026-02-29T10:00:00Z"[..],
-            b"2026-11-26T24:00:00Z",
-            b"2026-11-26T10:00:60Z",
-            b"2026-11-26T10:00:00+24:00",
-            b"2026-11-26T10:00:00.1234567Z",
-            b"2026-11-26T10:00:00.Z",
-            b"2026-11-26t10:00:00Z",
-            b"2026-11-26T10:00:00+0100",
-            b"0000-01-01T00:00:00Z",
-            b"9999-12-31T23:59:59Z",
-            b"2026-11-26T10:00:00",
-        ] {
-            assert_eq!(parse_timestamp(bad), None, "{}", String::from_utf8_lossy(bad));
-        }
-    }
-}
-
-#[cfg(test)]
-mod bench {
-    /// `SHADOWGATE_BENCH=file cargo test --release --lib bench -- --ignored --nocapture`
-    #[test]
-    #[ignore]
-    fn decode_file() {
-        let path = std::env::var("SHADOWGATE_BENCH").expect("SHADOWGATE_BENCH=<file>");
-        let raw = std::fs::read(path).unwrap();
-        let reps: usize = std::env::var("REPS").ok().and_then(|r| r.parse().ok()).unwrap_or(2000);
-        let n = super::parse_scores(&raw).expect("accepted").len();
-        let start = std::time::Instant::now();
-        for _ in 0..reps {
-            std::hint::black_box(super::parse_scores(std::hint::black_box(&raw)));
-        }
-        let per_event = start.elapsed().as_secs_f64() / (reps * n) as f64 * 1e6;
-        println!("{n} events: {per_event:.3} us/event");
-    }
-}
+mod tests;
