@@ -26,6 +26,7 @@ from governance.errors import PolicyViolation, VerificationError
 from governance.lifecycle.audit import GateRecord
 from governance.lifecycle.handler import Rules, promote_to_production
 from governance.lifecycle.ledger import ApprovalRecorded, Event
+from governance.lifecycle.promotion import MoveRequest
 from governance.lifecycle.proofpack import build_proofpack, sign_proofpack, verify_proofpack, write_encrypted
 from governance.lifecycle.registry import replay
 from governance.lifecycle.state import GovernanceState
@@ -149,13 +150,14 @@ def test_promotion_generates_the_proofpack_only_when_everything_else_passes(keys
     signer, store = keys
     with pytest.raises(PolicyViolation) as refused:
         promote_to_production(_state(approvers=("GID-02",), artifact=False, staging_passed=False), _rules(signer),
-                              "fraud", "2.0.0", NOW, _ids(), "GID-08")
+                              MoveRequest("fraud", "2.0.0", Stage.PRODUCTION, "GID-08"), now=NOW, new_id=_ids())
     rules = refused.value.rules
     assert "[2.1] p99_latency_ms: 612 >= 500" in rules
     assert "[7.1] ALEX (GID-08) production approval required" in rules
     assert any("artifact digest" in rule for rule in rules)
     assert "[7.1] ProofPack artifact required" not in rules  # generated on promotion, not asked of people
-    facts, signed = promote_to_production(_state(), _rules(signer), "fraud", "2.0.0", NOW, _ids(), "GID-08")
+    move = MoveRequest("fraud", "2.0.0", Stage.PRODUCTION, "GID-08")
+    facts, signed = promote_to_production(_state(), _rules(signer), move, now=NOW, new_id=_ids())
     assert [f.kind for f in facts] == ["proofpack_recorded", "transitioned"]
     assert facts[1].to_stage is Stage.PRODUCTION  # type: ignore[union-attr]
     assert signed is not None

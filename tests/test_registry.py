@@ -26,7 +26,7 @@ from governance.lifecycle.ledger import (
     parse_event,
 )
 from governance.lifecycle.machine import Assessment
-from governance.lifecycle.promotion import decide_transition
+from governance.lifecycle.promotion import MoveRequest, decide_transition
 from governance.lifecycle.registry import Registry, apply, replay
 from tests.lifecycle_samples import MODEL_FEATURES, T0, complete_documents, valid_metadata
 
@@ -52,10 +52,8 @@ class Log:
         return self.add(kind(event_id=event_id, at=at, model=MODEL, version=version, **fields))
 
     def move(self, version: str, target: Stage, at: datetime, **options: Any) -> Transitioned:
-        fact = decide_transition(
-            self.state, event_id=f"move-{version}-{len(self.events)}", model=MODEL, version=version,
-            target=target, now=at, actor="ci", **options,
-        )  # fmt: skip
+        fact = decide_transition(self.state, MoveRequest(MODEL, version, target, actor="ci", **options),
+                                 event_id=f"move-{version}-{len(self.events)}", now=at)
         self.add(fact)
         return fact
 
@@ -171,10 +169,8 @@ def test_shadow_rollback_is_immediate() -> None:
     log.journey("1.1.0", start, "PP-2026-0002", until=Stage.SHADOW)
     entered = log.state.get(MODEL, "1.1.0").entered_stage_at
     with pytest.raises(PolicyViolation, match="restore_version applies only when retiring the serving production"):
-        decide_transition(
-            log.state, event_id="x", model=MODEL, version="1.1.0", target=Stage.RETIRED,
-            now=entered, reason="r", restore_version="1.0.0",
-        )  # fmt: skip
+        decide_transition(log.state, MoveRequest(MODEL, "1.1.0", Stage.RETIRED, reason="r", restore_version="1.0.0"),
+                          event_id="x", now=entered)
     log.move("1.1.0", Stage.RETIRED, entered, rollback=True, reason="P99 delta 0.41 >= 0.35")
     assert log.state.get(MODEL, "1.1.0").stage is Stage.RETIRED
     assert log.state.models[MODEL].production == "1.0.0"

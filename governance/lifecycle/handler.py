@@ -33,7 +33,7 @@ Guarantees: pure and deterministic apart from the ProofPack signature; facts get
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -58,7 +58,7 @@ from governance.lifecycle.ledger import (
     Transitioned,
 )
 from governance.lifecycle.machine import APPROVER_GOVERNANCE, FORWARD, Assessment
-from governance.lifecycle.promotion import decide_transition
+from governance.lifecycle.promotion import MoveRequest, decide_transition
 from governance.lifecycle.proofpack import build_proofpack, sign_proofpack
 from governance.lifecycle.registry import Registry, apply
 from governance.lifecycle.state import GovernanceState, as_verdict, latest_gate
@@ -158,31 +158,39 @@ def _apply_all(registry: Registry, facts: list[Event]) -> Registry:
     return registry
 
 
-def _decide(state: GovernanceState, rules: Rules, registry: Registry, model: str, version: str, target: Stage,
-            now: datetime, event_id: str, actor: str, reason: str = "") -> Transitioned:
-    record = registry.get(model, version)
-    return decide_transition(
-        registry, event_id=event_id, model=model, version=version, target=target, now=now, actor=actor,
-        reason=reason, shadow_checklist=as_verdict(latest_gate(state, model, version, Stage.SHADOW)),
-        staging_gate=as_verdict(latest_gate(state, model, version, Stage.STAGING)),
+def _decide(state: GovernanceState, rules: Rules, move: MoveRequest, *, event_id: str, now: datetime,
+            registry: Registry | None = None) -> Transitioned:
+    """:func:`decide_transition` of ``move`` on ``registry`` (default: the state's) with the state's latest gate
+    verdicts and the policy's minimum durations."""
+    registry = state.registry if registry is None else registry
+    record = registry.get(move.model, move.version)
+    judged = replace(
+        move,
+        shadow_checklist=as_verdict(latest_gate(state, move.model, move.version, Stage.SHADOW)),
+        staging_gate=as_verdict(latest_gate(state, move.model, move.version, Stage.STAGING)),
         min_duration=min_durations(rules.policy, record.model_type),
     )
+    return decide_transition(registry, judged, event_id=event_id, now=now)
 
 
 def promote_to_production(
-    state: GovernanceState, rules: Rules, model: str, version: str, now: datetime, new_id: Callable[[], str],
-    actor: str, reason: str = "", registry: Registry | None = None,
+    state: GovernanceState, rules: Rules, move: MoveRequest, *, now: datetime, new_id: Callable[[], str],
+    registry: Registry | None = None,
 ) -> tuple[list[Event], dict[str, Any] | None]:
-    """Facts (and the signed ProofPack) of STAGING -> PRODUCTION, or PolicyViolation with every rule.
+    """Facts (and the signed ProofPack) of ``move`` STAGING -> PRODUCTION, or PolicyViolation with every rule.
 
+    ``move.target`` must be PRODUCTION; its gate verdicts and durations are the state's and the policy's.
     ``registry`` (default: the state's) is the registry to decide on, e.g. one with a just-recorded approval.
     """
+    if move.target is not Stage.PRODUCTION:
+        raise ValueError(f"promote_to_production moves to PRODUCTION, not to {move.target}")
     registry = registry if registry is not None else state.registry
     evidence = state.model_copy(update={"registry": registry})
+    model, version = move.model, move.version
     if registry.get(model, version).proofpack_id is not None:
-        return [_decide(state, rules, registry, model, version, Stage.PRODUCTION, now, new_id(), actor, reason)], None
+        return [_decide(state, rules, move, event_id=new_id(), now=now, registry=registry)], None
     try:
-        _decide(state, rules, registry, model, version, Stage.PRODUCTION, now, "dry-run", actor, reason)
+        _decide(state, rules, move, event_id="dry-run", now=now, registry=registry)
     except PolicyViolation as exc:
         others = [rule for rule in exc.rules if rule != _PROOFPACK_RULE]
         if others:
@@ -194,10 +202,9 @@ def promote_to_production(
                                   others) from None
     pack = build_proofpack(evidence, model, version, now, rules.policy.hash())
     signed = sign_proofpack(pack, rules.signer, now)
-    recorded = ProofPackRecorded(event_id=new_id(), at=now, actor=actor, model=model, version=version,
+    recorded = ProofPackRecorded(event_id=new_id(), at=now, actor=move.actor, model=model, version=version,
                                  proofpack_id=pack.proofpack_id)
-    moved = _decide(state, rules, apply(registry, recorded), model, version, Stage.PRODUCTION, now, new_id(), actor,
-                    reason)
+    moved = _decide(state, rules, move, event_id=new_id(), now=now, registry=apply(registry, recorded))
     return [recorded, moved], signed
 
 
@@ -242,9 +249,10 @@ def _approve(state: GovernanceState, received: Received, command: Approve, rules
     pack = None
     if (command.target is Stage.PRODUCTION and command.identity == APPROVER_GOVERNANCE
             and after.get(command.model, command.version).stage is Stage.STAGING):
+        move = MoveRequest(command.model, command.version, Stage.PRODUCTION, AUTOMATED,
+                           f"{APPROVER_GOVERNANCE} approval completed the production gate")
         try:
-            more, pack = promote_to_production(state, rules, command.model, command.version, now, new_id, AUTOMATED,
-                                               f"{APPROVER_GOVERNANCE} approval completed the production gate", after)
+            more, pack = promote_to_production(state, rules, move, now=now, new_id=new_id, registry=after)
             facts += more
         except PolicyViolation as exc:
             blocked = exc.rules
@@ -258,13 +266,11 @@ def _advance(state: GovernanceState, received: Received, command: Advance, rules
     if target is None:
         rule = f"[1.1] {record.stage} has no next stage; to retire it use `--to RETIRED --reason ...`"
         raise PolicyViolation(rule, [rule])
+    move = MoveRequest(command.model, command.version, target, command.identity, command.reason)
     if target is Stage.PRODUCTION and record.stage is Stage.STAGING:
-        facts, pack = promote_to_production(state, rules, command.model, command.version, now, new_id,
-                                            command.identity, command.reason)
+        facts, pack = promote_to_production(state, rules, move, now=now, new_id=new_id)
         return Plan(_body(received, now, facts=facts, proofpack=pack))
-    fact = _decide(state, rules, state.registry, command.model, command.version, target, now, new_id(),
-                   command.identity, command.reason)
-    return Plan(_body(received, now, facts=[fact]))
+    return Plan(_body(received, now, facts=[_decide(state, rules, move, event_id=new_id(), now=now)]))
 
 
 def _command(state: GovernanceState, received: Received, command: Command, rules: Rules, now: datetime) -> Plan:
@@ -282,32 +288,33 @@ def _command(state: GovernanceState, received: Received, command: Command, rules
         fact = _fact(EscalationResolved, command, new_id(), now, escalation_id=command.escalation_id,
                      resolution=command.resolution)
     else:
-        return _rollback_plan(state, received, command.model, command.version, command.restore_version,
-                              command.reason, command.identity, f"command {command.command_id}", now, new_id)
+        move = MoveRequest(command.model, command.version, Stage.RETIRED, command.identity, command.reason,
+                           rollback=True, restore_version=command.restore_version)
+        return _rollback_plan(state, received, move, trigger=f"command {command.command_id}", now=now, new_id=new_id)
     apply(state.registry, fact)
     return Plan(_body(received, now, facts=[fact]))
 
 
-def _rollback_plan(state: GovernanceState, received: Received, model: str, version: str, restore: str | None,
-                   reason: str, initiated_by: str, trigger: str, now: datetime, new_id: Callable[[], str],
-                   action: str = "immediate") -> Plan:
+def _rollback_plan(state: GovernanceState, received: Received, move: MoveRequest, *, trigger: str, now: datetime,
+                   new_id: Callable[[], str], action: str = "immediate") -> Plan:
+    """The rollback of ``move`` (to RETIRED, by ``move.actor``); its ``restore_version`` counts only when the
+    version is the serving production version."""
     registry = state.registry
-    record = registry.get(model, version)
-    line = registry.models[model]
-    serving = line.production == version and record.stage is Stage.PRODUCTION
+    record = registry.get(move.model, move.version)
+    line = registry.models[move.model]
+    serving = line.production == move.version and record.stage is Stage.PRODUCTION
     if serving:
-        target = restore or (line.previous_production[-1] if line.previous_production else None)
-    else:
+        target = move.restore_version or (line.previous_production[-1] if line.previous_production else None)
+    else:  # a shadow or canary rollback: the serving production version stays, nothing is restored
         target = line.production
+        move = replace(move, restore_version=None)
     fact, error = None, None
     try:
-        fact = decide_transition(registry, event_id=new_id(), model=model, version=version, target=Stage.RETIRED,
-                                 now=now, actor=initiated_by, reason=reason, rollback=True,
-                                 restore_version=restore if serving else None)
+        fact = decide_transition(registry, move, event_id=new_id(), now=now)
     except PolicyViolation as exc:
         error = "; ".join(exc.rules) or str(exc)
-    plan = RollbackPlan(model=model, from_version=version, to_version=target, reason=reason,
-                        initiated_by=initiated_by, trigger=trigger, fact=fact, error=error, started_at=now,
+    plan = RollbackPlan(model=move.model, from_version=move.version, to_version=target, reason=move.reason,
+                        initiated_by=move.actor, trigger=trigger, fact=fact, error=error, started_at=now,
                         action=action)
     return Plan(_body(received, now), rollback=plan)
 
@@ -334,12 +341,13 @@ def _gate(state: GovernanceState, received: Received, event: GateReady | GateBlo
     new_id = _Ids(str(event.event_id))
     reason = f"{event.gate} READY ({event.type} {event.event_id})"
     pack = None
+    target = Stage.STAGING if record.stage is Stage.SHADOW else Stage.PRODUCTION
+    move = MoveRequest(event.model, version, target, AUTOMATED, reason)
     try:
-        if record.stage is Stage.SHADOW:
-            facts: list[Event] = [_decide(judged, rules, state.registry, event.model, version, Stage.STAGING, now,
-                                          new_id(), AUTOMATED, reason)]
+        if target is Stage.STAGING:
+            facts: list[Event] = [_decide(judged, rules, move, event_id=new_id(), now=now)]
         else:
-            facts, pack = promote_to_production(judged, rules, event.model, version, now, new_id, AUTOMATED, reason)
+            facts, pack = promote_to_production(judged, rules, move, now=now, new_id=new_id)
     except PolicyViolation as exc:
         return Plan(_body(received, now, "recorded", gate=gate, blocked=exc.rules))
     return Plan(_body(received, now, gate=gate, facts=facts, proofpack=pack))
@@ -356,8 +364,10 @@ def _event(state: GovernanceState, received: Received, event: GovernanceEvent, r
             return Plan(_body(received, now, "recorded", blocked=[note]))
         serving = state.registry.models[event.model].production == event.from_version
         restore = event.to_version if serving and event.to_version != event.from_version else None
-        return _rollback_plan(state, received, event.model, event.from_version, restore, event.reason, AUTOMATED,
-                              f"{event.trigger} ({event.type} {event.event_id})", now, new_id, event.action)
+        move = MoveRequest(event.model, event.from_version, Stage.RETIRED, AUTOMATED, event.reason, rollback=True,
+                           restore_version=restore)
+        return _rollback_plan(state, received, move, trigger=f"{event.trigger} ({event.type} {event.event_id})",
+                              now=now, new_id=new_id, action=event.action)
     if not isinstance(event, Escalation):
         raise EventValidationError(f"{event.type} is not an input of the governance consumer", field="type")
     raised = EscalationRaised(event_id=new_id(), at=now, actor=AUTOMATED, model=event.model,

@@ -1,6 +1,7 @@
 """Deciding a stage move against the registry: a request becomes a :class:`Transitioned` fact or is refused.
 
-:func:`decide_transition` gathers the version's evidence from the registry (documents, metadata,
+:func:`decide_transition` takes a :class:`MoveRequest` (who asks which version to move where, and the
+gate verdicts computed elsewhere), gathers the version's evidence from the registry (documents, metadata,
 feature linkage, approvals for the target stage, open escalations, ProofPack), runs
 :func:`governance.lifecycle.machine.transition` on it, and adds the rules only the registry can judge:
 
@@ -23,6 +24,7 @@ names every broken rule, the lifecycle's first. It does not look at ``registry.a
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from governance.contract.stages import Stage
@@ -31,37 +33,58 @@ from governance.lifecycle.ledger import Transitioned
 from governance.lifecycle.machine import Assessment, LifecycleState, TransitionRequest, spec_min_durations, transition
 from governance.lifecycle.registry import ModelLine, ModelVersion, Registry
 
-__all__ = ["decide_transition"]
+__all__ = ["MoveRequest", "decide_transition"]
 
 
-def _restore_target(
-    line: ModelLine, record: ModelVersion, target: Stage, rollback: bool, restore_version: str | None
-) -> tuple[str | None, list[str]]:
+@dataclass(frozen=True)
+class MoveRequest:
+    """``actor`` asks to move ``model@version`` to ``target`` for ``reason``, with the verdicts judged elsewhere.
+
+    ``rollback`` marks an automatic or manual rollback (section 8); ``restore_version`` picks which previous
+    production version a retired serving version hands over to. ``shadow_checklist`` and ``staging_gate``
+    are the gate verdicts computed from the streams (None: not evaluated, which blocks); ``min_duration``
+    is the policy's per-stage minimum (None: the spec's for the version's model type).
+    """
+
+    model: str
+    version: str
+    target: Stage
+    actor: str = "system"
+    reason: str = ""
+    rollback: bool = False
+    restore_version: str | None = None
+    shadow_checklist: Assessment | None = None
+    staging_gate: Assessment | None = None
+    min_duration: Mapping[Stage, timedelta] | None = None
+
+
+def _restore_target(line: ModelLine, record: ModelVersion, move: MoveRequest) -> tuple[str | None, list[str]]:
     retiring_serving = (
-        target is Stage.RETIRED and record.stage is Stage.PRODUCTION and line.production == record.version
+        move.target is Stage.RETIRED and record.stage is Stage.PRODUCTION and line.production == record.version
     )
     if not retiring_serving:
-        if restore_version is not None:
+        if move.restore_version is not None:
             return None, ["[8.2] restore_version applies only when retiring the serving production version"]
         return None, []
     candidates = line.previous_production
-    if restore_version is not None:
-        if restore_version not in candidates:
+    if move.restore_version is not None:
+        if move.restore_version not in candidates:
             return None, [
-                f"[8.2] Target model {restore_version} not found among the previous production "
+                f"[8.2] Target model {move.restore_version} not found among the previous production "
                 f"versions {candidates}; name one of them"
             ]
-        return restore_version, []
+        return move.restore_version, []
     if candidates:
         return candidates[-1], []
-    if rollback:
+    if move.rollback:
         return None, [f"[8.2] Target model not found: {record.model} has no previous production version to restore"]
     return None, []
 
 
-def _registry_rules(line: ModelLine, record: ModelVersion, target: Stage, rollback: bool) -> list[str]:
-    rules = []
-    if rollback and target is not Stage.RETIRED:
+def _registry_rules(line: ModelLine, record: ModelVersion, move: MoveRequest) -> list[str]:
+    rules: list[str] = []
+    target = move.target
+    if move.rollback and target is not Stage.RETIRED:
         rules.append(f"[8.2] a rollback moves the version to RETIRED, not to {target}")
     if target is Stage.STAGING:
         canary = next((v for v, r in line.versions.items() if r.stage is Stage.STAGING), None)
@@ -79,66 +102,55 @@ def _registry_rules(line: ModelLine, record: ModelVersion, target: Stage, rollba
     return rules
 
 
-def decide_transition(
-    registry: Registry,
-    *,
-    event_id: str,
-    model: str,
-    version: str,
-    target: Stage,
-    now: datetime,
-    actor: str = "system",
-    reason: str = "",
-    rollback: bool = False,
-    restore_version: str | None = None,
-    shadow_checklist: Assessment | None = None,
-    staging_gate: Assessment | None = None,
-    min_duration: Mapping[Stage, timedelta] | None = None,
-) -> Transitioned:
-    """The fact "``model``@``version`` moved to ``target`` at ``now``", or :class:`PolicyViolation`.
-
-    ``min_duration`` is the policy's per-stage minimum (defaults to the spec's for the version's model
-    type). ``rollback`` marks an automatic or manual rollback (section 8); ``restore_version`` picks
-    which previous production version a retired serving version hands over to.
-    """
-    record = registry.get(model, version)
-    line = registry.models[model]
-    restored, rules = _restore_target(line, record, target, rollback, restore_version)
-    rules += _registry_rules(line, record, target, rollback)
-    request = TransitionRequest(
-        target=target,
-        reason=reason,
-        approvals=record.approvers_for(target),
+def _evidence(record: ModelVersion, move: MoveRequest) -> TransitionRequest:
+    """The machine's view of the move: the registry's evidence for ``record`` and the verdicts of ``move``."""
+    return TransitionRequest(
+        target=move.target,
+        reason=move.reason,
+        approvals=record.approvers_for(move.target),
         open_escalations=record.open_escalations(),
         documents=record.documents,
         metadata=record.metadata,
         feature_linkage=record.feature_linkage,
-        shadow_checklist=shadow_checklist,
-        staging_gate=staging_gate,
+        shadow_checklist=move.shadow_checklist,
+        staging_gate=move.staging_gate,
         proofpack_id=record.proofpack_id,
     )
-    durations = min_duration if min_duration is not None else spec_min_durations(record.model_type)
+
+
+def decide_transition(registry: Registry, move: MoveRequest, *, event_id: str, now: datetime) -> Transitioned:
+    """The fact "``move.model``@``move.version`` moved to ``move.target`` at ``now``", or :class:`PolicyViolation`.
+
+    ``event_id`` becomes the fact's id and ``now`` its ``at`` (see the module guarantees).
+    """
+    record = registry.get(move.model, move.version)
+    line = registry.models[move.model]
+    restored, rules = _restore_target(line, record, move)
+    rules += _registry_rules(line, record, move)
+    request = _evidence(record, move)
+    durations = move.min_duration if move.min_duration is not None else spec_min_durations(record.model_type)
     try:
         transition(LifecycleState(record.stage, record.entered_stage_at), request, now, min_duration=durations)
     except PolicyViolation as exc:
         rules = exc.rules + rules
     if rules:
         raise PolicyViolation(
-            f"{model}@{version} {record.stage} -> {target} refused, {len(rules)} rule(s) broken: " + "; ".join(rules),
+            f"{move.model}@{move.version} {record.stage} -> {move.target} refused, {len(rules)} rule(s) broken: "
+            + "; ".join(rules),
             rules,
         )
     return Transitioned(
         event_id=event_id,
         at=now,
-        actor=actor,
-        model=model,
-        version=version,
+        actor=move.actor,
+        model=move.model,
+        version=move.version,
         from_stage=record.stage,
-        to_stage=target,
-        reason=reason,
-        rollback=rollback,
+        to_stage=move.target,
+        reason=move.reason,
+        rollback=move.rollback,
         restored_version=restored,
         approvals=tuple(sorted(request.approvals)),
-        shadow_checklist=shadow_checklist,
-        staging_gate=staging_gate,
+        shadow_checklist=move.shadow_checklist,
+        staging_gate=move.staging_gate,
     )

@@ -1,11 +1,11 @@
 """Status of every model version: stage, time in stage, serving role, and what blocks its next step.
 
 :func:`status` is what ``shadowgate model status`` prints. For a version that can still move forward it
-runs the same decision the consumer would make (:func:`governance.lifecycle.promotion.decide_transition` with the
-recorded gate verdicts and the policy's minimum durations) without changing anything, and lists every
-rule that would refuse the move. For STAGING -> PRODUCTION the missing ProofPack is not a blocker when
-it can be generated (the consumer generates it on promotion); what it needs (the metadata's
-``proof_pack_id``, an artifact digest) is.
+runs the same decision the consumer would make (:func:`governance.lifecycle.promotion.decide_transition` of a
+:class:`~governance.lifecycle.promotion.MoveRequest` with the recorded gate verdicts and the policy's
+minimum durations) without changing anything, and lists every rule that would refuse the move. For
+STAGING -> PRODUCTION the missing ProofPack is not a blocker when it can be generated (the consumer
+generates it on promotion); what it needs (the metadata's ``proof_pack_id``, an artifact digest) is.
 
 Guarantees: pure (``now`` is passed in); versions sorted by model, then registration order.
 """
@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict
 from governance.contract.stages import Stage
 from governance.errors import PolicyViolation
 from governance.lifecycle.handler import min_durations, next_stage
-from governance.lifecycle.promotion import decide_transition
+from governance.lifecycle.promotion import MoveRequest, decide_transition
 from governance.lifecycle.proofpack import build_proofpack
 from governance.lifecycle.state import GovernanceState, as_verdict, latest_gate
 from governance.policy.document import Policy
@@ -59,13 +59,16 @@ def blockers(state: GovernanceState, policy: Policy, model: str, version: str, n
     target = next_stage(record.stage)
     if target is None:
         return []
+    move = MoveRequest(
+        model,
+        version,
+        target,
+        shadow_checklist=as_verdict(latest_gate(state, model, version, Stage.SHADOW)),
+        staging_gate=as_verdict(latest_gate(state, model, version, Stage.STAGING)),
+        min_duration=min_durations(policy, record.model_type),
+    )
     try:
-        decide_transition(
-            state.registry, event_id="status", model=model, version=version, target=target, now=now,
-            shadow_checklist=as_verdict(latest_gate(state, model, version, Stage.SHADOW)),
-            staging_gate=as_verdict(latest_gate(state, model, version, Stage.STAGING)),
-            min_duration=min_durations(policy, record.model_type),
-        )
+        decide_transition(state.registry, move, event_id="status", now=now)
     except PolicyViolation as exc:
         rules = exc.rules
     else:

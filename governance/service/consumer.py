@@ -280,24 +280,26 @@ class GovernanceConsumer:
             severity: AlertSeverity = _SECURITY[rejection.reason]  # type: ignore[assignment]
             summary = (f"rejected {source.type or 'message'} {source.id or ''} from {source.topic}[{source.partition}]"
                        f"@{source.offset}: {rejection.reason}: {rejection.message}")
-            self._send_alert(entry, "governance", None, severity, f"rejected|{rejection.reason}|{source.digest[:16]}",
-                             summary, "governance-rejected-input", now)
+            self._send_alert(entry, now, model="governance", production=None, severity=severity,
+                             dedup=f"rejected|{rejection.reason}|{source.digest[:16]}", summary=summary,
+                             runbook="governance-rejected-input")
         if rollback is not None:
             line = self.state.registry.models.get(rollback.model)
             production = line.production if line is not None else None
             if rollback.status == "FAILED":
                 summary = (f"P0 MODEL_ROLLBACK_FAILED: {rollback.model} {rollback.from_version} -> "
                            f"{rollback.to_version}: {rollback.error}")
-                self._send_alert(entry, rollback.model, production, "critical", "MODEL_ROLLBACK_FAILED|P0", summary,
-                                 "page-on-call", now)
+                self._send_alert(entry, now, model=rollback.model, production=production, severity="critical",
+                                 dedup="MODEL_ROLLBACK_FAILED|P0", summary=summary, runbook="page-on-call")
             else:
                 summary = (f"rollback {rollback.status}: {rollback.model} {rollback.from_version} -> "
                            f"{rollback.to_version} ({rollback.reason})")
-                self._send_alert(entry, rollback.model, production, "warning", f"rollback|{rollback.status}",
-                                 summary, "rollback-procedure", now)
+                self._send_alert(entry, now, model=rollback.model, production=production, severity="warning",
+                                 dedup=f"rollback|{rollback.status}", summary=summary, runbook="rollback-procedure")
 
-    def _send_alert(self, entry: AuditEntry, model: str, production: str | None, severity: AlertSeverity,
-                    dedup: str, summary: str, runbook: str, now: datetime) -> None:
+    def _send_alert(self, entry: AuditEntry, now: datetime, *, model: str, production: str | None,
+                    severity: AlertSeverity, dedup: str, summary: str, runbook: str) -> None:
+        """Publish a signed Alert about ``entry`` (id from the entry's seq and ``dedup``); a refusal is counted."""
         alert = Alert(
             event_id=uuid.uuid5(_ALERT_NS, f"{self.config.lifecycle_topic}|{entry.seq}|{dedup}"),
             ts=now, expires_at=now + timedelta(seconds=self.policy.events.ttl_s), model=model,

@@ -274,6 +274,55 @@ def _fold_features(out: dict[str, int], side: str, features: Features | None, co
             _add(out, f"f{side}:{label}:{name}", c)
 
 
+def _fold_sides(
+    out: dict[str, int],
+    geo: _Geometry,
+    n: int,
+    errors: tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]],
+    latencies: tuple[FloatArray, FloatArray],
+) -> None:
+    """Pairs, errors per side and the latency histograms: every pair counts here, with or without an error."""
+    (err_p, err_c), (lat_p, lat_c) = errors, latencies
+    idx_lat_p = geo.latency.index(lat_p[~np.isnan(lat_p)])
+    idx_lat_c = geo.latency.index(lat_c[~np.isnan(lat_c)])
+    out["n"] = n
+    _add(out, "ep", np.count_nonzero(err_p))
+    _add(out, "ec", np.count_nonzero(err_c))
+    _sparse(out, "lp:", idx_lat_p)
+    _sparse(out, "lc:", idx_lat_c)
+
+
+def _fold_scores(out: dict[str, int], geo: _Geometry, cfg: AggregateConfig, ps: FloatArray, cs: FloatArray) -> None:
+    """Delta sums and the |delta|, drift and fine score histograms of the pairs without error (``ps.size`` > 0)."""
+    d = cs - ps
+    _add(out, "ns", ps.size)
+    _add(out, "sd", _fixed(d, cfg.fixed_point_scale))
+    _add(out, "sd2", _fixed(d * d, cfg.fixed_point_scale))
+    _add(out, "sad", _fixed(np.abs(d), cfg.fixed_point_scale))
+    _dense(out, "a:", geo.delta.index(np.abs(d)), cfg.delta_bins)
+    _dense(out, "hp:", geo.drift.index(ps), cfg.drift_bins)
+    _dense(out, "hc:", geo.drift.index(cs), cfg.drift_bins)
+    fine_p = geo.fine.index(logit(ps, cfg.logit_limit))
+    fine_c = geo.fine.index(logit(cs, cfg.logit_limit))
+    _dense(out, "gp:", fine_p, cfg.logit_bins)
+    _dense(out, "gc:", fine_c, cfg.logit_bins)
+    _fold_joint(out, cfg, fine_p, fine_c)
+
+
+def _fold_joint(out: dict[str, int], cfg: AggregateConfig, fine_p: IntArray, fine_c: IntArray) -> None:
+    """The near-diagonal band (``k:``) and the coarse joint grid (``j:``) of the pairs' fine bins."""
+    # Pairs close to the diagonal keep both fine bins (the band); only the others go to the coarse
+    # joint grid, whose within-cell independence assumption would overstate flips of similar models.
+    width = cfg.band_halfwidth
+    diff = fine_c - fine_p
+    near = np.abs(diff) <= width
+    _dense(out, "k:", fine_p[near] * (2 * width + 1) + diff[near] + width, cfg.logit_bins * (2 * width + 1))
+    size = cfg.joint_bins
+    row = np.clip((fine_p[~near] - cfg.fine_offset) // cfg.fine_per_joint, 0, size - 1)
+    col = np.clip((fine_c[~near] - cfg.fine_offset) // cfg.fine_per_joint, 0, size - 1)
+    _dense(out, "j:", row * size + col, size * size)
+
+
 def fold_pairs(
     prod_score: npt.ArrayLike,
     cand_score: npt.ArrayLike,
@@ -291,6 +340,7 @@ def fold_pairs(
     latencies are folded, but its scores are not (an errored score is no model's judgement). Scores of
     the other pairs must lie in [0, 1] and latencies must be finite and >= 0 (NaN = not reported);
     otherwise SketchError names the array and position. Feature arrays may have any length.
+    Cost: a fixed number of numpy passes over the batch, no Python work per pair.
     """
     cfg = config or AggregateConfig()
     geo = _geometry(cfg)
@@ -306,36 +356,9 @@ def fold_pairs(
         ps, cs = ps[ok], cs[ok]
         _check_unit(ps, "prod_score (pairs without error)")
         _check_unit(cs, "cand_score (pairs without error)")
-        idx_lat_p = geo.latency.index(lat_p[~np.isnan(lat_p)])
-        idx_lat_c = geo.latency.index(lat_c[~np.isnan(lat_c)])
-        out["n"] = n
-        _add(out, "ep", np.count_nonzero(err_p))
-        _add(out, "ec", np.count_nonzero(err_c))
-        _sparse(out, "lp:", idx_lat_p)
-        _sparse(out, "lc:", idx_lat_c)
-    if n and ps.size:
-        d = cs - ps
-        _add(out, "ns", ps.size)
-        _add(out, "sd", _fixed(d, cfg.fixed_point_scale))
-        _add(out, "sd2", _fixed(d * d, cfg.fixed_point_scale))
-        _add(out, "sad", _fixed(np.abs(d), cfg.fixed_point_scale))
-        _dense(out, "a:", geo.delta.index(np.abs(d)), cfg.delta_bins)
-        _dense(out, "hp:", geo.drift.index(ps), cfg.drift_bins)
-        _dense(out, "hc:", geo.drift.index(cs), cfg.drift_bins)
-        fine_p = geo.fine.index(logit(ps, cfg.logit_limit))
-        fine_c = geo.fine.index(logit(cs, cfg.logit_limit))
-        _dense(out, "gp:", fine_p, cfg.logit_bins)
-        _dense(out, "gc:", fine_c, cfg.logit_bins)
-        # Pairs close to the diagonal keep both fine bins (the band); only the others go to the coarse
-        # joint grid, whose within-cell independence assumption would overstate flips of similar models.
-        width = cfg.band_halfwidth
-        diff = fine_c - fine_p
-        near = np.abs(diff) <= width
-        _dense(out, "k:", fine_p[near] * (2 * width + 1) + diff[near] + width, cfg.logit_bins * (2 * width + 1))
-        size = cfg.joint_bins
-        row = np.clip((fine_p[~near] - cfg.fine_offset) // cfg.fine_per_joint, 0, size - 1)
-        col = np.clip((fine_c[~near] - cfg.fine_offset) // cfg.fine_per_joint, 0, size - 1)
-        _dense(out, "j:", row * size + col, size * size)
+        _fold_sides(out, geo, n, (err_p, err_c), (lat_p, lat_c))
+        if ps.size:
+            _fold_scores(out, geo, cfg, ps, cs)
     _fold_features(out, "p", features_prod, cfg)
     _fold_features(out, "c", features_cand, cfg)
     return out

@@ -33,7 +33,7 @@ from governance.contract.kafkaio import Record
 from governance.policy.document import Policy, load_policy
 from streams.fold.aggregate import AggregateConfig
 from streams.state.memory_store import MemoryWindowStore
-from streams.worker.processor import DeadLetter, Processor
+from streams.worker.processor import BatchOutcome, DeadLetter, Processor
 from streams.worker.reading import DEFAULT_WINDOWS, read_windows
 from streams.worker.rounds import Evaluator, MemoryEvaluatorStates, default_context
 
@@ -70,6 +70,80 @@ def _event_time_s(line: bytes) -> float | None:
     return best
 
 
+class _Replay:
+    """One replay: the processor and evaluator on a memory store, the pending batch and what was collected."""
+
+    def __init__(self, policy: Policy, config: AggregateConfig | None, model_type: str | None, *,
+                 evaluate_every_s: float, join_window_s: float, label_horizon_s: float) -> None:
+        self.store = MemoryWindowStore()
+        self.processor = Processor(self.store, scores_topic=_SCORES, labels_topic=_LABELS, fence_name="replay",
+                                   config=config, join_window_s=join_window_s, label_horizon_s=label_horizon_s)
+        self.evaluator = Evaluator(self.store, policy, MemoryEvaluatorStates(), default_context(policy, model_type),
+                                   config)
+        self.every_s = evaluate_every_s
+        self.dead: list[DeadLetter] = []
+        self.events: list[GovernanceEvent] = []
+        self.totals = {"lines": 0, "score_events": 0, "labels": 0, "pairs": 0, "labeled_pairs": 0, "orphans": 0,
+                       "duplicates": 0, "evaluations": 0}
+        self.batch: list[Record] = []
+        self.interval: int | None = None
+        self.evaluated: dict[str, datetime] = {}  # comparison -> event time of its last evaluation
+
+    def read(self, number: int, line: bytes) -> None:
+        """Take one non-empty line; one whose event time starts a new interval first closes the current one."""
+        self.totals["lines"] += 1
+        ts = _event_time_s(line)
+        if ts is not None:
+            slot = math.floor(ts / self.every_s)
+            if self.interval is not None and slot > self.interval:
+                self._flush((self.interval + 1) * self.every_s)
+            self.interval = slot if self.interval is None else max(self.interval, slot)
+        self.batch.append(Record(_LABELS if _is_label(line) else _SCORES, 0, number, None, line))
+        if len(self.batch) >= _MAX_BATCH:
+            self._flush(None)
+
+    def finish(self) -> None:
+        """Process what is pending and evaluate the last interval."""
+        self._flush(None if self.interval is None else (self.interval + 1) * self.every_s)
+
+    def _flush(self, grid_s: float | None) -> None:
+        if not self.batch:
+            return
+        outcome = self.processor.process(self.batch)
+        self.dead.extend(outcome.dead_letters)
+        for name in ("score_events", "labels", "pairs", "labeled_pairs", "orphans", "duplicates"):
+            self.totals[name] += getattr(outcome, name)
+        self.batch.clear()
+        if grid_s is not None:
+            self._evaluate(outcome, datetime.fromtimestamp(grid_s, UTC))
+
+    def _evaluate(self, outcome: BatchOutcome, now: datetime) -> None:
+        for cid in sorted(outcome.comparisons):
+            self.events.extend(self.evaluator.evaluate(ComparisonKey.from_id(cid), now))
+            self.evaluated[cid] = now
+            self.totals["evaluations"] += 1
+        # Labels only (its traffic stopped): judged again at its last time with fresh windows, as the
+        # live worker does once a comparison has been idle.
+        for cid in sorted(outcome.labeled - outcome.comparisons):
+            if cid in self.evaluated:
+                self.evaluator.forget(cid)
+                self.events.extend(self.evaluator.evaluate(ComparisonKey.from_id(cid), self.evaluated[cid]))
+                self.totals["evaluations"] += 1
+
+    def document(self, windows: Sequence[str], config: AggregateConfig | None, policy: Policy) -> dict[str, Any]:
+        """The windows document with the events in event-time order, the dead letters and the totals."""
+        doc = read_windows(self.store, windows=windows, config=config)
+        self.events.sort(key=lambda e: e.ts)
+        doc["events"] = [orjson.loads(e.to_json()) for e in self.events]
+        doc["dead_letters"] = [
+            {"line": d.record.offset + 1, "reason": d.reason, "model": d.model} for d in self.dead[:1000]
+        ]
+        self.totals["dead_letters"] = len(self.dead)
+        doc["stats"] = self.totals
+        doc["policy_hash"] = policy.hash()
+        return doc
+
+
 def replay_lines(
     lines: Iterator[bytes],
     *,
@@ -84,68 +158,17 @@ def replay_lines(
 ) -> dict[str, Any]:
     """Replay raw lines; return ``{"comparisons", "events", "dead_letters", "stats"}`` (see module doc)."""
     policy = policy or load_policy(None)
-    store = MemoryWindowStore()
-    processor = Processor(store, scores_topic=_SCORES, labels_topic=_LABELS, fence_name="replay",
-                          config=config, join_window_s=join_window_s, label_horizon_s=label_horizon_s)
-    evaluator = Evaluator(store, policy, MemoryEvaluatorStates(), default_context(policy, model_type), config)
-    dead: list[DeadLetter] = []
-    events: list[GovernanceEvent] = []
-    totals = {"lines": 0, "score_events": 0, "labels": 0, "pairs": 0, "labeled_pairs": 0, "orphans": 0,
-              "duplicates": 0, "evaluations": 0}
-    batch: list[Record] = []
-    interval: int | None = None
-    evaluated: dict[str, datetime] = {}  # comparison -> event time of its last evaluation
-
-    def flush(grid_s: float | None) -> None:
-        if not batch:
-            return
-        outcome = processor.process(batch)
-        dead.extend(outcome.dead_letters)
-        for name in ("score_events", "labels", "pairs", "labeled_pairs", "orphans", "duplicates"):
-            totals[name] += getattr(outcome, name)
-        batch.clear()
-        if grid_s is None:
-            return
-        now = datetime.fromtimestamp(grid_s, UTC)
-        for cid in sorted(outcome.comparisons):
-            events.extend(evaluator.evaluate(ComparisonKey.from_id(cid), now))
-            evaluated[cid] = now
-            totals["evaluations"] += 1
-        # Labels only (its traffic stopped): judged again at its last time with fresh windows, as the
-        # live worker does once a comparison has been idle.
-        for cid in sorted(outcome.labeled - outcome.comparisons):
-            if cid in evaluated:
-                evaluator.forget(cid)
-                events.extend(evaluator.evaluate(ComparisonKey.from_id(cid), evaluated[cid]))
-                totals["evaluations"] += 1
-
+    replay = _Replay(policy, config, model_type, evaluate_every_s=evaluate_every_s, join_window_s=join_window_s,
+                     label_horizon_s=label_horizon_s)
     for number, raw in enumerate(lines):
         line = raw.strip()
         if not line:
             continue
-        totals["lines"] += 1
-        ts = _event_time_s(line)
-        if ts is not None:
-            slot = math.floor(ts / evaluate_every_s)
-            if interval is not None and slot > interval:
-                flush((interval + 1) * evaluate_every_s)
-            interval = slot if interval is None else max(interval, slot)
-        batch.append(Record(_LABELS if _is_label(line) else _SCORES, 0, number, None, line))
-        if len(batch) >= _MAX_BATCH:
-            flush(None)
-        if progress is not None and totals["lines"] % 100_000 == 0:
-            progress(totals["lines"])
-    flush(None if interval is None else (interval + 1) * evaluate_every_s)
-    doc = read_windows(store, windows=windows, config=config)
-    events.sort(key=lambda e: e.ts)
-    doc["events"] = [orjson.loads(e.to_json()) for e in events]
-    doc["dead_letters"] = [
-        {"line": d.record.offset + 1, "reason": d.reason, "model": d.model} for d in dead[:1000]
-    ]
-    totals["dead_letters"] = len(dead)
-    doc["stats"] = totals
-    doc["policy_hash"] = policy.hash()
-    return doc
+        replay.read(number, line)
+        if progress is not None and replay.totals["lines"] % 100_000 == 0:
+            progress(replay.totals["lines"])
+    replay.finish()
+    return replay.document(windows, config, policy)
 
 
 def replay_file(path: Path, **kwargs: Any) -> dict[str, Any]:
