@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 import uuid
 from collections.abc import Callable, Iterator
 
@@ -90,6 +91,13 @@ def make_topic(kafka_bootstrap: str, unique: str) -> Iterator[Callable[..., str]
         )
         futures[topic].result(timeout=30)
         created.append(topic)
+        # The controller acknowledges before every broker's metadata has the topic: wait until it is served,
+        # so a client that asks for the partition count right away finds them.
+        deadline = time.monotonic() + 30
+        while len(admin.list_topics(topic, timeout=10).topics[topic].partitions) < partitions:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"topic {topic} created but not in the metadata after 30 s")
+            time.sleep(0.05)
         return topic
 
     yield _make

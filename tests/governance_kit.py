@@ -61,7 +61,7 @@ def fast_policy() -> Policy:
 
 
 def catalog() -> FeatureCatalog:
-    return load_catalog(REPO / "deploy" / "feature_catalog.yaml")
+    return load_catalog()
 
 
 @dataclass

@@ -102,7 +102,7 @@ def key(created: datetime = T0 - DAY) -> tuple[Signer, TrustStore]:
 
 def rules(signer: Signer) -> Rules:
     """The shipped policy (the spec's tables), the shipped feature catalog, a 5 % canary."""
-    return Rules(policy=load_policy(), catalog=load_catalog(REPO / "deploy" / "feature_catalog.yaml"),
+    return Rules(policy=load_policy(), catalog=load_catalog(),
                  canary_share=0.05, signer=signer)
 
 

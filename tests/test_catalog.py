@@ -20,7 +20,7 @@ from governance.policy.catalog import (
     validate_schema_change,
 )
 
-SHIPPED = Path(__file__).resolve().parents[1] / "deploy" / "feature_catalog.yaml"
+SHIPPED = Path(__file__).resolve().parents[1] / "governance" / "policy" / "feature_catalog.yaml"
 
 SMALL = """
 version: 2

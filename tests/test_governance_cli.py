@@ -20,7 +20,6 @@ from click.testing import CliRunner, Result
 from governance.service.statestore import StateStore
 from shadowgate.cli import cli
 from tests.governance_kit import (
-    REPO,
     Env,
     fast_policy,
     gate_ready,
@@ -172,12 +171,15 @@ def test_rollback_with_the_cli(env: Env) -> None:
         assert unknown.exit_code != 0 and "identity GID-99 has no keys" in str(unknown.exception)
 
 
-def test_governance_command_runs_the_consumer(env: Env) -> None:
-    """``shadowgate governance`` as a process: answers a CLI command, stops cleanly on SIGTERM."""
+def test_governance_command_runs_the_consumer(env: Env, tmp_path: Path) -> None:
+    """``shadowgate governance`` as a process: answers a CLI command, stops cleanly on SIGTERM.
+
+    Started in an empty directory with no catalog or policy named: the shipped ones are package data.
+    """
     process = subprocess.Popen(
-        [sys.executable, "-m", "shadowgate", "governance", "--catalog", str(REPO / "deploy" / "feature_catalog.yaml"),
-         "--lease-ttl", "5"],
+        [sys.executable, "-m", "shadowgate", "governance", "--lease-ttl", "5"],
         env={**os.environ, **env.cli_env()}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=tmp_path,
     )
     try:
         out = _cli(env, "model", "register", "churn", "0.1.0", "--type", "ranking", "--identity", "GID-02",

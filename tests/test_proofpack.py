@@ -31,7 +31,7 @@ from governance.lifecycle.proofpack import build_proofpack, sign_proofpack, veri
 from governance.lifecycle.registry import replay
 from governance.lifecycle.state import GovernanceState
 from governance.policy.catalog import load_catalog
-from tests.governance_kit import REPO, fast_policy, lifecycle_facts
+from tests.governance_kit import fast_policy, lifecycle_facts
 from tests.lifecycle_samples import complete_documents
 
 T0 = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
@@ -137,7 +137,7 @@ def test_encrypted_copy_decrypts_to_the_signed_record(keys: tuple[Signer, TrustS
 
 
 def _rules(signer: Signer) -> Rules:
-    return Rules(policy=POLICY, catalog=load_catalog(REPO / "deploy" / "feature_catalog.yaml"), canary_share=0.05,
+    return Rules(policy=POLICY, catalog=load_catalog(), canary_share=0.05,
                  signer=signer)
 
 

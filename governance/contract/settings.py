@@ -3,18 +3,37 @@
 Nothing reads the environment at import time: call :func:`load_settings` (or build
 :class:`Settings` directly in tests). Secrets (Redis password in the URL) are masked in ``repr``.
 Nested fields use ``__``: ``SHADOWGATE_TOPICS__SCORES=my.scores``.
+
+Unknown configuration fails closed: :func:`load_settings` refuses any ``SHADOWGATE_*`` variable that is neither
+a setting nor one of the few :data:`PROCESS_VARIABLES` read elsewhere, naming the nearest valid name, so a
+misspelt or unsupported variable (``SHADOWGATE_KAFKA_SECURITY_PROTOCOL``) never leaves a user believing it
+took effect. :func:`describe` gives the effective configuration with every secret masked
+(``shadowgate config show``).
 """
 
 from __future__ import annotations
 
+import difflib
+import os
+from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from governance.errors import ConfigError
 
-__all__ = ["Settings", "Topics", "load_settings"]
+__all__ = [
+    "PROCESS_VARIABLES",
+    "Settings",
+    "Topics",
+    "check_environment",
+    "describe",
+    "known_variables",
+    "load_settings",
+    "mask_url",
+]
 
 
 class Topics(BaseModel):
@@ -61,15 +80,80 @@ class Settings(BaseSettings):
     )
     policy_path: str | None = Field(None, description="policy YAML; None = the shipped default")
     keys_dir: str | None = Field(None, description="signing keys directory")
-    catalog_path: str = Field("deploy/feature_catalog.yaml", description="governed feature catalog YAML")
+    catalog_path: str | None = Field(None, description="governed feature catalog YAML; None = the shipped one")
     metrics_port: int = Field(9464, ge=0, le=65535, description="Prometheus /metrics port, 0 = off")
 
     def redis_url_value(self) -> str:
         return self.redis_url.get_secret_value()
 
 
+#: ``SHADOWGATE_*`` variables read outside :class:`Settings`: by the local servers, the CLI and the tests.
+PROCESS_VARIABLES: Mapping[str, str] = {
+    "SHADOWGATE_STATE_DIR": "where `make up` / `shadowgate up` keep server data, logs and PID files (.local)",
+    "SHADOWGATE_KAFKA_PORT": "port of the local Kafka broker of `make up` (9092)",
+    "SHADOWGATE_REDIS_PORT": "port of the local Redis server of `make up` (6379)",
+    "SHADOWGATE_KAFKA_JARS": "cache of the Kafka broker jars `make up` assembles ($SHADOWGATE_STATE_DIR/kafka-jars)",
+    "SHADOWGATE_START_TIMEOUT_S": "how long `make up` waits for a server to answer (120)",
+    "SHADOWGATE_PQC_PHASE": "the PQC migration phase the CLI enforces (--phase; default: today's by the schedule)",
+    "SHADOWGATE_IDENTITY": "the approver identity `shadowgate model` commands sign as (--identity)",
+    "SHADOWGATE_REQUIRE_INFRA": "tests only: a missing Kafka or Redis server fails the run instead of skipping (CI)",
+}
+
+
+def known_variables() -> dict[str, str]:
+    """Every ``SHADOWGATE_*`` variable shadowgate reads, with what it sets."""
+    known: dict[str, str] = {}
+    for name, field in Settings.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            for sub in annotation.model_fields:
+                known[f"SHADOWGATE_{name.upper()}__{sub.upper()}"] = f"{name}.{sub}"
+        else:
+            known[f"SHADOWGATE_{name.upper()}"] = field.description or name
+    known.update(PROCESS_VARIABLES)
+    return known
+
+
+def check_environment(environ: Mapping[str, str] | None = None) -> None:
+    """ConfigError naming the first unknown ``SHADOWGATE_*`` variable and the nearest valid one."""
+    env = os.environ if environ is None else environ
+    known = known_variables()
+    for name in sorted(env):
+        upper = name.upper()
+        if not upper.startswith("SHADOWGATE_") or upper in known:
+            continue
+        # Compare what follows the common prefix, so the prefix alone never makes two names look alike.
+        suffixes = {name.removeprefix("SHADOWGATE_"): name for name in known}
+        close = difflib.get_close_matches(upper.removeprefix("SHADOWGATE_"), list(suffixes), n=1, cutoff=0.6)
+        hint = f"did you mean {suffixes[close[0]]}? " if close else ""
+        raise ConfigError(
+            f"{name} is not a shadowgate setting; {hint}unset it (`shadowgate config show` lists every setting)"
+        )
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its password (and a user name beside it) replaced by ``****``: safe to print."""
+    parts = urlsplit(url)
+    if parts.password is None and parts.username is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    user = f"{parts.username}:****" if parts.username and parts.password is not None else "****"
+    return urlunsplit((parts.scheme, f"{user}@{host}", parts.path, parts.query, parts.fragment))
+
+
+def describe(settings: Settings) -> dict[str, Any]:
+    """The effective configuration as JSON types, every secret masked (``****``)."""
+    doc = settings.model_dump(mode="json")
+    doc["redis_url"] = mask_url(settings.redis_url_value())
+    return doc
+
+
 def load_settings(**overrides: Any) -> Settings:
-    """Read settings from the environment; a bad value raises ConfigError naming the variable."""
+    """Read settings from the environment; a bad value, or an unknown ``SHADOWGATE_*`` variable, raises
+    ConfigError naming the variable."""
+    check_environment()
     try:
         return Settings(**overrides)
     except ValidationError as exc:

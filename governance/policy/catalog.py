@@ -1,6 +1,6 @@
 """The governed feature catalog of spec section 5, and the check that a model only uses its features.
 
-A catalog is YAML (``deploy/feature_catalog.yaml`` ships a worked example)::
+A catalog is YAML (``feature_catalog.yaml`` beside this module ships a worked example, the default)::
 
     version: 3                          # raised on every schema change
     labels: [is_fraud]                  # outcome columns: a feature that is, or derives from, one leaks
@@ -38,6 +38,7 @@ order (unknown features, then per feature in sorted order), so the same input gi
 
 from __future__ import annotations
 
+import importlib.resources
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -200,13 +201,25 @@ def parse_catalog(text: str, source: str = "feature catalog") -> FeatureCatalog:
         raise ConfigError(f"{source}: {problems}") from exc
 
 
-def load_catalog(path: Path) -> FeatureCatalog:
-    """Read and parse the catalog file at ``path`` (the only I/O in this module)."""
+def load_catalog(path: str | Path | None = None) -> FeatureCatalog:
+    """Read and parse the catalog file at ``path``, or the shipped one (package data) when None.
+
+    The only I/O in this module. A relative path is resolved against the working directory and named,
+    resolved, in errors, so a process started elsewhere says which file it looked for.
+    """
+    if path is None:
+        source = "governance/policy/feature_catalog.yaml (shipped)"
+        text = importlib.resources.files("governance.policy").joinpath("feature_catalog.yaml").read_text("utf-8")
+        return parse_catalog(text, source)
+    resolved = Path(path).expanduser().resolve()
     try:
-        text = path.read_text(encoding="utf-8")
+        text = resolved.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(f"feature catalog {path}: cannot read it: {exc}") from exc
-    return parse_catalog(text, str(path))
+        raise ConfigError(
+            f"feature catalog {resolved}: cannot read it ({exc.strerror}); set SHADOWGATE_CATALOG_PATH or --catalog "
+            "to an existing file, or unset it for the shipped catalog"
+        ) from None
+    return parse_catalog(text, str(resolved))
 
 
 def leaking_features(catalog: FeatureCatalog) -> Mapping[str, str]:

@@ -144,8 +144,7 @@ def make_run(state_dir: Path, kafka_bootstrap: str, redis_url: str) -> Run:
     env = {"SHADOWGATE_KAFKA_BOOTSTRAP": kafka_bootstrap, "SHADOWGATE_REDIS_URL": redis_url,
            "SHADOWGATE_REDIS_PREFIX": f"demo-{run}", "SHADOWGATE_CONSUMER_GROUP": f"demo-{run}",
            "SHADOWGATE_METRICS_PORT": "0", "SHADOWGATE_KEYS_DIR": str(root / "keys"),
-           "SHADOWGATE_POLICY_PATH": str(POLICY_PATH),
-           "SHADOWGATE_CATALOG_PATH": str(REPO / "deploy" / "feature_catalog.yaml")}
+           "SHADOWGATE_POLICY_PATH": str(POLICY_PATH)}
     for name, default in Topics().model_dump().items():
         env[f"SHADOWGATE_TOPICS__{name.upper()}"] = f"demo.{run}.{default}"
     return Run(run, root, env)

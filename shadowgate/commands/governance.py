@@ -8,7 +8,7 @@ option                 environment                    default
 =====================  =============================  ==================================================
 ``--keys-dir``         ``SHADOWGATE_KEYS_DIR``        ``~/.config/shadowgate/keys`` (see governance.identities)
 ``--commands-topic``   ``SHADOWGATE_TOPICS__COMMANDS``  ``governance.commands``
-``--catalog``          ``SHADOWGATE_CATALOG_PATH``    ``deploy/feature_catalog.yaml``
+``--catalog``          ``SHADOWGATE_CATALOG_PATH``    the shipped catalog (package data)
 ``--phase``            ``SHADOWGATE_PQC_PHASE``       the PQC migration phase of today's date
 =====================  =============================  ==================================================
 
@@ -108,16 +108,15 @@ def describe_entry(entry: AuditEntry) -> list[str]:
 @keys_dir_option
 @commands_topic_option
 @phase_option
-@click.option("--catalog", type=click.Path(dir_okay=False, path_type=Path), envvar="SHADOWGATE_CATALOG_PATH",
-              default=lambda: Path(load_settings().catalog_path), show_default="deploy/feature_catalog.yaml",
-              help="Governed feature catalog.")
+@click.option("--catalog", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Governed feature catalog YAML (default: SHADOWGATE_CATALOG_PATH, else the shipped one).")
 @click.option("--policy", "policy_path", default=None, help="Policy YAML (default: settings, else the shipped one).")
 @click.option("--canary-share", type=float, default=None, help="Canary traffic share (default: the policy minimum).")
 @click.option("--proofpack-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Also write each ProofPack here, encrypted to the keyring's ML-KEM-768 key.")
 @click.option("--lease-ttl", type=click.FloatRange(1.0), default=15.0, show_default=True,
               help="Seconds before a crashed instance's lease expires.")
-def governance(keys_dir: Path, commands_topic: str, phase: str | None, catalog: Path, policy_path: str | None,
+def governance(keys_dir: Path, commands_topic: str, phase: str | None, catalog: Path | None, policy_path: str | None,
                canary_share: float | None, proofpack_dir: Path | None, lease_ttl: float) -> None:
     """Run the governance consumer (one active instance; a second one waits for the lease)."""
     import logging
@@ -146,7 +145,8 @@ def governance(keys_dir: Path, commands_topic: str, phase: str | None, catalog: 
     serve_metrics(config.metrics_port, registry, "the governance consumer")
     consumer = GovernanceConsumer(consumer_config, signer=system_signer(keys_dir, now),
                                   trust=load_trust(keys_dir, schedule_of(phase)), policy=policy,
-                                  catalog=load_catalog(catalog), metrics=registry, encrypt_to=encrypt_to)
+                                  catalog=load_catalog(catalog or config.catalog_path), metrics=registry,
+                                  encrypt_to=encrypt_to)
     stop = threading.Event()
 
     def _stop(signum: int, frame: FrameType | None) -> None:
