@@ -62,27 +62,50 @@ def test_shadow_gate_reports_threshold_comparator_and_enforcement() -> None:
 
 LABEL_METRICS = ["brier_score", "precision_at_10", "auc_roc", "calibration_slope"]
 DELTA_METRICS = ["mean_abs_delta", "p95_abs_delta", "p99_abs_delta"]
+# Spec 2.1 SHADOW table: calibration slope and P95 |delta| are WARNING, the rest BLOCK.
+WARNING_METRICS = ["calibration_slope", "p95_abs_delta"]
+BLOCK_METRICS = [m for m in LABEL_METRICS + DELTA_METRICS if m not in WARNING_METRICS]
 
 
-@pytest.mark.parametrize("metric", LABEL_METRICS + DELTA_METRICS)
-def test_missing_metric_is_inconclusive_never_pass(metric: str) -> None:
+@pytest.mark.parametrize("metric", BLOCK_METRICS)
+def test_missing_blocking_metric_is_inconclusive_never_pass(metric: str) -> None:
     result = evaluate_shadow_gate(POLICY, snapshot(metrics={metric: None}), NOW)
     assert result.check(metric).outcome == "INCONCLUSIVE"
     assert result.verdict == "INCONCLUSIVE"
 
 
-@pytest.mark.parametrize("metric", LABEL_METRICS + DELTA_METRICS)
-def test_nan_metric_is_an_error(metric: str) -> None:
+@pytest.mark.parametrize("metric", BLOCK_METRICS)
+def test_nan_blocking_metric_is_an_error(metric: str) -> None:
     result = evaluate_shadow_gate(POLICY, snapshot(metrics={metric: float("nan")}), NOW)
     assert (result.check(metric).outcome, result.check(metric).value, result.verdict) == ("ERROR", None, "ERROR")
 
 
+@pytest.mark.parametrize("bad", [None, float("nan"), float("inf")])
+@pytest.mark.parametrize("metric", WARNING_METRICS)
+def test_a_warning_without_data_is_recorded_not_measured_and_never_blocks(metric: str, bad: float | None) -> None:
+    """Spec 2: a WARNING check never blocks, also when it cannot be measured; the record says so."""
+    result = evaluate_shadow_gate(POLICY, snapshot(metrics={metric: bad}), NOW)
+    check = result.check(metric)
+    assert (check.outcome, check.value, check.enforcement) == ("WARN", None, "WARNING")
+    assert "not measured" in check.message
+    assert result.verdict == "READY"
+    completion = _completion(snapshot(metrics={metric: bad}))
+    assert completion.verdict == "READY"
+    assert completion.check(f"metrics.{metric}").outcome == "WARN"
+
+
 def test_too_few_labels_or_pairs_is_inconclusive_even_with_good_values() -> None:
     few_labels = evaluate_shadow_gate(POLICY, snapshot(label_count=499), NOW)
-    assert {c.name for c in few_labels.checks if c.outcome == "INCONCLUSIVE"} == set(LABEL_METRICS)
+    assert {c.name for c in few_labels.checks if c.outcome == "INCONCLUSIVE"} == set(LABEL_METRICS) - {
+        "calibration_slope"}
+    # The thin calibration slope is kept as evidence, flagged as not measured (a WARNING never blocks).
+    slope = few_labels.check("calibration_slope")
+    assert (slope.outcome, slope.value, slope.samples) == ("WARN", 1.0, 499)
+    assert "not measured (499 samples, at least 500 needed)" in slope.message
     assert evaluate_shadow_gate(POLICY, snapshot(label_count=500), NOW).verdict == "READY"
     few_pairs = evaluate_shadow_gate(POLICY, snapshot(sample_count=999, n=999), NOW)
-    assert {c.name for c in few_pairs.checks if c.outcome == "INCONCLUSIVE"} == set(DELTA_METRICS)
+    assert {c.name for c in few_pairs.checks if c.outcome == "INCONCLUSIVE"} == set(DELTA_METRICS) - {"p95_abs_delta"}
+    assert few_pairs.check("p95_abs_delta").outcome == "WARN"
     assert few_pairs.verdict == "INCONCLUSIVE"
     # A definite blocking failure still wins over inconclusive checks.
     assert evaluate_shadow_gate(POLICY, snapshot(label_count=10, mean_abs_delta=0.2), NOW).verdict == "BLOCKED"
