@@ -74,6 +74,10 @@ SPEC_VALUES = [
     ("triggers.calibration_slope.low", 0.6), ("triggers.calibration_slope.high", 1.4),
     ("triggers.calibration_slope.action", "scheduled"), ("triggers.calibration_slope.alert", True),
     ("signing.algorithm", "ML-DSA-65"), ("signing.key_rotation_days", 90),
+    # 1.2 "Drift < 0.15" is the mean |delta| of 2.1; the other bands are 2.1's own limits (docs/gates.md).
+    ("drift_severity.mean_abs_delta.high", 0.15), ("drift_severity.p99_abs_delta.high", 0.35),
+    ("drift_severity.p95_abs_delta.medium", 0.25), ("drift_severity.kl_divergence.medium", 0.10),
+    ("drift_severity.kl_divergence.high", None), ("drift_severity.kl_divergence.critical", None),
 ]
 
 
@@ -134,7 +138,9 @@ BAD_VALUES = [
     ("triggers.error_rate.threshold", 2.0, "triggers.error_rate.threshold"),
     ("triggers.calibration_slope.low", 1.5, "triggers.calibration_slope.low"),
     ("triggers.kl_divergence.action", "rollback", "triggers.kl_divergence.action"),
-    ("drift_severity.psi.high", 0.05, "drift_severity.psi.high"),
+    ("drift_severity.kl_divergence.high", 0.05, "drift_severity.kl_divergence.high"),
+    ("drift_severity.p95_abs_delta", {}, "drift_severity.p95_abs_delta.medium"),
+    ("drift_severity.mean_abs_delta.critical", 0.1, "drift_severity.mean_abs_delta.critical"),
     ("shadow.model_types.fraud_detection", {"min_duration_days": 7, "min_samples": 1}, "shadow.model_types"),
     ("shadow.model_types.ranking.min_samples", 0, "shadow.model_types.ranking.min_samples"),
     ("shadow.acceptable_drift", ["LOW", "LOW"], "shadow.acceptable_drift"),

@@ -219,19 +219,29 @@ class ProductionPolicy(_Strict):
 
 
 class DriftBands(_Strict):
-    """A metric at or above a floor raises the drift severity to that band (MEDIUM < HIGH < CRITICAL)."""
+    """A metric at or above a floor raises the drift severity to that band (MEDIUM < HIGH < CRITICAL).
 
-    medium: _NonNeg
-    high: _NonNeg
-    critical: _NonNeg
+    A band left out (None) is one this metric never reaches: e.g. score KL, a WARNING in the spec (2.1),
+    has a MEDIUM floor only, so it can never make the severity HIGH. At least one band must be given.
+    """
+
+    medium: _NonNeg | None = None
+    high: _NonNeg | None = None
+    critical: _NonNeg | None = None
 
     @model_validator(mode="after")
     def _ordered(self) -> Self:
-        if not self.medium <= self.high:
-            raise _KeyError("high", f"high {self.high} is below medium {self.medium}")
-        if not self.high <= self.critical:
-            raise _KeyError("critical", f"critical {self.critical} is below high {self.high}")
+        given = [(band.lower(), value) for band, value in self.floors() if value is not None]
+        if not given:
+            raise _KeyError("medium", "give at least one of medium, high, critical")
+        for (low_name, low), (high_name, high) in zip(given, given[1:], strict=False):
+            if high < low:
+                raise _KeyError(high_name, f"{high_name} {high} is below {low_name} {low}")
         return self
+
+    def floors(self) -> tuple[tuple[Severity, float | None], ...]:
+        """(band, floor) from MEDIUM up; a None floor is a band this metric never reaches."""
+        return (("MEDIUM", self.medium), ("HIGH", self.high), ("CRITICAL", self.critical))
 
 
 class ThresholdTrigger(_Strict):
