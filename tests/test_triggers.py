@@ -429,7 +429,8 @@ def run_minutes(closes: list[MinuteClose], policy: Policy = POLICY, state: Trigg
 def test_sustain_is_counted_in_whole_minutes_of_event_time() -> None:
     five = [minute(i, error_rate=rate(50, 1000)) for i in range(1, 6)]
     state, fired = run_minutes(five)
-    assert [(f.trigger, f.fired_at, f.breach_started_at) for f in fired] == [("error_rate", M0 + timedelta(minutes=5), M0)]
+    assert [(f.trigger, f.fired_at, f.breach_started_at) for f in fired] == [
+        ("error_rate", M0 + timedelta(minutes=5), M0)]
     assert "pooled over 5 min" in fired[0].reason and "250 of 5000" in fired[0].reason
     assert state.last_minute == M0 + timedelta(minutes=5)
     assert run_minutes(five[:4])[1] == []
