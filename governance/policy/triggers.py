@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
@@ -56,8 +56,24 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from governance.contract.comparison import WindowSnapshot
 from governance.contract.findings import Action, AlertSeverity
 from governance.policy.bounds import normal_lower_bound, normal_upper_bound, rate_lower_bound
-from governance.policy.checks import metric_count
 from governance.policy.document import Policy, RangeTrigger, ThresholdTrigger, window_seconds
+from governance.policy.observations import (
+    ERROR_COUNT,
+    KL_BIAS,
+    KL_SE,
+    LATENCY_COUNT,
+    METRIC_TRIGGERS,
+    RATE_TRIGGERS,
+    REQUEST_COUNT,
+    SLOPE_SE,
+    Observation,
+    TriggerInputs,
+    finite,
+    inputs_from_snapshots,
+    latency_above_metric,
+    latency_hits,
+    trigger_policy,
+)
 
 __all__ = [
     "ERROR_COUNT",
@@ -83,35 +99,13 @@ __all__ = [
 ]
 
 SOURCE_UNHEALTHY = "source_unhealthy"
-METRIC_TRIGGERS: tuple[str, ...] = (
-    "error_rate",
-    "p99_latency_ms",
-    "kl_divergence",
-    "integrity_violations",
-    "calibration_slope",
-)
-# The sufficient statistics a window may carry for the bounds (side-prefixed like every side metric, except
-# the KL ones, which compare the sides). Without them the triggers fall back as inputs_from_snapshots says.
-ERROR_COUNT = "error_count"  # requests of the side that reported an error (error_rate's numerator)
-REQUEST_COUNT = "request_count"  # requests of the side (error_rate's denominator)
-LATENCY_COUNT = "latency_count"  # latencies folded on the side
-KL_BIAS = "kl_divergence_bias"  # governance.policy.bounds.kl_estimate of the drift histograms
-KL_SE = "kl_divergence_se"
-SLOPE_SE = "calibration_slope_se"  # governance.policy.bounds.logistic_slope_se of the label-joined counts
 # At most this many minute closes are expected per call (a day: the store keeps minute slots for 26 h).
 MAX_MINUTES = 1440
 
 _MINUTE = timedelta(minutes=1)
 _P99_TAIL = 0.01  # P99 > T  <=>  more than 1 % of requests slower than T
-_QUANTILE_RELATIVE_ERROR = 0.01  # the latency sketch's quantiles are within 1 % of the exact value
 Phase = Literal["armed", "breaching", "fired", "recovering"]
 _Signal = Literal["holds", "ok", "unknown"]
-_RATE_TRIGGERS = ("error_rate", "p99_latency_ms")
-
-
-def latency_above_metric(threshold_ms: float) -> str:
-    """The metric counting latencies above ``threshold_ms`` (bins wholly above it), e.g. ``latency_above_ms[1000]``."""
-    return f"latency_above_ms[{threshold_ms:g}]"
 
 
 class _Frozen(BaseModel):
@@ -150,36 +144,6 @@ class TriggerState(_Frozen):
 
 
 @dataclass(frozen=True)
-class Observation:
-    """One trigger's input: the value and what its confidence bound rests on.
-
-    ``samples`` is the pairs (labels for the calibration slope) the value rests on. For the rate triggers
-    ``hits`` of ``trials`` are the errors among requests, or the requests slower than the latency
-    threshold among latencies; None: derived from ``value`` and ``samples`` (error rate) or unknown.
-    ``bias`` / ``se`` are the KL bias and standard errors of KL and of the calibration slope; None: the
-    trigger falls back to the point estimate on ``triggers.fallback`` samples. ``basis`` says where the
-    counts came from, for the evidence.
-    """
-
-    value: float | None
-    samples: int | None = None
-    window: str | None = None
-    hits: int | None = None
-    trials: int | None = None
-    bias: float | None = None
-    se: float | None = None
-    basis: str = ""
-
-
-@dataclass(frozen=True)
-class TriggerInputs:
-    """What one step sees: an observation per metric trigger and the newest event time of the sources."""
-
-    observations: Mapping[str, Observation] = field(default_factory=dict)
-    latest_event_ts: datetime | None = None
-
-
-@dataclass(frozen=True)
 class MinuteClose:
     """The trigger windows as they stood when one whole minute of event time closed.
 
@@ -214,108 +178,6 @@ class TriggerFiring(_Frozen):
     bound: float | None = None
 
 
-def _trigger(policy: Policy, name: str) -> ThresholdTrigger | RangeTrigger:
-    trigger: ThresholdTrigger | RangeTrigger = getattr(policy.triggers, name)
-    return trigger
-
-
-def _finite(value: float | None) -> float | None:
-    return value if value is not None and math.isfinite(value) else None
-
-
-def _count(value: float | None) -> int | None:
-    return int(value) if value is not None and math.isfinite(value) and value >= 0 else None
-
-
-def _error_counts(snapshot: WindowSnapshot, prefix: str) -> tuple[int | None, int | None, str]:
-    errors, requests = _count(snapshot.metric(prefix + ERROR_COUNT)), _count(snapshot.metric(prefix + REQUEST_COUNT))
-    if errors is not None and requests is not None and errors <= requests:
-        return errors, requests, "exact counts"
-    rate, pairs = _finite(snapshot.metric(prefix + "error_rate")), metric_count(snapshot, "sample_count")
-    if rate is None or not pairs:
-        return None, None, ""
-    # error_rate is errors / (pairs + that side's orphans); the same share of the pairs alone is a smaller
-    # sample with the same rate, so its bound is wider: conservative when orphans are not counted.
-    return min(math.floor(rate * pairs + 1e-9), pairs), pairs, "error_rate x pairs (orphans left out: conservative)"
-
-
-def _latency_hits(quantiles: Mapping[float, float | None], n: int, threshold_ms: float) -> int:
-    """At least this many of ``n`` latencies exceed ``threshold_ms``, given the sketch's quantiles.
-
-    A ``q``-quantile (numpy's linear definition, rank ``(n - 1) q``) above the threshold by more than the
-    sketch's error means every order statistic from rank ``ceil((n - 1) q)`` up is above it.
-    """
-    hits = 0
-    for q, value in quantiles.items():
-        if value is not None and math.isfinite(value) and value > threshold_ms * (1.0 + _QUANTILE_RELATIVE_ERROR):
-            hits = max(hits, n - math.ceil((n - 1) * q - 1e-9))
-    return hits
-
-
-def _latency_counts(
-    snapshot: WindowSnapshot, prefix: str, threshold_ms: float
-) -> tuple[int | None, int | None, str]:
-    above = _count(snapshot.metric(prefix + latency_above_metric(threshold_ms)))
-    total = _count(snapshot.metric(prefix + LATENCY_COUNT))
-    if above is not None and total is not None and above <= total:
-        return above, total, "exact counts"
-    pairs = metric_count(snapshot, "sample_count")
-    if not pairs:
-        return None, None, ""
-    quantiles = {q: snapshot.metric(f"{prefix}p{round(q * 100)}_latency_ms") for q in (0.5, 0.95, 0.99)}
-    return _latency_hits(quantiles, pairs, threshold_ms), pairs, "from the P50/P95/P99 quantiles (a lower bound)"
-
-
-def inputs_from_snapshots(
-    policy: Policy,
-    snapshots: Mapping[str, WindowSnapshot],
-    side: Literal["candidate", "production"] = "candidate",
-) -> TriggerInputs:
-    """Pick each trigger's metric, and what its bound needs, from the window its policy entry names.
-
-    ``side`` chooses the judged model: bare metric names for the candidate, ``production_`` names for the
-    production model; the KL divergence compares the two sides, so it has no side. A window the store
-    could only answer with rounded edges (``exact`` False) is another measurement than the policy's: its
-    trigger sees no observation (unknown). The newest event time is the maximum over all snapshots.
-
-    Bound inputs, exact when the window carries them, else the documented fallback:
-
-    * error rate: ``error_count`` / ``request_count``; else ``error_rate x sample_count`` of
-      ``sample_count`` (the pairs: a smaller sample at the same rate, so a wider, conservative bound);
-    * P99 latency: ``latency_above_ms[T]`` / ``latency_count``; else a lower bound on the requests slower
-      than ``T`` from the P50 / P95 / P99 quantiles (assumes every pair reported its latency);
-    * KL: ``kl_divergence_bias`` and ``kl_divergence_se``; calibration slope: ``calibration_slope_se``;
-      else none (the trigger judges the point estimate on ``triggers.fallback`` samples).
-    """
-    prefix = "production_" if side == "production" else ""
-    observations: dict[str, Observation] = {}
-    for name in METRIC_TRIGGERS:
-        trigger = _trigger(policy, name)
-        snapshot = snapshots.get(trigger.window)
-        if snapshot is None or not snapshot.exact:
-            continue
-        metric = name if name == "kl_divergence" else prefix + name
-        value = snapshot.metric(metric)
-        pairs = metric_count(snapshot, "sample_count") or 0
-        if name == "error_rate":
-            hits, trials, basis = _error_counts(snapshot, prefix)
-            observation = Observation(value, pairs, trigger.window, hits, trials, basis=basis)
-        elif name == "p99_latency_ms" and isinstance(trigger, ThresholdTrigger):
-            hits, trials, basis = _latency_counts(snapshot, prefix, trigger.threshold)
-            observation = Observation(value, pairs, trigger.window, hits, trials, basis=basis)
-        elif name == "kl_divergence":
-            bias, se = _finite(snapshot.metric(KL_BIAS)), _finite(snapshot.metric(KL_SE))
-            observation = Observation(value, pairs, trigger.window, bias=bias, se=se)
-        elif name == "calibration_slope":
-            labels = metric_count(snapshot, "label_count") or 0
-            observation = Observation(value, labels, trigger.window, se=_finite(snapshot.metric(prefix + SLOPE_SE)))
-        else:
-            observation = Observation(value, None, trigger.window, basis="exact count")
-        observations[name] = observation
-    stamps = [s.latest_event_ts for s in snapshots.values() if s.latest_event_ts is not None]
-    return TriggerInputs(observations, max(stamps) if stamps else None)
-
-
 def _beyond(trigger: ThresholdTrigger, value: float, threshold: float) -> bool:
     return value > threshold if trigger.fires_when == ">" else value >= threshold
 
@@ -324,14 +186,14 @@ def _rate_counts(policy: Policy, name: str, observation: Observation) -> tuple[i
     """(hits, trials) of a rate trigger's observation; None when there is no request to count."""
     hits, trials = observation.hits, observation.trials
     if hits is None or trials is None:
-        value, samples, trigger = _finite(observation.value), observation.samples, _trigger(policy, name)
+        value, samples, trigger = finite(observation.value), observation.samples, trigger_policy(policy, name)
         if value is None or not samples or not isinstance(trigger, ThresholdTrigger):
             return None
         trials = samples
         if name == "error_rate":
             hits = min(math.floor(value * samples + 1e-9), samples)
         else:  # only the P99 itself is known: at least the requests above its rank are slower
-            hits = _latency_hits({0.99: value}, samples, trigger.threshold)
+            hits = latency_hits({0.99: value}, samples, trigger.threshold)
     if trials < 1 or not 0 <= hits <= trials:
         return None
     return hits, trials
@@ -339,13 +201,13 @@ def _rate_counts(policy: Policy, name: str, observation: Observation) -> tuple[i
 
 def _signal(policy: Policy, name: str, observation: Observation | None) -> _Signal:
     """unknown / ok / holds on the point estimate (see the module docstring)."""
-    trigger = _trigger(policy, name)
+    trigger = trigger_policy(policy, name)
     if observation is None:
         return "unknown"
-    value = _finite(observation.value)
+    value = finite(observation.value)
     if value is None:
         return "unknown"
-    if name in _RATE_TRIGGERS and _rate_counts(policy, name, observation) is None:
+    if name in RATE_TRIGGERS and _rate_counts(policy, name, observation) is None:
         return "unknown"
     if isinstance(trigger, RangeTrigger):
         if observation.se is None and (observation.samples or 0) < policy.triggers.fallback.min_labels:
@@ -370,11 +232,13 @@ def _pct(confidence: float) -> str:
 
 def _decide(policy: Policy, name: str, observation: Observation, pool: Sequence[tuple[int, int]]) -> _Decision:
     """Whether the data show the breach with the policy's confidence; ``pool`` is the rate evidence."""
-    trigger = _trigger(policy, name)
+    trigger = trigger_policy(policy, name)
     c = policy.triggers.confidence
     value = observation.value if observation.value is not None else math.nan
-    if name in _RATE_TRIGGERS and isinstance(trigger, ThresholdTrigger):
+    if name in RATE_TRIGGERS and isinstance(trigger, ThresholdTrigger):
         hits, trials = sum(h for h, _ in pool), sum(t for _, t in pool)
+        if trials < 1:
+            return _Decision(False, None, "no request counted")
         limit = trigger.threshold if name == "error_rate" else _P99_TAIL
         bound = rate_lower_bound(hits, trials, c)
         what = "requests in error" if name == "error_rate" else f"requests slower than {_fmt(trigger.threshold)} ms"
@@ -405,8 +269,8 @@ def _decide(policy: Policy, name: str, observation: Observation, pool: Sequence[
 
 def _pooling(policy: Policy, name: str) -> int:
     """How many minute closes a rate trigger pools: its sustain period's, when its window is one minute."""
-    trigger = _trigger(policy, name)
-    if name not in _RATE_TRIGGERS or window_seconds(trigger.window) != 60:
+    trigger = trigger_policy(policy, name)
+    if name not in RATE_TRIGGERS or window_seconds(trigger.window) != 60:
         return 1
     return max(1, math.ceil(trigger.sustain_s / 60))
 
@@ -449,10 +313,10 @@ def _advance(
         return Episode(), None
     since = episode.since if phase == "breaching" and episode.since is not None else start
     pool = list(episode.pool) if phase == "breaching" else []
-    counts = _rate_counts(policy, name, observation) if name in _RATE_TRIGGERS else None
+    counts = _rate_counts(policy, name, observation) if name in RATE_TRIGGERS else None
     if counts is not None:
         pool = [*pool, counts][-pooling:]
-    if at - since >= timedelta(seconds=_trigger(policy, name).sustain_s):
+    if at - since >= timedelta(seconds=trigger_policy(policy, name).sustain_s):
         decision = _decide(policy, name, observation, pool)
         if decision.confident:
             return Episode(phase="fired", since=since, fired_at=at), decision
@@ -466,7 +330,7 @@ def _fmt(value: float) -> str:
 def _metric_firing(
     policy: Policy, name: str, observation: Observation, since: datetime, at: datetime, decision: _Decision
 ) -> TriggerFiring:
-    trigger = _trigger(policy, name)
+    trigger = trigger_policy(policy, name)
     value = observation.value
     held = int((at - since).total_seconds())
     shown = "n/a" if value is None else _fmt(value)
@@ -483,7 +347,7 @@ def _metric_firing(
         action=trigger.action,
         alert=trigger.alert,
         severity=trigger.severity,
-        value=_finite(value),
+        value=finite(value),
         threshold=threshold,
         upper_threshold=upper,
         comparator=comparator,
