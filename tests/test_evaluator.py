@@ -7,6 +7,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from governance.contract.comparison import WindowSnapshot
 from governance.contract.events import (
@@ -18,7 +20,7 @@ from governance.contract.events import (
     parse_event,
 )
 from governance.policy.document import Policy, load_policy
-from governance.policy.evaluator import EvaluationContext, EvaluatorState, evaluate
+from governance.policy.evaluator import EvaluationContext, EvaluatorState, MinuteClose, evaluate, minutes_due
 from tests.governance_factory import T0, key, policy_with, snapshot
 
 POLICY = load_policy()
@@ -202,7 +204,8 @@ def test_production_monitoring_events() -> None:
     def world(now: datetime) -> dict[str, WindowSnapshot]:
         hour = int((now - T0).total_seconds() // 3600)
         windows = short_windows(now, production_calibration_slope=1.2 if hour >= 2 else 1.0,
-                                production_p99_latency_ms=1500.0 if hour == 5 else 200.0)
+                                production_p99_latency_ms=1500.0 if hour == 5 else 200.0,
+                                production_p95_latency_ms=1500.0 if hour == 5 else 150.0)
         windows["1d"] = snapshot(window="1d", end=now, label_count=5000, production_calibration_slope=1.2
                                  if hour >= 2 else 1.0, with_statistics=False)
         return windows
@@ -252,3 +255,96 @@ def test_context_needs_the_stage_facts() -> None:
         EvaluationContext(key=key("canary"), stage="STAGING")
     with pytest.raises(ValueError, match="timezone-aware"):
         evaluate(POLICY, {}, SHADOW, EvaluatorState(), T0.replace(tzinfo=None))
+
+
+# Minute closes (issue 14 point 4): the triggers judged in event time, the same events whatever the batching.
+
+def minute_windows(end: datetime, rate: float, requests: int = 600) -> dict[str, WindowSnapshot]:
+    """The trigger windows ending at ``end``: one minute of ``requests`` pairs at error ``rate``, quiet hour/day."""
+    errors = round(rate * requests)
+    return {
+        "1m": snapshot(window="1m", start=end - timedelta(minutes=1), end=end, with_statistics=False,
+                       metrics={"sample_count": requests, "error_rate": errors / requests,
+                                "error_count": errors, "request_count": requests}),
+        "1h": snapshot(window="1h", start=end - timedelta(hours=1), end=end, with_statistics=False),
+        "1d": snapshot(window="1d", start=end - timedelta(days=1), end=end, with_statistics=False),
+    }
+
+
+def backlog_rates(minute: int) -> float:
+    """2 healthy minutes, 6 minutes of half the requests failing, then healthy again."""
+    return 0.5 if 2 <= minute < 8 else 0.001
+
+
+def closes_until(now: datetime, state: EvaluatorState, first: datetime) -> list[MinuteClose]:
+    return [MinuteClose(end, minute_windows(end, backlog_rates(int((end - first) / timedelta(minutes=1)) - 1)))
+            for end in minutes_due(state, now, first)]
+
+
+def trigger_events(events: list[GovernanceEvent]) -> list[tuple[Any, ...]]:
+    return [(e.type, e.event_id, e.ts) for e in events if e.type in ("RollbackTrigger", "Alert")]
+
+
+STAGING = EvaluationContext(key=key("canary"), stage="STAGING", stage_started_at=T0, canary_share=0.05)
+
+
+def _run(first: datetime, evaluation_times: list[datetime]) -> list[GovernanceEvent]:
+    state, out = EvaluatorState(), []
+    for now in evaluation_times:
+        closes = closes_until(now, state, first)
+        state, events = evaluate(POLICY, minute_windows(now, 0.0), STAGING, state, now, closes)
+        out += events
+        state = EvaluatorState.from_json(state.to_json())
+    return out
+
+
+def test_a_backlog_fires_like_the_live_worker_with_the_same_event_ids() -> None:
+    first = T0 + timedelta(days=4)
+    end = first + timedelta(minutes=12, seconds=30)
+    live = _run(first, [first + timedelta(seconds=s) for s in range(int((end - first).total_seconds()) + 1)])
+    backlog = _run(first, [end])
+    assert trigger_events(live) == trigger_events(backlog)
+    (rollback,) = [e for e in live if isinstance(e, RollbackTrigger)]
+    # Six failing minutes from minute 2: the fifth of them (minute 6) ends at first + 7 min.
+    assert (rollback.trigger, rollback.ts) == ("error_rate", first + timedelta(minutes=7))
+    assert rollback.evidence.windows[0].end == first + timedelta(minutes=7)
+    # Without minute closes the backlog is judged once, at its end, on its last (healthy) minute: no rollback.
+    state, events = evaluate(POLICY, minute_windows(end, 0.0), STAGING, EvaluatorState(), end)
+    assert not [e for e in events if isinstance(e, RollbackTrigger)]
+
+
+@settings(max_examples=30, deadline=None)
+@given(cuts=st.lists(st.integers(1, 14 * 60), max_size=12))
+def test_any_batching_of_the_same_minutes_gives_the_same_trigger_events(cuts: list[int]) -> None:
+    first = T0 + timedelta(days=4)
+    times = [first + timedelta(seconds=s) for s in sorted(set(cuts))] + [first + timedelta(minutes=14)]
+    reference = _run(first, [first + timedelta(minutes=14)])
+    assert trigger_events(_run(first, times)) == trigger_events(reference)
+    assert [e.type for e in reference if e.type == "RollbackTrigger"] == ["RollbackTrigger"]
+
+
+def test_alert_dedup_is_judged_in_event_time_for_a_backlog_too() -> None:
+    policy = policy_with(**{"triggers.rearm_s": 0})
+    start = T0 + timedelta(days=2)
+
+    def windows(end: datetime) -> dict[str, WindowSnapshot]:
+        m = int((end - start) / timedelta(minutes=1))
+        return {name: snapshot(window=name, end=end, with_statistics=False, kl_divergence_bias=0.0,
+                               kl_divergence_se=0.01, kl_divergence=0.4 if m % 2 == 0 else 0.0)
+                for name in ("1m", "1h", "1d")}
+
+    def run(times: list[datetime]) -> list[GovernanceEvent]:
+        state, out = EvaluatorState(), []
+        for now in times:
+            closes = [MinuteClose(end, windows(end)) for end in minutes_due(state, now, start)]
+            state, events = evaluate(policy, windows(now), STAGING, state, now, closes)
+            out += events
+        return out
+
+    end = start + timedelta(minutes=70)
+    live = run([start + timedelta(minutes=m) for m in range(71)])
+    alerts = [e.ts - start for e in live if isinstance(e, Alert)]
+    assert alerts == [timedelta(minutes=2), timedelta(minutes=62)]  # dedup_s = 3600 of event time
+    assert len([e for e in live if isinstance(e, RollbackTrigger)]) == 35
+    batch = run([end])
+    assert trigger_events(batch) == trigger_events(live)

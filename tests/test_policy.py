@@ -55,8 +55,8 @@ SPEC_VALUES = [
     ("staging.feature_drift.threshold", 0.05), ("staging.feature_drift.enforcement", "WARNING"),
     ("staging.canary_traffic_share.min", 0.05), ("staging.canary_traffic_share.max", 0.10),
     ("production.staleness_warning_days.threshold", 60), ("production.staleness_warning_days.enforcement", "WARNING"),
-    ("production.staleness_limit_days.threshold", 90), ("production.staleness_limit_days.enforcement", "BLOCK"),
-    ("production.calibration_drift.threshold", 0.10), ("production.calibration_drift.fails_when", ">"),
+    ("production.staleness_limit_days.threshold", 90), ("production.staleness_limit_days.enforcement", "WARNING"),
+    ("production.calibration_drift.threshold", 0.10), ("production.calibration_drift.fails_when", ">="),
     ("production.calibration_drift.enforcement", "RECALIBRATE"),
     ("production.score_stability_sigma.threshold", 0.05), ("production.score_stability_sigma.fails_when", ">="),
     ("production.score_stability_sigma.enforcement", "WARNING"), ("production.stability_days", 7),
@@ -74,6 +74,10 @@ SPEC_VALUES = [
     ("triggers.calibration_slope.low", 0.6), ("triggers.calibration_slope.high", 1.4),
     ("triggers.calibration_slope.action", "scheduled"), ("triggers.calibration_slope.alert", True),
     ("signing.algorithm", "ML-DSA-65"), ("signing.key_rotation_days", 90),
+    # 1.2 "Drift < 0.15" is the mean |delta| of 2.1; the other bands are 2.1's own limits (docs/gates.md).
+    ("drift_severity.mean_abs_delta.high", 0.15), ("drift_severity.p99_abs_delta.high", 0.35),
+    ("drift_severity.p95_abs_delta.medium", 0.25), ("drift_severity.kl_divergence.medium", 0.10),
+    ("drift_severity.kl_divergence.high", None), ("drift_severity.kl_divergence.critical", None),
 ]
 
 
@@ -134,7 +138,14 @@ BAD_VALUES = [
     ("triggers.error_rate.threshold", 2.0, "triggers.error_rate.threshold"),
     ("triggers.calibration_slope.low", 1.5, "triggers.calibration_slope.low"),
     ("triggers.kl_divergence.action", "rollback", "triggers.kl_divergence.action"),
-    ("drift_severity.psi.high", 0.05, "drift_severity.psi.high"),
+    ("drift_severity.kl_divergence.high", 0.05, "drift_severity.kl_divergence.high"),
+    ("drift_severity.p95_abs_delta", {}, "drift_severity.p95_abs_delta.medium"),
+    ("drift_severity.mean_abs_delta.critical", 0.1, "drift_severity.mean_abs_delta.critical"),
+    ("triggers.confidence", 1.0, "triggers.confidence"),
+    ("triggers.confidence", 0.3, "triggers.confidence"),
+    ("triggers.error_rate.window", "60 seconds", "triggers.error_rate.window"),
+    ("triggers.fallback.min_pairs", 0, "triggers.fallback.min_pairs"),
+    ("triggers.min_samples", 50, "triggers.min_samples"),
     ("shadow.model_types.fraud_detection", {"min_duration_days": 7, "min_samples": 1}, "shadow.model_types"),
     ("shadow.model_types.ranking.min_samples", 0, "shadow.model_types.ranking.min_samples"),
     ("shadow.acceptable_drift", ["LOW", "LOW"], "shadow.acceptable_drift"),

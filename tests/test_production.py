@@ -61,40 +61,55 @@ def test_a_healthy_production_model() -> None:
     assert all(c.outcome == "PASS" for c in result.checks)
 
 
+# Spec 2.1: "Model Staleness < 90 days, WARNING at 60 days". The shipped policy warns from day 60 and again
+# from the 90-day limit and never blocks; a BLOCK at 90 exists only where a policy file writes it.
+BLOCK_AT_90 = policy_with(**{"production.staleness_limit_days.enforcement": "BLOCK"})
+
+
 @pytest.mark.parametrize(
-    ("age", "warning", "limit", "verdict"),
+    ("age", "warning", "limit", "limit_if_blocking"),
     [
-        (timedelta(days=60) - timedelta(seconds=1), "PASS", "PASS", "READY"),
-        (timedelta(days=60), "WARN", "PASS", "READY"),
-        (timedelta(days=60, seconds=1), "WARN", "PASS", "READY"),
-        (timedelta(days=90) - timedelta(seconds=1), "WARN", "PASS", "READY"),
-        (timedelta(days=90), "WARN", "FAIL", "BLOCKED"),
-        (timedelta(days=90, seconds=1), "WARN", "FAIL", "BLOCKED"),
+        (timedelta(days=60) - timedelta(seconds=1), "PASS", "PASS", "PASS"),
+        (timedelta(days=60), "WARN", "PASS", "PASS"),
+        (timedelta(days=60, seconds=1), "WARN", "PASS", "PASS"),
+        (timedelta(days=90) - timedelta(seconds=1), "WARN", "PASS", "PASS"),
+        (timedelta(days=90), "WARN", "WARN", "FAIL"),
+        (timedelta(days=90, seconds=1), "WARN", "WARN", "FAIL"),
     ],
 )
-def test_staleness_warning_at_60_days_limit_at_90(age: timedelta, warning: str, limit: str, verdict: str) -> None:
+def test_staleness_warns_at_60_and_90_days_and_blocks_only_by_policy_choice(
+    age: timedelta, warning: str, limit: str, limit_if_blocking: str
+) -> None:
     result = _production(trained=NOW - age)
     assert result.check("staleness_warning_days").outcome == warning
     assert result.check("staleness_limit_days").outcome == limit
-    assert result.verdict == verdict
+    assert result.check("staleness_limit_days").enforcement == "WARNING"
+    assert result.verdict == "READY"
+    chosen = _production(trained=NOW - age, policy=BLOCK_AT_90)
+    assert chosen.check("staleness_limit_days").outcome == limit_if_blocking
+    assert chosen.verdict == ("BLOCKED" if limit_if_blocking == "FAIL" else "READY")
 
 
 def test_unknown_or_future_training_date() -> None:
-    assert _production(trained=None).check("staleness_limit_days").outcome == "INCONCLUSIVE"
+    unknown = _production(trained=None)
+    assert unknown.check("staleness_limit_days").outcome == "WARN"  # a WARNING is never INCONCLUSIVE
+    assert "not measured" in unknown.check("staleness_limit_days").message
+    assert _production(trained=None, policy=BLOCK_AT_90).check("staleness_limit_days").outcome == "INCONCLUSIVE"
     assert _production(trained=NOW + timedelta(days=1)).check("staleness_limit_days").outcome == "ERROR"
 
 
+# Spec 2.1 "Calibration Drift < 0.10": a strict bound, so a drift of exactly 0.10 (slope 1.10 or 0.90) breaches.
 @pytest.mark.parametrize(
     ("slope", "expected"),
-    [(1.0, "PASS"), (1.10, "PASS"), (0.90, "PASS"), (1.10 + 1e-9, "FAIL"), (0.90 - 1e-9, "FAIL"), (1.3, "FAIL"),
-     (1.0999, "PASS")],
+    [(1.0, "PASS"), (1.10, "FAIL"), (0.90, "FAIL"), (1.10 - 1e-9, "PASS"), (0.90 + 1e-9, "PASS"),
+     (1.10 + 1e-9, "FAIL"), (0.90 - 1e-9, "FAIL"), (1.3, "FAIL"), (1.0999, "PASS")],
 )
-def test_calibration_drift_above_ten_percent_requests_recalibration(slope: float, expected: str) -> None:
+def test_calibration_drift_of_ten_percent_or_more_requests_recalibration(slope: float, expected: str) -> None:
     result = _production(snapshot(production_calibration_slope=slope))
     check = result.check("calibration_drift")
     assert check.outcome == expected
     assert check.value == pytest.approx(abs(slope - 1.0), abs=1e-12)
-    assert (check.enforcement, check.comparator, check.threshold) == ("RECALIBRATE", ">", 0.10)
+    assert (check.enforcement, check.comparator, check.threshold) == ("RECALIBRATE", ">=", 0.10)
     assert result.verdict == "READY"  # re-calibration is requested, promotion is not at stake
 
 

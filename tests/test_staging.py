@@ -11,7 +11,7 @@ from governance.contract.comparison import WindowSnapshot
 from governance.policy.checks import GateResult
 from governance.policy.document import load_policy
 from governance.policy.gates import evaluate_staging_gate
-from tests.governance_factory import T0, snapshot
+from tests.governance_factory import T0, policy_with, snapshot
 
 NOW = T0 + timedelta(days=15)  # the factory's window end
 STARTED = NOW - timedelta(days=5)
@@ -61,10 +61,35 @@ def test_feature_drift_is_judged_per_feature() -> None:
         assert result.check("feature_drift[amount]").outcome == expected
         assert result.check("feature_drift[country]").outcome == "PASS"
         assert result.verdict == "READY"
-    missing = _staging(snapshot("canary", feature_drift={"amount": None}))
-    assert (missing.check("feature_drift[amount]").outcome, missing.verdict) == ("INCONCLUSIVE", "INCONCLUSIVE")
+
+
+def test_a_canary_without_features_can_be_promoted_with_the_warning_on_record() -> None:
+    """Spec 2: feature drift is a WARNING, so a canary whose events carry no features (or a feature sent
+    by one side only) is promoted; the gate records the warning as not measured."""
     none = _staging(snapshot("canary", feature_drift={}))
-    assert (none.check("feature_drift").outcome, none.verdict) == ("INCONCLUSIVE", "INCONCLUSIVE")
+    check = none.check("feature_drift")
+    assert (check.outcome, check.value, check.enforcement, none.verdict) == ("WARN", None, "WARNING", "READY")
+    assert "not measured" in check.message
+    missing = _staging(snapshot("canary", feature_drift={"amount": None, "country": 0.01}))
+    assert (missing.check("feature_drift[amount]").outcome, missing.verdict) == ("WARN", "READY")
+    assert missing.check("feature_drift[country]").outcome == "PASS"
+
+
+@pytest.mark.parametrize("metric", ["kl_divergence"])
+def test_a_missing_or_thin_warning_metric_never_blocks(metric: str) -> None:
+    for snap in (snapshot("canary", metrics={metric: None}), snapshot("canary", metrics={metric: float("nan")})):
+        result = _staging(snap)
+        assert (result.check(metric).outcome, result.verdict) == ("WARN", "READY")
+    # With too few pairs the BLOCK checks stay INCONCLUSIVE, the warning is recorded with its value.
+    thin = _staging(snapshot("canary", sample_count=999, n=999))
+    assert thin.check(metric).outcome == "WARN" and thin.check(metric).value == 0.01
+    assert thin.verdict == "INCONCLUSIVE"
+
+
+def test_a_policy_that_makes_feature_drift_block_keeps_inconclusive_never_passes() -> None:
+    blocking = policy_with(**{"staging.feature_drift.enforcement": "BLOCK"})
+    result = evaluate_staging_gate(blocking, snapshot("canary", feature_drift={}), STARTED, 0.05, NOW)
+    assert (result.check("feature_drift").outcome, result.verdict) == ("INCONCLUSIVE", "INCONCLUSIVE")
 
 
 @pytest.mark.parametrize(

@@ -5,8 +5,13 @@ contract's (:mod:`governance.contract.findings`); this module applies the policy
 
 The verdict follows argo-rollouts' ``assessMetricStatus`` in keeping inconclusive separate from failure:
 BLOCKED when any BLOCK check FAILs (a definite answer wins), else ERROR when any check errored, else
-INCONCLUSIVE when any check is inconclusive, else READY. So READY means every check had enough data and
-no blocking check failed; warnings and re-calibration requests do not stop promotion.
+INCONCLUSIVE when any check is inconclusive, else READY. So READY means every blocking check had enough
+data and none failed; warnings and re-calibration requests do not stop promotion.
+
+A WARNING check never blocks (spec 2: "WARNING if exceeded"): when its value is missing, rests on too few
+samples, or is not a finite number, it is WARN with the message "not measured (reason)" and whatever
+value there was, so the gate event (and the ProofPack that copies it) records the warning and why it
+could not be judged. BLOCK checks keep the rule that no data is INCONCLUSIVE, never a pass.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ __all__ = [
     "source_fresh",
     "verdict_of",
 ]
+
 
 class GateResult(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
@@ -117,12 +123,19 @@ def _screen(
             message=message,
         )
 
+    def _unjudged(outcome: CheckOutcome, reason: str) -> Check:
+        # Spec 2: a WARNING never blocks. Without the data to judge it, it is recorded as a warning that
+        # says "not measured" and why (with the thin value, if any, as evidence), not as INCONCLUSIVE.
+        if enforcement == "WARNING":
+            return _check("WARN", f"{name}: not measured ({reason}); a WARNING check never blocks")
+        return _check(outcome, f"{name}: {reason}")
+
     if min_samples is not None and (samples is None or samples < min_samples):
-        return _check("INCONCLUSIVE", f"{name}: {samples or 0} samples, at least {min_samples} needed")
+        return _unjudged("INCONCLUSIVE", f"{samples or 0} samples, at least {min_samples} needed")
     if value is None:
-        return _check("INCONCLUSIVE", f"{name}: no value in this window (no data)")
+        return _unjudged("INCONCLUSIVE", "no value in this window: no data")
     if not math.isfinite(value):
-        return _check("ERROR", f"{name}: value {value} is not a finite number")
+        return _unjudged("ERROR", f"value {value} is not a finite number")
     return value
 
 
@@ -308,7 +321,7 @@ def duration_check(name: str, started_at: datetime, now: datetime, min_days: int
 
 
 def guidance_checks(name: str, started_at: datetime, now: datetime, max_days: int | None) -> list[Check]:
-    """A WARNING when a stage outlives its spec guidance (e.g. STAGING 3-7 days)."""
+    """A WARNING when a stage outlives its spec guidance (e.g. STAGING 3-7 days); exactly ``max_days`` passes."""
     if max_days is None:
         return []
     days = (now - started_at).total_seconds() / 86400.0

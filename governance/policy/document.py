@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.resources
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
@@ -39,11 +40,13 @@ __all__ = [
     "RangeTrigger",
     "StageDuration",
     "ThresholdTrigger",
+    "TriggerFallback",
     "UnitLowerLimit",
     "UnitUpperLimit",
     "UpperLimit",
     "load_policy",
     "parse_policy",
+    "window_seconds",
 ]
 
 DriftMetric = Literal["mean_abs_delta", "p95_abs_delta", "p99_abs_delta", "kl_divergence", "psi", "js_divergence"]
@@ -219,25 +222,52 @@ class ProductionPolicy(_Strict):
 
 
 class DriftBands(_Strict):
-    """A metric at or above a floor raises the drift severity to that band (MEDIUM < HIGH < CRITICAL)."""
+    """A metric at or above a floor raises the drift severity to that band (MEDIUM < HIGH < CRITICAL).
 
-    medium: _NonNeg
-    high: _NonNeg
-    critical: _NonNeg
+    A band left out (None) is one this metric never reaches: e.g. score KL, a WARNING in the spec (2.1),
+    has a MEDIUM floor only, so it can never make the severity HIGH. At least one band must be given.
+    """
+
+    medium: _NonNeg | None = None
+    high: _NonNeg | None = None
+    critical: _NonNeg | None = None
 
     @model_validator(mode="after")
     def _ordered(self) -> Self:
-        if not self.medium <= self.high:
-            raise _KeyError("high", f"high {self.high} is below medium {self.medium}")
-        if not self.high <= self.critical:
-            raise _KeyError("critical", f"critical {self.critical} is below high {self.high}")
+        given = [(band.lower(), value) for band, value in self.floors() if value is not None]
+        if not given:
+            raise _KeyError("medium", "give at least one of medium, high, critical")
+        for (low_name, low), (high_name, high) in zip(given, given[1:], strict=False):
+            if high < low:
+                raise _KeyError(high_name, f"{high_name} {high} is below {low_name} {low}")
         return self
+
+    def floors(self) -> tuple[tuple[Severity, float | None], ...]:
+        """(band, floor) from MEDIUM up; a None floor is a band this metric never reaches."""
+        return (("MEDIUM", self.medium), ("HIGH", self.high), ("CRITICAL", self.critical))
+
+
+_WINDOW = re.compile(r"^([1-9][0-9]*)([smhd])$")
+_WINDOW_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def window_seconds(name: str) -> int | None:
+    """The length of a rolling window named like ``1m``, ``1h``, ``1d`` (the store's names); None otherwise."""
+    match = _WINDOW.match(name)
+    return int(match.group(1)) * _WINDOW_UNIT_S[match.group(2)] if match else None
+
+
+_Window = Annotated[str, Field(pattern=_WINDOW.pattern)]
 
 
 class ThresholdTrigger(_Strict):
-    """Section 8.1: fires when ``value <fires_when> threshold`` holds for ``sustain_s`` of event time."""
+    """Section 8.1: fires when ``value <fires_when> threshold`` holds for ``sustain_s`` of event time.
 
-    window: _Name
+    Whether it holds is decided with the policy's ``triggers.confidence`` (see
+    :mod:`governance.policy.triggers`), not on the point estimate alone.
+    """
+
+    window: _Window
     threshold: _NonNeg
     fires_when: Literal[">", ">="] = ">"
     sustain_s: Annotated[int, Field(ge=0)] = 0
@@ -250,7 +280,7 @@ class ThresholdTrigger(_Strict):
 class RangeTrigger(_Strict):
     """Section 8.1: fires when the value is strictly outside ``[low, high]`` for ``sustain_s``."""
 
-    window: _Name
+    window: _Window
     low: float
     high: float
     sustain_s: Annotated[int, Field(ge=0)] = 0
@@ -266,8 +296,25 @@ class RangeTrigger(_Strict):
         return self
 
 
+class TriggerFallback(_Strict):
+    """What the KL and calibration triggers need when their window carries no standard error.
+
+    A worker that does not report ``kl_divergence_se`` / ``calibration_slope_se`` leaves those two
+    triggers without an interval; they then judge the point estimate, and only on at least this many
+    pairs / labels (fewer: unknown, never a breach). The rate triggers never need it: their bounds come
+    from counts every window has.
+    """
+
+    min_pairs: Annotated[int, Field(ge=1)]
+    min_labels: Annotated[int, Field(ge=1)]
+
+
 class TriggerPolicy(_Strict):
-    """Rollback triggers; ``rearm_s`` of recovered observations end a breach episode."""
+    """Rollback triggers; ``rearm_s`` of recovered observations end a breach episode.
+
+    ``confidence`` is the one-sided confidence with which the data must show a threshold crossed before a
+    trigger fires (so a model exactly at a threshold fires on at most ``1 - confidence`` of evaluations).
+    """
 
     error_rate: ThresholdTrigger
     p99_latency_ms: ThresholdTrigger
@@ -275,8 +322,8 @@ class TriggerPolicy(_Strict):
     integrity_violations: ThresholdTrigger
     calibration_slope: RangeTrigger
     rearm_s: Annotated[int, Field(ge=0)]
-    min_samples: Annotated[int, Field(ge=1)]
-    min_labels: Annotated[int, Field(ge=1)]
+    confidence: Annotated[float, Field(ge=0.5, lt=1)]
+    fallback: TriggerFallback
 
     @model_validator(mode="after")
     def _rate(self) -> Self:

@@ -12,6 +12,11 @@ Windows read (names from ``policy.windows`` and ``policy.triggers``; the default
 * each trigger: its own ``window`` [``1m`` error rate and latency, ``1h`` KL and integrity, ``1d``
   calibration]. A window absent from the mapping reads as no data (INCONCLUSIVE / unknown).
 
+The rollback triggers are judged in event time when the caller passes ``minutes``: for every whole
+minute ``T`` of event time closed since the last call (:func:`minutes_due` names them), a
+:class:`~governance.policy.triggers.MinuteClose` holding each trigger window ending at ``T``. Without it
+they are judged once per call on the rolling windows at ``now`` (sustain timed between calls).
+
 Events, and when:
 
 * ``GateReady`` / ``GateBlocked`` (SHADOW and STAGING) when the verdict differs from the last one
@@ -23,18 +28,21 @@ Events, and when:
 * PRODUCTION: for each check whose outcome changed to WARN or FAIL, an ``Alert``, or a
   ``RecalibrationRequested`` for the RECALIBRATE check (calibration drift).
 
-An ``Alert`` whose dedup key was emitted less than ``alerts.dedup_s`` ago is dropped. Guarantees: pure
-(``now`` is the event-time watermark, passed in); deterministic, including event ids (UUID5 of the
-decision), so a replay of the same traffic yields the same events as the live worker; events come in
-event-time order (all carry ``ts = now``; within one call: source alert, rollbacks and their alerts in
-trigger order, gate decision, production alerts); a ``now`` older than the previous call's changes
-nothing and emits nothing. :class:`EvaluatorState` round-trips through JSON for storage in Redis.
+An ``Alert`` whose dedup key was emitted less than ``alerts.dedup_s`` (of event time) before it is
+dropped. Guarantees: pure (``now`` is the event-time watermark, passed in); deterministic, including
+event ids (UUID5 of the decision and its event time), so a replay of the same traffic yields the same
+events as the live worker, and with ``minutes`` a backlog processed in one call yields the same trigger
+events (same ids, same ``ts``: the minute that completed the evidence) as a worker stepping every second;
+events come in event-time order (``ts`` is the decision's event time: ``now`` for gate, source and
+production events, the firing minute for a trigger stepped on minutes; within one instant: source alert,
+rollbacks and their alerts in trigger order, gate decision, production alerts); a ``now`` older than the
+previous call's changes nothing and emits nothing. :class:`EvaluatorState` round-trips through JSON.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal
@@ -58,9 +66,19 @@ from governance.contract.stages import GatedStage
 from governance.policy.checks import GateResult
 from governance.policy.document import Policy
 from governance.policy.gates import evaluate_production, evaluate_shadow_completion, evaluate_staging_gate
-from governance.policy.triggers import SOURCE_UNHEALTHY, TriggerFiring, TriggerState, step
+from governance.policy.triggers import (
+    MAX_MINUTES,
+    SOURCE_UNHEALTHY,
+    MinuteClose,
+    TriggerFiring,
+    TriggerInputs,
+    TriggerState,
+    minute_ends,
+    step,
+    step_minutes,
+)
 
-__all__ = ["ContextSource", "EvaluationContext", "EvaluatorState", "Monitor", "evaluate"]
+__all__ = ["ContextSource", "EvaluationContext", "EvaluatorState", "MinuteClose", "Monitor", "evaluate", "minutes_due"]
 
 # Fixed namespace: event ids are UUID5(namespace, decision), identical in replay and live evaluation.
 _NAMESPACE = uuid.UUID("5f1d3c2e-8a4b-5c6d-9e7f-0a1b2c3d4e5f")
@@ -119,24 +137,36 @@ class EvaluatorState(BaseModel):
 
 
 class _Emitter:
-    """Builds event envelopes for one call: deterministic ids, shared ts / expiry, alert dedup."""
+    """Builds event envelopes for one call: deterministic ids, ts / expiry, alert dedup.
+
+    Every event carries the event time of its decision (``at``, default ``now``): a trigger that fired at
+    the close of an earlier minute (a backlog processed in one call) is stamped with that minute, and its id
+    is derived from it, so the live worker and a replay produce the same event for the same decision.
+    """
 
     def __init__(self, policy: Policy, context: EvaluationContext, alerts: Mapping[str, datetime], now: datetime):
         self.policy, self.context, self.now = policy, context, now
         self.events: list[GovernanceEvent] = []
-        window = timedelta(seconds=policy.alerts.dedup_s)
-        self.alerts = {key: ts for key, ts in alerts.items() if now - ts < window}
+        self.dedup = timedelta(seconds=policy.alerts.dedup_s)
+        self.alerts = dict(alerts)
         key = context.key
         self.envelope = {
-            "ts": now,
-            "expires_at": now + timedelta(seconds=policy.events.ttl_s),
             "model": key.model,
             "versions": Versions(production=key.production_version, candidate=key.candidate_version, role=key.role),
         }
 
-    def _id(self, kind: str, detail: str) -> uuid.UUID:
-        parts = (kind, self.context.key.as_id(), detail, self.now.isoformat(), self.policy.hash())
+    def _stamp(self, at: datetime | None) -> dict[str, object]:
+        ts = self.now if at is None else at.astimezone(UTC)
+        return {**self.envelope, "ts": ts, "expires_at": ts + timedelta(seconds=self.policy.events.ttl_s)}
+
+    def _id(self, kind: str, detail: str, at: datetime | None = None) -> uuid.UUID:
+        when = (self.now if at is None else at.astimezone(UTC)).isoformat()
+        parts = (kind, self.context.key.as_id(), detail, when, self.policy.hash())
         return uuid.uuid5(_NAMESPACE, "|".join(parts))
+
+    def kept_alerts(self, since: datetime) -> dict[str, datetime]:
+        """The dedup entries that can still suppress an alert stamped at or after ``since``."""
+        return {key: ts for key, ts in self.alerts.items() if since - ts < self.dedup}
 
     def evidence(self, checks: list[Check], windows: list[WindowRef], result: GateResult | None = None) -> Evidence:
         return Evidence(
@@ -146,16 +176,26 @@ class _Emitter:
             statistics=list(result.statistics) if result is not None else [],
         )
 
-    def alert(self, name: str, severity: AlertSeverity, summary: str, runbook: str, evidence: Evidence) -> None:
+    def alert(
+        self,
+        name: str,
+        severity: AlertSeverity,
+        summary: str,
+        runbook: str,
+        evidence: Evidence,
+        at: datetime | None = None,
+    ) -> None:
         dedup_key = f"{self.context.key.as_id()}|{name}"
-        if dedup_key in self.alerts:
+        when = self.now if at is None else at
+        last = self.alerts.get(dedup_key)
+        if last is not None and timedelta(0) <= when - last < self.dedup:
             return
-        self.alerts[dedup_key] = self.now
+        self.alerts[dedup_key] = when
         self.events.append(
             Alert.model_validate(
                 {
-                    **self.envelope,
-                    "event_id": self._id("Alert", name),
+                    **self._stamp(at),
+                    "event_id": self._id("Alert", name, at),
                     "evidence": evidence,
                     "severity": severity,
                     "dedup_key": dedup_key,
@@ -165,9 +205,29 @@ class _Emitter:
             )
         )
 
-    def add(self, event: type[GovernanceEvent], detail: str, evidence: Evidence, **fields: object) -> None:
-        payload = {**self.envelope, "event_id": self._id(event.__name__, detail), "evidence": evidence, **fields}
+    def add(
+        self,
+        event: type[GovernanceEvent],
+        detail: str,
+        evidence: Evidence,
+        at: datetime | None = None,
+        **fields: object,
+    ) -> None:
+        payload = {**self._stamp(at), "event_id": self._id(event.__name__, detail, at), "evidence": evidence, **fields}
         self.events.append(event.model_validate(payload))
+
+
+def _close_windows(
+    snapshots: Mapping[str, WindowSnapshot], minutes: Sequence[MinuteClose]
+) -> Callable[[TriggerFiring], Mapping[str, WindowSnapshot]]:
+    """The windows a firing's evidence cites: those of the minute it fired at (the rolling ones at now)."""
+    by_end = {close.end.astimezone(UTC): close.snapshots for close in minutes}
+
+    def windows(firing: TriggerFiring) -> Mapping[str, WindowSnapshot]:
+        found = by_end.get(firing.fired_at, snapshots)
+        return {} if isinstance(found, TriggerInputs) else found
+
+    return windows
 
 
 def _refs(snapshots: Mapping[str, WindowSnapshot], names: list[str]) -> list[WindowRef]:
@@ -188,12 +248,16 @@ def _firing_check(firing: TriggerFiring) -> Check:
 
 
 def _emit_firings(
-    emit: _Emitter, firings: list[TriggerFiring], snapshots: Mapping[str, WindowSnapshot], side: str
+    emit: _Emitter,
+    firings: list[TriggerFiring],
+    snapshots: Mapping[str, WindowSnapshot] | Callable[[TriggerFiring], Mapping[str, WindowSnapshot]],
+    side: str,
 ) -> None:
     key, context = emit.context.key, emit.context
     for firing in firings:
-        names = sorted(snapshots) if firing.trigger == SOURCE_UNHEALTHY else [firing.window or ""]
-        evidence = emit.evidence([_firing_check(firing)], _refs(snapshots, names))
+        windows = snapshots(firing) if callable(snapshots) else snapshots
+        names = sorted(windows) if firing.trigger == SOURCE_UNHEALTHY else [firing.window or ""]
+        evidence = emit.evidence([_firing_check(firing)], _refs(windows, names))
         if firing.action is not None:
             from_version = key.production_version if side == "production" else key.candidate_version
             to_version = context.rollback_to if side == "production" else key.production_version
@@ -201,6 +265,7 @@ def _emit_firings(
                 RollbackTrigger,
                 firing.trigger,
                 evidence,
+                firing.fired_at,
                 trigger=firing.trigger,
                 action=firing.action,
                 reason=firing.reason[:512],
@@ -208,7 +273,7 @@ def _emit_firings(
                 to_version=to_version,
             )
         if firing.alert:
-            emit.alert(firing.trigger, firing.severity, firing.reason, firing.runbook, evidence)
+            emit.alert(firing.trigger, firing.severity, firing.reason, firing.runbook, evidence, firing.fired_at)
 
 
 def _missing(policy: Policy, gate: str, window: str, now: datetime) -> GateResult:
@@ -299,14 +364,32 @@ def _production(
     return result, outcomes
 
 
+def minutes_due(
+    state: EvaluatorState, now: datetime, first_event: datetime | None = None, limit: int = MAX_MINUTES
+) -> list[datetime]:
+    """The minute ends (event time) whose trigger windows the next :func:`evaluate` call should get.
+
+    See :func:`governance.policy.triggers.minute_ends`: every whole minute ``T`` after the last one
+    stepped, up to ``now`` (a fresh state starts after ``first_event``), at most ``limit`` of them.
+    """
+    return minute_ends(state.triggers, now, first_event, limit)
+
+
 def evaluate(
     policy: Policy,
     snapshots: Mapping[str, WindowSnapshot],
     context: EvaluationContext,
     state: EvaluatorState,
     now: datetime,
+    minutes: Sequence[MinuteClose] | None = None,
 ) -> tuple[EvaluatorState, list[GovernanceEvent]]:
-    """Evaluate one comparison at event time ``now``; see the module docstring for what is emitted."""
+    """Evaluate one comparison at event time ``now``; see the module docstring for what is emitted.
+
+    ``minutes`` are the trigger windows at each minute of event time closed since the last call (the
+    ends :func:`minutes_due` names): the rollback triggers are then stepped once per minute, in event
+    time, and a firing is stamped with its minute. None (the default) steps them once at ``now`` on the
+    rolling windows of ``snapshots`` (sustain then timed between calls).
+    """
     if now.tzinfo is None or now.utcoffset() is None:
         raise ValueError(f"now must be a timezone-aware UTC datetime, got naive {now.isoformat()}")
     now = now.astimezone(UTC)  # one spelling of the instant, so event ids do not depend on the caller's zone
@@ -314,8 +397,11 @@ def evaluate(
         return state, []
     side: Literal["candidate", "production"] = "production" if context.stage == "PRODUCTION" else "candidate"
     emit = _Emitter(policy, context, state.alerts, now)
-    triggers, firings = step(policy, state.triggers, snapshots, now, side)
-    _emit_firings(emit, firings, snapshots, side)
+    if minutes is None:
+        triggers, firings = step(policy, state.triggers, snapshots, now, side)
+    else:
+        triggers, firings = step_minutes(policy, state.triggers, minutes, snapshots, now, side)
+    _emit_firings(emit, firings, snapshots if minutes is None else _close_windows(snapshots, minutes), side)
     outcomes = dict(state.outcomes)
     if context.stage == "PRODUCTION":
         result, outcomes = _production(emit, snapshots, state)
@@ -324,11 +410,14 @@ def evaluate(
         result = _gate(policy, context, snapshots, now)
         _emit_gate(emit, result, state)
         verdict = result.verdict
+    # Later calls step minutes after the last one stepped here (or observations at a later now), so a
+    # dedup entry older than the alert period before that can no longer suppress anything.
+    horizon = min(now, triggers.last_minute) if triggers.last_minute is not None else now
     new_state = EvaluatorState(
         verdict=verdict,
         policy_hash=policy.hash(),
         outcomes=outcomes,
         triggers=triggers,
-        alerts=emit.alerts,
+        alerts=emit.kept_alerts(horizon),
     )
     return new_state, sorted(emit.events, key=lambda event: event.ts)

@@ -26,6 +26,7 @@ from governance.policy.checks import (
     blocking_check,
     duration_check,
     gate_result,
+    guidance_checks,
     judge,
     judge_range,
     metric_count,
@@ -57,21 +58,28 @@ _VERDICT_AS_OUTCOME: dict[GateVerdict, CheckOutcome] = {
 
 
 def drift_severity(policy: Policy, snapshot: WindowSnapshot) -> Severity | None:
-    """The highest band any configured drift metric reaches (a value at a band's floor is in that band).
+    """The highest band any banded drift metric reaches (a value at a band's floor is in that band).
 
-    None when the window has fewer than ``conclusive.min_pairs`` pairs or any configured metric is
-    missing or not finite: an unknown severity must not read as LOW.
+    None (unknown, never read as LOW) when the window has fewer than ``conclusive.min_pairs`` pairs, or
+    when a metric that could raise the severity beyond ``shadow.acceptable_drift`` is missing or not
+    finite. A metric whose highest band is acceptable (score KL: MEDIUM at most) cannot change whether
+    the severity is acceptable, so its absence leaves the severity known (it is then computed without it).
     """
     pairs = metric_count(snapshot, "sample_count")
     if pairs is None or pairs < policy.conclusive.min_pairs:
         return None
+    acceptable = set(policy.shadow.acceptable_drift)
     rank = 0
     for metric, bands in policy.drift_severity.items():
+        reachable = [band for band, floor in bands.floors() if floor is not None]
         value = snapshot.metric(metric)
         if value is None or not math.isfinite(value):
-            return None
-        floors = (bands.medium, bands.high, bands.critical)
-        rank = max(rank, sum(1 for floor in floors if value >= floor))
+            if any(band not in acceptable for band in reachable):
+                return None
+            continue
+        for band, floor in bands.floors():
+            if floor is not None and value >= floor:
+                rank = max(rank, SEVERITIES.index(band))
     return SEVERITIES[rank]
 
 
@@ -210,7 +218,9 @@ def evaluate_shadow_completion(
     """Spec 3.2 ``validate_shadow_completion`` over the whole shadow window.
 
     The eight checklist items, in spec order, then ``source_fresh`` (a stale source pauses promotion),
-    then the metric checks of :func:`evaluate_shadow_gate` prefixed ``metrics.`` for the evidence (they
+    then ``duration_guidance`` (WARNING once the shadow has run longer than spec 1.2's 14 days, or its
+    model type's longer minimum: flagged in the evidence, never a block), then the metric checks of
+    :func:`evaluate_shadow_gate` prefixed ``metrics.`` for the evidence (they
     are summarised by ``metrics_pass_gate``, so they never change the verdict on their own). The required
     duration is the larger of the model type's and the lifecycle's SHADOW minimum; the integrity and
     escalation counts cover the last ``shadow.lookback_days`` days (the caller counts them; None is
@@ -235,5 +245,20 @@ def evaluate_shadow_completion(
     stats_check, statistics = statistical_tests(policy, snapshot)
     checks.append(stats_check)
     checks.append(source_fresh(policy, snapshot, now))
+    checks.extend(guidance_checks("duration_guidance", shadow_started_at, now, _shadow_max_days(policy, model_type)))
     checks.extend(c.model_copy(update={"name": f"metrics.{c.name}"}) for c in metrics.checks)
     return gate_result("shadow_completion", policy, snapshot, checks, now, statistics, severity)
+
+
+def _shadow_max_days(policy: Policy, model_type: str) -> int | None:
+    """Spec 1.2's SHADOW "7-14 days", read as guidance: the stage should be over by then.
+
+    A model type whose own minimum is longer (3.1: anomaly detection, 21 days) cannot be expected out
+    sooner than that minimum, so its guidance is the larger of the two. None: no maximum in the policy.
+    """
+    most = policy.lifecycle.SHADOW.max_days
+    if most is None:
+        return None
+    requirement = next((req for kind, req in policy.shadow.model_types.items() if kind == model_type), None)
+    least = policy.lifecycle.SHADOW.min_days if requirement is None else requirement.min_duration_days
+    return max(most, least, policy.lifecycle.SHADOW.min_days)

@@ -2,8 +2,10 @@
 
 Pure and deterministic; ``now`` is passed in. Canary-side metrics (bare names in the snapshot) are judged
 against the policy's limits with the spec's directions: P99 latency >= 500 ms and error rate >= 0.1 %
-block, score KL >= 0.10 and per-feature drift >= 0.05 warn. Too few pairs or a missing value is
-INCONCLUSIVE, never PASS (the spec's code skips a None metric; we refuse to pass it).
+block, score KL >= 0.10 and per-feature drift >= 0.05 warn. For a BLOCK check too few pairs or a missing
+value is INCONCLUSIVE, never PASS (the spec's code skips a None metric; we refuse to pass it); a WARNING
+check without data is a "not measured" warning and never blocks (spec 2), so a canary whose events carry
+no features can be promoted, with the warning on record.
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ def evaluate_staging_gate(
     Checks: ``min_duration_met`` (lifecycle STAGING minimum, BLOCK), ``duration_guidance`` (WARNING past
     the maximum), ``canary_traffic_share`` (the assigned share must be within the policy range, BLOCK;
     None is INCONCLUSIVE), ``p99_latency_ms``, ``error_rate``, ``kl_divergence``, one
-    ``feature_drift[<name>]`` per feature (no feature reported is INCONCLUSIVE), ``source_fresh``.
+    ``feature_drift[<name>]`` per feature (no feature reported: one ``feature_drift`` "not measured"
+    warning), ``source_fresh``.
     """
     st, c = policy.staging, policy.conclusive
     pairs = metric_count(snapshot, "sample_count")
@@ -80,17 +83,9 @@ def evaluate_staging_gate(
     checks.append(judge("error_rate", m("error_rate"), st.error_rate, pairs, c.min_pairs))
     checks.append(judge("kl_divergence", m("kl_divergence"), st.kl_divergence, pairs, c.min_pairs))
     if not snapshot.feature_drift:
-        checks.append(
-            Check(
-                name="feature_drift",
-                outcome="INCONCLUSIVE",
-                value=None,
-                threshold=st.feature_drift.threshold,
-                comparator=st.feature_drift.fails_when,
-                enforcement=st.feature_drift.enforcement,
-                message="feature_drift: no feature drift reported for this window",
-            )
-        )
+        # No feature in the canary's events: nothing to measure. Like any check without data it is
+        # INCONCLUSIVE if the policy makes it BLOCK, and a "not measured" warning if WARNING (the spec's).
+        checks.append(judge("feature_drift", None, st.feature_drift))
     for feature in sorted(snapshot.feature_drift):
         checks.append(
             judge(

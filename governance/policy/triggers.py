@@ -1,36 +1,53 @@
-"""Automatic rollback triggers (spec 8.1) as a pure state machine with sustain and re-arm semantics.
+"""Automatic rollback triggers (spec 8.1): statistical decisions, sustained in event time, once per episode.
 
-Each trigger of one comparison lives in one :class:`Episode`::
+**What one observation says.** Each trigger reads one window (its policy ``window``) and classifies it:
 
-    armed --breach--> breaching --held for sustain_s--> fired --ok--> recovering --ok for rearm_s--> armed
-    breaching --ok or unknown--> armed            recovering --breach or unknown--> fired
+* ``unknown`` - nothing to judge: the window is missing or could only be read with rounded edges, the
+  value is None or not finite, no request in it;
+* ``ok`` - the point estimate is within the threshold;
+* ``holds`` - the point estimate is beyond the threshold. The trigger fires only when, in addition, the
+  data show the crossing with the policy's one-sided ``triggers.confidence`` (bounds in
+  :mod:`governance.policy.bounds`): the exact binomial lower bound of the error rate above its threshold;
+  for P99 latency the same bound on the share of requests slower than the threshold above 1 % (the P99
+  is above ``T`` exactly when more than 1 % of requests are slower than ``T``); ``KL - bias - z se``
+  above 0.25; the Wald interval of the calibration slope wholly outside [0.6, 1.4]. The integrity count is
+  exact (a count, not an estimate), so it needs no bound. A flagrant breach on little traffic is shown
+  at once; a borderline one waits for more data; a model exactly at a threshold fires on at most
+  ``1 - confidence`` of the evaluations.
 
-* **Sustain.** A trigger fires when its condition has held at every observation from the first breaching
-  one for at least ``sustain_s`` of event time (``now`` minus the first breaching observation's ``now``),
-  so with error rate > 1 % and ``sustain_s`` = 300 a 3-minute spike never fires and a 6-minute one fires
-  at the 5-minute mark. ``sustain_s`` = 0 fires on the first breaching observation.
-* **Once per episode.** A fired trigger does not fire again until it has re-armed.
-* **Re-arm.** After firing, the metric must be observed recovered continuously for ``triggers.rearm_s``;
-  a breach during recovery restarts the recovery clock without firing again.
-* **Unknown data** (window missing, value None or not finite, fewer samples than the trigger needs) is
-  neither breach nor recovery: it cancels a pending breach and restarts a pending recovery, so a trigger
-  never fires, and never re-arms, on evidence it did not see continuously.
-* **SOURCE_UNHEALTHY** (``source_unhealthy``): the newest event of the snapshots is older than
-  ``source.staleness_limit_s`` (or there is none). It fires an alert (action None, never a rollback);
-  while it holds, every other trigger sees unknown data, so stale windows cannot roll anything back.
+**Episodes.** Each trigger of one comparison lives in one :class:`Episode`::
 
-Time is event time passed in as ``now`` (the evaluator's watermark); a ``now`` earlier than the previous
-step is ignored (state returned unchanged, nothing fired), and repeating a step with the same inputs and
-``now`` fires nothing new (idempotent). State is a pydantic model that round-trips through JSON
-(:meth:`TriggerState.to_json` / :meth:`TriggerState.from_json`), for storage in Redis.
+    armed --holds--> breaching --held sustain_s, shown with confidence--> fired --ok--> recovering
+    breaching --ok or unknown--> armed      recovering --ok for rearm_s--> armed
+    recovering --holds or unknown--> fired
+
+A trigger fires once per episode and re-arms after ``triggers.rearm_s`` of continuous recovery.
+
+**Time.** :func:`step_minutes` is the event-time form: one step per whole minute of event time that has
+closed (``MinuteClose``: the trigger windows ending at that minute). A breach holds for ``sustain_s``
+when it holds in every minute of the last ``sustain_s`` (a minute with no request is unknown and breaks
+the run); for a one-minute window the confidence is then judged on those minutes pooled (5 x 1 minute for
+the error rate), otherwise on the window ending at the close. A firing happens at, and is stamped with,
+the end of the minute that completed the evidence, so a backlog processed in one call, a replay and a
+live worker stepping every second reach the same firings at the same instants. :func:`step` is the older
+form: one step per call at ``now`` on the rolling windows, sustain timed between calls (what a caller
+that passes no minute closes gets).
+
+**SOURCE_UNHEALTHY** (``source_unhealthy``): the newest event of the ``now`` snapshots is older than
+``source.staleness_limit_s`` (or there is none). It fires an alert (action None, never a rollback). In
+:func:`step` it also turns every other trigger's observation unknown (stale rolling windows roll nothing
+back); minute closes are complete minutes of data that did arrive, judged on their own.
+
+Pure, deterministic; a ``now`` earlier than the previous step changes nothing; repeating a step with the
+same inputs fires nothing new. State is a pydantic model that round-trips through JSON for Redis.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 import orjson
@@ -38,31 +55,57 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from governance.contract.comparison import WindowSnapshot
 from governance.contract.findings import Action, AlertSeverity
-from governance.policy.checks import metric_count
-from governance.policy.document import Policy, RangeTrigger, ThresholdTrigger
+from governance.policy.bounds import normal_lower_bound, normal_upper_bound, rate_lower_bound
+from governance.policy.document import Policy, RangeTrigger, ThresholdTrigger, window_seconds
+from governance.policy.observations import (
+    ERROR_COUNT,
+    KL_BIAS,
+    KL_SE,
+    LATENCY_COUNT,
+    METRIC_TRIGGERS,
+    RATE_TRIGGERS,
+    REQUEST_COUNT,
+    SLOPE_SE,
+    Observation,
+    TriggerInputs,
+    finite,
+    inputs_from_snapshots,
+    latency_above_metric,
+    latency_hits,
+    trigger_policy,
+)
 
 __all__ = [
+    "ERROR_COUNT",
+    "KL_BIAS",
+    "KL_SE",
+    "LATENCY_COUNT",
+    "MAX_MINUTES",
     "METRIC_TRIGGERS",
+    "REQUEST_COUNT",
+    "SLOPE_SE",
     "SOURCE_UNHEALTHY",
     "Episode",
+    "MinuteClose",
     "Observation",
     "TriggerFiring",
     "TriggerInputs",
     "TriggerState",
     "inputs_from_snapshots",
+    "latency_above_metric",
+    "minute_ends",
     "step",
+    "step_minutes",
 ]
 
 SOURCE_UNHEALTHY = "source_unhealthy"
-METRIC_TRIGGERS: tuple[str, ...] = (
-    "error_rate",
-    "p99_latency_ms",
-    "kl_divergence",
-    "integrity_violations",
-    "calibration_slope",
-)
+# At most this many minute closes are expected per call (a day: the store keeps minute slots for 26 h).
+MAX_MINUTES = 1440
+
+_MINUTE = timedelta(minutes=1)
+_P99_TAIL = 0.01  # P99 > T  <=>  more than 1 % of requests slower than T
 Phase = Literal["armed", "breaching", "fired", "recovering"]
-_Signal = Literal["breach", "ok", "unknown"]
+_Signal = Literal["holds", "ok", "unknown"]
 
 
 class _Frozen(BaseModel):
@@ -70,18 +113,24 @@ class _Frozen(BaseModel):
 
 
 class Episode(_Frozen):
-    """One trigger's state: ``since`` is when the current breach (or recovery) began."""
+    """One trigger's state: ``since`` is when the current breach (or recovery) began.
+
+    ``pool`` holds the (hits, trials) of the minutes of the current breach run, at most the sustain
+    period's worth, for a rate trigger stepped on minute closes.
+    """
 
     phase: Phase = "armed"
     since: AwareDatetime | None = None
     fired_at: AwareDatetime | None = None
+    pool: list[tuple[int, int]] = Field(default_factory=list)
 
 
 class TriggerState(_Frozen):
-    """Every trigger's episode for one comparison, and the event time of the last step."""
+    """Every trigger's episode for one comparison, the event time of the last step and the last minute closed."""
 
     episodes: dict[str, Episode] = Field(default_factory=dict)
     last_step: AwareDatetime | None = None
+    last_minute: AwareDatetime | None = None
 
     def episode(self, name: str) -> Episode:
         return self.episodes.get(name, Episode())
@@ -95,24 +144,23 @@ class TriggerState(_Frozen):
 
 
 @dataclass(frozen=True)
-class Observation:
-    """One trigger's input: the value, and the sample count it rests on (None when a count is exact)."""
+class MinuteClose:
+    """The trigger windows as they stood when one whole minute of event time closed.
 
-    value: float | None
-    samples: int | None = None
-    window: str | None = None
+    ``end`` is a whole minute (UTC epoch seconds divisible by 60); ``snapshots`` maps each trigger
+    window name to that window ending at ``end`` (``[end - length, end)``), as :func:`step_minutes` wants
+    (or gives the observations directly, as :class:`TriggerInputs`).
+    """
 
-
-@dataclass(frozen=True)
-class TriggerInputs:
-    """What one step sees: an observation per metric trigger and the newest event time of the sources."""
-
-    observations: Mapping[str, Observation] = field(default_factory=dict)
-    latest_event_ts: datetime | None = None
+    end: datetime
+    snapshots: Mapping[str, WindowSnapshot] | TriggerInputs
 
 
 class TriggerFiring(_Frozen):
-    """A trigger that fired at ``fired_at``; ``action`` None means alert only (SOURCE_UNHEALTHY)."""
+    """A trigger that fired at ``fired_at``; ``action`` None means alert only (SOURCE_UNHEALTHY).
+
+    ``bound`` is the confidence bound that crossed the threshold (None: point estimate or exact count).
+    """
 
     trigger: str
     action: Action | None
@@ -127,100 +175,152 @@ class TriggerFiring(_Frozen):
     fired_at: AwareDatetime
     runbook: str
     reason: str
+    bound: float | None = None
 
 
-def _trigger(policy: Policy, name: str) -> ThresholdTrigger | RangeTrigger:
-    trigger: ThresholdTrigger | RangeTrigger = getattr(policy.triggers, name)
-    return trigger
+def _beyond(trigger: ThresholdTrigger, value: float, threshold: float) -> bool:
+    return value > threshold if trigger.fires_when == ">" else value >= threshold
 
 
-def inputs_from_snapshots(
-    policy: Policy,
-    snapshots: Mapping[str, WindowSnapshot],
-    side: Literal["candidate", "production"] = "candidate",
-) -> TriggerInputs:
-    """Pick each trigger's metric from the window its policy entry names.
-
-    ``side`` chooses the judged model: bare metric names for the candidate, ``production_`` names for the
-    production model. The KL divergence compares the two sides, so it has no side. Error rate, latency and
-    KL rest on ``sample_count`` pairs, the calibration slope on ``label_count`` labels; the integrity
-    violation count is exact. A window the store could only answer with rounded edges (``exact`` False:
-    its minute slots expired, as for a comparison idle for more than a day) is another measurement than
-    the policy's, so its trigger sees no observation (unknown). The newest event time is the maximum over
-    all snapshots.
-    """
-    prefix = "production_" if side == "production" else ""
-    observations: dict[str, Observation] = {}
-    for name in METRIC_TRIGGERS:
-        trigger = _trigger(policy, name)
-        snapshot = snapshots.get(trigger.window)
-        if snapshot is None or not snapshot.exact:
-            continue
-        metric = name if name == "kl_divergence" else prefix + name
-        if name == "integrity_violations":
-            samples = None
-        elif name == "calibration_slope":
-            samples = metric_count(snapshot, "label_count") or 0
-        else:
-            samples = metric_count(snapshot, "sample_count") or 0
-        observations[name] = Observation(snapshot.metric(metric), samples, trigger.window)
-    stamps = [s.latest_event_ts for s in snapshots.values() if s.latest_event_ts is not None]
-    return TriggerInputs(observations, max(stamps) if stamps else None)
-
-
-def _minimum(policy: Policy, name: str) -> int:
-    """Samples a trigger's window needs before its value means anything (fewer: unknown, never a breach).
-
-    The calibration slope counts labels. KL compares two 20-bin histograms: it needs the pairs the gates
-    need for a divergence check (``conclusive.min_pairs``), since on few pairs it is large by chance (two
-    samples of the same scores give KL > 0.25 in 39 % of 50-pair windows, 3 % of 100-pair ones).
-    """
-    if name == "calibration_slope":
-        return policy.triggers.min_labels
-    if name == "kl_divergence":
-        return max(policy.triggers.min_samples, policy.conclusive.min_pairs)
-    return policy.triggers.min_samples
+def _rate_counts(policy: Policy, name: str, observation: Observation) -> tuple[int, int] | None:
+    """(hits, trials) of a rate trigger's observation; None when there is no request to count."""
+    hits, trials = observation.hits, observation.trials
+    if hits is None or trials is None:
+        value, samples, trigger = finite(observation.value), observation.samples, trigger_policy(policy, name)
+        if value is None or not samples or not isinstance(trigger, ThresholdTrigger):
+            return None
+        trials = samples
+        if name == "error_rate":
+            hits = min(math.floor(value * samples + 1e-9), samples)
+        else:  # only the P99 itself is known: at least the requests above its rank are slower
+            hits = latency_hits({0.99: value}, samples, trigger.threshold)
+    if trials < 1 or not 0 <= hits <= trials:
+        return None
+    return hits, trials
 
 
 def _signal(policy: Policy, name: str, observation: Observation | None) -> _Signal:
-    trigger = _trigger(policy, name)
-    if observation is None or observation.value is None or not math.isfinite(observation.value):
+    """unknown / ok / holds on the point estimate (see the module docstring)."""
+    trigger = trigger_policy(policy, name)
+    if observation is None:
         return "unknown"
-    need = _minimum(policy, name)
-    if name != "integrity_violations" and (observation.samples is None or observation.samples < need):
+    value = finite(observation.value)
+    if value is None:
         return "unknown"
-    value = observation.value
+    if name in RATE_TRIGGERS and _rate_counts(policy, name, observation) is None:
+        return "unknown"
     if isinstance(trigger, RangeTrigger):
-        breached = value < trigger.low or value > trigger.high
-    else:
-        breached = value > trigger.threshold if trigger.fires_when == ">" else value >= trigger.threshold
-    return "breach" if breached else "ok"
+        if observation.se is None and (observation.samples or 0) < policy.triggers.fallback.min_labels:
+            return "unknown"
+        return "holds" if value < trigger.low or value > trigger.high else "ok"
+    thin = (observation.samples or 0) < policy.triggers.fallback.min_pairs
+    if name == "kl_divergence" and observation.se is None and thin:
+        return "unknown"
+    return "holds" if _beyond(trigger, value, trigger.threshold) else "ok"
 
 
-def _advance(episode: Episode, signal: _Signal, now: datetime, sustain_s: int, rearm_s: int) -> tuple[Episode, bool]:
-    """The transition of one episode; returns the new episode and whether it fired now."""
+@dataclass(frozen=True)
+class _Decision:
+    confident: bool
+    bound: float | None
+    detail: str
+
+
+def _pct(confidence: float) -> str:
+    return f"{confidence * 100:g} %"
+
+
+def _decide(policy: Policy, name: str, observation: Observation, pool: Sequence[tuple[int, int]]) -> _Decision:
+    """Whether the data show the breach with the policy's confidence; ``pool`` is the rate evidence."""
+    trigger = trigger_policy(policy, name)
+    c = policy.triggers.confidence
+    value = observation.value if observation.value is not None else math.nan
+    if name in RATE_TRIGGERS and isinstance(trigger, ThresholdTrigger):
+        hits, trials = sum(h for h, _ in pool), sum(t for _, t in pool)
+        if trials < 1:
+            return _Decision(False, None, "no request counted")
+        limit = trigger.threshold if name == "error_rate" else _P99_TAIL
+        bound = rate_lower_bound(hits, trials, c)
+        what = "requests in error" if name == "error_rate" else f"requests slower than {_fmt(trigger.threshold)} ms"
+        minutes = f", pooled over {len(pool)} min" if len(pool) > 1 else ""
+        basis = f"; {observation.basis}" if observation.basis else ""
+        detail = (f"{_pct(c)} lower bound {_fmt(bound)} on the share of {what} ({hits} of {trials}{minutes}"
+                  f"{basis}) {'>' if _beyond(trigger, bound, limit) else 'not >'} {_fmt(limit)}")
+        return _Decision(_beyond(trigger, bound, limit), bound, detail)
+    if name == "integrity_violations":
+        return _Decision(True, None, "exact count")
+    if isinstance(trigger, RangeTrigger):
+        if observation.se is None:
+            return _Decision(True, None, f"point estimate on {observation.samples} labels (no standard error: "
+                             f"fallback, at least {policy.triggers.fallback.min_labels} labels)")
+        low, high = normal_lower_bound(value, observation.se, c), normal_upper_bound(value, observation.se, c)
+        outside = low > trigger.high or high < trigger.low
+        bound = low if value > trigger.high else high
+        return _Decision(outside, bound, f"{_pct(c)} interval [{_fmt(low)}, {_fmt(high)}] (se {_fmt(observation.se)}) "
+                         f"{'outside' if outside else 'not outside'} [{_fmt(trigger.low)}, {_fmt(trigger.high)}]")
+    if observation.se is None:
+        return _Decision(True, None, f"point estimate on {observation.samples} pairs (no standard error: fallback, "
+                         f"at least {policy.triggers.fallback.min_pairs} pairs)")
+    bound = normal_lower_bound(value - (observation.bias or 0.0), observation.se, c)
+    confident = _beyond(trigger, bound, trigger.threshold)
+    return _Decision(confident, bound, f"{_pct(c)} lower bound {_fmt(bound)} (bias {_fmt(observation.bias or 0.0)}, "
+                     f"se {_fmt(observation.se)}) {'>' if confident else 'not >'} {_fmt(trigger.threshold)}")
+
+
+def _pooling(policy: Policy, name: str) -> int:
+    """How many minute closes a rate trigger pools: its sustain period's, when its window is one minute."""
+    trigger = trigger_policy(policy, name)
+    if name not in RATE_TRIGGERS or window_seconds(trigger.window) != 60:
+        return 1
+    return max(1, math.ceil(trigger.sustain_s / 60))
+
+
+def _advance(
+    policy: Policy,
+    name: str,
+    episode: Episode,
+    observation: Observation | None,
+    signal: _Signal,
+    at: datetime,
+    start: datetime,
+    pooling: int,
+) -> tuple[Episode, _Decision | None]:
+    """The transition of one episode; returns the new episode and the decision if it fired now.
+
+    ``at`` is the instant of the observation, ``start`` the start of the evidence it adds (``at`` for a
+    rolling observation, the minute's start for a minute close).
+    """
     phase = episode.phase
+    rearm = timedelta(seconds=policy.triggers.rearm_s)
     if signal == "unknown":
         if phase == "breaching":
-            return Episode(), False
+            return Episode(), None
         if phase == "recovering":
-            return Episode(phase="fired", since=None, fired_at=episode.fired_at), False
-        return episode, False
-    if signal == "breach":
-        if phase == "fired":
-            return episode, False
-        if phase == "recovering":
-            return Episode(phase="fired", since=None, fired_at=episode.fired_at), False
-        since = episode.since if phase == "breaching" and episode.since is not None else now
-        if now - since >= timedelta(seconds=sustain_s):
-            return Episode(phase="fired", since=since, fired_at=now), True
-        return Episode(phase="breaching", since=since), False
-    if phase in ("armed", "breaching"):
-        return Episode(), False
-    since = episode.since if phase == "recovering" and episode.since is not None else now
-    if now - since >= timedelta(seconds=rearm_s):
-        return Episode(), False
-    return Episode(phase="recovering", since=since, fired_at=episode.fired_at), False
+            return Episode(phase="fired", fired_at=episode.fired_at), None
+        return episode, None
+    if signal == "ok":
+        if phase in ("armed", "breaching"):
+            return Episode(), None
+        since = episode.since if phase == "recovering" and episode.since is not None else start
+        if at - since >= rearm:
+            return Episode(), None
+        return Episode(phase="recovering", since=since, fired_at=episode.fired_at), None
+    if phase == "fired":
+        return episode, None
+    if phase == "recovering":
+        return Episode(phase="fired", fired_at=episode.fired_at), None
+    if observation is None:  # _signal gives "holds" only with an observation
+        return Episode(), None
+    since = episode.since if phase == "breaching" and episode.since is not None else start
+    pool = list(episode.pool) if phase == "breaching" else []
+    counts = _rate_counts(policy, name, observation) if name in RATE_TRIGGERS else None
+    if counts is not None:
+        pool = [*pool, counts][-pooling:]
+    if at - since >= timedelta(seconds=trigger_policy(policy, name).sustain_s):
+        decision = _decide(policy, name, observation, pool)
+        if decision.confident:
+            return Episode(phase="fired", since=since, fired_at=at), decision
+    return Episode(phase="breaching", since=since, pool=pool), None
 
 
 def _fmt(value: float) -> str:
@@ -228,11 +328,11 @@ def _fmt(value: float) -> str:
 
 
 def _metric_firing(
-    policy: Policy, name: str, observation: Observation, since: datetime, now: datetime
+    policy: Policy, name: str, observation: Observation, since: datetime, at: datetime, decision: _Decision
 ) -> TriggerFiring:
-    trigger = _trigger(policy, name)
+    trigger = trigger_policy(policy, name)
     value = observation.value
-    held = int((now - since).total_seconds())
+    held = int((at - since).total_seconds())
     shown = "n/a" if value is None else _fmt(value)
     upper: float | None = None
     comparator: Literal[">", ">=", "outside"]
@@ -247,16 +347,17 @@ def _metric_firing(
         action=trigger.action,
         alert=trigger.alert,
         severity=trigger.severity,
-        value=value,
+        value=finite(value),
         threshold=threshold,
         upper_threshold=upper,
         comparator=comparator,
         window=observation.window,
         breach_started_at=since,
-        fired_at=now,
+        fired_at=at,
         runbook=trigger.runbook,
-        reason=f"{condition} for {held} s (sustain {trigger.sustain_s} s, window {observation.window}): "
-        f"{trigger.action.replace('_', ' ')}",
+        reason=f"{condition} for {held} s (sustain {trigger.sustain_s} s, window {observation.window}; "
+        f"{decision.detail}): {trigger.action.replace('_', ' ')}",
+        bound=decision.bound,
     )
 
 
@@ -279,6 +380,43 @@ def _source_firing(policy: Policy, age_s: float | None, now: datetime) -> Trigge
     )
 
 
+def _aware(now: datetime) -> None:
+    if now.tzinfo is None or now.utcoffset() is None:
+        raise ValueError(f"now must be a timezone-aware UTC datetime, got naive {now.isoformat()}")
+
+
+def _source(
+    policy: Policy, state: TriggerState, values: TriggerInputs, now: datetime
+) -> tuple[Episode, list[TriggerFiring], bool]:
+    latest = values.latest_event_ts
+    age_s = None if latest is None else max((now - latest).total_seconds(), 0.0)
+    unhealthy = age_s is None or age_s > policy.source.staleness_limit_s
+    episode, now_fired = _source_advance(policy, state.episode(SOURCE_UNHEALTHY), unhealthy, now)
+    return episode, [_source_firing(policy, age_s, now)] if now_fired else [], unhealthy
+
+
+def _source_advance(policy: Policy, episode: Episode, unhealthy: bool, now: datetime) -> tuple[Episode, bool]:
+    """SOURCE_UNHEALTHY's own episode: fires on the first stale observation, re-arms like the others."""
+    if unhealthy:
+        if episode.phase in ("armed", "breaching"):
+            return Episode(phase="fired", since=now, fired_at=now), True
+        return Episode(phase="fired", since=episode.since, fired_at=episode.fired_at), False
+    if episode.phase in ("armed", "breaching"):
+        return Episode(), False
+    since = episode.since if episode.phase == "recovering" and episode.since is not None else now
+    if now - since >= timedelta(seconds=policy.triggers.rearm_s):
+        return Episode(), False
+    return Episode(phase="recovering", since=since, fired_at=episode.fired_at), False
+
+
+def _values(
+    policy: Policy,
+    inputs: TriggerInputs | Mapping[str, WindowSnapshot],
+    side: Literal["candidate", "production"],
+) -> TriggerInputs:
+    return inputs if isinstance(inputs, TriggerInputs) else inputs_from_snapshots(policy, inputs, side)
+
+
 def step(
     policy: Policy,
     state: TriggerState,
@@ -286,34 +424,98 @@ def step(
     now: datetime,
     side: Literal["candidate", "production"] = "candidate",
 ) -> tuple[TriggerState, list[TriggerFiring]]:
-    """Advance every trigger of one comparison to ``now``; firings come in a fixed order (source first).
+    """Advance every trigger of one comparison to ``now`` on the rolling windows; firings in a fixed order.
 
     ``inputs`` is either the observations or the comparison's snapshots keyed by window name (then
-    :func:`inputs_from_snapshots` picks the values). See the module docstring for the guarantees.
+    :func:`inputs_from_snapshots` picks the values). Sustain is timed between calls (see the module
+    docstring; :func:`step_minutes` is the event-time form).
     """
-    if now.tzinfo is None or now.utcoffset() is None:
-        raise ValueError(f"now must be a timezone-aware UTC datetime, got naive {now.isoformat()}")
+    _aware(now)
     if state.last_step is not None and now < state.last_step:
         return state, []
-    values = inputs if isinstance(inputs, TriggerInputs) else inputs_from_snapshots(policy, inputs, side)
-    rearm_s = policy.triggers.rearm_s
-    episodes: dict[str, Episode] = {}
-    fired: list[TriggerFiring] = []
-
-    latest = values.latest_event_ts
-    age_s = None if latest is None else max((now - latest).total_seconds(), 0.0)
-    unhealthy = age_s is None or age_s > policy.source.staleness_limit_s
-    episode, now_fired = _advance(state.episode(SOURCE_UNHEALTHY), "breach" if unhealthy else "ok", now, 0, rearm_s)
-    episodes[SOURCE_UNHEALTHY] = episode
-    if now_fired:
-        fired.append(_source_firing(policy, age_s, now))
-
+    values = _values(policy, inputs, side)
+    source, fired, unhealthy = _source(policy, state, values, now)
+    episodes: dict[str, Episode] = {SOURCE_UNHEALTHY: source}
     for name in METRIC_TRIGGERS:
         observation = values.observations.get(name)
-        signal = "unknown" if unhealthy else _signal(policy, name, observation)
-        sustain_s = _trigger(policy, name).sustain_s
-        episode, now_fired = _advance(state.episode(name), signal, now, sustain_s, rearm_s)
+        signal: _Signal = "unknown" if unhealthy else _signal(policy, name, observation)
+        episode, decision = _advance(policy, name, state.episode(name), observation, signal, now, now, 1)
         episodes[name] = episode
-        if now_fired and observation is not None and episode.since is not None:
-            fired.append(_metric_firing(policy, name, observation, episode.since, now))
-    return TriggerState(episodes=episodes, last_step=now), fired
+        if decision is not None and observation is not None and episode.since is not None:
+            fired.append(_metric_firing(policy, name, observation, episode.since, now, decision))
+    return TriggerState(episodes=episodes, last_step=now, last_minute=state.last_minute), fired
+
+
+def _minute(at: datetime) -> datetime:
+    return datetime.fromtimestamp((math.floor(at.timestamp()) // 60) * 60, UTC)
+
+
+def minute_ends(
+    state: TriggerState, now: datetime, first_event: datetime | None = None, limit: int = MAX_MINUTES
+) -> list[datetime]:
+    """The whole minutes of event time that have closed since the last step and are due at ``now``.
+
+    Each ``T`` with ``last_minute < T <= now`` (a minute ``[T - 60 s, T)`` is complete once the event-time
+    watermark ``now`` reaches ``T``); on a fresh state, from the first minute end after ``first_event``
+    (None: only the latest). At most the latest ``limit``; a gap in the closes is unknown to the triggers.
+    The caller reads each trigger window ending at each ``T`` into a :class:`MinuteClose`.
+    """
+    _aware(now)
+    latest = _minute(now)
+    if state.last_minute is not None:
+        first = state.last_minute + _MINUTE
+    elif first_event is not None:
+        first = _minute(first_event) + _MINUTE
+    else:
+        first = latest
+    count = int((latest - first) / _MINUTE) + 1
+    if count <= 0:
+        return []
+    count = min(count, limit)
+    return [latest - i * _MINUTE for i in range(count - 1, -1, -1)]
+
+
+def step_minutes(
+    policy: Policy,
+    state: TriggerState,
+    closes: Sequence[MinuteClose],
+    inputs: TriggerInputs | Mapping[str, WindowSnapshot],
+    now: datetime,
+    side: Literal["candidate", "production"] = "candidate",
+) -> tuple[TriggerState, list[TriggerFiring]]:
+    """Advance every metric trigger once per minute close (event time), and SOURCE_UNHEALTHY at ``now``.
+
+    ``closes`` are the minutes :func:`minute_ends` named (others are ignored: already stepped, or ending
+    after ``now``); ``inputs`` are the rolling windows at ``now``, read only for the source's freshness.
+    A firing's ``fired_at`` is the end of the minute that completed its evidence. ValueError when a close
+    does not end on a whole minute.
+    """
+    _aware(now)
+    if state.last_step is not None and now < state.last_step:
+        return state, []
+    source, fired, _ = _source(policy, state, _values(policy, inputs, side), now)
+    episodes = {name: state.episode(name) for name in METRIC_TRIGGERS}
+    last = state.last_minute
+    for close in sorted(closes, key=lambda c: c.end):
+        _aware(close.end)
+        end = close.end.astimezone(UTC)
+        if end.timestamp() % 60:
+            raise ValueError(f"a minute close must end on a whole minute, got {end.isoformat()}")
+        if (last is not None and end <= last) or end > now:
+            continue
+        gap = last is not None and end - last > _MINUTE
+        observations = _values(policy, close.snapshots, side).observations
+        for name in METRIC_TRIGGERS:
+            episode = episodes[name]
+            if gap:  # minutes nobody showed us: the run they would have continued is broken
+                episode, _ = _advance(policy, name, episode, None, "unknown", end - _MINUTE, end - _MINUTE, 1)
+            observation = observations.get(name)
+            signal = _signal(policy, name, observation)
+            episode, decision = _advance(
+                policy, name, episode, observation, signal, end, end - _MINUTE, _pooling(policy, name)
+            )
+            episodes[name] = episode
+            if decision is not None and observation is not None and episode.since is not None:
+                fired.append(_metric_firing(policy, name, observation, episode.since, end, decision))
+        last = end
+    return TriggerState(episodes={SOURCE_UNHEALTHY: source, **episodes}, last_step=now, last_minute=last), fired

@@ -1,0 +1,124 @@
+"""Sustain in event time, end to end: the same scoring events, folded by the worker's processor into a window
+store, give the same rollback decisions with the same event ids whether they arrive live (one evaluation
+per second) or as a backlog after an outage (one evaluation at the end). Issue 14 point 4.
+
+``closes`` below is what the worker's evaluation loop is asked to do (docs/gates.md, "Event time"): for
+every whole minute of event time closed since the last evaluation, read each trigger window ending there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+
+from governance.contract.comparison import ComparisonKey, WindowSnapshot
+from governance.contract.events import GovernanceEvent, RollbackTrigger
+from governance.contract.kafkaio import Record
+from governance.policy.document import Policy, load_policy, window_seconds
+from governance.policy.evaluator import EvaluationContext, EvaluatorState, MinuteClose, evaluate, minutes_due
+from shadowgate.traffic import TrafficSpec, generate
+from streams.state.memory_store import MemoryWindowStore
+from streams.worker.processor import Processor
+from streams.worker.reading import comparison_keys, read_snapshot
+
+POLICY = load_policy()
+START = datetime(2026, 11, 26, 4, 0, tzinfo=UTC)
+RATE_PER_S = 10.0  # 600 pairs a minute
+
+
+def _phase(minutes: int, offset_min: int, error_rate: float, seed: int) -> Iterator[dict[str, Any]]:
+    pairs = int(minutes * 60 * RATE_PER_S)
+    spec = TrafficSpec(role="canary", pairs=pairs, start=START + timedelta(minutes=offset_min), rate_per_s=RATE_PER_S,
+                       cand_error_rate=error_rate, label_share=0.0, seed=seed)
+    return generate(spec)
+
+
+def _records() -> list[Record]:
+    """2 healthy minutes, 6 minutes in which half the canary's requests fail, 4 healthy minutes."""
+    events = [*_phase(2, 0, 0.0, 1), *_phase(6, 2, 0.5, 2), *_phase(4, 8, 0.0, 3)]
+    return [Record("s", 0, i, b"k", orjson.dumps({k: v for k, v in e.items() if k != "kind"}))
+            for i, e in enumerate(events)]
+
+
+def _ts(record: Record) -> datetime:
+    return datetime.fromisoformat(orjson.loads(record.value)["ts"])
+
+
+def closes(store: MemoryWindowStore, key: ComparisonKey, policy: Policy, ends: list[datetime]) -> list[MinuteClose]:
+    """Each trigger window ending at each closed minute (the reads the worker's loop is asked for)."""
+    windows = {t.window for t in (policy.triggers.error_rate, policy.triggers.p99_latency_ms,
+                                  policy.triggers.kl_divergence, policy.triggers.integrity_violations,
+                                  policy.triggers.calibration_slope)}
+    out = []
+    for end in ends:
+        snaps = {}
+        for name in windows:
+            length = window_seconds(name)
+            assert length is not None
+            snaps[name] = read_snapshot(store, key, name, end, start=end - timedelta(seconds=length), tests=False,
+                                        full=name == policy.triggers.calibration_slope.window)
+        out.append(MinuteClose(end, snaps))
+    return out
+
+
+class Judge:
+    """One comparison's evaluator, as the worker runs it: state kept as JSON between evaluations."""
+
+    def __init__(self, store: MemoryWindowStore, with_minutes: bool = True) -> None:
+        self.store, self.with_minutes = store, with_minutes
+        self.state = EvaluatorState()
+        self.events: list[GovernanceEvent] = []
+
+    def evaluate(self) -> None:
+        (key,) = comparison_keys(self.store)
+        meta = self.store.meta(key.as_id())
+        assert meta is not None
+        now = datetime.fromtimestamp(meta.last_event_ms // 1000, UTC)
+        first = datetime.fromtimestamp(meta.first_event_ms / 1000, UTC)
+        context = EvaluationContext(key=key, stage="STAGING", stage_started_at=first, canary_share=0.05)
+        rolling: dict[str, WindowSnapshot] = {
+            "1m": read_snapshot(self.store, key, "1m", now + timedelta(seconds=1), start=now - timedelta(seconds=59),
+                                tests=False, full=False)}
+        minutes = closes(self.store, key, POLICY, minutes_due(self.state, now, first)) if self.with_minutes else None
+        self.state, events = evaluate(POLICY, rolling, context, self.state, now, minutes)
+        self.state = EvaluatorState.from_json(self.state.to_json())
+        self.events += events
+
+    def rollbacks(self) -> list[tuple[str, Any, datetime, str]]:
+        return [(e.trigger, e.event_id, e.ts, e.reason) for e in self.events if isinstance(e, RollbackTrigger)]
+
+
+def _processor(store: MemoryWindowStore) -> Processor:
+    return Processor(store, scores_topic="s", labels_topic="l", fence_name="f")
+
+
+def test_a_backlog_and_the_live_worker_fire_the_same_rollback_with_the_same_event_id() -> None:
+    records = _records()
+    live_store, backlog_store = MemoryWindowStore(), MemoryWindowStore()
+    live, backlog = Judge(live_store), Judge(backlog_store)
+
+    processor = _processor(live_store)
+    by_second: dict[datetime, list[Record]] = {}
+    for record in records:
+        by_second.setdefault(_ts(record).replace(microsecond=0), []).append(record)
+    for second in sorted(by_second):  # real time: every second's events, then an evaluation
+        processor.process(by_second[second])
+        live.evaluate()
+
+    _processor(backlog_store).process(records)  # after an outage: all twelve minutes at once, one evaluation
+    backlog.evaluate()
+
+    assert live.rollbacks() == backlog.rollbacks()
+    ((trigger, _, ts, reason),) = live.rollbacks()
+    # The failures start at minute 2; five failing minutes end at minute 7 of event time.
+    assert (trigger, ts) == ("error_rate", START + timedelta(minutes=7))
+    assert "pooled over 5 min" in reason
+
+    # Judged once at its end on rolling windows (the worker's loop before minute closes), the backlog's last
+    # minute is healthy and the six failing minutes before it are never seen: no rollback.
+    old_way = Judge(backlog_store, with_minutes=False)
+    old_way.evaluate()
+    assert old_way.rollbacks() == []
