@@ -40,6 +40,7 @@ _COMMANDS: dict[str, str] = {
     "governance": "shadowgate.commands.governance:governance",
     "audit": "shadowgate.commands.governance:audit",
     "model": "shadowgate.commands.model:model",
+    "alerts": "shadowgate.commands.alerts:alerts",
 }
 
 
