@@ -19,10 +19,24 @@ import orjson
 import pytest
 
 from governance.contract.publishing import encode_signed_event
+from governance.service.consumer import read_log
 from tests.alerting_kit import AlertmanagerServer, HttpReceiver
 from tests.alerting_samples import alert, blocked, ready, trigger
 from tests.forwarder_kit import SECRET, Forwarder, dead_letters, forwarders
-from tests.governance_kit import Env, make_env, make_keys, now_utc, send, send_event, wait_until
+from tests.governance_kit import (
+    Env,
+    fast_policy,
+    lifecycle_facts,
+    make_env,
+    make_keys,
+    now_utc,
+    rollback_trigger,
+    running,
+    seed_log,
+    send,
+    send_event,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -223,3 +237,43 @@ def test_sigkill_mid_outage_loses_nothing_and_repeats_nothing_to_the_receivers_t
     summaries = sorted(str(n["annotations"]["summary"]) for n in _notices(down))  # type: ignore[index]
     assert summaries == ["before 0", "before 1", "before 2", "while dead 3", "while dead 4"]
     assert fwd.stop() == 0
+
+
+def test_rollbacks_through_the_real_governance_consumer_reach_alertmanager_once_each(
+        env: Env, dlq: str, alertmanager: AlertmanagerServer, tmp_path: Path, unique: str, made: list[Forwarder],
+        receivers: Callable[[str], HttpReceiver]) -> None:
+    fraud, risk = f"fraud{unique}", f"risk{unique}"
+    seed_log(env, [lifecycle_facts(fraud, "1.0.0", "PRODUCTION"), lifecycle_facts(fraud, "2.0.0", "PRODUCTION"),
+                   lifecycle_facts(risk, "1.0.0", "PRODUCTION")])
+    steady = receivers("ok")
+    fwd = Forwarder(env, tmp_path, f"t{unique}", dlq, receivers=[
+        {"name": "am", "type": "alertmanager", "url": alertmanager.url}, _hook("steady", steady)])
+    made.append(fwd)
+    fwd.start()
+    policy = fast_policy()
+    with running(env, policy):
+        send_event(env, "rollbacks", rollback_trigger(policy, fraud, "2.0.0", "1.0.0"))  # restores 1.0.0
+        send_event(env, "rollbacks", rollback_trigger(policy, risk, "1.0.0", None))  # no target: P0
+        wait_until(lambda: {n["labels"]["alertname"] for n in _notices(steady)} >= {  # type: ignore[index]
+            "ShadowgateRollbackCompleted", "ShadowgateModelRollbackFailed"}, timeout_s=30, what="both outcomes")
+        wait_until(lambda: len(read_log(env.bootstrap, env.topics["alerts"])) == 2, what="the consumer's 2 alerts")
+        wait_until(lambda: fwd.committed("steady", env.topics["alerts"]) == 2, what="its alerts read and passed")
+    notices = _notices(steady)
+    names = Counter(str(n["labels"]["alertname"]) for n in notices)  # type: ignore[index]
+    assert names["ShadowgateRollbackCompleted"] == 1 and names["ShadowgateModelRollbackFailed"] == 1
+    assert names["ShadowgatePageOnCall"] == 0 and names["ShadowgateRollbackProcedure"] == 0  # superseded
+    assert fwd.metric("shadowgate_alerts_superseded_total") == 2
+    triggered = [n for n in notices if n["labels"]["alertname"] == "ShadowgateRollbackTriggered"]  # type: ignore[index]
+    assert {str(n["model"]) for n in triggered} == {fraud, risk}
+    for model in (fraud, risk):  # each trigger ends resolved: the consumer handled it
+        assert [n["status"] for n in triggered if n["model"] == model][-1] == "resolved"
+    wait_until(lambda: bool(alertmanager.alerts(model=risk, alertname="ShadowgateModelRollbackFailed")),
+               what="the P0 in Alertmanager")
+    (p0,) = alertmanager.alerts(model=risk, alertname="ShadowgateModelRollbackFailed")
+    assert p0["labels"]["severity"] == "critical" and p0["labels"]["from_version"] == "1.0.0"
+    assert p0["annotations"]["summary"].startswith(f"P0 MODEL_ROLLBACK_FAILED: {risk} 1.0.0 -> none")
+    (done,) = alertmanager.alerts(model=fraud, alertname="ShadowgateRollbackCompleted")
+    assert (done["labels"]["from_version"], done["labels"]["to_version"]) == ("2.0.0", "1.0.0")
+    assert alertmanager.alerts(model=fraud, alertname="ShadowgateRollbackTriggered") == []
+    assert fwd.metric("shadowgate_alerts_conditions_open", kind="rollback_failed", model=risk) == 1
+    assert fwd.metric("shadowgate_alerts_conditions_open", kind="rollback_triggered", model=fraud) == 0

@@ -101,7 +101,8 @@ def test_pagerduty_triggers_and_resolves_one_incident_per_dedup_key() -> None:
     assert (payload["severity"], payload["source"], payload["component"], payload["class"]) == (
         "warning", "shadowgate/fraud", "fraud", "ShadowgateGateBlocked")
     assert payload["summary"] == fired.summary and len(payload["summary"]) <= 1024
-    assert trigger["links"] == [{"href": "https://runbooks.example.com/gate-blocked.md", "text": "runbook gate-blocked"}]
+    assert trigger["links"] == [{"href": "https://runbooks.example.com/gate-blocked.md",
+                                 "text": "runbook gate-blocked"}]
     assert orjson.loads(pagerduty_body(resolved, "R0UTING", URL)) == {
         "routing_key": "R0UTING", "event_action": "resolve", "dedup_key": fired.dedup_key}
 
