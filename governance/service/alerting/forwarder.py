@@ -83,6 +83,7 @@ class Forwarder:
         self._last_poll_ok = 0.0
         self._heartbeat = time.monotonic()
         self._started = False
+        self._closed = False
         registry.register(StateCollector(self.view, self.clock))
 
     # ----------------------------------------------------------------------------------------- start
@@ -220,8 +221,11 @@ class Forwarder:
         return {lane.name: lane.committed_positions() for lane in self.lanes}
 
     def close(self) -> None:
-        """Stop the lanes (each commits what it delivered) and close the Kafka clients."""
+        """Stop the lanes (each commits what it delivered) and close the Kafka clients; idempotent."""
         self.stop.set()
+        if self._closed:
+            return
+        self._closed = True
         for lane in self.lanes:
             if lane.thread.is_alive():
                 lane.join(30.0)

@@ -28,7 +28,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from governance.contract.kafkaio import SyncProducer
 from governance.errors import InfrastructureError, ShadowgateError
@@ -70,15 +70,27 @@ class Item:
 
 
 class Committer:
-    """Reads and commits one consumer group's offsets (it never subscribes: standalone commits)."""
+    """Reads and commits one consumer group's offsets (it never subscribes: standalone commits).
+
+    :meth:`commit_async` never blocks (a coordinator that does not answer would hold a synchronous commit for
+    ~45 s, and delivery with it); :meth:`confirmed` serves the broker's answers: only offsets it acknowledged
+    are returned as committed.
+    """
 
     def __init__(self, bootstrap: str, group: str) -> None:
         self.group = group
+        self._answers: list[tuple[KafkaError | None, list[TopicPartition]]] = []
         try:
+            # It never joins the group, so the session timeout only bounds how long a commit (and close) waits
+            # for a coordinator that does not answer: 6 s instead of librdkafka's 45.
             self._consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False,
-                                       "logger": _KAFKA_LOG})
+                                       "session.timeout.ms": 6000, "logger": _KAFKA_LOG,
+                                       "on_commit": self._on_commit})
         except KafkaException as exc:
             raise InfrastructureError(f"cannot create a Kafka client for group {group}: {exc}") from None
+
+    def _on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        self._answers.append((error, list(partitions)))
 
     def committed(self, partitions: list[TP], timeout_s: float = 10.0) -> dict[TP, int | None]:
         """The committed offset of each partition (None: never committed)."""
@@ -89,6 +101,7 @@ class Committer:
         return {(tp.topic, tp.partition): (tp.offset if tp.offset >= 0 else None) for tp in found}
 
     def commit(self, positions: dict[TP, int]) -> None:
+        """Commit and wait for the broker (start-up only)."""
         if not positions:
             return
         try:
@@ -96,6 +109,30 @@ class Committer:
                                   asynchronous=False)
         except KafkaException as exc:
             raise InfrastructureError(f"cannot commit the offsets of group {self.group}: {exc}") from None
+
+    def commit_async(self, positions: dict[TP, int]) -> None:
+        try:
+            self._consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in positions.items()],
+                                  asynchronous=True)
+        except KafkaException as exc:
+            raise InfrastructureError(f"cannot commit the offsets of group {self.group}: {exc}") from None
+
+    def confirmed(self, timeout_s: float = 0.0) -> tuple[dict[TP, int], list[str]]:
+        """The offsets the broker acknowledged since the last call, and the errors it answered."""
+        self._consumer.poll(timeout_s)  # serves the commit callbacks; nothing is assigned, so no message comes
+        answers, self._answers = self._answers, []
+        done: dict[TP, int] = {}
+        errors: list[str] = []
+        for error, partitions in answers:
+            if error is not None:
+                errors.append(f"cannot commit the offsets of group {self.group}: {error.str()}")
+                continue
+            for tp in partitions:
+                if tp.error is None and tp.offset >= 0:
+                    done[(tp.topic, tp.partition)] = max(tp.offset, done.get((tp.topic, tp.partition), 0))
+                elif tp.error is not None:
+                    errors.append(f"group {self.group} {tp.topic}[{tp.partition}]: {tp.error.str()}")
+        return done, errors
 
     def close(self) -> None:
         self._consumer.close()
@@ -185,8 +222,14 @@ class Lane:
         age = max(0.0, time.monotonic() - first.queued_at) if first is not None else 0.0
         return LaneView(self.name, pending, age, self.backoff_s)
 
+    def delivered_positions(self) -> dict[TP, int]:
+        """The positions this lane has delivered (or dead-lettered) everything before."""
+        return dict(self._done)
+
     def committed_positions(self) -> dict[TP, int]:
-        return dict(self._committed)
+        """The positions Kafka confirmed for this lane."""
+        with self._cv:
+            return dict(self._committed)
 
     # ---------------------------------------------------------------------------------- the thread
 
@@ -213,7 +256,7 @@ class Lane:
             _LOG.exception("alert lane %s stopped by an unexpected error", self.name)
             raise
         finally:
-            self._commit(force=True)
+            self._final_commit()
 
     def _handle(self, item: Item) -> bool:
         for notice in item.notices:
@@ -270,17 +313,38 @@ class Lane:
             return True
 
     def _commit(self, force: bool) -> None:
+        """Send the positions of what was delivered (never blocks); record the ones the broker confirmed."""
+        self._confirm()
         dirty = {tp: offset for tp, offset in self._done.items() if self._committed.get(tp) != offset}
         if not dirty or (not force and time.monotonic() - self._last_commit < _COMMIT_EVERY_S):
             return
         self._last_commit = time.monotonic()
         try:
-            self.committer.commit(dirty)
+            self.committer.commit_async(dirty)
         except InfrastructureError as exc:
             self.metrics.commit_failures.labels(receiver=self.name).inc()
             _LOG.warning("%s: %s; retrying", self.name, exc)
-            return
-        self._committed.update(dirty)
+
+    def _confirm(self, timeout_s: float = 0.0) -> None:
+        done, errors = self.committer.confirmed(timeout_s)
+        for error in errors:
+            self.metrics.commit_failures.labels(receiver=self.name).inc()
+            _LOG.warning("%s: %s; retrying", self.name, error)
+        with self._cv:
+            for tp, offset in done.items():
+                self._committed[tp] = max(offset, self._committed.get(tp, 0))
+
+    def _unconfirmed(self) -> bool:
+        return any(self._committed.get(tp) != offset for tp, offset in self._done.items())
+
+    def _final_commit(self, timeout_s: float = 10.0) -> None:
+        """On the way out: send what was delivered and wait (bounded) for the broker to confirm it."""
+        deadline = time.monotonic() + timeout_s
+        self._commit(force=True)
+        while self._unconfirmed() and time.monotonic() < deadline:
+            self._confirm(0.2)
+            if self._unconfirmed() and time.monotonic() - self._last_commit >= _COMMIT_EVERY_S:
+                self._commit(force=True)  # no answer, or an error: send again
 
     def _refresh(self) -> None:
         channel = self.channel
