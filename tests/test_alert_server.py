@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import socket
 import urllib.error
 import urllib.request
 
+import pytest
 from prometheus_client import CollectorRegistry, Counter
 
+from governance.errors import ConfigError
 from governance.service.alerting.server import HealthServer
 from tests.alerting_kit import free_port
 
@@ -42,12 +45,6 @@ def test_health_readiness_and_metrics_follow_the_forwarders_state() -> None:
 
 
 def test_a_taken_port_is_a_one_line_config_error() -> None:
-    import socket
-
-    import pytest
-
-    from governance.errors import ConfigError
-
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
