@@ -21,6 +21,8 @@ from tests.alerting_kit import HttpReceiver, free_port
 from tests.alerting_samples import alert, verified
 from tests.governance_kit import wait_until
 
+pytestmark = pytest.mark.real_clock  # librdkafka (the commit and dead-letter clients) hangs under libfaketime
+
 RETRY = RetryConfig(timeout_s=2, initial_backoff_s=0.05, max_backoff_s=0.2, max_garbage=3)
 
 
