@@ -26,6 +26,7 @@ from tests.forwarder_kit import SECRET, Forwarder, dead_letters, forwarders
 from tests.governance_kit import (
     Env,
     fast_policy,
+    gate_ready,
     lifecycle_facts,
     make_env,
     make_keys,
@@ -239,12 +240,13 @@ def test_sigkill_mid_outage_loses_nothing_and_repeats_nothing_to_the_receivers_t
     assert fwd.stop() == 0
 
 
-def test_rollbacks_through_the_real_governance_consumer_reach_alertmanager_once_each(
+def test_rollbacks_and_an_approval_through_the_real_governance_consumer_reach_alertmanager_once_each(
         env: Env, dlq: str, alertmanager: AlertmanagerServer, tmp_path: Path, unique: str, made: list[Forwarder],
         receivers: Callable[[str], HttpReceiver]) -> None:
-    fraud, risk = f"fraud{unique}", f"risk{unique}"
+    fraud, risk, canary = f"fraud{unique}", f"risk{unique}", f"canary{unique}"
     seed_log(env, [lifecycle_facts(fraud, "1.0.0", "PRODUCTION"), lifecycle_facts(fraud, "2.0.0", "PRODUCTION"),
-                   lifecycle_facts(risk, "1.0.0", "PRODUCTION")])
+                   lifecycle_facts(risk, "1.0.0", "PRODUCTION"), lifecycle_facts(canary, "1.0.0", "PRODUCTION"),
+                   lifecycle_facts(canary, "2.0.0", "STAGING")])
     steady = receivers("ok")
     fwd = Forwarder(env, tmp_path, f"t{unique}", dlq, receivers=[
         {"name": "am", "type": "alertmanager", "url": alertmanager.url}, _hook("steady", steady)])
@@ -254,8 +256,10 @@ def test_rollbacks_through_the_real_governance_consumer_reach_alertmanager_once_
     with running(env, policy):
         send_event(env, "rollbacks", rollback_trigger(policy, fraud, "2.0.0", "1.0.0"))  # restores 1.0.0
         send_event(env, "rollbacks", rollback_trigger(policy, risk, "1.0.0", None))  # no target: P0
+        send_event(env, "gates", gate_ready(policy, canary, "1.0.0", "2.0.0", "STAGING"))  # GID-08 has not approved
         wait_until(lambda: {n["labels"]["alertname"] for n in _notices(steady)} >= {  # type: ignore[index]
-            "ShadowgateRollbackCompleted", "ShadowgateModelRollbackFailed"}, timeout_s=30, what="both outcomes")
+            "ShadowgateRollbackCompleted", "ShadowgateModelRollbackFailed", "ShadowgateApprovalWaiting"},
+            timeout_s=30, what="both outcomes and the approval waiting")
         wait_until(lambda: len(read_log(env.bootstrap, env.topics["alerts"])) == 2, what="the consumer's 2 alerts")
         wait_until(lambda: fwd.committed("steady", env.topics["alerts"]) == 2, what="its alerts read and passed")
     notices = _notices(steady)
@@ -275,5 +279,10 @@ def test_rollbacks_through_the_real_governance_consumer_reach_alertmanager_once_
     (done,) = alertmanager.alerts(model=fraud, alertname="ShadowgateRollbackCompleted")
     assert (done["labels"]["from_version"], done["labels"]["to_version"]) == ("2.0.0", "1.0.0")
     assert alertmanager.alerts(model=fraud, alertname="ShadowgateRollbackTriggered") == []
+    (waiting,) = [n for n in notices if n["labels"]["alertname"] == "ShadowgateApprovalWaiting"]  # type: ignore[index]
+    assert (waiting["model"], waiting["labels"]["version"], waiting["labels"]["stage"]) == (  # type: ignore[index]
+        canary, "2.0.0", "STAGING")
+    assert "ALEX (GID-08) production approval required" in str(waiting["annotations"]["description"])  # type: ignore[index]
+    assert fwd.metric("shadowgate_alerts_conditions_open", kind="approval_waiting", model=canary) == 1
     assert fwd.metric("shadowgate_alerts_conditions_open", kind="rollback_failed", model=risk) == 1
     assert fwd.metric("shadowgate_alerts_conditions_open", kind="rollback_triggered", model=fraud) == 0

@@ -190,6 +190,14 @@ def test_a_stage_move_resolves_the_gates_of_the_stage_left_and_later_verdicts_ab
     assert staging.labels["stage"] == "STAGING"
 
 
+def test_when_production_changes_the_gates_of_comparisons_against_the_old_one_resolve() -> None:
+    t = tracker()
+    t.apply(verified(blocked("fraud", "3.0.0", ts=at(0)), "gates", 0))  # 3.0.0 (shadow) against 1.0.0
+    (resolved,) = t.apply(entry(0, facts=[moved("fraud", "1.0.0", "PRODUCTION", "RETIRED", when=at(9))])).notices
+    assert (resolved.status, resolved.labels["candidate_version"]) == ("resolved", "3.0.0")
+    assert "the comparison against it ended" in resolved.summary and t.open_conditions == ()
+
+
 def _scenario() -> tuple[list[VerifiedEvent], list[VerifiedEntry]]:
     """Two topics' worth of inputs: events (gates, rollbacks) and the audit entries that answer them."""
     immediate, review = trigger("fraud", "2.0.0"), trigger("risk", "5.0.0", name="kl_divergence",

@@ -17,7 +17,8 @@ audit: SCHEDULED / REVIEW  fires ``rollback_pending``                           
 audit: gate READY blocked  fires ``approval_waiting``                                              approval recorded,
   by a missing approval                                                                            stage move, gate
                                                                                                   not READY
-audit: stage moved         resolves gate conditions of a stage the version left
+audit: stage moved         resolves gate conditions of a stage the version left, and those of
+                           comparisons against a production version that left PRODUCTION
 =========================  =====================================================================  ===================
 
 The consumer's own signed alerts about rollback outcomes (dedup keys ``<model>|MODEL_ROLLBACK_FAILED|P0`` and
@@ -349,13 +350,19 @@ class Tracker:
         why = f"{model} {version} moved {fact.from_stage} -> {fact.to_stage}"
         self._clear_rollbacks(made, model, version, fact.at, why)
         self._clear(made, f"approval_waiting|{model}|{version}", fact.at, why)
+        left_production = fact.from_stage is Stage.PRODUCTION and fact.to_stage is not Stage.PRODUCTION
         for condition in list(self._open.values()):
-            if condition.notice.model != model or condition.version != version:
+            if condition.notice.model != model:
                 continue
-            if condition.kind == "rollback_triggered":
+            gate = condition.kind in ("gate_blocked", "gate_inconclusive")
+            if gate and left_production and condition.notice.labels.get("production_version") == version:
+                # The comparison against this production version ended: the worker judges a new one.
+                self._resolve(made, condition, fact.at, f"{why}: the comparison against it ended")
+            elif condition.version != version:
+                continue
+            elif condition.kind == "rollback_triggered":
                 self._resolve(made, condition, fact.at, why)
-            elif condition.stage is not None and condition.kind in ("gate_blocked", "gate_inconclusive") and (
-                    self._moved_past(model, version, condition.stage)):
+            elif gate and condition.stage is not None and self._moved_past(model, version, condition.stage):
                 self._resolve(made, condition, fact.at, f"{why}: its {condition.stage} gate no longer applies")
 
     def _clear_rollbacks(self, made: _Made, model: str, version: str, at: datetime, why: str) -> None:
