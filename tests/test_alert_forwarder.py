@@ -286,3 +286,29 @@ def test_rollbacks_and_an_approval_through_the_real_governance_consumer_reach_al
     assert fwd.metric("shadowgate_alerts_conditions_open", kind="approval_waiting", model=canary) == 1
     assert fwd.metric("shadowgate_alerts_conditions_open", kind="rollback_failed", model=risk) == 1
     assert fwd.metric("shadowgate_alerts_conditions_open", kind="rollback_triggered", model=fraud) == 0
+
+
+def test_open_conditions_are_re_posted_to_alertmanager_and_rebuilt_after_a_restart(
+        env: Env, dlq: str, alertmanager: AlertmanagerServer, tmp_path: Path, unique: str,
+        made: list[Forwarder]) -> None:
+    model = f"gate-{unique}"
+    fwd = Forwarder(env, tmp_path, f"t{unique}", dlq, receivers=[
+        {"name": "am", "type": "alertmanager", "url": alertmanager.url, "resend_s": 1}])
+    made.append(fwd)
+    fwd.start()
+    send_event(env, "gates", blocked(model, "2.0.0", ts=now_utc()))
+
+    def ends_at() -> str:
+        found = alertmanager.alerts(model=model, alertname="ShadowgateGateBlocked")
+        return str(found[0]["endsAt"]) if found else ""
+
+    wait_until(lambda: ends_at() != "", what="the gate in Alertmanager")
+    first = ends_at()
+    wait_until(lambda: ends_at() > first, what="a re-post extending endsAt (resend_s 1, endsAt = now + 4 s)")
+    assert fwd.stop() == 0
+    stopped = ends_at()
+    fwd.start()  # nothing new to deliver: the open condition comes from the start-up replay
+    wait_until(lambda: ends_at() > stopped, what="the restarted forwarder re-posting the condition it rebuilt")
+    assert fwd.metric("shadowgate_alerts_conditions_open", kind="gate_blocked", model=model) == 1
+    assert fwd.metric("shadowgate_alerts_received_total", model=model, kind="gate_blocked", severity="warning") == 0
+    assert fwd.metric("shadowgate_alerts_delivered_total", receiver="am") == 0  # the replay delivers nothing again
