@@ -5,14 +5,15 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 STATE  ?= .local
 STAMP  := $(STATE)/.installed
 
-.PHONY: help install up down status demo test test-fast test-clock lint native-check schemas bench clean
+.PHONY: help install up down status demo test test-fast test-clock lint rules native-check schemas bench clean
 
 help:
 	@echo "make demo       bring up Kafka + Redis and run the end-to-end demo"
 	@echo "make test       bring up Kafka + Redis and run the whole test suite"
 	@echo "make up | down  start / stop the local Kafka broker and Redis server"
 	@echo "make test-clock  server-free tests again, with the clock moved 400 days ahead (faketime)"
-	@echo "make lint       native-check + ruff + mypy --strict + import directions + JSON Schemas current + crypto audit"
+	@echo "make lint       native-check + ruff + mypy --strict + import directions + JSON Schemas current + crypto audit + rules"
+	@echo "make rules      promtool check rules/config + promtool test rules (deploy/prometheus/tests) + amtool check-config"
 	@echo "make native-check  the native core: cargo test, clippy -D warnings, rustfmt (in native/)"
 	@echo "make bench      run the benchmarks (figures land in benchmarks/results/)"
 
@@ -63,12 +64,23 @@ test-clock: install
 native-check:
 	cd native && cargo test --locked && cargo clippy --locked --all-targets -- -D warnings && cargo fmt --all --check
 
-lint: install native-check
+lint: install native-check rules
 	ruff check .
 	mypy
 	lint-imports --no-cache
 	$(PYTHON) -m shadowgate schemas --check
 	$(PYTHON) -m shadowgate crypto audit .
+
+# The alert rules and their unit tests (Debian: apt-get install prometheus prometheus-alertmanager), and the
+# Alertmanager and alert-forwarder configs the compose stack mounts.
+rules:
+	@command -v promtool >/dev/null 2>&1 || { echo "promtool not found: apt-get install prometheus" >&2; exit 1; }
+	@command -v amtool >/dev/null 2>&1 || { echo "amtool not found: apt-get install prometheus-alertmanager" >&2; exit 1; }
+	promtool check rules deploy/prometheus/alerts.yml
+	promtool check config deploy/prometheus/prometheus.yml
+	promtool test rules deploy/prometheus/tests/*.yml
+	amtool check-config deploy/alertmanager/alertmanager.yml
+	$(PYTHON) -m shadowgate alerts forward --config deploy/alerts/forwarder.yml --check
 
 schemas: install
 	$(PYTHON) -m shadowgate schemas

@@ -41,6 +41,7 @@ _COMMANDS: dict[str, str] = {
     "audit": "shadowgate.commands.governance:audit",
     "model": "shadowgate.commands.model:model",
     "config": "shadowgate.commands.config:config",
+    "alerts": "shadowgate.commands.alerts:alerts",
 }
 
 

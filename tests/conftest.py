@@ -6,6 +6,7 @@ import contextlib
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 # Imported up front: Faust (mode) raises the recursion limit when an app starts, and pytest's assertion
 # rewriter then trips CPython 3.11's "AST constructor recursion depth mismatch" on modules imported later.
@@ -14,7 +15,10 @@ import pytest
 
 from tests.infra import Infra, find_infra, require_infra
 
-_SERVER_FIXTURES = frozenset({"infra", "kafka_bootstrap", "redis_url", "redis_prefix", "make_topic"})
+if TYPE_CHECKING:
+    from tests.alerting_kit import AlertmanagerServer
+
+_SERVER_FIXTURES = frozenset({"infra", "kafka_bootstrap", "redis_url", "redis_prefix", "make_topic", "alertmanager"})
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -105,3 +109,11 @@ def make_topic(kafka_bootstrap: str, unique: str) -> Iterator[Callable[..., str]
         for fut in admin.delete_topics(created).values():
             with contextlib.suppress(Exception):  # cleanup of a test topic is best effort
                 fut.result(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def alertmanager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AlertmanagerServer]:
+    """A real Alertmanager on a free port (tests/alerting_kit.py); fails in CI if it cannot start."""
+    from tests.alerting_kit import start_alertmanager
+
+    yield from start_alertmanager(tmp_path_factory.mktemp("alertmanager"))

@@ -19,6 +19,8 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from governance.contract.settings import Settings
 from governance.lifecycle.audit import RejectReason, RollbackStatus
+from governance.service.alerting import delivery, intake, notices
+from governance.service.alerting.metrics import DEAD_LETTER_REASONS, SCRAPED, ForwarderMetrics
 from governance.service.consumer import Metrics
 from streams.worker.telemetry import WorkerMetrics
 
@@ -29,14 +31,24 @@ MATCHER = re.compile(r'(\w+)\s*(=~|!=|!~|=)\s*"([^"]*)"')
 LABEL_VALUES: dict[tuple[str, str], tuple[str, ...]] = {
     ("shadowgate_governance_rollbacks", "status"): get_args(RollbackStatus),
     ("shadowgate_governance_rejected", "reason"): get_args(RejectReason),
+    ("shadowgate_alerts_received", "kind"): notices.KINDS,
+    ("shadowgate_alerts_received", "severity"): notices.SEVERITIES,
+    ("shadowgate_alerts_conditions_open", "kind"): notices.CONDITION_KINDS,
+    ("shadowgate_alerts_condition_age_seconds", "kind"): notices.CONDITION_KINDS,
+    ("shadowgate_alerts_rejected", "reason"): intake.REJECT_REASONS,
+    ("shadowgate_alerts_rejected", "source"): intake.SOURCES,
+    ("shadowgate_alerts_delivery_attempts", "result"): delivery.RESULTS,
+    ("shadowgate_alerts_dead_lettered", "reason"): DEAD_LETTER_REASONS,
 }
 SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
 
 
 def _exposed() -> dict[str, tuple[str, tuple[str, ...]]]:
-    """Series name -> (metric name, label names) of every metric the worker and the consumer register."""
-    out: dict[str, tuple[str, tuple[str, ...]]] = {}
-    for holder in (WorkerMetrics(CollectorRegistry()), Metrics(CollectorRegistry())):
+    """Series name -> (metric name, label names) of every metric the worker, the consumer and the alert
+    forwarder register (the forwarder's gauges are computed at scrape time: SCRAPED lists them)."""
+    out: dict[str, tuple[str, tuple[str, ...]]] = {name: (name, labels) for name, (_, labels) in SCRAPED.items()}
+    for holder in (WorkerMetrics(CollectorRegistry()), Metrics(CollectorRegistry()),
+                   ForwarderMetrics(CollectorRegistry(), ["alertmanager"])):
         for metric in vars(holder).values():
             if isinstance(metric, MetricWrapperBase):
                 name, kind, labels = metric._name, metric._type, tuple(metric._labelnames)  # noqa: SLF001
@@ -91,8 +103,12 @@ def test_compose_mounts_the_config_prometheus_reads_and_scrapes_the_metrics_port
     compose: dict[str, Any] = yaml.safe_load((REPO / "docker-compose.yml").read_text())
     prometheus = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     mounts = dict(v.rsplit(":", 1)[0].split(":", 1)[::-1] for v in compose["services"]["prometheus"]["volumes"])
-    for path in prometheus["rule_files"]:
-        assert (REPO / mounts[path]).is_file(), f"rule file {path} is not mounted from a file in the repo"
+    config_dir = Path(next(c for c in compose["services"]["prometheus"]["command"] if c.startswith("--config.file="))
+                      .split("=", 1)[1]).parent
+    for path in prometheus["rule_files"]:  # relative to the config file, as Prometheus and promtool read it
+        mounted = str(config_dir / path)
+        assert mounted in mounts and (REPO / mounts[mounted]).is_file(), f"rule file {path} is not mounted"
+        assert (DEPLOY / "prometheus" / path).is_file(), f"promtool check config cannot find {path}"
     port = Settings().metrics_port
     targets = [c["port"] for job in prometheus["scrape_configs"] for c in job.get("dns_sd_configs", [])]
     targets += [int(t.rsplit(":", 1)[1]) for job in prometheus["scrape_configs"]
@@ -100,7 +116,10 @@ def test_compose_mounts_the_config_prometheus_reads_and_scrapes_the_metrics_port
     assert targets and set(targets) == {port}
     services = {job["job_name"]: job for job in prometheus["scrape_configs"]}
     assert services["shadowgate-worker"]["dns_sd_configs"][0]["names"] == ["worker"]
-    assert {"worker", "governance"} <= set(compose["services"])
+    assert {"worker", "governance", "alert-forwarder", "alertmanager"} <= set(compose["services"])
+    assert services["shadowgate-alert-forwarder"]["static_configs"][0]["targets"] == [f"alert-forwarder:{port}"]
+    (manager,) = [t for a in prometheus["alerting"]["alertmanagers"] for c in a["static_configs"] for t in c["targets"]]
+    assert manager == "alertmanager:9093" and "9093:9093" in compose["services"]["alertmanager"]["ports"]
 
 
 def test_the_dashboard_uses_the_provisioned_datasource() -> None:

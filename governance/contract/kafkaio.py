@@ -157,7 +157,8 @@ class SyncProducer:
         except KafkaException as exc:
             raise InfrastructureError(f"cannot create a Kafka producer for {bootstrap}: {exc}") from None
 
-    def send(self, topic: str, value: bytes, key: bytes | None = None) -> tuple[int, int]:
+    def send(self, topic: str, value: bytes, key: bytes | None = None,
+             headers: list[tuple[str, str | bytes | None]] | None = None) -> tuple[int, int]:
         """Write one message and wait for it; returns ``(partition, offset)`` or raises DeliveryError."""
         outcome: dict[str, Any] = {}
 
@@ -165,7 +166,7 @@ class SyncProducer:
             outcome["error"], outcome["partition"], outcome["offset"] = err, msg.partition(), msg.offset()
 
         try:
-            self._producer.produce(topic, value=value, key=key, on_delivery=delivered)
+            self._producer.produce(topic, value=value, key=key, headers=headers, on_delivery=delivered)
         except (KafkaException, BufferError) as exc:
             raise DeliveryError(f"cannot queue a message for topic {topic}: {exc}") from None
         deadline = time.monotonic() + self.timeout_s

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import redis
 from confluent_kafka import TopicPartition
@@ -43,9 +43,11 @@ from governance.contract.findings import AlertSeverity
 from governance.contract.kafkaio import Record, SyncProducer, make_consumer, partitions_of, poll_records, read_range
 from governance.contract.publishing import decode_record, encode_signed_event
 from governance.contract.settings import Settings
+from governance.contract.stages import Stage
 from governance.crypto.keys import KeyInfo
 from governance.crypto.signing import Signer
 from governance.errors import ConfigError, DeliveryError, InfrastructureError, VerificationError
+from governance.lifecycle import audit as _audit
 from governance.lifecycle.audit import AuditEntry, EntryBody, entry_hash, parse_entry, verify_chain
 from governance.lifecycle.handler import Rules, handle, rejected
 from governance.lifecycle.identities import Trust
@@ -118,6 +120,14 @@ class Metrics:
                                    registry=registry)
         self.alert_failures = Counter("shadowgate_governance_alert_failures", "Alerts that could not be published",
                                       registry=registry)
+        # Every known label value starts at 0, so increase() sees the first increment (a series born at 1 has
+        # no earlier sample: the first failed rollback would never fire ShadowgateRollbackFailed).
+        for reason in get_args(_audit.RejectReason):
+            self.rejected.labels(reason=reason)
+        for status in get_args(_audit.RollbackStatus):
+            self.rollbacks.labels(status=status)
+        for stage in Stage:
+            self.transitions.labels(to_stage=stage.value)
 
 
 def read_log(bootstrap: str, topic: str, timeout_s: float = 60.0) -> list[Record]:

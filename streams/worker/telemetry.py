@@ -6,8 +6,11 @@ A :class:`WorkerMetrics` owns its collectors in the registry it is given (tests 
 
 from __future__ import annotations
 
+from typing import get_args
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from governance.contract.events import EventType
 from streams.worker.processor import BatchOutcome
 
 __all__ = ["WorkerMetrics"]
@@ -43,6 +46,9 @@ class WorkerMetrics:
                                             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10), registry=reg)
         self.evaluation_errors = Counter("shadowgate_evaluation_errors", "evaluation rounds that failed",
                                          registry=reg)
+        # Known label values start at 0, so increase() sees the first event of each type.
+        for event_type in get_args(EventType):
+            self.governance_events.labels(type=event_type)
 
     def observe(self, outcome: BatchOutcome) -> None:
         self.records.inc(outcome.records)
