@@ -24,7 +24,8 @@ from confluent_kafka.admin import AdminClient
 from governance.contract.stages import Stage
 from governance.crypto.record import verify_record
 from governance.crypto.signing import Context
-from governance.lifecycle.audit import entry_hash, parse_entry, verify_chain
+from governance.lifecycle.audit import entry_hash, parse_entry
+from governance.lifecycle.chain import verify_chain
 from governance.lifecycle.identities import load_trust
 from governance.lifecycle.ledger import Transitioned
 from governance.lifecycle.state import rebuild
