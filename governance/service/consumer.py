@@ -206,7 +206,6 @@ class GovernanceConsumer:
         now = self.clock()
         chain = self.read_chain(now)
         self.state = rebuild_state(chain.entries())
-        self.store.save(self.state, self.config.canary_share, now)
         self._started = True
         try:
             self._commit([*self._acknowledgement(chain, now), *self._refresh_keys(now)], republish=True)
