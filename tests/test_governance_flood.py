@@ -35,7 +35,6 @@ from tests.governance_kit import (
     now_utc,
     running,
     seed_log,
-    send,
     wait_until,
 )
 

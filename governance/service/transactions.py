@@ -58,7 +58,8 @@ class Delivery:
 
     def __call__(self, err: KafkaError | None, msg: Message) -> None:
         self.error, self.done = err, True
-        self.partition, self.offset = int(msg.partition() or 0), int(msg.offset() or 0)
+        if err is None:
+            self.partition, self.offset = int(msg.partition() or 0), int(msg.offset() or 0)
 
 
 class Transaction:
@@ -84,15 +85,27 @@ class TransactionalProducer:
             "bootstrap.servers": bootstrap, "transactional.id": txn_id, "enable.idempotence": True,
             "acks": "all", "linger.ms": 0, "message.max.bytes": 4_194_304, "transaction.timeout.ms": 60_000,
             "logger": _KAFKA_LOG,
+            # librdkafka's errors come here, not as exceptions raised from inside poll/flush (where a fatal one
+            # would surface in the middle of a delivery callback); _raise_fatal() turns a fatal one into ours.
+            "error_cb": self._on_error,
         }
         settings.update(config or {})
         self.bootstrap, self.txn_id = bootstrap, txn_id
         self.timeout_s, self.commit_attempts = timeout_s, commit_attempts
         self._initialised = False
+        self._fatal: KafkaError | None = None
         try:
             self._producer = Producer(settings)
         except KafkaException as exc:
             raise InfrastructureError(f"cannot create a Kafka producer for {bootstrap}: {exc}") from None
+
+    def _on_error(self, err: KafkaError) -> None:
+        if err.fatal():
+            self._fatal = err
+
+    def _raise_fatal(self, doing: str) -> None:
+        if self._fatal is not None:
+            raise self._error(KafkaException(self._fatal), doing)
 
     def _error(self, exc: KafkaException, doing: str) -> InfrastructureError:
         err: KafkaError = exc.args[0]
@@ -144,6 +157,13 @@ class TransactionalProducer:
                 self._producer.flush(max(0.0, min(1.0, deadline - time.monotonic())))
         except KafkaException as exc:
             raise self._error(exc, "writing a transaction") from None
+        except SystemError as exc:
+            # confluent-kafka 2.x raises a fatal error (fenced) from flush() and then still calls the delivery
+            # callbacks, which CPython reports as a SystemError caused by that KafkaException.
+            if not isinstance(exc.__cause__, KafkaException):
+                raise
+            raise self._error(exc.__cause__, "writing a transaction") from None
+        self._raise_fatal("writing a transaction")
         failed = [d for d in txn.deliveries if not d.done or d.error is not None]
         if failed:
             first = failed[0]
