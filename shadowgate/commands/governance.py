@@ -187,13 +187,14 @@ def governance(keys_dir: Path, commands_topic: str, phase: str | None, catalog: 
     encrypt_to = Keyring(keys_dir).active_key(now, Algorithm.ML_KEM_768) if proofpack_dir is not None else None
     consumer_config = ConsumerConfig.from_settings(config, share, commands_topic, proofpack_dir=proofpack_dir,
                                                    lease_ttl_s=lease_ttl)
+    # The keys first: a keyring that cannot sign or a trust store others can write stops it here, in one line.
+    keys = LiveKeyring(keys_dir, check_s=config.keys_check_s, reload_s=config.keys_reload_s)
+    keys.signer(now)
+    trust = LiveTrust(keys_dir, schedule_of(phase), check_s=config.keys_check_s, reload_s=config.keys_reload_s)
+    trust.current()
     checkpoints = config.topics.checkpoints
     ensure_topics(config.kafka_bootstrap, {commands_topic: (1, {"retention.ms": "-1"}),
                                            checkpoints: topic_specs(config)[checkpoints]})
-    keys = LiveKeyring(keys_dir, check_s=config.keys_check_s, reload_s=config.keys_reload_s)
-    keys.signer(now)  # fails here, in one line, when the keyring cannot sign
-    trust = LiveTrust(keys_dir, schedule_of(phase), check_s=config.keys_check_s, reload_s=config.keys_reload_s)
-    trust.current()
     registry = CollectorRegistry()
     serve_metrics(config.metrics_port, registry, "the governance consumer")
     consumer = GovernanceConsumer(consumer_config, signer=keys, trust=trust, policy=policy,
