@@ -19,7 +19,8 @@ break        a valid entry that is none of the above: a fork, a gap, a reorderin
 Foreign records and duplicates never become part of the chain and never brick the consumer: it starts,
 reports them, and acknowledges them in a signed entry (``repair.acknowledged``, by digest). A break
 does stop it: it refuses to start until ``shadowgate audit repair`` appends a signed repair entry that
-names the void entries and continues the chain from the chosen head (:func:`plan_repair`). The head is
+names the void entries and continues the chain from the chosen head
+(:func:`governance.lifecycle.repair.plan_repair`). The head is
 anchored by signed checkpoints (:mod:`governance.lifecycle.checkpoint`): a log that does not reach the
 newest one, or differs from it, is truncated or replaced (:func:`check_anchor`).
 
@@ -43,20 +44,12 @@ from governance.crypto.keys import TrustStore
 from governance.crypto.record import verify_record
 from governance.crypto.schedule import DEFAULT_SCHEDULE, Phase
 from governance.crypto.signing import Context
-from governance.errors import ConfigError, CryptoError, EventValidationError
-from governance.lifecycle.audit import (
-    GENESIS,
-    AcknowledgedRecord,
-    AuditEntry,
-    Repair,
-    VoidEntry,
-    entry_hash,
-    parse_entry,
-)
+from governance.errors import CryptoError, EventValidationError
+from governance.lifecycle.audit import GENESIS, AuditEntry, entry_hash, parse_entry
 from governance.lifecycle.checkpoint import Checkpoint
 
-__all__ = ["NO_CHECKPOINT", "Anomaly", "ChainReport", "ChainWalk", "Item", "RepairPlan", "check_anchor", "plan_repair",
-           "read_items", "verify_chain", "walk"]
+__all__ = ["NO_CHECKPOINT", "Anomaly", "ChainReport", "ChainWalk", "Item", "check_anchor", "read_items", "verify_chain",
+           "voided", "walk"]
 
 AnomalyKind = Literal["foreign", "duplicate", "void"]
 NO_CHECKPOINT = "no checkpoint anchors the head (a truncated tail would go unnoticed)"
@@ -158,7 +151,7 @@ def read_items(records: Iterable[bytes | Mapping[str, Any]], trust_store: TrustS
             for i, raw in enumerate(records)]
 
 
-def _voids(items: Sequence[Item]) -> dict[str, int]:
+def voided(items: Sequence[Item]) -> dict[str, int]:
     """Hash of every entry a valid repair entry declared void -> the seq of that repair."""
     return {void.hash: item.entry.seq for item in items if item.entry is not None and item.entry.repair is not None
             for void in item.entry.repair.void}
@@ -175,7 +168,7 @@ def _break_problem(entry: AuditEntry, seq: int, head: str, index: int) -> str:
 
 def walk(items: Sequence[Item]) -> ChainWalk:
     """Follow the chain through ``items`` in order (see the module table); stops at the first break."""
-    voids, result = _voids(items), ChainWalk()
+    voids, result = voided(items), ChainWalk()
     in_chain: dict[str, int] = {}
     revoked: dict[str, int] = {}
     for item in items:
@@ -285,120 +278,3 @@ def verify_chain(records: Iterable[bytes | Mapping[str, Any]], trust_store: Trus
                  offsets: Sequence[int] | None = None) -> ChainReport:
     """Verify every record, follow the chain and (with ``checkpoints``) its anchor; report the first problem."""
     return report(walk(read_items(records, trust_store, now, phase, offsets)), checkpoints)
-
-
-@dataclass(frozen=True)
-class Tip:
-    """An entry the chain could continue from."""
-
-    seq: int
-    hash: str
-    offset: int | None
-
-    def __str__(self) -> str:
-        where = f" at offset {self.offset}" if self.offset is not None else ""
-        return f"seq {self.seq} head {self.hash}{where}"
-
-
-@dataclass(frozen=True)
-class RepairPlan:
-    """What a repair entry says: the chain continues from ``head`` (None: from the start), ``void`` entries
-    leave it, ``acknowledge`` records are noted; ``tips`` are every head one could choose."""
-
-    head: Tip | None
-    tips: tuple[Tip, ...]
-    void: tuple[VoidEntry, ...]
-    acknowledge: tuple[AcknowledgedRecord, ...]
-    supersedes_checkpoints: bool
-
-    @property
-    def next_seq(self) -> int:
-        return self.head.seq + 1 if self.head is not None else 0
-
-    @property
-    def prev_hash(self) -> str:
-        return self.head.hash if self.head is not None else GENESIS
-
-    def repair(self, reason: str, operator: str) -> Repair:
-        return Repair(reason=reason, operator=operator, void=list(self.void), acknowledged=list(self.acknowledge),
-                      supersedes_checkpoints=self.supersedes_checkpoints)
-
-
-@dataclass
-class _Node:
-    item: Item
-    parent: str | None
-    revoked: frozenset[str]
-    children: int = 0
-
-
-def _tree(items: Sequence[Item]) -> tuple[dict[str, _Node], list[Item], list[AcknowledgedRecord]]:
-    """Every valid entry that links back to the start (in log order), the orphans, the records to acknowledge."""
-    voids = _voids(items)
-    acked = {a.digest for i in items if i.entry is not None and i.entry.repair is not None
-             for a in i.entry.repair.acknowledged}
-    nodes: dict[str, _Node] = {}
-    orphans: list[Item] = []
-    notes: list[AcknowledgedRecord] = []
-    for item in items:
-        entry = item.entry
-        if entry is None or item.hash is None:
-            if item.digest not in acked:
-                notes.append(AcknowledgedRecord(digest=item.digest, offset=item.offset, kind="foreign",
-                                                detail=(item.problem or "not an entry")[:512]))
-            continue
-        if item.hash in voids:
-            continue
-        if item.hash in nodes:
-            if item.digest not in acked:
-                notes.append(AcknowledgedRecord(digest=item.digest, offset=item.offset, kind="duplicate",
-                                                detail=f"a copy of entry seq {entry.seq}"))
-            continue
-        parent = nodes.get(entry.prev_hash)
-        linked = (entry.seq == 0 and entry.prev_hash == GENESIS) or (
-            parent is not None and parent.item.claimed_seq == entry.seq - 1)
-        if parent is not None and item.key_id in parent.revoked:
-            notes.append(AcknowledgedRecord(digest=item.digest, offset=item.offset, kind="foreign",
-                                            detail=f"signed by revoked key {item.key_id}"))
-        elif linked:
-            revoked = (parent.revoked if parent else frozenset()) | {r.key_id for r in entry.revoked}
-            nodes[item.hash] = _Node(item, entry.prev_hash if parent else None, frozenset(revoked))
-            if parent is not None:
-                parent.children += 1
-        else:
-            orphans.append(item)
-    return nodes, orphans, notes
-
-
-def _choose(nodes: dict[str, _Node], tips: list[Tip], head: str | None) -> Tip | None:
-    if head is not None:
-        matches = [h for h in nodes if h.startswith(head.lower())] if len(head) >= 8 else []
-        if len(matches) != 1:
-            raise ConfigError(f"--head {head!r} matches {len(matches)} entries; give 8 or more hex digits of one of: "
-                              + "; ".join(str(t) for t in tips))
-        node = nodes[matches[0]].item
-        return Tip(node.claimed_seq or 0, matches[0], node.offset)
-    if len(tips) > 1:
-        raise ConfigError("the log forks: choose the head the chain continues from with --head HASH, one of: "
-                          + "; ".join(str(t) for t in tips))
-    return tips[0] if tips else None
-
-
-def plan_repair(items: Sequence[Item], checkpoints: Sequence[Checkpoint], head: str | None = None) -> RepairPlan:
-    """The repair that makes ``items`` a whole chain again, continuing from ``head`` (a hash prefix of any entry
-    that links back to the start; default: the only tip, ConfigError naming every tip when the log forks)."""
-    nodes, orphans, notes = _tree(items)
-    tips = sorted((Tip(n.item.claimed_seq or 0, h, n.item.offset) for h, n in nodes.items() if n.children == 0),
-                  key=lambda t: (-t.seq, t.offset if t.offset is not None else -1))
-    chosen = _choose(nodes, tips, head)
-    path: set[str] = set()
-    cursor = chosen.hash if chosen is not None else None
-    while cursor is not None:
-        path.add(cursor)
-        cursor = nodes[cursor].parent
-    void = [VoidEntry(seq=n.item.claimed_seq or 0, hash=h, offset=n.item.offset) for h, n in nodes.items()
-            if h not in path]
-    void += [VoidEntry(seq=o.claimed_seq or 0, hash=o.hash or "", offset=o.offset) for o in orphans]
-    kept = ChainWalk(links=sorted((nodes[h].item for h in path), key=lambda i: i.index))
-    supersede = bool(checkpoints) and check_anchor(kept, checkpoints) is not None
-    return RepairPlan(chosen, tuple(tips), tuple(sorted(void, key=lambda v: v.seq)), tuple(notes), supersede)

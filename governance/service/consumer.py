@@ -45,7 +45,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
 from confluent_kafka import TopicPartition
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry
 
 from governance.contract.events import Alert, Evidence, Versions
 from governance.contract.findings import AlertSeverity
@@ -79,6 +79,7 @@ from governance.policy.document import Policy
 from governance.service.auditlog import AuditWriter, Outgoing, read_log
 from governance.service.clients import DEFAULT_COMMANDS_TOPIC, ConsumerClients, ConsumerConfig
 from governance.service.lease import Lease, audit_lease_key
+from governance.service.metrics import Metrics
 from governance.service.rollback import execute_rollback
 from governance.service.statestore import StateStore
 from governance.service.transactions import TransactionalProducer
@@ -90,29 +91,6 @@ CONSUMER = "governance-consumer"
 _ALERT_NS = uuid.UUID("0b6c7f38-5a51-4b1e-9d55-3f0d6c2f9a11")
 _SECURITY = {"unsigned": "critical", "unknown_key": "critical", "bad_signature": "critical",
              "expired": "warning", "replayed": "warning", "invalid": "warning", "future": "warning"}
-
-
-class Metrics:
-    """The consumer's Prometheus counters, registered in the registry passed in."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.inputs = Counter("shadowgate_governance_inputs", "Messages handled, by topic", ["topic"],
-                              registry=registry)
-        self.rejected = Counter("shadowgate_governance_rejected", "Inputs rejected, by reason", ["reason"],
-                                registry=registry)
-        self.transitions = Counter("shadowgate_governance_transitions", "Stage moves applied, by target stage",
-                                   ["to_stage"], registry=registry)
-        self.rollbacks = Counter("shadowgate_governance_rollbacks", "Rollbacks, by status", ["status"],
-                                 registry=registry)
-        self.redelivered = Counter("shadowgate_governance_redelivered", "Messages skipped: offset already in the log",
-                                   registry=registry)
-        self.alert_failures = Counter("shadowgate_governance_alert_failures", "Alerts that could not be published",
-                                      registry=registry)
-        self.foreign = Counter("shadowgate_governance_foreign_records", "Records on the audit topic that are not "
-                               "entries of the chain (junk, foreign-signed, duplicates), found at start",
-                               registry=registry)
-        self.key_reload_failures = Counter("shadowgate_governance_key_reload_failures", "Key or trust-store "
-                                           "reloads refused (the last good keys stay in use)", registry=registry)
 
 
 class GovernanceConsumer:

@@ -3,7 +3,7 @@ from which head the chain continues, so a consumer that refused a broken log can
 
 Procedure (:func:`repair_log`):
 
-1. read the log and the checkpoints and plan the repair (:func:`governance.lifecycle.chain.plan_repair`):
+1. read the log and the checkpoints and plan the repair (:func:`governance.lifecycle.repair.plan_repair`):
    every valid entry that links back to the start forms a tree; the chain continues from the chosen tip
    (``head``: required when the log forks, naming one of the tips); every other entry (the other branch
    of a fork, entries after a gap) is void; foreign records and duplicates are acknowledged; checkpoints
@@ -31,19 +31,10 @@ from governance.contract.kafkaio import make_consumer
 from governance.crypto.signing import Signer
 from governance.errors import ConfigError
 from governance.lifecycle.audit import EntryBody, system_input
-from governance.lifecycle.chain import (
-    NO_CHECKPOINT,
-    ChainReport,
-    Item,
-    RepairPlan,
-    check_anchor,
-    plan_repair,
-    read_items,
-    verify_chain,
-    walk,
-)
+from governance.lifecycle.chain import NO_CHECKPOINT, ChainReport, Item, check_anchor, read_items, verify_chain, walk
 from governance.lifecycle.checkpoint import Checkpoint, read_checkpoints
 from governance.lifecycle.identities import Trust
+from governance.lifecycle.repair import RepairPlan, plan_repair
 from governance.service.auditlog import AuditLogReader, AuditWriter
 from governance.service.clients import cluster_id
 from governance.service.lease import Lease, audit_lease_key

@@ -40,9 +40,10 @@ from governance.lifecycle.ledger import Transitioned
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from governance.crypto.live import LiveKeyring
     from governance.lifecycle.chain import ChainReport
     from governance.lifecycle.checkpoint import Checkpoint
-    from governance.lifecycle.identities import Trust
+    from governance.lifecycle.identities import LiveTrust, Trust
     from governance.service.auditlog import AuditLogReader
 
 __all__ = ["audit", "commands_topic_option", "describe_entry", "governance", "keys_dir_option", "phase_option",
@@ -173,8 +174,6 @@ def governance(keys_dir: Path, commands_topic: str, phase: str | None, catalog: 
     from governance.contract.topics import ensure_topics, topic_specs
     from governance.crypto.algorithms import Algorithm
     from governance.crypto.keyring import Keyring
-    from governance.crypto.live import LiveKeyring
-    from governance.lifecycle.identities import LiveTrust
     from governance.policy.catalog import load_catalog
     from governance.policy.document import load_policy
     from governance.service.consumer import ConsumerConfig, GovernanceConsumer
@@ -187,11 +186,7 @@ def governance(keys_dir: Path, commands_topic: str, phase: str | None, catalog: 
     encrypt_to = Keyring(keys_dir).active_key(now, Algorithm.ML_KEM_768) if proofpack_dir is not None else None
     consumer_config = ConsumerConfig.from_settings(config, share, commands_topic, proofpack_dir=proofpack_dir,
                                                    lease_ttl_s=lease_ttl)
-    # The keys first: a keyring that cannot sign or a trust store others can write stops it here, in one line.
-    keys = LiveKeyring(keys_dir, check_s=config.keys_check_s, reload_s=config.keys_reload_s)
-    keys.signer(now)
-    trust = LiveTrust(keys_dir, schedule_of(phase), check_s=config.keys_check_s, reload_s=config.keys_reload_s)
-    trust.current()
+    keys, trust = _live_keys(keys_dir, phase, config, now)
     checkpoints = config.topics.checkpoints
     ensure_topics(config.kafka_bootstrap, {commands_topic: (1, {"retention.ms": "-1"}),
                                            checkpoints: topic_specs(config)[checkpoints]})
@@ -219,6 +214,19 @@ def governance(keys_dir: Path, commands_topic: str, phase: str | None, catalog: 
         consumer.run(stop, on_wait=waiting, on_entry=entry_lines)
     except KeyboardInterrupt:
         stop.set()
+
+
+def _live_keys(keys_dir: Path, phase: str | None, config: Settings, now: datetime) -> tuple[LiveKeyring, LiveTrust]:
+    """The keys the consumer follows while it runs, loaded once now: a keyring that cannot sign or a trust
+    store others can write stops it here, in one line, before any Kafka or Redis call."""
+    from governance.crypto.live import LiveKeyring
+    from governance.lifecycle.identities import LiveTrust
+
+    keys = LiveKeyring(keys_dir, check_s=config.keys_check_s, reload_s=config.keys_reload_s)
+    keys.signer(now)
+    trust = LiveTrust(keys_dir, schedule_of(phase), check_s=config.keys_check_s, reload_s=config.keys_reload_s)
+    trust.current()
+    return keys, trust
 
 
 @click.group()
