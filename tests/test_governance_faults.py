@@ -28,7 +28,7 @@ from prometheus_client import CollectorRegistry
 from governance.contract.kafkaio import Record
 from governance.contract.publishing import encode_signed_event
 from governance.crypto.record import record_bytes
-from governance.errors import DeliveryError
+from governance.errors import DeliveryError, InfrastructureError
 from governance.lifecycle.audit import AuditEntry, EntryBody, Input, entry_hash, parse_entry, seal
 from governance.lifecycle.ledger import Event
 from governance.service.consumer import ConsumerClients, GovernanceConsumer, read_log
@@ -295,3 +295,31 @@ def test_the_consumer_runs_on_injected_clients_and_a_failed_commit_changes_nothi
         assert consumer.process(record) == []  # a redelivery
     finally:
         consumer.close()
+
+
+def test_a_start_whose_first_transaction_fails_leaves_the_consumer_stopped(redis_url: str, redis_prefix: str,
+                                                                          keys_dir: Path) -> None:
+    env = Env("unused:9092", redis_url, redis_prefix, keys_dir, {n: f"t.{n}" for n in (
+        "gates", "rollbacks", "alerts", "approvals", "commands", "lifecycle", "routing", "checkpoints")})
+    client: redis.Redis[bytes] = redis.Redis.from_url(redis_url)
+    producer = _Producer()
+    producer.fail = True
+    clients = ConsumerClients(client, producer, _Consumer(), _Log([]), "injected")  # type: ignore[arg-type]
+    consumer = GovernanceConsumer(env.config(), signer=env.signer(), trust=env.trust(), policy=POLICY,
+                                  catalog=catalog(), metrics=CollectorRegistry(), clients=clients)
+    try:
+        with pytest.raises(DeliveryError, match="injected"):
+            consumer.start(threading.Event())
+        with pytest.raises(InfrastructureError, match=r"start\(\) was not called"):
+            consumer.poll_once(0.0)
+    finally:
+        consumer.close()
+    consumer.close()  # closing twice is harmless
+
+
+def test_connect_to_a_kafka_that_does_not_answer_fails_in_one_line(redis_url: str, redis_prefix: str,
+                                                                   keys_dir: Path) -> None:
+    env = Env("127.0.0.1:1", redis_url, redis_prefix, keys_dir, {n: f"t.{n}" for n in (
+        "gates", "rollbacks", "alerts", "approvals", "commands", "lifecycle", "routing", "checkpoints")})
+    with pytest.raises(InfrastructureError, match="cannot read the Kafka cluster id"):
+        ConsumerClients.connect(env.config(), timeout_s=1.0)

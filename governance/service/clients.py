@@ -7,8 +7,7 @@ consumer fakes or clients it controls; :meth:`ConsumerClients.connect` builds th
 
 from __future__ import annotations
 
-import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -93,14 +92,16 @@ class ConsumerClients:
     consumer: Consumer
     log: AuditLogReader
     cluster_id: str
+    closed: bool = field(default=False, init=False)
 
     @classmethod
-    def connect(cls, config: ConsumerConfig) -> ConsumerClients:
-        """The real clients for ``config`` (nothing is fenced yet: the consumer calls ``producer.init()``)."""
+    def connect(cls, config: ConsumerConfig, timeout_s: float = 10.0) -> ConsumerClients:
+        """The real clients for ``config`` (nothing is fenced yet: the consumer calls ``producer.init()``);
+        InfrastructureError, with nothing left open, when Kafka does not say its cluster id within ``timeout_s``."""
         client: redis.Redis[bytes] = redis.Redis.from_url(config.redis_url)
         consumer = make_consumer(config.bootstrap, "governance")
         try:
-            found = cluster_id(consumer)
+            found = cluster_id(consumer, timeout_s)
             producer = TransactionalProducer(config.bootstrap, transactional_id(config.lifecycle_topic))
         except BaseException:
             consumer.close()
@@ -110,8 +111,10 @@ class ConsumerClients:
         return cls(client, producer, consumer, log, found)
 
     def close(self) -> None:
-        with contextlib.suppress(KafkaException, RuntimeError):  # closing twice, or a broker already gone
-            self.producer.close()
-        with contextlib.suppress(KafkaException, RuntimeError):
-            self.consumer.close()
+        """Close every client (once: a second call does nothing)."""
+        if self.closed:
+            return
+        self.closed = True
+        self.producer.close()
+        self.consumer.close()
         self.redis.close()

@@ -16,15 +16,19 @@ Failures (each raises; nothing of the transaction is visible):
 
 * fenced (another writer called :meth:`init`): :class:`~governance.errors.FencedError`; this producer is
   dead, the process must stop;
-* a message the broker refused, or any other abortable error: the transaction is aborted and
-  :class:`~governance.errors.DeliveryError` raised; the producer can be used again;
-* a commit that failed with a retriable error is retried (``commit_attempts``); if it still fails, or the
-  error is fatal, :class:`~governance.errors.InfrastructureError`: whether it committed is unknown, so
-  the caller must not fold anything and should stop and rebuild from the log.
+* a message the broker refused (or not acknowledged in time): the transaction is aborted and
+  :class:`~governance.errors.DeliveryError` raised. The producer is not dead, but librdkafka may purge
+  the next transaction too while it bumps the producer epoch: callers stop on the first failure (the
+  consumer does) and nothing relies on reusing it;
+* a commit that fails: :class:`~governance.errors.InfrastructureError`, and whether it committed is
+  unknown, so the caller must not fold anything and must stop; a restart rebuilds from the log (and
+  ``init`` completes or aborts what was left open). It is not retried here: the messages were all
+  acknowledged, so a failing commit means the coordinator or the connection is gone.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Iterator
@@ -38,6 +42,7 @@ from governance.errors import DeliveryError, FencedError, InfrastructureError
 __all__ = ["Delivery", "Transaction", "TransactionalProducer", "transactional_id"]
 
 _KAFKA_LOG = logging.getLogger("shadowgate.kafka")  # librdkafka's lines, as governance.contract.kafkaio logs them
+_PURGED = frozenset({KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT})
 _FENCED = frozenset({KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH})
 
 
@@ -79,7 +84,7 @@ class Transaction:
 class TransactionalProducer:
     """One fenced writer (module docstring). Call :meth:`init` once before the first transaction."""
 
-    def __init__(self, bootstrap: str, txn_id: str, *, timeout_s: float = 30.0, commit_attempts: int = 3,
+    def __init__(self, bootstrap: str, txn_id: str, *, timeout_s: float = 30.0,
                  config: dict[str, Any] | None = None) -> None:
         settings: dict[str, Any] = {
             "bootstrap.servers": bootstrap, "transactional.id": txn_id, "enable.idempotence": True,
@@ -91,7 +96,7 @@ class TransactionalProducer:
         }
         settings.update(config or {})
         self.bootstrap, self.txn_id = bootstrap, txn_id
-        self.timeout_s, self.commit_attempts = timeout_s, commit_attempts
+        self.timeout_s = timeout_s
         self._initialised = False
         self._fatal: KafkaError | None = None
         try:
@@ -126,10 +131,9 @@ class TransactionalProducer:
     def _produce(self, topic: str, value: bytes, key: bytes | None, delivery: Delivery) -> None:
         try:
             self._producer.produce(topic, value=value, key=key, on_delivery=delivery)
-        except BufferError as exc:
-            raise DeliveryError(f"cannot queue a message for topic {topic}: {exc}") from None
-        except KafkaException as exc:
-            raise self._error(exc, f"queueing a message for topic {topic}") from None
+        except KafkaException as exc:  # refused before it left (too large, ...), or this writer is dead
+            error = self._error(exc, f"queueing a message for topic {topic}")
+            raise error if isinstance(error, FencedError) else DeliveryError(str(error)) from None
 
     @contextmanager
     def transaction(self) -> Iterator[Transaction]:
@@ -166,10 +170,13 @@ class TransactionalProducer:
         self._raise_fatal("writing a transaction")
         failed = [d for d in txn.deliveries if not d.done or d.error is not None]
         if failed:
-            first = failed[0]
+            # Name the cause: the other messages of a refused batch fail as "purged", after it.
+            first = min(failed, key=lambda d: d.error is not None and d.error.code() in _PURGED)
             reason = first.error.str() if first.error is not None else f"no acknowledgement in {self.timeout_s:.0f} s"
             if first.error is not None and first.error.code() in _FENCED:
                 raise self._error(KafkaException(first.error), f"writing to topic {first.topic}")
+            if first.error is not None and first.error.code() in _PURGED:
+                reason += " (the broker refused the batch holding it; the shadowgate.kafka log names why)"
             raise DeliveryError(f"delivery to topic {first.topic} failed: {reason}")
 
     def _abort(self) -> None:
@@ -179,19 +186,10 @@ class TransactionalProducer:
             return
 
     def _commit(self) -> None:
-        for attempt in range(1, self.commit_attempts + 1):
-            try:
-                self._producer.commit_transaction(self.timeout_s)
-                return
-            except KafkaException as exc:
-                err: KafkaError = exc.args[0]
-                if err.retriable() and attempt < self.commit_attempts:
-                    continue
-                if err.txn_requires_abort():
-                    self._abort()
-                    raise DeliveryError(f"commit of a transaction of {self.txn_id!r} failed and was aborted: "
-                                        f"{err.str()}") from None
-                raise self._error(exc, "committing a transaction (its outcome is unknown)") from None
+        try:
+            self._producer.commit_transaction(self.timeout_s)
+        except KafkaException as exc:
+            raise self._error(exc, "committing a transaction (its outcome is unknown: stop, the log decides)") from None
 
     def send(self, topic: str, value: bytes, key: bytes | None = None) -> tuple[int, int]:
         """Write one message in a transaction of its own; ``(partition, offset)`` once committed."""
@@ -200,5 +198,7 @@ class TransactionalProducer:
         return delivery.partition, delivery.offset
 
     def close(self) -> None:
-        # An open transaction cannot be left behind: transaction() always commits or aborts before returning.
-        self._producer.flush(min(self.timeout_s, 5.0))
+        # Nothing can be pending: transaction() always flushed, committed or aborted before returning. A fenced
+        # producer raises its fatal error once more here; it is dead either way.
+        with contextlib.suppress(KafkaException):
+            self._producer.flush(0)
