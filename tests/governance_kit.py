@@ -82,7 +82,7 @@ class Env:
             rollbacks_topic=t["rollbacks"], approvals_topic=t["approvals"], commands_topic=t["commands"],
             lifecycle_topic=t["lifecycle"], routing_topic=t["routing"], alerts_topic=t["alerts"],
             canary_share=canary_share, lease_ttl_s=5.0, checkpoints_topic=t["checkpoints"],
-            summary_interval_s=0.3, keys_check_s=0.05,
+            summary_interval_s=0.3,
         )
 
     def cli_env(self) -> dict[str, str]:

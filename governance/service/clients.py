@@ -30,8 +30,8 @@ class ConsumerConfig:
     """Where the consumer reads and writes; ``canary_share`` must lie in the policy's canary range.
 
     ``summary_interval_s``: rejected inputs become one summary entry per partition per this interval;
-    ``command_skew_s``: how far ahead of the consumer's clock a command's ``issued_at`` may lie;
-    ``keys_check_s`` / ``keys_reload_s``: how often key files are checked for changes / reloaded anyway.
+    ``command_skew_s``: how far ahead of the consumer's clock a command's ``issued_at`` may lie. How keys are
+    followed is the business of the :class:`~governance.crypto.live.LiveKeyring` / ``LiveTrust`` it is given.
     """
 
     bootstrap: str
@@ -50,8 +50,6 @@ class ConsumerConfig:
     checkpoints_topic: str = "governance.checkpoints"
     summary_interval_s: float = 5.0
     command_skew_s: float = 300.0
-    keys_check_s: float = 2.0
-    keys_reload_s: float = 300.0
 
     @classmethod
     def from_settings(cls, settings: Settings, canary_share: float, commands_topic: str = DEFAULT_COMMANDS_TOPIC,
@@ -63,7 +61,6 @@ class ConsumerConfig:
             commands_topic=commands_topic, lifecycle_topic=t.lifecycle, routing_topic=t.routing,
             alerts_topic=t.alerts, canary_share=canary_share, checkpoints_topic=t.checkpoints,
             summary_interval_s=settings.rejection_summary_s, command_skew_s=settings.command_skew_s,
-            keys_check_s=settings.keys_check_s, keys_reload_s=settings.keys_reload_s,
         )
         return cls(**{**values, **overrides})  # type: ignore[arg-type]
 

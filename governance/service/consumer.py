@@ -32,8 +32,8 @@ Guarantees:
 * crash safety: an entry, the routing it changes and the checkpoint commit together or not at all; the
   state is folded and saved only after the commit; after a crash the rebuild from the log and the routing
   republication restore both, and inputs after the last entry are read again;
-* keys: the system keyring and the trust stores are reloaded while running (``keys_check_s``,
-  ``keys_reload_s``); a revocation is recorded as an entry, after which the chain refuses that key.
+* keys: given a ``LiveKeyring`` and a ``LiveTrust`` (as ``shadowgate governance`` does), it follows rotations
+  and revocations while running; a revocation is recorded as an entry, after which the chain refuses that key.
 """
 
 from __future__ import annotations
