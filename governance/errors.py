@@ -7,7 +7,8 @@ the whole family in one place, or one branch of it::
     ├── ConfigError                 bad settings, policy or key files (names the key and the fix)
     ├── EventValidationError        an event that breaks the wire contract (names the field)
     ├── InfrastructureError         Kafka or Redis unreachable or failing (names the server)
-    │   └── DeliveryError           a message the broker refused (names topic, partition, key)
+    │   ├── DeliveryError           a message the broker refused (names topic, partition, key)
+    │   └── FencedError             another writer took over a transactional log (this one must stop)
     ├── SketchError                 incompatible sketch parameters, empty sketch, bad quantile
     ├── CryptoError                 signing, verification, key and encryption failures (fail closed)
     │   └── VerificationError       a signature or digest that does not verify (names key and reason)
@@ -24,6 +25,7 @@ __all__ = [
     "CryptoError",
     "DeliveryError",
     "EventValidationError",
+    "FencedError",
     "InfrastructureError",
     "PolicyViolation",
     "ShadowgateError",
@@ -55,6 +57,10 @@ class InfrastructureError(ShadowgateError):
 
 class DeliveryError(InfrastructureError):
     """The broker refused or failed to deliver a message."""
+
+
+class FencedError(InfrastructureError):
+    """The broker fenced this writer: a newer instance with the same ``transactional.id`` took over."""
 
 
 class SketchError(ShadowgateError, ValueError):

@@ -23,13 +23,13 @@ from governance.contract.findings import Check
 from governance.contract.kafkaio import SyncProducer
 from governance.contract.publishing import encode_signed_event
 from governance.crypto.keyring import Keyring
+from governance.crypto.record import record_bytes
 from governance.crypto.signing import Signer
-from governance.lifecycle.audit import EntryBody, Input, entry_hash
+from governance.lifecycle.audit import EntryBody, Input, entry_hash, seal
 from governance.lifecycle.identities import Trust, identity_dir, load_trust, system_signer
 from governance.lifecycle.ledger import Event
 from governance.policy.catalog import FeatureCatalog, load_catalog
 from governance.policy.document import Policy
-from governance.service.auditlog import AuditWriter
 from governance.service.consumer import ConsumerConfig, GovernanceConsumer
 from tests.governance_factory import policy_with
 
@@ -81,7 +81,8 @@ class Env:
             bootstrap=self.bootstrap, redis_url=self.redis_url, prefix=self.prefix, gates_topic=t["gates"],
             rollbacks_topic=t["rollbacks"], approvals_topic=t["approvals"], commands_topic=t["commands"],
             lifecycle_topic=t["lifecycle"], routing_topic=t["routing"], alerts_topic=t["alerts"],
-            canary_share=canary_share, lease_ttl_s=5.0,
+            canary_share=canary_share, lease_ttl_s=5.0, checkpoints_topic=t["checkpoints"],
+            summary_interval_s=0.3,
         )
 
     def cli_env(self) -> dict[str, str]:
@@ -94,7 +95,7 @@ class Env:
             "SHADOWGATE_TOPICS__COMMANDS": self.topics["commands"],
             "SHADOWGATE_METRICS_PORT": "0",
         }
-        for name in ("gates", "rollbacks", "alerts", "approvals", "lifecycle", "routing"):
+        for name in ("gates", "rollbacks", "alerts", "approvals", "lifecycle", "routing", "checkpoints"):
             env[f"SHADOWGATE_TOPICS__{name.upper()}"] = self.topics[name]
         if self.policy_path is not None:
             env["SHADOWGATE_POLICY_PATH"] = str(self.policy_path)
@@ -109,8 +110,9 @@ class Env:
 
 def make_env(kafka_bootstrap: str, redis_url: str, redis_prefix: str, make_topic: Callable[..., str],
              keys_dir: Path) -> Env:
-    names = ("gates", "rollbacks", "alerts", "approvals", "commands", "lifecycle", "routing")
-    topics = {name: make_topic(name, config={"cleanup.policy": "compact"} if name == "routing" else None)
+    names = ("gates", "rollbacks", "alerts", "approvals", "commands", "lifecycle", "routing", "checkpoints")
+    topics = {name: make_topic(name, config={"cleanup.policy": "compact"} if name in ("routing", "checkpoints")
+                               else None)
               for name in names}
     # The fast policy as a file, so CLI commands judge (status) with the consumer's policy.
     policy_path = keys_dir.parent / f"policy-{redis_prefix}.yaml"
@@ -192,23 +194,48 @@ def send(env: Env, topic: str, value: bytes, key: bytes = b"fraud") -> tuple[int
         producer.close()
 
 
+def send_many(env: Env, topic: str, values: list[bytes], key: bytes = b"fraud") -> None:
+    """Produce ``values`` in one batch (one producer, one flush): they arrive within milliseconds."""
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": env.bootstrap, "linger.ms": 50, "acks": "all",
+                         "message.max.bytes": 4_194_304})
+    failures: list[str] = []
+
+    def delivered(err: Any, _msg: Any) -> None:
+        if err is not None:
+            failures.append(str(err))
+
+    for value in values:
+        while True:
+            try:
+                producer.produce(env.topics[topic], value, key, on_delivery=delivered)
+                break
+            except BufferError:  # local queue full: let it drain
+                producer.poll(0.05)
+    assert producer.flush(60) == 0 and failures == [], failures
+
+
 def send_event(env: Env, topic: str, event: Any, signer: Signer | None = None) -> tuple[int, int]:
     return send(env, topic, encode_signed_event(event, signer or env.signer(), now_utc()), event.model.encode())
 
 
-def seed_log(env: Env, batches: list[list[Event]]) -> None:
-    """Write audit entries carrying ``batches`` of facts straight to the log (the consumer rebuilds from it)."""
+def seed_log(env: Env, batches: list[list[Event]]) -> list[dict[str, Any]]:
+    """Write audit entries carrying ``batches`` of facts straight to the log (the consumer rebuilds from it);
+    returns the signed records written."""
     producer = SyncProducer(env.bootstrap)
-    writer = AuditWriter(producer, env.topics["lifecycle"], env.signer())
-    head = "0" * 64
+    signer, head, records = env.signer(), "0" * 64, []
     try:
         for seq, facts in enumerate(batches):
             source = Input(topic="seed", partition=0, offset=seq, digest="0" * 64, kind="command", id=f"seed-{seq}")
             body = EntryBody(at=now_utc(), input=source, outcome="applied", facts=facts)
-            _, record = writer.append(body, seq, head, now_utc())
+            record = seal(body, seq, head, signer, now_utc())
+            producer.send(env.topics["lifecycle"], record_bytes(record), b"audit")
+            records.append(record)
             head = entry_hash(record)
     finally:
         producer.close()
+    return records
 
 
 def lifecycle_facts(model: str, version: str, to: str, at: datetime | None = None) -> list[Event]:

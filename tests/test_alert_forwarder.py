@@ -261,7 +261,11 @@ def test_rollbacks_and_an_approval_through_the_real_governance_consumer_reach_al
             "ShadowgateRollbackCompleted", "ShadowgateModelRollbackFailed", "ShadowgateApprovalWaiting"},
             timeout_s=30, what="both outcomes and the approval waiting")
         wait_until(lambda: len(read_log(env.bootstrap, env.topics["alerts"])) == 2, what="the consumer's 2 alerts")
-        wait_until(lambda: fwd.committed("steady", env.topics["alerts"]) == 2, what="its alerts read and passed")
+        # The consumer writes its alerts in transactions, whose commit markers take offsets: the position past
+        # its last alert is that alert's offset + 1, not the count of alerts.
+        after_last = read_log(env.bootstrap, env.topics["alerts"])[-1].offset + 1
+        wait_until(lambda: fwd.committed("steady", env.topics["alerts"]) == after_last,
+                   what="its alerts read and passed")
     notices = _notices(steady)
     names = Counter(str(n["labels"]["alertname"]) for n in notices)  # type: ignore[index]
     assert names["ShadowgateRollbackCompleted"] == 1 and names["ShadowgateModelRollbackFailed"] == 1
@@ -312,3 +316,4 @@ def test_open_conditions_are_re_posted_to_alertmanager_and_rebuilt_after_a_resta
     assert fwd.metric("shadowgate_alerts_conditions_open", kind="gate_blocked", model=model) == 1
     assert fwd.metric("shadowgate_alerts_received_total", model=model, kind="gate_blocked", severity="warning") == 0
     assert fwd.metric("shadowgate_alerts_delivered_total", receiver="am") == 0  # the replay delivers nothing again
+

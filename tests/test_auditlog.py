@@ -17,7 +17,8 @@ from governance.crypto.algorithms import Algorithm
 from governance.crypto.canonical import canonical_bytes
 from governance.crypto.keys import KeyPolicy, TrustStore, generate_key
 from governance.crypto.signing import Signer
-from governance.lifecycle.audit import GENESIS, EntryBody, Input, Rejection, entry_hash, parse_entry, seal, verify_chain
+from governance.lifecycle.audit import GENESIS, EntryBody, Input, Rejection, entry_hash, parse_entry, seal
+from governance.lifecycle.chain import verify_chain
 from governance.lifecycle.ledger import ApprovalRecorded, DocumentRecorded, Registered
 
 T0 = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)

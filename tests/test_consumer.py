@@ -37,6 +37,7 @@ from tests.governance_kit import (
     seed_log,
     send,
     send_event,
+    send_many,
     wait_until,
 )
 
@@ -60,10 +61,13 @@ def _entries(env: Env) -> list[AuditEntry]:
     return [parse_entry(orjson.loads(r.value)["payload"]) for r in read_log(env.bootstrap, env.topics["lifecycle"])]
 
 
-def _routing(env: Env) -> RoutingClient:
+def _routing(env: Env, model: str = "fraud") -> RoutingClient:
+    """A routing client that has read the assignment the consumer republished on start (transaction markers
+    land a few ms after the commit, so the read is awaited)."""
     client = RoutingClient(env.bootstrap, env.topics["routing"], env.trust().system)
     client.refresh()
     client.start(0.05)
+    wait_until(lambda: client.assignment(model) is not None, what=f"the routing of {model}")
     return client
 
 
@@ -167,24 +171,31 @@ def test_forged_unsigned_wrong_key_expired_and_replayed_events_change_nothing(en
     ]
     with running(env, POLICY, registry) as consumer:
         registry_before = consumer.state.registry
-        for value, _ in bad:
-            send(env, "gates", value)
-        wait_until(lambda: consumer.state.seq == 1 + len(bad), what="the rejections")
+        send_many(env, "gates", [value for value, _ in bad])  # within one summary interval
+        wait_until(lambda: consumer.state.seq == 2, what="the summary of the rejections")
         assert consumer.state.registry == registry_before
         genuine = encode_signed_event(event, signer, now_utc())
         send(env, "gates", genuine)
         wait_until(lambda: _stage(consumer, "2.0.0") is Stage.STAGING, what="the genuine event")
         promoted = consumer.state.registry
         send(env, "gates", genuine)  # the same signed bytes again, at a new offset: a replay
-        wait_until(lambda: consumer.state.seq == 3 + len(bad), what="the replay")
+        wait_until(lambda: consumer.state.seq == 4, what="the summary of the replay")
         assert consumer.state.registry == promoted
     entries = _entries(env)
-    rejections = [(e.rejection.reason if e.rejection else None) for e in entries[2:]]
-    assert rejections == [reason for _, reason in bad] + [None, "replayed"]
+    assert [e.outcome for e in entries[2:]] == ["rejected", "applied", "rejected"]
+    first, _, replay = entries[2:]
+    assert first.summary is not None and replay.summary is not None
+    # One summary entry for the five rejected messages (offsets 0..4 of the gates partition), not five entries.
+    assert (first.summary.first_offset, first.summary.last_offset, first.input.offset) == (0, 4, 4)
+    assert first.summary.counts == {reason: 1 for _, reason in bad}
+    assert [sample.reason for sample in first.summary.samples] == [reason for _, reason in bad]
+    assert replay.summary.counts == {"replayed": 1} and replay.summary.last_offset == 6
+    assert consumer.state.rejections == {**{reason: 1 for _, reason in bad}, "replayed": 1}
     for _, reason in [*bad, (b"", "replayed")]:
         assert _count(registry, "shadowgate_governance_rejected_total", reason=reason) == 1
     alerts = [orjson.loads(r.value)["payload"] for r in read_log(env.bootstrap, env.topics["alerts"])]
-    assert sorted(a["dedup_key"].split("|")[2] for a in alerts) == sorted(r for _, r in [*bad, (b"", "replayed")])
+    assert [(a["severity"], a["dedup_key"].split("|")[2]) for a in alerts] == [
+        ("critical", "+".join(sorted(reason for _, reason in bad))), ("warning", "replayed")]
 
 
 @pytest.mark.integration
@@ -201,7 +212,7 @@ def test_redelivery_and_restart_are_idempotent(env: Env) -> None:
         state = consumer.state
         assert _stage(consumer, "2.0.0") is Stage.STAGING
         record = Record(topic=env.topics["gates"], partition=partition, offset=offset, key=b"fraud", value=value)
-        assert consumer.process(record) is None  # a redelivery of the same message: skipped
+        assert consumer.process(record) == []  # a redelivery of the same message: skipped
         assert consumer.state == state
         assert _count(registry, "shadowgate_governance_redelivered_total") == 1
     finally:
@@ -243,13 +254,21 @@ def test_second_instance_waits_for_the_lease(env: Env) -> None:
 
 
 @pytest.mark.integration
-def test_broken_log_refuses_to_start(env: Env) -> None:
-    seed_log(env, [lifecycle_facts("fraud", "1.0.0", "PROPOSAL")])
-    send(env, "lifecycle", orjson.dumps({"payload": {"seq": 1}, "signature": None}), b"audit")
+def test_forked_log_refuses_to_start_and_names_the_repair(env: Env) -> None:
+    records = seed_log(env, [lifecycle_facts("fraud", "1.0.0", "PROPOSAL"), lifecycle_facts("fraud", "2.0.0",
+                                                                                           "PROPOSAL")])
+    # A second, validly signed entry 1 after the same entry 0: what a rival writer leaves behind.
+    from governance.crypto.record import record_bytes
+    from governance.lifecycle.audit import EntryBody, Input, entry_hash, seal
+
+    rival = EntryBody(at=now_utc(), input=Input(topic="seed", partition=0, offset=9, digest="0" * 64),
+                      outcome="recorded")
+    send(env, "lifecycle", record_bytes(seal(rival, 1, entry_hash(records[0]), env.signer(), now_utc())), b"audit")
     consumer = GovernanceConsumer(env.config(), signer=env.signer(), trust=env.trust(), policy=POLICY,
                                   catalog=catalog(), metrics=CollectorRegistry())
     try:
-        with pytest.raises(VerificationError, match="BROKEN at entry #1"):
+        with pytest.raises(VerificationError, match=r"BROKEN at record #2 \(offset 2\): seq 1 where 2 .*a fork"
+                                                    r".*shadowgate audit repair"):
             consumer.start()
     finally:
         consumer.close()

@@ -57,6 +57,7 @@ def test_keys_lifecycle(run: Run, tmp_path: Path) -> None:
     assert {k["key_id"] for k in everything["keys"]} == {first, new}
     revoked = _ok(run("keys", "revoke", new, "--reason", "test revocation"))
     assert f"revoked {new}: test revocation" in revoked
+    assert "warning: no active ML-DSA-65 key is left: run `shadowgate keys generate`" in revoked
     _ok(run("keys", "generate"))  # nothing active after the revocation, so generate works again
     blocked = run("keys", "generate", "--algorithm", "classical")
     assert isinstance(blocked.exception, ConfigError) and "blocked in Phase 3" in str(blocked.exception)

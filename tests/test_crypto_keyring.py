@@ -113,16 +113,29 @@ def test_expired_key_that_was_never_rotated_fails(tmp_path: Path) -> None:
         verify_record(record, Context.APPROVAL, keyring.trust_store(), expiry, Phase.PQC_ONLY)
 
 
-def test_revoked_key_fails_everywhere_with_key_and_reason(tmp_path: Path) -> None:
+def test_revocation_takes_effect_from_its_time_and_names_key_and_reason(tmp_path: Path) -> None:
+    """Signatures dated before the revocation stay verifiable (the past is not broken); later ones fail,
+    even from a leaked copy of the secret; a strict verifier (live inputs) refuses every one of them."""
+    from governance.crypto import Verifier
+
     keyring = Keyring(tmp_path)
     info = keyring.generate(NOW)
-    record = sign_record(PAYLOAD, Context.EVENT, keyring.signer(NOW), NOW)
-    keyring.revoke(info.key_id, NOW + timedelta(hours=1), "key file leaked in a backup")
+    leaked = keyring.signer(NOW)  # a copy of the secret, as an attacker who stole it would hold it
+    record = sign_record(PAYLOAD, Context.EVENT, leaked, NOW)
+    revoked_at = NOW + timedelta(hours=1)
+    keyring.revoke(info.key_id, revoked_at, "key file leaked in a backup")
     assert not (tmp_path / "private" / f"{info.key_id}.key").exists()
+    later = NOW + timedelta(hours=2)
+    store = keyring.trust_store()
+    assert verify_record(record, Context.EVENT, store, later, Phase.PQC_ONLY) == PAYLOAD
+    forged = sign_record(PAYLOAD, Context.EVENT, leaked, revoked_at)  # dated at the revocation: refused
     with pytest.raises(VerificationError, match=rf"key {info.key_id} was revoked at .*: key file leaked in a backup"):
-        verify_record(record, Context.EVENT, keyring.trust_store(), NOW + timedelta(hours=2), Phase.PQC_ONLY)
+        verify_record(forged, Context.EVENT, store, later, Phase.PQC_ONLY)
+    with pytest.raises(VerificationError, match=rf"key {info.key_id} was revoked at"):
+        verify_record(record, Context.EVENT, store, later, Phase.PQC_ONLY,
+                      verifier=Verifier(store, strict_revocation=True))
     with pytest.raises(CryptoError, match="no active"):
-        keyring.signer(NOW + timedelta(hours=2))
+        keyring.signer(later)
     with pytest.raises(ConfigError, match="already revoked"):
         keyring.revoke(info.key_id, NOW, "again please")
     with pytest.raises(ConfigError, match="not in"):

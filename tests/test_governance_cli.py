@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -169,6 +170,22 @@ def test_rollback_with_the_cli(env: Env) -> None:
         unknown = CliRunner().invoke(cli, ["model", "approve", "fraud", "1.0.0", "--target", "PRODUCTION",
                                            "--identity", "GID-99"], env=env.cli_env())
         assert unknown.exit_code != 0 and "identity GID-99 has no keys" in str(unknown.exception)
+
+
+def test_a_command_rejected_at_intake_is_answered_by_its_summary(env: Env) -> None:
+    """An identity the consumer does not trust: the rejection is summarised, and the summary answers the CLI."""
+    from governance.crypto.keyring import Keyring
+    from governance.lifecycle.identities import identity_dir
+
+    with running(env, POLICY):
+        Keyring(identity_dir(env.keys_dir, "GID-77")).generate(now_utc())  # after the consumer loaded its trust
+        try:
+            out = _cli(env, "model", "escalate", "fraud", "1.0.0", "--reason", "r", "--identity", "GID-77",
+                       code=1).output
+        finally:
+            shutil.rmtree(identity_dir(env.keys_dir, "GID-77"))
+    assert "#0 rejected: rejected_inputs" in out and "1 input(s) rejected" in out
+    assert "unknown_key: escalate" in out and "not applied (audit seq 0)" in out
 
 
 def test_governance_command_runs_the_consumer(env: Env, tmp_path: Path) -> None:

@@ -16,13 +16,14 @@ import logging
 import time
 import uuid
 from collections.abc import Iterator
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from governance.errors import DeliveryError, InfrastructureError
 
-__all__ = ["Record", "SyncProducer", "make_consumer", "partitions_of", "poll_records", "read_range", "watermarks"]
+__all__ = ["Record", "Sender", "SyncProducer", "make_consumer", "partitions_of", "poll_records", "read_range",
+           "watermarks"]
 
 
 class Record(NamedTuple):
@@ -135,6 +136,13 @@ def read_range(
             position = max(position, consumer.position([TopicPartition(topic, partition)])[0].offset)
     finally:
         consumer.unassign()
+
+
+class Sender(Protocol):
+    """What writes one message and waits for it: :class:`SyncProducer`, or the governance consumer's fenced,
+    transactional producer (``governance.service.transactions``)."""
+
+    def send(self, topic: str, value: bytes, key: bytes | None = None) -> tuple[int, int]: ...
 
 
 class SyncProducer:

@@ -51,6 +51,8 @@ class Topics(BaseModel):
     commands: str = "governance.commands"
     lifecycle: str = "governance.lifecycle"
     routing: str = "model.routing"
+    # Signed checkpoints of the audit log's head (seq + hash), compacted: the anchor `audit verify` checks.
+    checkpoints: str = "governance.checkpoints"
 
 
 class Settings(BaseSettings):
@@ -82,6 +84,19 @@ class Settings(BaseSettings):
     keys_dir: str | None = Field(None, description="signing keys directory")
     catalog_path: str | None = Field(None, description="governed feature catalog YAML; None = the shipped one")
     metrics_port: int = Field(9464, ge=0, le=65535, description="Prometheus /metrics port, 0 = off")
+    rejection_summary_s: float = Field(
+        5.0, gt=0, description="the governance consumer writes rejected inputs as one summary audit entry per "
+        "input partition per this many seconds (counted per reason, with samples), never one entry each"
+    )
+    command_skew_s: float = Field(
+        300.0, ge=0, description="how far a command's issued_at may lie ahead of the governance consumer's clock"
+    )
+    keys_check_s: float = Field(
+        2.0, gt=0, description="how often running processes look for changed key and trust-store files (stat only)"
+    )
+    keys_reload_s: float = Field(
+        300.0, gt=0, description="how often running processes reload keys and trust stores even when no file changed"
+    )
 
     def redis_url_value(self) -> str:
         return self.redis_url.get_secret_value()

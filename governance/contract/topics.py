@@ -32,6 +32,9 @@ def topic_specs(settings: Settings, partitions: int = 4) -> dict[str, tuple[int,
         t.lifecycle: (1, {"retention.ms": "-1", "retention.bytes": "-1"}),
         # Current serving assignment per model: compacted, latest value wins.
         t.routing: (1, {"cleanup.policy": "compact"}),
+        # Signed checkpoints of the audit log's head, keyed by the audit topic: compacted, small segments so
+        # the newest stays cheap to find.
+        t.checkpoints: (1, {"cleanup.policy": "compact", "segment.ms": str(3_600_000)}),
     }
 
 

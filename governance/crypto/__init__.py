@@ -25,7 +25,9 @@ API (details in each module):
 * :class:`Context`: ``ARTIFACT``, ``EVENT``, ``APPROVAL``, ``AUDIT_ENTRY``, ``PROOFPACK``. A signature made
   under one context never verifies under another (FIPS 204/205 context string).
 * :class:`Signer` / :class:`Verifier` for raw bytes; :class:`Keyring` (disk, 0600 secrets, rotation,
-  revocation); :class:`TrustStore` (public keys); :class:`KeyPolicy` (algorithm, 90-day rotation).
+  revocation); :class:`TrustStore` (public keys); :class:`KeyPolicy` (algorithm, 90-day rotation);
+  :class:`LiveKeyring`: the active signer and trust store of a running process, reloaded when the files
+  change (``keys rotate`` / ``keys revoke`` reach it without a restart).
 * ``sign_artifact(path, signer, now)`` / ``verify_artifact(path, trust_store, now)``: manifests with
   SHA-256 and SHA3-256 (re-exported by the scoring-service SDK).
 * ``encrypt(data, recipient, now)`` / ``decrypt(envelope, secret)``: ML-KEM-768 + AES-256-GCM.
@@ -44,6 +46,7 @@ from governance.crypto.canonical import canonical_bytes
 from governance.crypto.hybrid import decrypt, encrypt, envelope_key_id
 from governance.crypto.keyring import Keyring, default_keys_dir
 from governance.crypto.keys import KeyInfo, KeyPolicy, KeyStatus, TrustStore, generate_key
+from governance.crypto.live import LiveKeyring
 from governance.crypto.manifest import (
     VerifiedArtifact,
     manifest_path_for,
@@ -67,6 +70,7 @@ __all__ = [
     "KeyPolicy",
     "KeyStatus",
     "Keyring",
+    "LiveKeyring",
     "MigrationSchedule",
     "Phase",
     "Signature",

@@ -8,10 +8,14 @@ Layout of the keys directory (created with mode 0700)::
 
 Guarantees: secret keys are read only by :meth:`Keyring.secret_key` and :meth:`Keyring.signer`, returned as
 ``pydantic.SecretBytes`` (masked in repr, str and logs) and refused if the file is readable or writable by
-group or others. ``generate`` refuses a second active key of one algorithm, so "the active key" is always
-unique and new records use the newest key. Rotation retires the old key (it keeps verifying for records
-signed before its expiry); revoking a signature key also deletes its secret, which can never sign validly
-again. A revoked or retired ML-KEM key keeps its secret so old evidence stays decryptable.
+group or others; the keys directory and the trust store are refused when group or others can write
+them (whoever can, can plant a key), with the ``chmod go-w`` that fixes it. Directories this class
+creates, missing parents included, get mode 0700. ``generate`` refuses a second active key of one
+algorithm, so "the active key" is always unique and new records use the newest key. Rotation retires
+the old key (it keeps verifying for records signed before its expiry); revoking a signature key also
+deletes its secret, which can never sign validly again (a running process that follows its keyring with
+:class:`~governance.crypto.live.LiveKeyring` stops using it at its next check). A revoked or retired
+ML-KEM key keeps its secret so old evidence stays decryptable.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from pathlib import Path
 from pydantic import SecretBytes
 
 from governance.crypto.algorithms import Algorithm, Kind, spec
-from governance.crypto.keys import KeyInfo, KeyPolicy, KeyStatus, TrustStore, generate_key
+from governance.crypto.keys import KeyInfo, KeyPolicy, KeyStatus, TrustStore, generate_key, refuse_writable
 from governance.crypto.signing import Signer
 from governance.errors import ConfigError, CryptoError
 
@@ -65,8 +69,15 @@ class Keyring:
         return self._private_dir / f"{key_id}.key"
 
     def _ensure_dirs(self) -> None:
-        for path in (self.directory, self._private_dir):
-            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        missing = [self._private_dir, *(p for p in self._private_dir.parents if not p.exists())]
+        for path in reversed(missing):
+            path.mkdir(mode=0o700, exist_ok=True)  # parents too: mkdir(parents=True) would give them the umask's
+        self._check_dirs()
+
+    def _check_dirs(self) -> None:
+        refuse_writable(self.directory, "keys directory")
+        if not self._private_dir.exists():
+            return
         mode = stat.S_IMODE(self._private_dir.stat().st_mode)
         if mode & 0o077:
             raise ConfigError(
@@ -84,9 +95,10 @@ class Keyring:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
     def trust_store(self) -> TrustStore:
-        """The local trust store (empty if no key was ever made here)."""
+        """The local trust store (empty if no key was ever made here); refused if others can write it."""
         if not self.trust_store_path.exists():
             return TrustStore(source=str(self.trust_store_path))
+        refuse_writable(self.directory, "keys directory")
         return TrustStore.load(self.trust_store_path)
 
     def list_keys(self) -> list[KeyInfo]:
@@ -105,6 +117,7 @@ class Keyring:
     def secret_key(self, key_id: str) -> SecretBytes:
         """The secret key of ``key_id``; :class:`ConfigError` if missing or not mode 0600."""
         path = self._secret_path(key_id)
+        self._check_dirs()
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
         except FileNotFoundError as exc:

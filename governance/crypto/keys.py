@@ -8,13 +8,17 @@ A key's life, with the 90-day rotation of spec 6.4 and an overlap (default 7 day
 * A signature verifies only if it was made (``signed_at``, which is inside the signed bytes) in
   ``[created_at, expires_at)``. Records signed before expiry verify forever, so rotation keeps the audit
   log verifiable; a signature dated after expiry fails with "key K expired at T".
-* A revoked key fails every verification ("key K was revoked at T: reason"): after a compromise, no
-  ``signed_at`` it claims can be trusted.
+* Revocation takes effect from its time on: a signature of a revoked key dated at or after ``revoked_at``
+  fails ("key K was revoked at T: reason"); one dated before it still verifies, so the past stays
+  verifiable (the audit chain, whose entries are anchored by hash links and checkpoints, is what makes a
+  backdated signature useless there). Verifiers of live inputs, where nothing old is expected, pass
+  ``strict_revocation=True`` and refuse every signature of a revoked key.
 * Key ids are fingerprints, ``<slug>-<first 16 hex of SHA-256(algorithm || 0x00 || public key)>``, so a
   trust store whose public key was swapped is detected on load.
 
-The trust store holds public keys and metadata only. Its integrity rests on file permissions; it carries no
-signature of its own.
+The trust store holds public keys and metadata only. Its integrity rests on file permissions (it carries no
+signature of its own), so :meth:`TrustStore.load` refuses a file that group or others can write
+(:func:`refuse_writable`), and saves are written with mode 0644.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import binascii
 import hashlib
 import os
 import secrets
+import stat
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -45,6 +50,7 @@ __all__ = [
     "b64encode",
     "generate_key",
     "key_id_for",
+    "refuse_writable",
 ]
 
 TRUST_STORE_FORMAT = "shadowgate-trust-store/1"
@@ -63,6 +69,20 @@ def b64decode(text: str, what: str) -> bytes:
     if base64.b64encode(data).decode("ascii") != text:
         raise VerificationError(f"{what} is not canonical base64 (altered padding bits)")
     return data
+
+
+def refuse_writable(path: Path, what: str) -> None:
+    """:class:`ConfigError` if ``path`` (a file or a directory) can be written by group or others.
+
+    Whoever can write a trust store, an identity directory or a keys directory can plant a key, so such
+    files are refused rather than trusted; the message names the file and the fix.
+    """
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError as exc:
+        raise ConfigError(f"cannot read the mode of {what} {path}: {exc.strerror}") from exc
+    if mode & 0o022:
+        raise ConfigError(f"{what} {path} is group- or world-writable (mode {mode:o}); run `chmod go-w {path}`")
 
 
 def key_id_for(algorithm: Algorithm, public_key: bytes) -> str:
@@ -232,11 +252,17 @@ class TrustStore:
     def __len__(self) -> int:
         return len(self._keys)
 
-    def check_signature_time(self, key: KeyInfo, signed_at: datetime, now: datetime, skew: timedelta) -> None:
-        """Raise :class:`VerificationError` unless ``key`` could validly sign at ``signed_at``."""
-        if key.revoked_at is not None:
+    def check_signature_time(
+        self, key: KeyInfo, signed_at: datetime, now: datetime, skew: timedelta, *, strict_revocation: bool = False
+    ) -> None:
+        """Raise :class:`VerificationError` unless ``key`` could validly sign at ``signed_at``.
+
+        A revoked key's signatures dated before ``revoked_at`` stay valid unless ``strict_revocation``.
+        """
+        if key.revoked_at is not None and (strict_revocation or signed_at >= key.revoked_at):
             reason = key.revocation_reason or "no reason given"
-            raise VerificationError(f"key {key.key_id} was revoked at {key.revoked_at.isoformat()}: {reason}")
+            when = "" if strict_revocation else f" (signature dated {signed_at.isoformat()})"
+            raise VerificationError(f"key {key.key_id} was revoked at {key.revoked_at.isoformat()}: {reason}{when}")
         if signed_at > now + skew:
             raise VerificationError(
                 f"key {key.key_id}: signature dated {signed_at.isoformat()} is in the future (now {now.isoformat()})"
@@ -272,14 +298,19 @@ class TrustStore:
 
     @classmethod
     def load(cls, path: Path) -> TrustStore:
+        """The trust store in ``path``; :class:`ConfigError` if unreadable, invalid or writable by others."""
         try:
             data = path.read_bytes()
         except OSError as exc:
             raise ConfigError(f"cannot read trust store {path}: {exc.strerror}") from exc
+        refuse_writable(path, "trust store")
         return cls.from_json(data, source=str(path))
 
     def save(self, path: Path) -> None:
-        """Write atomically (temp file + rename) so readers never see a half-written store."""
+        """Write atomically (temp file + rename, mode 0644) so readers never see a half-written store."""
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-        tmp.write_bytes(self.to_json())
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        os.fchmod(fd, 0o644)  # whatever the umask: a group-writable store would be refused on load
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(self.to_json())
         os.replace(tmp, path)

@@ -50,6 +50,7 @@ class Context(StrEnum):
     APPROVAL = "shadowgate/approval/v1"
     AUDIT_ENTRY = "shadowgate/audit-entry/v1"
     PROOFPACK = "shadowgate/proofpack/v1"
+    CHECKPOINT = "shadowgate/audit-checkpoint/v1"
 
 
 class Signature(BaseModel):
@@ -184,11 +185,18 @@ class Signer:
 
 class Verifier:
     """Verifies signature blocks against a :class:`TrustStore`; every failure raises
-    :class:`VerificationError` naming the key and the reason. ``skew`` tolerates clock differences."""
+    :class:`VerificationError` naming the key and the reason. ``skew`` tolerates clock differences.
 
-    def __init__(self, trust_store: TrustStore, *, skew: timedelta = timedelta(minutes=5)) -> None:
+    A revoked key's signatures dated before its revocation verify (the past stays verifiable); with
+    ``strict_revocation`` (live inputs, where nothing old is expected) none of them do.
+    """
+
+    def __init__(
+        self, trust_store: TrustStore, *, skew: timedelta = timedelta(minutes=5), strict_revocation: bool = False
+    ) -> None:
         self.trust_store = trust_store
         self.skew = skew
+        self.strict_revocation = strict_revocation
 
     def verify(self, message: bytes, signature: Signature, context: Context, now: datetime) -> KeyInfo:
         """Return the signing key's info if ``signature`` is a valid ``context`` signature of ``message``."""
@@ -202,7 +210,9 @@ class Verifier:
             raise VerificationError(
                 f"key {key.key_id} is {key.algorithm.value} but the signature says {signature.alg.value}"
             )
-        self.trust_store.check_signature_time(key, signature.signed_at, now, self.skew)
+        self.trust_store.check_signature_time(
+            key, signature.signed_at, now, self.skew, strict_revocation=self.strict_revocation
+        )
         data = signing_input(signature.alg, key.key_id, signature.signed_at, message, signature.canon)
         try:
             algorithms.verify(

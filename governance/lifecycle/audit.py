@@ -1,8 +1,9 @@
 """The audit trail: an append-only, hash-chained log of signed entries on the lifecycle topic.
 
-One entry per input the governance consumer handled (a command, a gate or rollback event, a rejected
-message). Each entry is a signed record (``Context.AUDIT_ENTRY``) whose payload is an
-:class:`AuditEntry`::
+One entry per input the governance consumer handled (a command, a gate or rollback event), one summary
+per input partition and interval for the inputs it rejected at intake, and the consumer's own records
+(repairs, acknowledged foreign records, key revocations). Each entry is a signed record
+(``Context.AUDIT_ENTRY``) whose payload is an :class:`AuditEntry`::
 
     {"seq": 17, "prev_hash": "<SHA-256 hex of entry 16's canonical bytes>", "at": "...",
      "input": {"topic": "governance.commands", "partition": 0, "offset": 41, "digest": "...",
@@ -13,62 +14,69 @@ message). Each entry is a signed record (``Context.AUDIT_ENTRY``) whose payload 
      "rollback": {the spec 8.2 rollback record, status COMPLETED / FAILED / ...} | null,
      "proofpack": {signed ProofPack record} | null,
      "artifact": {"model", "version", "sha256"} | null,
-     "rejection": {"reason", "message", "rules"} | null,
-     "blocked": [rules that kept an automatic step (a promotion) from happening]}
+     "rejection": {"reason", "message", "rules"} | null,      # a command the lifecycle rules refused
+     "blocked": [rules that kept an automatic step (a promotion) from happening],
+     "summary": {rejected inputs of one partition: offsets covered, count per reason, samples} | null,
+     "repair": {void entries, acknowledged foreign records, where the chain continues, why} | null,
+     "revoked": [keys whose revocation the consumer recorded: signatures by them after this entry are void]}
 
 ``seq`` starts at 0 and grows by one; ``prev_hash`` of entry 0 is 64 zeros (:data:`GENESIS`); the hash
 of an entry (:func:`entry_hash`) is the SHA-256 of the canonical JSON of the whole signed record, so the
-next entry commits to the previous one's payload and signature.
+next entry commits to the previous one's payload and signature. A summary's ``input`` names its
+partition and the last offset it covers (so a restart resumes after it); the consumer's own records have
+``input.kind == "system"`` and cover no input.
 
-Guarantees: :func:`verify_chain` checks every entry in order (signature under ``Context.AUDIT_ENTRY``
-against the trust store, schema, ``seq`` continuity, hash link) and reports the FIRST broken entry with
-the reason; a tampered, reordered, missing, inserted or re-signed entry is found (a re-signed tampered
-entry breaks the next entry's link; a truncated tail is not detectable without an external anchor of
-the head hash, which :class:`ChainReport` gives). Writing (:class:`governance.service.auditlog.AuditWriter`)
-is for the single active consumer only: it seals with the next ``seq`` and the head hash it was given.
+Reading the log (which records form the chain, which are foreign, void or duplicates, the checkpoint
+that anchors the head, repairs) is :mod:`governance.lifecycle.chain`. Writing
+(:class:`governance.service.auditlog.AuditWriter`) is for the single active consumer only: it seals with
+the next ``seq`` and the head hash it was given.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, StringConstraints, ValidationError
 
-from governance.contract.publishing import decode_record
-from governance.crypto.keys import TrustStore
-from governance.crypto.record import record_bytes, sign_record, verify_record
-from governance.crypto.schedule import DEFAULT_SCHEDULE, Phase
+from governance.crypto.record import record_bytes, sign_record
 from governance.crypto.signing import Context, Signer
-from governance.errors import CryptoError, EventValidationError
+from governance.errors import EventValidationError
 from governance.lifecycle.ledger import Event, UtcDatetime
 
 __all__ = [
     "GENESIS",
+    "AcknowledgedRecord",
     "ArtifactDigest",
     "AuditEntry",
-    "ChainReport",
     "EntryBody",
+    "EntryOutcome",
     "GateRecord",
     "Input",
-    "EntryOutcome",
+    "KeyRevocation",
     "RejectReason",
     "Rejection",
+    "RejectionSample",
+    "RejectionSummary",
+    "Repair",
     "RollbackRecord",
     "RollbackStatus",
+    "VoidEntry",
     "entry_hash",
     "parse_entry",
     "seal",
-    "verify_chain",
+    "system_input",
 ]
 
 GENESIS = "0" * 64
 EntryOutcome = Literal["applied", "recorded", "rejected"]
-RejectReason = Literal["unsigned", "unknown_key", "bad_signature", "expired", "replayed", "invalid", "refused"]
+RejectReason = Literal[
+    "unsigned", "unknown_key", "bad_signature", "expired", "replayed", "invalid", "future", "refused"
+]
 RollbackStatus = Literal["COMPLETED", "FAILED", "SCHEDULED", "MANUAL_REVIEW"]
+_Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 
 
 class _Model(BaseModel):
@@ -82,7 +90,7 @@ class Input(_Model):
     partition: int
     offset: int
     digest: str
-    kind: Literal["command", "event", "unknown"] = "unknown"
+    kind: Literal["command", "event", "unknown", "system"] = "unknown"
     id: str | None = None
     type: str | None = None
     actor: str | None = None
@@ -138,6 +146,70 @@ class ArtifactDigest(_Model):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
 
 
+class RejectionSample(_Model):
+    """One rejected input as a summary keeps it (its claims are unverified)."""
+
+    offset: int
+    digest: str
+    reason: RejectReason
+    message: str
+    kind: Literal["command", "event", "unknown", "system"] = "unknown"
+    id: str | None = None
+    type: str | None = None
+    actor: str | None = None
+
+
+class RejectionSummary(_Model):
+    """The inputs of one partition rejected at intake, offsets ``first_offset..last_offset`` (not every offset
+    in between need be a rejection: accepted inputs in between have entries of their own)."""
+
+    first_offset: int
+    last_offset: int
+    count: int = Field(ge=1)
+    counts: dict[RejectReason, int]
+    samples: list[RejectionSample] = []
+
+
+class VoidEntry(_Model):
+    """A signed entry a repair declared void: it stays on the topic but is never part of the chain."""
+
+    seq: int
+    hash: _Sha256
+    offset: int | None = None
+
+
+class AcknowledgedRecord(_Model):
+    """A record on the audit topic that is not an entry of the chain (junk, foreign-signed, a duplicate),
+    noted by its digest (SHA-256 of the record's bytes) so `audit verify` reports it as acknowledged."""
+
+    digest: _Sha256
+    offset: int | None = None
+    kind: Literal["foreign", "duplicate"]
+    detail: str
+
+
+class Repair(_Model):
+    """A signed repair of the log: which entries are void, which foreign records are acknowledged, and (in
+    the entry holding it) from which head the chain continues: the entry's own ``prev_hash`` and ``seq``."""
+
+    reason: str = Field(min_length=1)
+    operator: str
+    void: list[VoidEntry] = []
+    acknowledged: list[AcknowledgedRecord] = []
+    # True when the checkpoints published before this entry no longer describe the chain (it lost or voided
+    # entries they anchored): `audit verify` then judges only checkpoints published with or after it.
+    supersedes_checkpoints: bool = False
+
+
+class KeyRevocation(_Model):
+    """A key revocation the consumer learned from a trust store, recorded so it holds from this entry on."""
+
+    store: str
+    key_id: str
+    revoked_at: UtcDatetime
+    reason: str
+
+
 class EntryBody(_Model):
     """Everything an entry says except its place in the chain."""
 
@@ -151,6 +223,9 @@ class EntryBody(_Model):
     artifact: ArtifactDigest | None = None
     rejection: Rejection | None = None
     blocked: list[str] = []
+    summary: RejectionSummary | None = None
+    repair: Repair | None = None
+    revoked: list[KeyRevocation] = []
 
 
 class AuditEntry(EntryBody):
@@ -179,47 +254,6 @@ def parse_entry(payload: Mapping[str, Any]) -> AuditEntry:
         raise EventValidationError(f"audit entry: {where}: {first['msg']}", field=where) from None
 
 
-@dataclass(frozen=True)
-class ChainReport:
-    """The result of :func:`verify_chain`: ``ok``, or where and why the chain first breaks."""
-
-    ok: bool
-    entries: int
-    head: str
-    broken_index: int | None = None
-    broken_seq: int | None = None
-    problem: str | None = None
-
-    def __str__(self) -> str:
-        if self.ok:
-            return f"audit log OK: {self.entries} entries, head {self.head}"
-        where = f"entry #{self.broken_index}" + (f" (seq {self.broken_seq})" if self.broken_seq is not None else "")
-        return f"audit log BROKEN at {where}: {self.problem} ({self.entries} entries before it verified)"
-
-
-def verify_chain(
-    records: Iterable[bytes | Mapping[str, Any]],
-    trust_store: TrustStore,
-    now: datetime,
-    phase: Phase | None = None,
-) -> ChainReport:
-    """Verify signatures, schema, seq continuity and hash links in order; report the first break."""
-    phase = phase if phase is not None else DEFAULT_SCHEDULE.phase_at(now)
-    head, count = GENESIS, 0
-    for index, item in enumerate(records):
-        seq: int | None = None
-        try:
-            record = decode_record(item) if isinstance(item, bytes) else dict(item)
-            raw_seq = record.get("payload", {}).get("seq") if isinstance(record.get("payload"), dict) else None
-            seq = raw_seq if isinstance(raw_seq, int) else None
-            entry = parse_entry(verify_record(record, Context.AUDIT_ENTRY, trust_store, now, phase))
-        except (CryptoError, EventValidationError) as exc:
-            return ChainReport(False, count, head, index, seq, f"{type(exc).__name__}: {exc}")
-        if entry.seq != index:
-            problem = f"seq {entry.seq} where {index} was expected (an entry is missing, inserted or reordered)"
-            return ChainReport(False, count, head, index, entry.seq, problem)
-        if entry.prev_hash != head:
-            problem = f"prev_hash {entry.prev_hash[:16]}... does not match entry #{index - 1}'s hash {head[:16]}..."
-            return ChainReport(False, count, head, index, entry.seq, problem)
-        head, count = entry_hash(record), count + 1
-    return ChainReport(True, count, head)
+def system_input(topic: str, what: str, actor: str) -> Input:
+    """The ``input`` of an entry the consumer (or `audit repair`) writes on its own: it covers no input."""
+    return Input(topic=topic, partition=0, offset=-1, digest=GENESIS, kind="system", type=what, actor=actor)

@@ -10,13 +10,18 @@ invalid        not JSON, not an object, or (after the signature verified) not a 
 unsigned       no ``signature`` (nor ``classical``) block: a bare event or command
 unknown_key    signed by a key the trust store does not hold (for commands: not a key of the identity
                the command names, or an identity nobody trusts)
-bad_signature  the signature does not verify: payload or signature altered, wrong context, key revoked
-               or expired at signing time, signature dated in the future
-expired        the input's own ``expires_at`` is past
+bad_signature  the signature does not verify: payload or signature altered, wrong context, key
+               expired at signing time, key revoked (at any time: a live input has no business being
+               signed by a revoked key, whatever ``signed_at`` it claims), signature dated in the future
+future         a command whose ``issued_at`` lies more than ``skew`` (default 5 minutes) ahead of the
+               consumer's clock
+expired        the input's own ``expires_at`` is past (for a command that bounds ``issued_at`` from
+               below too: ``expires_at`` is at most a day after it)
 replayed       its id (event id, command id) was already handled
 =============  =====================================================================================
 
-Guarantees: pure apart from the signature check (CPU, ~0.5 ms); nothing of an input is trusted before
+Guarantees: pure apart from the signature check (CPU, ~0.5 ms); the cheap checks (JSON, signature block,
+key known, kind) come before it, and nothing here signs or writes; nothing of an input is trusted before
 its signature verified: a rejection's ``input`` fields (id, type, actor) are the message's unverified
 claims, kept for the audit trail only.
 """
@@ -25,7 +30,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import orjson
@@ -35,16 +40,17 @@ from governance.contract.kafkaio import Record
 from governance.contract.publishing import decode_record
 from governance.crypto.keys import TrustStore
 from governance.crypto.record import verify_record
-from governance.crypto.signing import Context
+from governance.crypto.signing import Context, Verifier
 from governance.errors import EventValidationError, VerificationError
 from governance.lifecycle.audit import Input, Rejection, RejectReason
 from governance.lifecycle.commands import Command, parse_command
 from governance.lifecycle.identities import Trust
 from governance.lifecycle.state import GovernanceState
 
-__all__ = ["INPUT_EVENTS", "Received", "Refused", "intake"]
+__all__ = ["DEFAULT_SKEW", "INPUT_EVENTS", "Received", "Refused", "intake"]
 
 INPUT_EVENTS = (GateReady, GateBlocked, RollbackTrigger, Escalation)
+DEFAULT_SKEW = timedelta(minutes=5)
 Expects = Literal["command", "event"]
 
 
@@ -90,7 +96,8 @@ def _store(trust: Trust, source: Input) -> TrustStore:
     return trust.system
 
 
-def intake(record: Record, state: GovernanceState, trust: Trust, now: datetime, expects: Expects) -> Received | Refused:
+def intake(record: Record, state: GovernanceState, trust: Trust, now: datetime, expects: Expects,
+           skew: timedelta = DEFAULT_SKEW) -> Received | Refused:
     """Verify ``record`` (a message on a topic carrying ``expects``); see the module table for reasons."""
     digest = hashlib.sha256(record.value).hexdigest()
     bare = Input(topic=record.topic, partition=record.partition, offset=record.offset, digest=digest)
@@ -113,7 +120,8 @@ def intake(record: Record, state: GovernanceState, trust: Trust, now: datetime, 
         store = _store(trust, source)
         if key_id not in store:
             return _refuse(source, "unknown_key", f"signed by key {key_id!r}, which is not trusted for this input")
-        verified = verify_record(message, context, store, now, trust.phase(now))
+        verified = verify_record(message, context, store, now, trust.phase(now),
+                                 verifier=Verifier(store, strict_revocation=True))
     except VerificationError as exc:
         reason: RejectReason = "unknown_key" if "not trusted" in str(exc) else "bad_signature"
         return _refuse(source, reason, str(exc))
@@ -122,6 +130,10 @@ def intake(record: Record, state: GovernanceState, trust: Trust, now: datetime, 
             command = parse_command(verified)
             received = Received(source, command=command)
             expires_at, input_id = command.expires_at, command.command_id
+            if command.issued_at > now + skew:
+                return _refuse(source.model_copy(update={"id": input_id}), "future",
+                               f"{command.command} {input_id} is issued at {command.issued_at.isoformat()}, more "
+                               f"than {skew} ahead of the consumer's clock ({now.isoformat()})")
         else:
             event = parse_event(orjson.dumps(verified))
             if not isinstance(event, INPUT_EVENTS):

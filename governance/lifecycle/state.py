@@ -2,15 +2,17 @@
 
 :class:`GovernanceState` is a pure value: the model registry (:mod:`governance.lifecycle.registry`) plus what the
 consumer needs beyond it — the latest gate verdict per version and stage, artifact digests, ProofPacks,
-the input positions already handled, the ids already seen (replay protection), rollback records and
-rejection counts. :func:`fold` is the only way it changes; the live consumer and a rebuild from the log
+the input positions already handled, the ids already seen (replay protection), rollback records,
+rejection counts (one per rejected input, also those a summary entry covers) and the key revocations the
+log recorded. :func:`fold` is the only way it changes; the live consumer and a rebuild from the log
 call the same function, so the state materialised in Redis equals ``rebuild(log)`` by construction.
 
 Guarantees: :func:`fold` is pure and deterministic; it refuses an entry that does not continue the chain
 (``seq`` not the next one, ``prev_hash`` not the head) or whose facts the registry refuses, with
 :class:`~governance.errors.VerificationError` naming the seq (a log that cannot be folded is corrupt and
 must not be served). Only ids of inputs whose signature verified are remembered, so a forged message
-cannot burn the id of a genuine event that arrives later. JSON round-trips exactly
+cannot burn the id of a genuine event that arrives later. The consumer's own entries (``input.kind ==
+"system"``: repairs, revocations) cover no input position. JSON round-trips exactly
 (``model_dump(mode="json")`` / ``model_validate``).
 """
 
@@ -46,6 +48,7 @@ class GovernanceState(BaseModel):
     seen: dict[str, int] = {}
     rollbacks: list[RollbackRecord] = []
     rejections: dict[str, int] = {}
+    revoked: dict[str, int] = {}  # key id -> seq of the entry that recorded its revocation
 
     def handled(self, topic: str, partition: int, offset: int) -> bool:
         """Whether the message at these coordinates was already handled (a redelivery)."""
@@ -80,10 +83,16 @@ def fold(state: GovernanceState, entry: AuditEntry, entry_hash: str) -> Governan
     if entry.rollback is not None:
         new.rollbacks.append(entry.rollback)
     source = entry.input
-    new.positions[source.position] = max(source.offset, new.positions.get(source.position, -1))
+    if source.kind != "system":
+        new.positions[source.position] = max(source.offset, new.positions.get(source.position, -1))
     rejection = entry.rejection
     if rejection is not None:
         new.rejections[rejection.reason] = new.rejections.get(rejection.reason, 0) + 1
+    if entry.summary is not None:
+        for reason, count in entry.summary.counts.items():
+            new.rejections[reason] = new.rejections.get(reason, 0) + count
+    for revocation in entry.revoked:
+        new.revoked.setdefault(revocation.key_id, entry.seq)
     if source.id is not None and (rejection is None or rejection.reason in _VERIFIED_REJECTIONS):
         new.seen.setdefault(source.id, entry.seq)
     new.seq, new.head = entry.seq, entry_hash

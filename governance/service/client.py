@@ -4,7 +4,10 @@ The consumer is the single writer of the audit log, so the CLI never changes sta
 end of the log, sends the signed command, and reads the log from that point until the entry whose
 ``input.id`` is the command id appears (its signature verified against the system trust store).
 
-Guarantees: the answer is an entry written after the command was sent; a timeout raises
+A command rejected at intake (unknown key, bad signature, expired, ...) is answered by the summary entry of
+its partition, which names it among its samples (up to 5 per reason and summary: in a flood of junk the
+answer may not name it, and the wait times out). Guarantees: the answer is an entry written after the
+command was sent; a timeout raises
 :class:`~governance.errors.InfrastructureError` naming the command id (the command may still be applied
 later: look for it with ``shadowgate model history``).
 """
@@ -97,8 +100,11 @@ def submit(
         producer.close()
 
     def answers(entry: dict[str, Any]) -> bool:
-        source = entry.get("input")
-        return isinstance(source, dict) and source.get("id") == command_id
+        source, summary = entry.get("input"), entry.get("summary")
+        if isinstance(source, dict) and source.get("id") == command_id:
+            return True
+        samples = summary.get("samples") if isinstance(summary, dict) else None
+        return isinstance(samples, list) and any(isinstance(s, dict) and s.get("id") == command_id for s in samples)
 
     try:
         return wait_for_entry(bootstrap, lifecycle_topic, start, answers, trust, timeout_s, progress)

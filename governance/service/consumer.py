@@ -3,224 +3,265 @@
 Loop, for each message on the input topics (gates, rollbacks: signed events; commands, approvals:
 signed commands), in arrival order per partition::
 
-    intake (verify, expiry, replay)  ->  handle (decide)  ->  [rollback: publish routing, read it back]
-      ->  append the signed, hash-chained audit entry  ->  fold it into the state  ->  save the state
-          to Redis  ->  publish changed routing assignments  ->  alerts  ->  metrics
+    intake (JSON, signature block, key known, verify, freshness, replay)
+      rejected -> counted in memory (RejectionTally): one summary entry per partition per interval
+      accepted -> handle (decide)  ->  [rollback: publish routing in its own transaction, read it back]
+               -> seal the entry  ->  ONE transaction: entry + changed routing + checkpoint of the new head
+               -> fold it into the state  ->  save the state to Redis  ->  alerts  ->  metrics
 
-Start-up: take the Redis lease (a second instance waits), read and verify the whole audit log, rebuild
-the state from it, save it to Redis, republish every model's routing, and resume each input partition
-right after the last offset the log records (offsets live in the log, not in a consumer group).
+Start-up: take the standby lease of the audit log (a second instance waits), renew it by time from then
+on; ``init_transactions`` with the log's fixed ``transactional.id`` (fences any earlier writer: its open
+transaction is aborted, its next write refused); read the log, classify every record
+(:mod:`governance.lifecycle.chain`) and check the newest checkpoint; refuse to start on a break (a fork,
+a gap) or a log that does not reach its checkpoint, naming ``shadowgate audit repair``; rebuild the state
+from the chain; then, in one transaction: an entry acknowledging foreign records found on the log (junk,
+foreign-signed, duplicates), an entry for every key revocation not yet recorded, every model's routing
+republished, and a checkpoint. Then resume each input partition right after the last offset the log
+records (offsets live in the log, not in a consumer group).
 
 Guarantees:
 
+* one writer: the broker fences every writer of the log but the newest (:class:`FencedError` stops the
+  others); the lease is scoped to the audit topic and Kafka cluster, never to a Redis prefix;
+* liveness independent of input: the lease is renewed by a timer thread; a rejected input costs a JSON
+  parse, a dictionary lookup and at most one signature check, never a signature, a transaction or a state
+  write; rejections are summarised (counted per reason, with samples and the offsets covered), so a flood
+  adds one entry per partition per ``summary_interval_s``;
 * idempotent: a message whose offset the log already covers is skipped (counted as redelivered); an
   input whose id was already handled, at any offset, is rejected as ``replayed`` and changes nothing;
-* nothing unverified is applied: unsigned, forged, wrong-key, expired, replayed or invalid inputs are
-  rejected, counted (``shadowgate_governance_rejected_total{reason}``), alerted (alerts topic) and
-  appended to the audit log as rejections;
-* crash safety: the entry is written (acknowledged by the broker) before the state is saved and the
-  routing published; after a crash, the rebuild from the log and the routing republication restore
-  both, and inputs after the last entry are read again;
-* the lease is checked before every append; an instance that lost it raises and stops.
+* crash safety: an entry, the routing it changes and the checkpoint commit together or not at all; the
+  state is folded and saved only after the commit; after a crash the rebuild from the log and the routing
+  republication restore both, and inputs after the last entry are read again;
+* keys: given a ``LiveKeyring`` and a ``LiveTrust`` (as ``shadowgate governance`` does), it follows rotations
+  and revocations while running; a revocation is recorded as an entry, after which the chain refuses that key.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import Literal, get_args
 
-import redis
 from confluent_kafka import TopicPartition
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry
 
 from governance.contract.events import Alert, Evidence, Versions
 from governance.contract.findings import AlertSeverity
-from governance.contract.kafkaio import Record, SyncProducer, make_consumer, partitions_of, poll_records, read_range
-from governance.contract.publishing import decode_record, encode_signed_event
-from governance.contract.settings import Settings
-from governance.contract.stages import Stage
+from governance.contract.kafkaio import Record, partitions_of, poll_records
+from governance.contract.publishing import encode_signed_event
 from governance.crypto.keys import KeyInfo
+from governance.crypto.live import LiveKeyring
 from governance.crypto.signing import Signer
 from governance.errors import ConfigError, DeliveryError, InfrastructureError, VerificationError
-from governance.lifecycle import audit as _audit
-from governance.lifecycle.audit import AuditEntry, EntryBody, entry_hash, parse_entry, verify_chain
-from governance.lifecycle.handler import Rules, handle, rejected
-from governance.lifecycle.identities import Trust
+from governance.lifecycle.audit import (
+    AcknowledgedRecord,
+    AuditEntry,
+    EntryBody,
+    KeyRevocation,
+    Repair,
+    system_input,
+)
+from governance.lifecycle.chain import NO_CHECKPOINT, ChainWalk, check_anchor, read_items, walk
+from governance.lifecycle.checkpoint import read_checkpoints
+from governance.lifecycle.handler import Rules, handle
+from governance.lifecycle.identities import LiveTrust, Trust
 from governance.lifecycle.intake import Refused, intake
 from governance.lifecycle.ledger import Transitioned
 from governance.lifecycle.proofpack import write_encrypted
-from governance.lifecycle.routing import Assignment, RoutingPublisher, assignment_for
+from governance.lifecycle.rejections import RejectionTally
+from governance.lifecycle.routing import Assignment, RoutingPublisher, assignment_for, encode_assignment
 from governance.lifecycle.state import GovernanceState, fold
+from governance.lifecycle.state import rebuild as rebuild_state
 from governance.policy.catalog import FeatureCatalog
 from governance.policy.document import Policy
-from governance.service.auditlog import AuditWriter
-from governance.service.lease import Lease
+from governance.service.auditlog import AuditWriter, Outgoing, read_log
+from governance.service.clients import DEFAULT_COMMANDS_TOPIC, ConsumerClients, ConsumerConfig
+from governance.service.lease import Lease, audit_lease_key
+from governance.service.metrics import Metrics
 from governance.service.rollback import execute_rollback
 from governance.service.statestore import StateStore
+from governance.service.transactions import TransactionalProducer
 
-__all__ = ["DEFAULT_COMMANDS_TOPIC", "ConsumerConfig", "GovernanceConsumer", "Metrics", "read_log"]
+__all__ = ["CONSUMER", "DEFAULT_COMMANDS_TOPIC", "ConsumerClients", "ConsumerConfig", "GovernanceConsumer",
+           "Metrics", "read_log"]
 
-DEFAULT_COMMANDS_TOPIC = "governance.commands"
+CONSUMER = "governance-consumer"
 _ALERT_NS = uuid.UUID("0b6c7f38-5a51-4b1e-9d55-3f0d6c2f9a11")
 _SECURITY = {"unsigned": "critical", "unknown_key": "critical", "bad_signature": "critical",
-             "expired": "warning", "replayed": "warning", "invalid": "warning"}
-
-
-@dataclass(frozen=True)
-class ConsumerConfig:
-    """Where the consumer reads and writes; ``canary_share`` must lie in the policy's canary range."""
-
-    bootstrap: str
-    redis_url: str
-    prefix: str
-    gates_topic: str
-    rollbacks_topic: str
-    approvals_topic: str
-    commands_topic: str
-    lifecycle_topic: str
-    routing_topic: str
-    alerts_topic: str
-    canary_share: float
-    lease_ttl_s: float = 15.0
-    proofpack_dir: Path | None = None
-
-    @classmethod
-    def from_settings(cls, settings: Settings, canary_share: float, commands_topic: str = DEFAULT_COMMANDS_TOPIC,
-                      **overrides: object) -> ConsumerConfig:
-        t = settings.topics
-        return cls(bootstrap=settings.kafka_bootstrap, redis_url=settings.redis_url_value(),
-                   prefix=settings.redis_prefix, gates_topic=t.gates, rollbacks_topic=t.rollbacks,
-                   approvals_topic=t.approvals, commands_topic=commands_topic, lifecycle_topic=t.lifecycle,
-                   routing_topic=t.routing, alerts_topic=t.alerts, canary_share=canary_share,
-                   **overrides)  # type: ignore[arg-type]
-
-    def inputs(self) -> dict[str, Literal["command", "event"]]:
-        return {self.gates_topic: "event", self.rollbacks_topic: "event",
-                self.approvals_topic: "command", self.commands_topic: "command"}
-
-
-class Metrics:
-    """The consumer's Prometheus counters, registered in the registry passed in."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.inputs = Counter("shadowgate_governance_inputs", "Messages handled, by topic", ["topic"],
-                              registry=registry)
-        self.rejected = Counter("shadowgate_governance_rejected", "Inputs rejected, by reason", ["reason"],
-                                registry=registry)
-        self.transitions = Counter("shadowgate_governance_transitions", "Stage moves applied, by target stage",
-                                   ["to_stage"], registry=registry)
-        self.rollbacks = Counter("shadowgate_governance_rollbacks", "Rollbacks, by status", ["status"],
-                                 registry=registry)
-        self.redelivered = Counter("shadowgate_governance_redelivered", "Messages skipped: offset already in the log",
-                                   registry=registry)
-        self.alert_failures = Counter("shadowgate_governance_alert_failures", "Alerts that could not be published",
-                                      registry=registry)
-        # Every known label value starts at 0, so increase() sees the first increment (a series born at 1 has
-        # no earlier sample: the first failed rollback would never fire ShadowgateRollbackFailed).
-        for reason in get_args(_audit.RejectReason):
-            self.rejected.labels(reason=reason)
-        for status in get_args(_audit.RollbackStatus):
-            self.rollbacks.labels(status=status)
-        for stage in Stage:
-            self.transitions.labels(to_stage=stage.value)
-
-
-def read_log(bootstrap: str, topic: str, timeout_s: float = 60.0) -> list[Record]:
-    """Every message of the (single-partition) audit log topic, in order."""
-    consumer = make_consumer(bootstrap, "audit-read")
-    try:
-        partitions = partitions_of(consumer, topic)
-        if partitions != [0]:
-            raise ConfigError(f"audit log topic {topic} has {len(partitions)} partitions; it needs exactly 1 (order)")
-        return list(read_range(consumer, topic, 0, 0, timeout_s))
-    finally:
-        consumer.close()
+             "expired": "warning", "replayed": "warning", "invalid": "warning", "future": "warning"}
 
 
 class GovernanceConsumer:
-    """See the module docstring. Not thread-safe: one thread runs :meth:`run` (or :meth:`poll_once`)."""
+    """See the module docstring. Not thread-safe: one thread runs :meth:`run` (or :meth:`poll_once`).
 
-    def __init__(self, config: ConsumerConfig, *, signer: Signer, trust: Trust, policy: Policy,
-                 catalog: FeatureCatalog, metrics: CollectorRegistry, clock: Callable[[], datetime] | None = None,
-                 encrypt_to: KeyInfo | None = None) -> None:
+    ``signer``: the system key, or a :class:`LiveKeyring` that follows rotations; ``trust``: a fixed
+    :class:`Trust`, or a :class:`LiveTrust` that follows the trust stores; ``clients``: default
+    :meth:`ConsumerClients.connect`.
+    """
+
+    def __init__(self, config: ConsumerConfig, *, signer: Signer | LiveKeyring, trust: Trust | LiveTrust,
+                 policy: Policy, catalog: FeatureCatalog, metrics: CollectorRegistry,
+                 clock: Callable[[], datetime] | None = None, encrypt_to: KeyInfo | None = None,
+                 clients: ConsumerClients | None = None) -> None:
         share = policy.staging.canary_traffic_share
         if not share.min <= config.canary_share <= share.max:
             raise ConfigError(f"canary_share {config.canary_share} is outside the policy's "
                               f"staging.canary_traffic_share [{share.min}, {share.max}]")
-        self.config, self.trust, self.policy = config, trust, policy
+        self.config, self.policy = config, policy
         self.clock = clock or (lambda: datetime.now(UTC))
-        self.rules = Rules(policy=policy, catalog=catalog, canary_share=config.canary_share, signer=signer)
+        self._keys, self._trust_source = signer, trust
+        self._trust = trust.current() if isinstance(trust, LiveTrust) else trust
+        first = self._signer_at(self.clock())
+        self.rules = Rules(policy=policy, catalog=catalog, canary_share=config.canary_share, signer=first)
         self.metrics = Metrics(metrics)
         self.encrypt_to = encrypt_to
-        self.signer = signer
         self.state = GovernanceState()
-        self._redis: redis.Redis[bytes] = redis.Redis.from_url(config.redis_url)
-        self.store = StateStore(self._redis, config.prefix)
-        self.lease = Lease(self._redis, config.prefix, config.lease_ttl_s)
-        self._producer = SyncProducer(config.bootstrap)
-        self.writer = AuditWriter(self._producer, config.lifecycle_topic, signer)
-        self.routing = RoutingPublisher(self._producer, config.bootstrap, config.routing_topic, signer)
-        self._consumer = make_consumer(config.bootstrap, "governance")
+        self.tally = RejectionTally(timedelta(seconds=config.summary_interval_s))
+        self.skew = timedelta(seconds=config.command_skew_s)
+        self.clients = clients or ConsumerClients.connect(config)
+        self.store = StateStore(self.clients.redis, config.prefix)
+        self.lease = Lease(self.clients.redis, audit_lease_key(self.clients.cluster_id, config.lifecycle_topic),
+                           config.lease_ttl_s)
+        self.writer = AuditWriter(self.clients.producer, config.lifecycle_topic, config.checkpoints_topic)
+        self.routing = RoutingPublisher(self.clients.producer, config.bootstrap, config.routing_topic, first)
         self._expects = config.inputs()
         self._started = False
+
+    # ----------------------------------------------------------------------------------- keys
+
+    @property
+    def signer(self) -> Signer:
+        """The system key signing now (the newest active one when following a :class:`LiveKeyring`)."""
+        return self.rules.signer
+
+    @property
+    def trust(self) -> Trust:
+        return self._trust
+
+    @property
+    def _producer(self) -> TransactionalProducer:
+        return self.clients.producer  # alerts go through the fenced producer too
+
+    def _signer_at(self, now: datetime) -> Signer:
+        return self._keys.signer(now) if isinstance(self._keys, LiveKeyring) else self._keys
+
+    def _refresh_keys(self, now: datetime) -> list[EntryBody]:
+        """Follow the key files: the current signer and trust; entries for revocations not yet recorded."""
+        if isinstance(self._trust_source, LiveTrust):
+            failures = self._trust_source.failures
+            self._trust = self._trust_source.current()
+            self.metrics.key_reload_failures.inc(self._trust_source.failures - failures)
+        if isinstance(self._keys, LiveKeyring):
+            failures = self._keys.failures
+            signer = self._keys.signer(now)
+            self.metrics.key_reload_failures.inc(self._keys.failures - failures)
+            if signer is not self.rules.signer:
+                self.rules = dataclasses.replace(self.rules, signer=signer)
+                self.routing.signer = signer
+        return self._revocations(now)
+
+    def _revocations(self, now: datetime) -> list[EntryBody]:
+        stores = {"system": self._trust.system, **self._trust.identities}
+        new = [KeyRevocation(store=name, key_id=key.key_id, revoked_at=key.revoked_at,
+                             reason=key.revocation_reason or "no reason given")
+               for name, store in sorted(stores.items()) for key in store
+               if key.revoked_at is not None and key.key_id not in self.state.revoked]
+        if not new:
+            return []
+        source = system_input(self.config.lifecycle_topic, "key_revoked", CONSUMER)
+        return [EntryBody(at=now, input=source, outcome="recorded", revoked=new)]
 
     # ----------------------------------------------------------------------------------- start-up
 
     def start(self, stop: threading.Event | None = None, on_wait: Callable[[str], None] | None = None) -> bool:
-        """Take the lease, rebuild from the log, republish routing, assign the inputs (False: stopped)."""
+        """Take the lease, fence earlier writers, rebuild from the log, republish routing, assign the inputs."""
         if not self.lease.acquire(stop, on_wait):
             return False
-        self.state = self.rebuild()
+        self.lease.keep()
+        self.clients.producer.init()
         now = self.clock()
-        self.store.save(self.state, self.config.canary_share, now)
-        for model in self.state.registry.models:
-            self.routing.publish(assignment_for(self.state.registry, model, self.config.canary_share,
-                                                self.state.seq, now), now)
+        chain = self.read_chain(now)
+        self.state = rebuild_state(chain.entries())
+        self._started = True
+        try:
+            self._commit([*self._acknowledgement(chain, now), *self._refresh_keys(now)], republish=True)
+        except BaseException:
+            self._started = False
+            raise
         assignments = []
         for topic in self._expects:
-            for partition in partitions_of(self._consumer, topic):
+            for partition in partitions_of(self.clients.consumer, topic):
                 offset = self.state.positions.get(f"{topic}:{partition}", -1) + 1
                 assignments.append(TopicPartition(topic, partition, offset))
-        self._consumer.assign(assignments)
-        self._started = True
+        self.clients.consumer.assign(assignments)
         return True
 
+    def read_chain(self, now: datetime) -> ChainWalk:
+        """The audit log walked (VerificationError on a break, or when it does not reach its checkpoint)."""
+        topic, trust = self.config.lifecycle_topic, self._trust
+        records = self.clients.log.entries()
+        items = read_items([r.value for r in records], trust.system, now, trust.phase(now),
+                           offsets=[r.offset for r in records])
+        chain = walk(items)
+        if chain.broken is not None:
+            where = chain.broken.item.where
+            raise VerificationError(f"{topic}: audit log BROKEN at {where}: {chain.broken.problem}; refusing to "
+                                    "start: inspect it with `shadowgate audit verify`, then repair it with "
+                                    "`shadowgate audit repair --reason ...` (docs/governance.md)")
+        checkpoints, _ = read_checkpoints(self.clients.log.checkpoints(), topic, trust.system, now, trust.phase(now))
+        problem = check_anchor(chain, checkpoints)
+        if problem is not None and problem != NO_CHECKPOINT:
+            raise VerificationError(f"{topic}: {problem}; refusing to start: repair it with "
+                                    "`shadowgate audit repair --reason ...` (docs/governance.md)")
+        return chain
+
     def rebuild(self) -> GovernanceState:
-        """The state folded from the whole audit log, after verifying its chain (VerificationError if broken)."""
-        records = read_log(self.config.bootstrap, self.config.lifecycle_topic)
-        now = self.clock()
-        report = verify_chain((r.value for r in records), self.trust.system, now, self.trust.phase(now))
-        if not report.ok:
-            raise VerificationError(f"{self.config.lifecycle_topic}: {report}; refusing to start on a broken log")
-        state = GovernanceState()
-        for record in records:
-            signed = decode_record(record.value)
-            state = fold(state, parse_entry(signed["payload"]), entry_hash(signed))
-        return state
+        """The state folded from the audit log's chain (VerificationError if it is broken)."""
+        return rebuild_state(self.read_chain(self.clock()).entries())
+
+    def _acknowledgement(self, chain: ChainWalk, now: datetime) -> list[EntryBody]:
+        found = [a for a in chain.unacknowledged() if a.kind != "void"]
+        if not found:
+            return []
+        self.metrics.foreign.inc(len(found))
+        notes = [AcknowledgedRecord(digest=a.item.digest, offset=a.item.offset, kind=a.kind,  # type: ignore[arg-type]
+                                    detail=a.detail[:512]) for a in found]
+        repair = Repair(reason=f"{len(found)} record(s) on {self.config.lifecycle_topic} that are not entries of "
+                               "the chain, found at start: never part of the chain", operator=CONSUMER,
+                        acknowledged=notes)
+        source = system_input(self.config.lifecycle_topic, "foreign_records", CONSUMER)
+        return [EntryBody(at=now, input=source, outcome="recorded", repair=repair)]
 
     # ----------------------------------------------------------------------------------- the loop
 
-    def poll_once(self, timeout_s: float = 0.2) -> list[AuditEntry]:
-        """Handle the messages available within ``timeout_s``; returns the entries appended."""
+    def _check_running(self) -> None:
         if not self._started:
             raise InfrastructureError("GovernanceConsumer.start() was not called (or it was stopped)")
-        if not self.lease.renew_if_due():
-            raise InfrastructureError(f"lost the governance lease {self.lease.key}; another instance took over")
-        entries = []
-        for record in poll_records(self._consumer, timeout_s):
-            entry = self.process(record)
-            if entry is not None:
-                entries.append(entry)
+        if not self.lease.ok():
+            raise InfrastructureError(f"{self.lease.problem()}; stopping (another instance may take over)")
+
+    def poll_once(self, timeout_s: float = 0.2) -> list[AuditEntry]:
+        """Handle the messages available within ``timeout_s``; returns the entries appended."""
+        self._check_running()
+        entries = self._commit(self._refresh_keys(self.clock()))
+        for record in poll_records(self.clients.consumer, timeout_s):
+            self._check_running()
+            entries += self.process(record)
+            if self.tally.due(self.clock()):
+                entries += self.flush()
+        if self.tally.due(self.clock()):
+            entries += self.flush()
         return entries
+
+    def flush(self) -> list[AuditEntry]:
+        """Write the pending rejection summaries now (one entry per partition)."""
+        return self._commit(self.tally.drain(self.clock())) if len(self.tally) else []
 
     def run(self, stop: threading.Event, on_wait: Callable[[str], None] | None = None,
             on_entry: Callable[[AuditEntry], None] | None = None) -> None:
-        """Start and handle inputs until ``stop`` is set; releases the lease on the way out."""
+        """Start and handle inputs until ``stop`` is set; writes pending summaries, releases the lease."""
         try:
             if not self.start(stop, on_wait):
                 return
@@ -228,57 +269,77 @@ class GovernanceConsumer:
                 for entry in self.poll_once():
                     if on_entry is not None:
                         on_entry(entry)
+            for entry in self.flush():
+                if on_entry is not None:
+                    on_entry(entry)
         finally:
             self.close()
 
-    def process(self, record: Record) -> AuditEntry | None:
-        """Handle one message (None: a redelivery the log already covers)."""
+    def process(self, record: Record) -> list[AuditEntry]:
+        """Handle one message; the entries appended ([] for a redelivery, or a rejection still pending)."""
         if self.state.handled(record.topic, record.partition, record.offset):
             self.metrics.redelivered.inc()
-            return None
+            return []
         expects = self._expects.get(record.topic)
         if expects is None:
             raise ConfigError(f"message from topic {record.topic}, which is not an input of the governance consumer")
         self.metrics.inputs.labels(topic=record.topic).inc()
         now = self.clock()
-        result = intake(record, self.state, self.trust, now, expects)
-        published: Assignment | None = None
+        result = intake(record, self.state, self._trust, now, expects, self.skew)
         if isinstance(result, Refused):
-            body = rejected(result, now)
-        else:
-            plan = handle(self.state, result, self.rules, now)
-            body = plan.body
-            if plan.rollback is not None:
-                body, published = execute_rollback(plan.rollback, body, self.state, self.config.canary_share,
-                                                   self.routing, self.trust, self.clock)
-        return self._commit(body, published)
+            self.tally.add(result, now)
+            self.metrics.rejected.labels(reason=result.rejection.reason).inc()
+            return []
+        entries = self.flush()  # positions only grow, and a rollback's routing seq is the next entry's
+        plan = handle(self.state, result, self.rules, now)
+        body, published = plan.body, None
+        if plan.rollback is not None:
+            body, published = execute_rollback(plan.rollback, body, self.state, self.config.canary_share,
+                                               self.routing, self._trust, self.clock)
+        return entries + self._commit([body], published)
 
-    def _commit(self, body: EntryBody, published: Assignment | None) -> AuditEntry:
-        if not self.lease.held():
-            raise InfrastructureError(f"lost the governance lease {self.lease.key}; not appending (another writer)")
-        before = self.state
-        now = self.clock()
-        entry, record = self.writer.append(body, before.seq + 1, before.head, now)
-        self.state = fold(before, entry, entry_hash(record))
-        self.store.save(self.state, self.config.canary_share, now)
-        self._publish_routing(before, published, now)
-        self._write_proofpack(entry, now)
-        self._alert(entry, now)
-        self._count(entry)
-        return entry
+    def _commit(self, bodies: Sequence[EntryBody], published: Assignment | None = None,
+                republish: bool = False) -> list[AuditEntry]:
+        """Seal ``bodies``; write them with the routing they change and a checkpoint in one transaction; then
+        fold, save, alert. Nothing is written (and nothing folded) when there are no bodies and no republish."""
+        if not bodies and not republish:
+            return []
+        self._check_running()
+        before, now, signer = self.state, self.clock(), self.signer
+        sealed = self.writer.seal(bodies, before.seq + 1, before.head, signer, now)
+        after = before
+        for item in sealed:
+            after = fold(after, item.entry, item.hash)
+        routing = self._routing(before, after, published, republish, now)
+        self.writer.commit(sealed, routing, self.writer.checkpoint(after.seq, after.head, signer, now))
+        self.state = after
+        self.store.save(after, self.config.canary_share, now)
+        for item in sealed:
+            self._write_proofpack(item.entry, now)
+            self._alert(item.entry, now)
+            self._count(item.entry)
+        return [item.entry for item in sealed]
 
     # ----------------------------------------------------------------------------------- effects
 
-    def _publish_routing(self, before: GovernanceState, published: Assignment | None, now: datetime) -> None:
-        share, after = self.config.canary_share, self.state
+    def _routing(self, before: GovernanceState, after: GovernanceState, published: Assignment | None,
+                 republish: bool, now: datetime) -> list[Outgoing]:
+        """The signed assignments to write with the entries: every model's on start (with ``seq`` one past the
+        head, so it wins over a rollback's routing left behind by a crash), else the ones that changed."""
+        share, messages = self.config.canary_share, []
         for model in after.registry.models:
-            new = assignment_for(after.registry, model, share, after.seq, now)
-            old = assignment_for(before.registry, model, share, before.seq, now)
-            if model not in before.registry.models and not (new.production or new.canary or new.shadow):
-                continue  # a new model serves nothing yet: nothing to tell the scoring services
-            if new.same_routing(published) or (model in before.registry.models and new.same_routing(old)):
-                continue
-            self.routing.publish(new, now)
+            if republish:
+                new = assignment_for(after.registry, model, share, after.seq + 1, now)
+            else:
+                new = assignment_for(after.registry, model, share, after.seq, now)
+                old = assignment_for(before.registry, model, share, before.seq, now)
+                if model not in before.registry.models and not (new.production or new.canary or new.shadow):
+                    continue  # a new model serves nothing yet: nothing to tell the scoring services
+                if new.same_routing(published) or (model in before.registry.models and new.same_routing(old)):
+                    continue
+            value = encode_assignment(new, self.signer, now)
+            messages.append(Outgoing(self.config.routing_topic, value, model.encode()))
+        return messages
 
     def _write_proofpack(self, entry: AuditEntry, now: datetime) -> None:
         if entry.proofpack is not None and self.config.proofpack_dir is not None and self.encrypt_to is not None:
@@ -293,6 +354,7 @@ class GovernanceConsumer:
             self._send_alert(entry, now, model="governance", production=None, severity=severity,
                              dedup=f"rejected|{rejection.reason}|{source.digest[:16]}", summary=summary,
                              runbook="governance-rejected-input")
+        self._alert_log(entry, now)
         if rollback is not None:
             line = self.state.registry.models.get(rollback.model)
             production = line.production if line is not None else None
@@ -307,9 +369,33 @@ class GovernanceConsumer:
                 self._send_alert(entry, now, model=rollback.model, production=production, severity="warning",
                                  dedup=f"rollback|{rollback.status}", summary=summary, runbook="rollback-procedure")
 
+    def _alert_log(self, entry: AuditEntry, now: datetime) -> None:
+        """Alerts about the inputs and the log itself: a rejection summary, foreign records, revocations."""
+        alerts: list[tuple[AlertSeverity, str, str, str]] = []  # severity, dedup, summary, runbook
+        source = entry.input
+        if entry.summary is not None:
+            counts = entry.summary.counts
+            severity: AlertSeverity = "critical" if any(_SECURITY.get(r) == "critical" for r in counts) else "warning"
+            text = ", ".join(f"{n} {reason}" for reason, n in counts.items())
+            alerts.append((severity, f"rejected|{'+'.join(counts)}|{source.position}",
+                           f"rejected {entry.summary.count} input(s) from {source.topic}[{source.partition}] offsets "
+                           f"{entry.summary.first_offset}..{entry.summary.last_offset}: {text}",
+                           "governance-rejected-input"))
+        if entry.repair is not None and entry.repair.acknowledged:
+            alerts.append(("critical", "audit-log|foreign-records",
+                           f"{len(entry.repair.acknowledged)} foreign record(s) on the audit log "
+                           f"{self.config.lifecycle_topic} (not part of the chain): {entry.repair.reason}",
+                           "governance-audit-log"))
+        if entry.revoked:
+            keys = ", ".join(f"{r.key_id} ({r.store})" for r in entry.revoked)
+            alerts.append(("warning", "keys|revoked", f"key revocation recorded at audit seq {entry.seq}: {keys}",
+                           "key-rotation"))
+        for severity, dedup, summary, runbook in alerts:
+            self._send_alert(entry, now, model="governance", production=None, severity=severity, dedup=dedup,
+                             summary=summary, runbook=runbook)
+
     def _send_alert(self, entry: AuditEntry, now: datetime, *, model: str, production: str | None,
                     severity: AlertSeverity, dedup: str, summary: str, runbook: str) -> None:
-        """Publish a signed Alert about ``entry`` (id from the entry's seq and ``dedup``); a refusal is counted."""
         alert = Alert(
             event_id=uuid.uuid5(_ALERT_NS, f"{self.config.lifecycle_topic}|{entry.seq}|{dedup}"),
             ts=now, expires_at=now + timedelta(seconds=self.policy.events.ttl_s), model=model,
@@ -335,6 +421,4 @@ class GovernanceConsumer:
         self._started = False
         self.lease.release()
         self.routing.close()
-        self._producer.close()
-        self._consumer.close()
-        self._redis.close()
+        self.clients.close()

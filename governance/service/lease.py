@@ -1,13 +1,20 @@
-"""A Redis lease: at most one active governance consumer per key prefix (the audit log's single writer).
+"""The standby lease: one active governance consumer per audit log; the others wait.
 
-``SET key token NX PX ttl`` takes the lease; renewal and release are compare-and-set Lua scripts, so an
-instance can only extend or drop a lease it still holds. A second instance waits in :meth:`Lease.acquire`
-until the holder releases the lease or stops renewing it (crash: the lease expires after ``ttl_s``).
+The lease is a Redis key scoped to the audit log itself, not to a Redis prefix:
+``shadowgate:audit-lease:<Kafka cluster id>:<audit topic>`` (:func:`audit_lease_key`), so a second
+consumer configured with another prefix still waits for the first. ``SET key token NX PX ttl`` takes it;
+renewal and release are compare-and-set Lua scripts, so an instance can only extend or drop a lease it
+still holds.
 
-Guarantees: :meth:`Lease.held` is checked by the consumer before every append; an instance that lost
-its lease (paused longer than ``ttl_s``) stops instead of writing. This narrows, but cannot close, the
-window in which a paused holder could still write once (Redis leases are not fencing tokens): the
-audit chain's ``seq`` / ``prev_hash`` makes such a double write visible to ``shadowgate audit verify``.
+Renewal is by time, not by input: :meth:`Lease.keep` starts a thread that renews every ``ttl / 3``
+seconds whatever the consumer is doing (a flood of junk, a slow rollback), and :meth:`Lease.ok` answers
+from memory (no Redis call) whether the last renewal is younger than the ttl and no renewal found the
+lease taken. The consumer checks it between messages and before every append, and stops when it fails.
+
+What the lease is not: the fence. A Redis lease cannot stop a holder that paused past its ttl from writing
+once more; the audit log's transactions do (:mod:`governance.service.transactions`: a fixed
+``transactional.id``, so the broker refuses the paused writer). The lease only keeps a standby from
+fencing a healthy active instance, and lets it take over within ``ttl_s`` after a crash.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import redis
 
 from governance.errors import InfrastructureError
 
-__all__ = ["Lease"]
+__all__ = ["Lease", "audit_lease_key"]
 
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -38,25 +45,36 @@ return 0
 """
 
 
-class Lease:
-    """The single-writer lease under ``<prefix>:gov:lease``."""
+def audit_lease_key(cluster_id: str, audit_topic: str) -> str:
+    """The lease of the audit log ``audit_topic`` on Kafka cluster ``cluster_id`` (whatever the Redis prefix)."""
+    return f"shadowgate:audit-lease:{cluster_id}:{audit_topic}"
 
-    def __init__(self, client: redis.Redis[bytes], prefix: str, ttl_s: float = 15.0, owner: str | None = None) -> None:
+
+class Lease:
+    """The single-active lease under ``key`` (see the module docstring)."""
+
+    def __init__(self, client: redis.Redis[bytes], key: str, ttl_s: float = 15.0, owner: str | None = None,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         if ttl_s <= 0:
             raise ValueError(f"lease ttl_s must be positive, got {ttl_s}")
         self.client = client
-        self.key = f"{prefix}:gov:lease"
+        self.key = key
         self.ttl_ms = int(ttl_s * 1000)
         self.token = owner or uuid.uuid4().hex
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
-        self._renewed_at = 0.0
+        self._monotonic = monotonic
+        self._renewed_at = float("-inf")
+        self._lost: str | None = None
+        self._last_error = "no renewal succeeded"
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
     def try_acquire(self) -> bool:
         """Take the lease if it is free (or already ours)."""
         try:
             if self.client.set(self.key, self.token, nx=True, px=self.ttl_ms):
-                self._renewed_at = time.monotonic()
+                self._renewed_at, self._lost = self._monotonic(), None
                 return True
             return self.renew()
         except redis.RedisError as exc:
@@ -88,22 +106,51 @@ class Lease:
         except redis.RedisError as exc:
             raise InfrastructureError(f"cannot renew the governance lease {self.key}: {exc}") from None
         if ok:
-            self._renewed_at = time.monotonic()
+            self._renewed_at = self._monotonic()
         return ok
 
-    def renew_if_due(self) -> bool:
-        """Renew when a third of the ttl has passed since the last renewal; False if the lease was lost."""
-        if (time.monotonic() - self._renewed_at) * 1000 < self.ttl_ms / 3:
-            return True
-        return self.renew()
+    def keep(self) -> None:
+        """Renew every ttl/3 in a daemon thread until :meth:`release` (idempotent)."""
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._keep, name=f"lease-{self.key}", daemon=True)
+        self._thread.start()
+
+    def _keep(self) -> None:
+        period = self.ttl_ms / 3000
+        while not self._stop.wait(period):
+            try:
+                if not self.renew():
+                    self._lost = "another instance holds it now"
+                    return
+            except InfrastructureError as exc:
+                # Redis unreachable: keep trying; ok() turns False once the last renewal is older than the ttl.
+                self._last_error = str(exc)
+
+    def ok(self) -> bool:
+        """Whether the lease is ours: renewed within the ttl and never found taken (no Redis call)."""
+        return self._lost is None and (self._monotonic() - self._renewed_at) * 1000 < self.ttl_ms
+
+    def problem(self) -> str:
+        """Why :meth:`ok` is False, for the error that stops the consumer."""
+        if self._lost is not None:
+            return f"lost the governance lease {self.key}: {self._lost}"
+        return (f"the governance lease {self.key} was not renewed within {self.ttl_ms / 1000:.1f} s "
+                f"({self._last_error})")
 
     def held(self) -> bool:
+        """Whether Redis says the lease is ours (one GET)."""
         try:
             return self.client.get(self.key) == self.token.encode()
         except redis.RedisError as exc:
             raise InfrastructureError(f"cannot check the governance lease {self.key}: {exc}") from None
 
     def release(self) -> None:
-        # An unreleased lease expires after ttl_s; nothing else to do on shutdown.
+        """Stop renewing and drop the lease if still ours (an unreleased lease expires after the ttl)."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+        self._thread = None
         with contextlib.suppress(redis.RedisError):
             self._release(keys=[self.key], args=[self.token])

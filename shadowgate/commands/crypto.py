@@ -17,13 +17,13 @@ from typing import Any, TypeVar
 import click
 import orjson
 
-from governance.crypto.algorithms import Algorithm, parse_algorithm
+from governance.crypto.algorithms import Algorithm, Kind, parse_algorithm, spec
 from governance.crypto.audit import DEFAULT_ALLOWLIST, Allowlist, AuditReport, audit
 from governance.crypto.hybrid import decrypt as hybrid_decrypt
 from governance.crypto.hybrid import encrypt as hybrid_encrypt
 from governance.crypto.hybrid import envelope_key_id
 from governance.crypto.keyring import Keyring, default_keys_dir
-from governance.crypto.keys import TrustStore
+from governance.crypto.keys import KeyStatus, TrustStore
 from governance.crypto.manifest import manifest_path_for, sign_artifact, verify_artifact
 from governance.crypto.schedule import DEFAULT_SCHEDULE, MigrationSchedule, Phase, parse_phase
 from governance.errors import ConfigError
@@ -105,7 +105,11 @@ def keys_generate(keys_dir: Path, phase: str | None, algorithm: str | None) -> N
 @_phase_option
 @click.option("--algorithm", default=None, help="Algorithm whose active key to replace (default ML-DSA-65).")
 def keys_rotate(keys_dir: Path, phase: str | None, algorithm: str | None) -> None:
-    """Make a new key and retire the active one (its records keep verifying)."""
+    """Make a new key and retire the active one (its records keep verifying).
+
+    Running processes (the governance consumer; the worker, if it follows its keyring) pick the new key up
+    within SHADOWGATE_KEYS_CHECK_S seconds, without a restart.
+    """
     new, retired = Keyring(keys_dir).rotate(_now(), _algorithm(algorithm, phase))
     click.echo(f"new {new.algorithm.value} key {new.key_id}")
     for old in retired:
@@ -156,9 +160,19 @@ def keys_export_public(keys_dir: Path, key_ids: tuple[str, ...], output: Path | 
 @click.argument("key_id")
 @click.option("--reason", required=True, help="Why (recorded in the trust store and shown on failures).")
 def keys_revoke(keys_dir: Path, key_id: str, reason: str) -> None:
-    """Revoke KEY_ID: every signature by it fails verification from now on."""
-    info = Keyring(keys_dir).revoke(key_id, _now(), reason)
+    """Revoke KEY_ID: signatures dated from now on fail; those made before stay verifiable.
+
+    Rotate first (`keys rotate`) when KEY_ID is the active signing key, or the keyring has none to sign with.
+    A running governance consumer notices it within SHADOWGATE_KEYS_CHECK_S seconds, records the revocation
+    in the audit log, and from then on refuses every input signed by the key and every later log entry
+    signed by it, whatever date it claims.
+    """
+    keyring, now = Keyring(keys_dir), _now()
+    info = keyring.revoke(key_id, now, reason)
     click.echo(f"revoked {info.key_id}: {info.revocation_reason}; re-export the trust store to verifiers")
+    remaining = [k for k in keyring.list_keys() if k.algorithm is info.algorithm and k.status(now) is KeyStatus.ACTIVE]
+    if not remaining and spec(info.algorithm).kind is Kind.SIGNATURE:
+        click.echo(f"warning: no active {info.algorithm.value} key is left: run `shadowgate keys generate`", err=True)
 
 
 # ---------------------------------------------------------------- sign / verify

@@ -1,4 +1,4 @@
-"""``shadowgate governance`` (the consumer) and ``shadowgate audit verify | export``, plus the shared CLI helpers.
+"""``shadowgate governance`` (the consumer) and ``shadowgate audit verify | export | repair``, plus CLI helpers.
 
 Configuration comes from the settings (``SHADOWGATE_*``: Kafka, Redis, prefix, topics, policy) and these
 options, each with an environment variable:
@@ -13,18 +13,20 @@ option                 environment                    default
 =====================  =============================  ==================================================
 
 Errors are :mod:`governance.errors` classes, printed by ``shadowgate.cli.main`` as one line (exit 2);
-``audit verify`` exits 1 on a broken chain.
+``audit verify`` exits 1 on a broken chain, an unacknowledged foreign record or a log that does not reach
+its newest checkpoint.
 """
 
 from __future__ import annotations
 
+import getpass
 import signal
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -34,6 +36,15 @@ from governance.crypto.schedule import DEFAULT_SCHEDULE, MigrationSchedule, pars
 from governance.errors import ConfigError
 from governance.lifecycle.audit import AuditEntry
 from governance.lifecycle.ledger import Transitioned
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from governance.crypto.live import LiveKeyring
+    from governance.lifecycle.chain import ChainReport
+    from governance.lifecycle.checkpoint import Checkpoint
+    from governance.lifecycle.identities import LiveTrust, Trust
+    from governance.service.auditlog import AuditLogReader
 
 __all__ = ["audit", "commands_topic_option", "describe_entry", "governance", "keys_dir_option", "phase_option",
            "schedule_of", "settings"]
@@ -101,6 +112,31 @@ def describe_entry(entry: AuditEntry) -> list[str]:
     if entry.blocked:
         lines.append("  not promoted automatically, because:")
         lines += [f"    - {rule}" for rule in entry.blocked]
+    return lines + _describe_log_entry(entry)
+
+
+def _describe_log_entry(entry: AuditEntry) -> list[str]:
+    """The lines of a rejection summary, a repair or a key revocation."""
+    lines = []
+    if entry.summary is not None:
+        counts = ", ".join(f"{n} {reason}" for reason, n in entry.summary.counts.items())
+        lines.append(f"  {entry.summary.count} input(s) rejected, offsets {entry.summary.first_offset}.."
+                     f"{entry.summary.last_offset}: {counts}")
+        lines += [f"    - @{s.offset} {s.reason}: {s.type or 'message'}{' ' + s.id if s.id else ''}: "
+                  f"{s.message[:160]}" for s in entry.summary.samples]
+    if entry.repair is not None:
+        repair = entry.repair
+        lines.append(f"  {entry.input.type} by {repair.operator}: {repair.reason}")
+        lines.append(f"    chain continues from seq {entry.seq - 1} (prev_hash {entry.prev_hash[:16]}...)")
+        lines += [f"    void: entry seq {v.seq} {v.hash[:16]}..." + (f" at offset {v.offset}" if v.offset is not None
+                  else "") for v in repair.void]
+        lines += [f"    acknowledged {a.kind} record {a.digest[:16]}..."
+                  + (f" at offset {a.offset}" if a.offset is not None else "") + f": {a.detail[:120]}"
+                  for a in repair.acknowledged]
+        if repair.supersedes_checkpoints:
+            lines.append("    checkpoints published before this entry are superseded")
+    lines += [f"  key {r.key_id} ({r.store}) revoked at {r.revoked_at.isoformat()}: {r.reason}"
+              for r in entry.revoked]
     return lines
 
 
@@ -115,19 +151,28 @@ def describe_entry(entry: AuditEntry) -> list[str]:
 @click.option("--proofpack-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Also write each ProofPack here, encrypted to the keyring's ML-KEM-768 key.")
 @click.option("--lease-ttl", type=click.FloatRange(1.0), default=15.0, show_default=True,
-              help="Seconds before a crashed instance's lease expires.")
+              help="Seconds before a crashed instance's lease expires (the lease is renewed every third of it, "
+                   "by a timer, whatever the input).")
 def governance(keys_dir: Path, commands_topic: str, phase: str | None, catalog: Path | None, policy_path: str | None,
                canary_share: float | None, proofpack_dir: Path | None, lease_ttl: float) -> None:
-    """Run the governance consumer (one active instance; a second one waits for the lease)."""
+    """Run the governance consumer (one active instance per audit log; a second one waits for the lease).
+
+    The audit log has one writer, fenced by the broker: a Kafka transactional.id derived from the audit
+    topic, so an instance that starts fences every earlier one (which stops with an error naming it).
+    Rejected inputs are summarised: one audit entry per input partition every SHADOWGATE_REJECTION_SUMMARY_S
+    seconds (5), counted per reason. Keys and trust stores are reloaded while running (checked every
+    SHADOWGATE_KEYS_CHECK_S, reloaded every SHADOWGATE_KEYS_RELOAD_S), so `keys rotate` / `keys revoke`
+    need no restart; a group- or world-writable keys directory or trust store is refused. It refuses to
+    start on a forked or truncated audit log: see `shadowgate audit repair`.
+    """
     import logging
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from prometheus_client import CollectorRegistry
 
-    from governance.contract.topics import ensure_topics
+    from governance.contract.topics import ensure_topics, topic_specs
     from governance.crypto.algorithms import Algorithm
     from governance.crypto.keyring import Keyring
-    from governance.lifecycle.identities import load_trust, system_signer
     from governance.policy.catalog import load_catalog
     from governance.policy.document import load_policy
     from governance.service.consumer import ConsumerConfig, GovernanceConsumer
@@ -140,11 +185,13 @@ def governance(keys_dir: Path, commands_topic: str, phase: str | None, catalog: 
     encrypt_to = Keyring(keys_dir).active_key(now, Algorithm.ML_KEM_768) if proofpack_dir is not None else None
     consumer_config = ConsumerConfig.from_settings(config, share, commands_topic, proofpack_dir=proofpack_dir,
                                                    lease_ttl_s=lease_ttl)
-    ensure_topics(config.kafka_bootstrap, {commands_topic: (1, {"retention.ms": "-1"})})
+    keys, trust = _live_keys(keys_dir, phase, config, now)
+    checkpoints = config.topics.checkpoints
+    ensure_topics(config.kafka_bootstrap, {commands_topic: (1, {"retention.ms": "-1"}),
+                                           checkpoints: topic_specs(config)[checkpoints]})
     registry = CollectorRegistry()
     serve_metrics(config.metrics_port, registry, "the governance consumer")
-    consumer = GovernanceConsumer(consumer_config, signer=system_signer(keys_dir, now),
-                                  trust=load_trust(keys_dir, schedule_of(phase)), policy=policy,
+    consumer = GovernanceConsumer(consumer_config, signer=keys, trust=trust, policy=policy,
                                   catalog=load_catalog(catalog or config.catalog_path), metrics=registry,
                                   encrypt_to=encrypt_to)
     stop = threading.Event()
@@ -169,9 +216,22 @@ def governance(keys_dir: Path, commands_topic: str, phase: str | None, catalog: 
         stop.set()
 
 
+def _live_keys(keys_dir: Path, phase: str | None, config: Settings, now: datetime) -> tuple[LiveKeyring, LiveTrust]:
+    """The keys the consumer follows while it runs, loaded once now: a keyring that cannot sign or a trust
+    store others can write stops it here, in one line, before any Kafka or Redis call."""
+    from governance.crypto.live import LiveKeyring
+    from governance.lifecycle.identities import LiveTrust
+
+    keys = LiveKeyring(keys_dir, check_s=config.keys_check_s, reload_s=config.keys_reload_s)
+    keys.signer(now)
+    trust = LiveTrust(keys_dir, schedule_of(phase), check_s=config.keys_check_s, reload_s=config.keys_reload_s)
+    trust.current()
+    return keys, trust
+
+
 @click.group()
 def audit() -> None:
-    """Verify or export the signed, hash-chained audit log."""
+    """Verify, export or repair the signed, hash-chained audit log."""
 
 
 @audit.command("verify")
@@ -180,20 +240,28 @@ def audit() -> None:
 @click.option("--file", "path", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
               help="Verify this exported copy (JSON lines) instead of the lifecycle topic.")
 @click.option("--expect-head", default=None, help="Fail unless the last entry hashes to this (detects truncation).")
-def audit_verify(keys_dir: Path, phase: str | None, path: Path | None, expect_head: str | None) -> None:
-    """Check every entry's signature, seq and hash link; report the first broken entry (exit 1)."""
-    from governance.lifecycle.audit import verify_chain
+@click.option("--no-checkpoint", is_flag=True,
+              help="Do not check the newest signed checkpoint (offline copies); a truncated tail then goes unnoticed.")
+def audit_verify(keys_dir: Path, phase: str | None, path: Path | None, expect_head: str | None,
+                 no_checkpoint: bool) -> None:
+    """Check every record: signatures, seq, hash links; foreign records, void entries, repairs; and that the log
+    reaches the newest signed checkpoint (a cut tail fails). Exit 1 naming the first problem."""
+    from governance.lifecycle.chain import verify_chain
+    from governance.lifecycle.checkpoint import read_checkpoints
     from governance.lifecycle.identities import load_trust
-    from governance.service.consumer import read_log
+    from governance.service.auditlog import AuditLogReader
 
-    trust = load_trust(keys_dir, schedule_of(phase))
+    trust, config, now = load_trust(keys_dir, schedule_of(phase)), settings(), now_utc()
+    reader = AuditLogReader(config.kafka_bootstrap, config.topics.lifecycle, config.topics.checkpoints)
+    checkpoints = None
+    if not no_checkpoint:  # first: a checkpoint read means its entries are committed (see _settled)
+        checkpoints, _ = read_checkpoints(reader.checkpoints(), config.topics.lifecycle, trust.system, now,
+                                          trust.phase(now))
     if path is not None:
         records = [line for line in path.read_bytes().splitlines() if line.strip()]
+        report = verify_chain(records, trust.system, now, trust.phase(now), checkpoints=checkpoints)
     else:
-        config = settings()
-        records = [record.value for record in read_log(config.kafka_bootstrap, config.topics.lifecycle)]
-    now = now_utc()
-    report = verify_chain(records, trust.system, now, trust.phase(now))
+        report = _settled(reader, trust, now, checkpoints)
     click.echo(str(report))
     if not report.ok:
         raise SystemExit(1)
@@ -202,12 +270,80 @@ def audit_verify(keys_dir: Path, phase: str | None, path: Path | None, expect_he
         raise SystemExit(1)
 
 
+def _settled(reader: AuditLogReader, trust: Trust, now: datetime, checkpoints: Sequence[Checkpoint] | None,
+             wait_s: float = 5.0) -> ChainReport:
+    """The log verified; re-read while it is shorter than a checkpoint already read, for up to ``wait_s``: a
+    transaction's markers reach the log's partition and the checkpoint's independently, a few ms apart."""
+    import time
+
+    from governance.lifecycle.chain import verify_chain
+    from governance.service.client import log_end
+
+    deadline = time.monotonic() + wait_s
+    newest = max((c.seq for c in checkpoints or ()), default=-1)
+    while True:
+        log = reader.entries()
+        report = verify_chain([r.value for r in log], trust.system, now, trust.phase(now), checkpoints=checkpoints,
+                              offsets=[r.offset for r in log])
+        end = log[-1].offset + 1 if log else 0
+        if report.ok or report.broken_index is not None or newest < report.entries or time.monotonic() > deadline:
+            return report
+        while log_end(reader.bootstrap, reader.topic) <= end and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+@audit.command("repair")
+@keys_dir_option
+@phase_option
+@click.option("--reason", required=True, help="Why (kept in the signed repair entry).")
+@click.option("--head", default=None, metavar="HASH",
+              help="Continue the chain from this entry (8+ hex digits of its hash); required when the log forks.")
+@click.option("--operator", default=lambda: getpass.getuser(), show_default="the current user",
+              help="Who repairs (kept in the entry).")
+@click.option("--dry-run", is_flag=True, help="Print the repair and write nothing.")
+def audit_repair(keys_dir: Path, phase: str | None, reason: str, head: str | None, operator: str,
+                 dry_run: bool) -> None:
+    """Append a signed repair entry to a forked, gapped or truncated audit log so the consumer can start again.
+
+    It names the entries that become void (the other branch of a fork, entries after a gap), the foreign
+    records it acknowledges, and the head the chain continues from; nothing is deleted. Stop the governance
+    consumer first (the repair takes its lease and fences its writer); then start it again.
+    """
+    from governance.lifecycle.identities import load_trust, system_signer
+    from governance.service.repair import RepairTarget, repair_log
+
+    config, now = settings(), now_utc()
+    target = RepairTarget(config.kafka_bootstrap, config.redis_url_value(), config.topics.lifecycle,
+                          config.topics.checkpoints)
+    outcome = repair_log(target, system_signer(keys_dir, now), load_trust(keys_dir, schedule_of(phase)),
+                         reason=reason, operator=operator, now=now, head=head, dry_run=dry_run)
+    plan = outcome.plan
+    click.echo(f"the chain continues from {plan.head or 'the start'}")
+    if len(plan.tips) > 1:
+        click.echo("heads it could continue from: " + "; ".join(str(t) for t in plan.tips))
+    for void in plan.void:
+        click.echo(f"void: entry seq {void.seq} {void.hash}" + (f" at offset {void.offset}" if void.offset is not None
+                                                                 else ""))
+    for note in plan.acknowledge:
+        click.echo(f"acknowledged: {note.kind} record {note.digest[:16]} at offset {note.offset}: {note.detail}")
+    if plan.supersedes_checkpoints:
+        click.echo("older checkpoints no longer describe the log: superseded by this repair")
+    if dry_run:
+        click.echo("dry run: nothing written")
+        return
+    click.echo(f"repaired: entry seq {outcome.seq} appended")
+    if outcome.report is not None:
+        click.echo(str(outcome.report))
+        if not outcome.report.ok:
+            raise SystemExit(1)
+
+
 @audit.command("export")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
 @click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
 def audit_export(output: Path, force: bool) -> None:
-    """Write the audit log as JSON lines (one signed entry per line) for archiving or offline verification."""
-    from governance.service.consumer import read_log
+    """Write the audit log as JSON lines (one signed record per line) for archiving or offline verification."""
+    from governance.service.auditlog import read_log
 
     if output.exists() and not force:
         raise ConfigError(f"{output} exists; pass --force to overwrite it")

@@ -21,7 +21,7 @@ import orjson
 import yaml
 
 from governance.contract.stages import MODEL_TYPES, Stage
-from governance.errors import ConfigError
+from governance.errors import ConfigError, VerificationError
 from governance.lifecycle.commands import (
     Advance,
     Approve,
@@ -238,13 +238,19 @@ def _state(from_log: bool) -> GovernanceState:
 
     config = settings()
     if from_log:
-        from governance.contract.publishing import decode_record
-        from governance.lifecycle.audit import entry_hash, parse_entry
+        from governance.crypto.keyring import default_keys_dir
+        from governance.lifecycle.chain import read_items, walk
+        from governance.lifecycle.identities import load_trust
         from governance.lifecycle.state import rebuild
-        from governance.service.consumer import read_log
+        from governance.service.auditlog import read_log
 
-        signed = [decode_record(r.value) for r in read_log(config.kafka_bootstrap, config.topics.lifecycle)]
-        return rebuild((parse_entry(s["payload"]), entry_hash(s)) for s in signed)
+        # The chain, as the consumer reads it: every record verified; foreign and void records left out.
+        trust, now = load_trust(Path(config.keys_dir) if config.keys_dir else default_keys_dir()), now_utc()
+        values = [r.value for r in read_log(config.kafka_bootstrap, config.topics.lifecycle)]
+        chain = walk(read_items(values, trust.system, now, trust.phase(now)))
+        if chain.broken is not None:
+            raise VerificationError(f"audit log BROKEN at {chain.broken.item.where}: {chain.broken.problem}")
+        return rebuild(chain.entries())
     client = redis.Redis.from_url(config.redis_url_value())
     try:
         state = StateStore(client, config.redis_prefix).load()
@@ -256,7 +262,8 @@ def _state(from_log: bool) -> GovernanceState:
     return state
 
 
-_from_log = click.option("--from-log", is_flag=True, help="Rebuild the state from the audit log, not Redis.")
+_from_log = click.option("--from-log", is_flag=True, help="Rebuild the state from the audit log, not Redis (its chain "
+                         "verified against the system trust store of SHADOWGATE_KEYS_DIR).")
 
 
 @model.command("status")
