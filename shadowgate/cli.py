@@ -41,6 +41,8 @@ _COMMANDS: dict[str, str] = {
     "audit": "shadowgate.commands.governance:audit",
     "model": "shadowgate.commands.model:model",
     "config": "shadowgate.commands.config:config",
+    "serve": "shadowgate.commands.serve:serve",
+    "report": "shadowgate.commands.report:report",
 }
 
 
