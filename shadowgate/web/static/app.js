@@ -143,7 +143,7 @@ async function renderComparison(comp) {
   try {
     const query = new URLSearchParams({ id: comp.id, span, step });
     const series = await getJSON(`/api/series?${query}`);
-    const width = Math.max(400, Math.min(700, (document.getElementById("comparisons").clientWidth - 40) / 2));
+    const width = Math.max(320, Math.floor((document.getElementById("comparisons").clientWidth - 13) / 2) - 10);
     for (const chart of series.charts) grid.append(chartOf(series, chart, width));
     section.append(el("p", { class: "muted", text: `newest event ${series.latest_event_ts}; ${series.t.length} points of ${step}` }));
   } catch (error) {
