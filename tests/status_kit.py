@@ -49,6 +49,31 @@ def screenshot(page: Any, name: str) -> Path:
     return path
 
 
+class LineReader:
+    """Lines of a child's pipe as they come, without Python's buffering hiding them from ``select``."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdout is not None
+        self.proc, self.fd = proc, proc.stdout.fileno()
+        self.buffer, self.lines = b"", []  # type: tuple[bytes, list[str]]
+
+    def until(self, wanted: str, timeout_s: float) -> str:
+        """The first line that starts with ``wanted`` (AssertionError with the output so far if none comes)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            while b"\n" in self.buffer:
+                raw, self.buffer = self.buffer.split(b"\n", 1)
+                line = raw.decode(errors="replace")
+                self.lines.append(line)
+                if line.startswith(wanted):
+                    return line
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"no line starting {wanted!r} within {timeout_s:.0f} s (exit "
+                                     f"{self.proc.returncode}):\n" + "\n".join(self.lines)[-6000:])
+            if select.select([self.fd], [], [], 0.5)[0]:
+                self.buffer += os.read(self.fd, 65536)
+
+
 @contextmanager
 def serving(env: dict[str, str], log: Path, timeout_s: float = 60.0) -> Iterator[str]:
     """``shadowgate serve --port 0`` as a process; yields its base URL; SIGTERM (then SIGKILL) afterwards."""
@@ -57,17 +82,12 @@ def serving(env: dict[str, str], log: Path, timeout_s: float = 60.0) -> Iterator
             [sys.executable, "-m", "shadowgate", "serve", "--port", "0"], env=env, cwd=str(REPO),
             stdout=subprocess.PIPE, stderr=err, start_new_session=True)
     try:
-        assert proc.stdout is not None
-        line = b""
-        deadline = time.monotonic() + timeout_s
-        while b"status page: " not in line:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"shadowgate serve did not start: {log.read_text(errors='replace')[-3000:]}")
-            ready, _, _ = select.select([proc.stdout], [], [], 0.5)
-            if ready:
-                line = proc.stdout.readline()
-        url = line.decode().split("status page: ", 1)[1].split()[0].rstrip("/")
-        yield url
+        try:
+            line = LineReader(proc).until("status page: ", timeout_s)
+        except AssertionError as exc:
+            tail = log.read_text(errors="replace")[-3000:]
+            raise AssertionError(f"shadowgate serve did not start: {exc}\n{tail}") from None
+        yield line.split("status page: ", 1)[1].split()[0].rstrip("/")
     finally:
         if proc.poll() is None:
             proc.terminate()
