@@ -16,7 +16,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -64,7 +64,8 @@ class Scene:
         return orjson.loads(done.stdout)
 
     def get(self, path: str, method: str = "GET") -> tuple[int, Any]:
-        request = urllib.request.Request(self.url + path, method=method, data=b"{}" if method == "POST" else None)
+        request = urllib.request.Request(  # noqa: S310 - our own local server
+            self.url + path, method=method, data=b"{}" if method == "POST" else None)
         try:
             with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - our own local server
                 body, status = response.read(), response.status
@@ -125,10 +126,8 @@ def _clean(bootstrap: str, redis_url: str, worker: WorkerEnv) -> None:
     admin = AdminClient({"bootstrap.servers": bootstrap})
     ours = [t for t in admin.list_topics(timeout=10).topics if worker.unique in t]
     for future in (admin.delete_topics(ours).values() if ours else []):
-        try:
+        with suppress(Exception):  # best-effort cleanup of test topics
             future.result(timeout=30)
-        except Exception:  # noqa: S110 - best-effort cleanup of test topics
-            pass
     client = redis.Redis.from_url(redis_url)
     keys = list(client.scan_iter(match=f"{worker.prefix}*", count=1000))
     if keys:
