@@ -70,6 +70,7 @@ def test_demo_runs_the_whole_story_and_leaves_nothing_behind(kafka_bootstrap: st
     try:
         url = reader.until("status page: http", 240).split()[2].rstrip("/")
         _look_at_the_status_page(url)
+        _report_from_the_cli(env, next((tmp_path / "demo").iterdir()), tmp_path / "report.html")
         proc.send_signal(signal.SIGINT)  # Ctrl-C
         rest, err = proc.communicate(timeout=120)
     finally:
@@ -153,6 +154,21 @@ def _look_at_the_status_page(url: str) -> None:
         page.goto(f"{url}/report/fraud-risk/1.5.0")
         assert page.locator("h1").inner_text() == "Evidence report: fraud-risk 1.5.0"
         screenshot(page, "demo-evidence-report-1.5.0")
+
+
+def _report_from_the_cli(env: dict[str, str], root: Path, out: Path) -> None:
+    """`shadowgate report` with the run's settings: the same verified evidence, as a file."""
+    run = root.name
+    settings = {**env, "SHADOWGATE_REDIS_PREFIX": f"demo-{run}", "SHADOWGATE_KEYS_DIR": str(root / "keys"),
+                "SHADOWGATE_TOPICS__LIFECYCLE": f"demo.{run}.governance.lifecycle"}
+    done = subprocess.run(  # noqa: S603 - our own CLI
+        [sys.executable, "-m", "shadowgate", "report", "fraud-risk", "1.5.0", "--html", str(out)],
+        env={**os.environ, **settings}, cwd=str(REPO), capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "PP-fraud-risk-1.5.0 (signature verified) written to" in done.stdout
+    html = out.read_text()
+    assert "Signature verified" in html and html.count("<svg") >= 4 and html.count("audit entry #") == 2
+    assert "<script" not in html and "http" not in html.split("</title>", 1)[1].split("<body>", 1)[0]
 
 
 @pytest.mark.real_clock

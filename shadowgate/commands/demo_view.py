@@ -42,7 +42,7 @@ class View:
     def waiting(self, what: str, candidate: str, role: str) -> Iterator[Callable[[], None]]:
         """A line with the live window of ``candidate``'s comparison; yields the ``on_tick`` for ``Audit.wait``."""
         with self._progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn()) as progress:
-            task = progress.add_task(f"waiting for {what}")
+            task = progress.add_task(f"waiting: {what}")
             last = [0.0]
 
             def tick() -> None:
@@ -51,11 +51,9 @@ class View:
                 last[0] = time.monotonic()
                 w = self.windows(candidate, role)
                 if w is not None:
-                    progress.update(task, description=f"waiting for {what}: live 5m window of {candidate} ({role}) "
-                                    f"{_n(w.get('sample_count'))} pairs, {_n(w.get('label_count'))} labels, "
-                                    f"mean |Δ| {_f(w.get('mean_abs_delta'))}, P99 latency "
-                                    f"{_f(w.get('p99_latency_ms'))} ms "
-                                    f"(production {_f(w.get('production_p99_latency_ms'))})")
+                    progress.update(task, description=f"{what} | 5m {candidate}: {_n(w.get('sample_count'))} pairs, "
+                                    f"{_n(w.get('label_count'))} labels, mean|Δ| {_f(w.get('mean_abs_delta'))}, "
+                                    f"P99 {_f(w.get('p99_latency_ms'))}/{_f(w.get('production_p99_latency_ms'))} ms")
 
             yield tick
 
