@@ -42,6 +42,8 @@ _COMMANDS: dict[str, str] = {
     "model": "shadowgate.commands.model:model",
     "config": "shadowgate.commands.config:config",
     "alerts": "shadowgate.commands.alerts:alerts",
+    "serve": "shadowgate.commands.serve:serve",
+    "report": "shadowgate.commands.report:report",
 }
 
 

@@ -117,3 +117,22 @@ def alertmanager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Alertmana
     from tests.alerting_kit import start_alertmanager
 
     yield from start_alertmanager(tmp_path_factory.mktemp("alertmanager"))
+
+
+_SESSION: dict[str, float] = {}
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    _SESSION["started"] = time.time()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """List the screenshots this run took of the status page (kept by CI under .local/artifacts/screenshots)."""
+    from tests.status_kit import SCREENSHOTS
+
+    started = _SESSION.get("started", 0.0)
+    shots = sorted(p for p in SCREENSHOTS.glob("*.png") if p.stat().st_mtime >= started) if SCREENSHOTS.is_dir() else []
+    if shots:
+        terminalreporter.write_sep("-", f"screenshots ({len(shots)}) in {SCREENSHOTS}")
+        for path in shots:
+            terminalreporter.write_line(str(path))

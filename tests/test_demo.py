@@ -4,17 +4,22 @@ The outcome is checked independently of what the demo prints: the signed audit l
 with the run's trust store and folded into a state by `governance.lifecycle.state.rebuild`, which must show 1.4.0
 serving again after an automatic rollback of 1.5.0 triggered by the latency breach, both ProofPacks, and the
 promotions made by the worker's gate events; and nothing of the run may be left behind (processes, topics,
-Redis keys).
+Redis keys). The demo is run as `make demo` runs it, leaving its status page up at the end: the test opens the
+board, the rollback's alert and the evidence report of the promoted version (in Chromium too, with screenshots),
+then stops it with Ctrl-C (SIGINT), which must end it cleanly.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import urllib.request
 from contextlib import suppress
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -29,6 +34,7 @@ from governance.lifecycle.chain import verify_chain
 from governance.lifecycle.identities import load_trust
 from governance.lifecycle.ledger import Transitioned
 from governance.lifecycle.state import rebuild
+from tests.status_kit import LineReader
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -57,10 +63,25 @@ def test_demo_runs_the_whole_story_and_leaves_nothing_behind(kafka_bootstrap: st
                                                              tmp_path: Path) -> None:
     env = {"SHADOWGATE_KAFKA_BOOTSTRAP": kafka_bootstrap, "SHADOWGATE_REDIS_URL": redis_url,
            "SHADOWGATE_STATE_DIR": str(tmp_path)}
-    done = _demo(env, "--pairs", "1000", "--timeout", "60")
-    assert done.returncode == 0, f"{done.stdout[-6000:]}\n{done.stderr[-3000:]}"
-    out = done.stdout
+    # As `make demo` runs it: the status page stays up at the end until the user presses Ctrl-C (here: SIGINT).
+    proc = subprocess.Popen(  # noqa: S603 - our own CLI
+        [sys.executable, "-m", "shadowgate", "demo", "--pairs", "1000", "--timeout", "60", "--port", "0"],
+        env={**os.environ, **env}, cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    reader = LineReader(proc)
+    try:
+        url = reader.until("status page: http", 240).split()[2].rstrip("/")
+        _look_at_the_status_page(url)
+        _report_from_the_cli(env, next((tmp_path / "demo").iterdir()), tmp_path / "report.html")
+        proc.send_signal(signal.SIGINT)  # Ctrl-C
+        rest, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=30)
+    out = "\n".join(reader.lines) + "\n" + (reader.buffer + rest).decode(errors="replace")
+    assert proc.returncode == 0, f"{out[-6000:]}\n{err.decode()[-3000:]}"
     assert "DEMO POLICY" in out and "[8/8]" in out and "rolled back in" in out
+    assert "status page stopped; run" in out and "cleaned up" in out
     (root,) = (tmp_path / "demo").iterdir()
     run = root.name
 
@@ -104,6 +125,52 @@ def test_demo_runs_the_whole_story_and_leaves_nothing_behind(kafka_bootstrap: st
         assert list(client.scan_iter(match=f"demo-{run}*", count=1000)) == []
     finally:
         client.close()
+
+
+def _get(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=60) as response:  # noqa: S310 - the demo's own local server
+        body = response.read()
+    return orjson.loads(body) if response.headers.get_content_type() == "application/json" else body.decode()
+
+
+def _look_at_the_status_page(url: str) -> None:
+    """What an on-call engineer and an approver would open: the board, the alert of the rollback, the report."""
+    from tests.status_kit import browser, screenshot  # noqa: I001 - kept local: the quick tests need no browser
+
+    board = _get(f"{url}/api/models")
+    assert {(r["version"], r["stage"]) for r in board["models"]} == {("1.4.0", "PRODUCTION"), ("1.5.0", "RETIRED")}
+    verdict = _get(f"{url}/api/verdict/fraud-risk/1.5.0")
+    assert (verdict["verdict"], verdict["decision"]) == ("ROLLED_BACK", "fail")
+    report = _get(f"{url}/report/fraud-risk/1.5.0")
+    assert "Signature verified" in report and "PP-fraud-risk-1.5.0" in report
+    assert report.count("<svg") >= 4  # |delta| and score distributions and calibration of the shadow gate, drift
+    assert report.count("audit entry #") == 2 and "not found in the verified audit log" not in report
+    with browser() as chromium:
+        page = chromium.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(f"{url}/")
+        page.wait_for_selector("tr.version-row[data-version='1.5.0'] .stage")
+        assert page.locator("tr.version-row[data-version='1.5.0'] .stage").inner_text() == "RETIRED"
+        page.locator("li.alert.verified", has_text="rollback COMPLETED").first.wait_for(timeout=30_000)
+        page.wait_for_selector(".chart canvas")
+        screenshot(page, "demo-status-page")
+        page.goto(f"{url}/report/fraud-risk/1.5.0")
+        assert page.locator("h1").inner_text() == "Evidence report: fraud-risk 1.5.0"
+        screenshot(page, "demo-evidence-report-1.5.0")
+
+
+def _report_from_the_cli(env: dict[str, str], root: Path, out: Path) -> None:
+    """`shadowgate report` with the run's settings: the same verified evidence, as a file."""
+    run = root.name
+    settings = {**env, "SHADOWGATE_REDIS_PREFIX": f"demo-{run}", "SHADOWGATE_KEYS_DIR": str(root / "keys"),
+                "SHADOWGATE_TOPICS__LIFECYCLE": f"demo.{run}.governance.lifecycle"}
+    done = subprocess.run(  # noqa: S603 - our own CLI
+        [sys.executable, "-m", "shadowgate", "report", "fraud-risk", "1.5.0", "--html", str(out)],
+        env={**os.environ, **settings}, cwd=str(REPO), capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "PP-fraud-risk-1.5.0 (signature verified) written to" in done.stdout
+    html = out.read_text()
+    assert "Signature verified" in html and html.count("<svg") >= 4 and html.count("audit entry #") == 2
+    assert "<script" not in html and "http" not in html.split("</title>", 1)[1].split("<body>", 1)[0]
 
 
 @pytest.mark.real_clock

@@ -65,6 +65,7 @@ from shadowgate.commands.demo_kit import (
     to_shadow,
     write_evidence,
 )
+from shadowgate.commands.demo_view import View
 
 __all__ = ["demo"]
 
@@ -125,7 +126,22 @@ def _quiet(*args: str) -> str:
     return out.getvalue()
 
 
-def _story(run: Run, policy: Policy, pairs: int, timeout_s: float, summary: dict[str, Any]) -> None:
+def _status_url(run: Run) -> str:
+    for line in (run.root / "status.log").read_text(errors="replace").splitlines():
+        if line.startswith("status page: "):
+            return line.removeprefix("status page: ").split()[0].rstrip("/")
+    raise DemoError(f"the status page did not say where it listens (see {run.root / 'status.log'})")
+
+
+def _live_window(candidate: str, role: str) -> dict[str, Any] | None:
+    """The live 5m window of the fraud model's comparison with ``candidate`` in ``role`` (None before it exists)."""
+    doc = orjson.loads(_quiet("windows", "--model", MODEL, "--window", "5m", "--json"))
+    found = [c for c in doc["comparisons"] if (c["candidate_version"], c["role"]) == (candidate, role)]
+    return found[0]["windows"]["5m"] if found else None
+
+
+def _story(run: Run, policy: Policy, pairs: int, timeout_s: float, summary: dict[str, Any],
+           serve_port: int | None) -> None:
     from governance.contract.settings import load_settings
     from governance.contract.topics import ensure_topics, topic_specs
     from governance.lifecycle.identities import load_trust
@@ -144,13 +160,18 @@ def _story(run: Run, policy: Policy, pairs: int, timeout_s: float, summary: dict
     say(f"topics demo.{run.run}.*, Redis prefix demo-{run.run}, logs {os.path.relpath(run.root)}/*.log", 4)
     say(f"policy {policy.policy_id} {policy.version}, hash {policy.hash()[:16]}...", 4)
     run.wait_log("governance", "governance consumer: audit log", timeout_s)
+    if serve_port is not None:
+        run.start("status", "serve", "--port", str(serve_port), "--policy", str(POLICY_PATH))
+        run.wait_log("status", "status page: ", timeout_s)
+        summary["status_url"] = _status_url(run)
+        click.secho(f"    status page (live while the demo runs): {summary['status_url']}/", fg="cyan", bold=True)
     routing = RoutingClient(run.bootstrap, run.topic("routing"), load_trust(run.keys).system)
     routing.refresh()
     routing.start()
     audit, service = Audit(run), Service(run, routing)
     audit.check = service.check
     try:
-        _lifecycle(run, policy, pairs, timeout_s, audit, service, summary)
+        _lifecycle(run, policy, pairs, timeout_s, _Steps(audit, service, View(_live_window)), summary)
     finally:
         service.stop()
         routing.close()
@@ -158,8 +179,21 @@ def _story(run: Run, policy: Policy, pairs: int, timeout_s: float, summary: dict
     summary["seconds"] = round(time.monotonic() - began, 1)
 
 
-def _lifecycle(run: Run, policy: Policy, pairs: int, timeout_s: float, audit: Audit, service: Service,
+class _Steps:
+    """The audit reader, the scoring service and the terminal view, used together at every step."""
+
+    def __init__(self, audit: Audit, service: Service, view: View) -> None:
+        self.audit, self.service, self.view = audit, service, view
+
+    def wait(self, what: str, done: Callable[[AuditEntry], bool], timeout_s: float,
+             show: Callable[[AuditEntry], bool], candidate: str, role: str) -> AuditEntry:
+        with self.view.waiting(what, candidate, role) as tick:
+            return self.audit.wait(what, done, timeout_s, show, on_tick=tick)
+
+
+def _lifecycle(run: Run, policy: Policy, pairs: int, timeout_s: float, steps: _Steps,
                summary: dict[str, Any]) -> None:
+    audit, service = steps.audit, steps.service
     alex = ("--identity", "GID-08")
     _step(2, f"{MODEL} {OLD}: register with metadata, features, artifact; documents; GID-02 approval; to SHADOW",
           "every move is a command signed by a named identity and judged by the lifecycle gates (spec 7.1)")
@@ -169,9 +203,9 @@ def _lifecycle(run: Run, policy: Policy, pairs: int, timeout_s: float, audit: Au
     _step(3, f"{OLD} earns PRODUCTION: shadow beside the pre-governance scorer {LEGACY}, canary, GID-08",
           "no version skips the gates, not even the first: only the worker's signed verdicts open them")
     service.start()
-    _burst(service, pairs, OLD, "shadow")
-    audit.wait(f"{OLD} SHADOW -> STAGING", moved(OLD, "STAGING"), timeout_s, _gates_of(OLD, "SHADOW"))
-    _canary(service, audit, policy, OLD, timeout_s)
+    _burst(steps, pairs, OLD, "shadow")
+    steps.wait(f"{OLD} SHADOW -> STAGING", moved(OLD, "STAGING"), timeout_s, _gates_of(OLD, "SHADOW"), OLD, "shadow")
+    _canary(steps, policy, OLD, timeout_s)
     run_cli("model", "approve", MODEL, OLD, "--target", "PRODUCTION", *alex)
     service.wait_routing(f"{OLD} serving", lambda a: a.production == OLD, 30)
 
@@ -182,13 +216,13 @@ def _lifecycle(run: Run, policy: Policy, pairs: int, timeout_s: float, audit: Au
 
     _step(5, f"Real-time shadow traffic {OLD} vs {NEW} (SDK); live windows; the worker's GateReady -> STAGING",
           "the shadow completion checklist (spec 3.2) is computed live from the stream and signed by the worker")
-    _burst(service, pairs, NEW, "shadow")
+    _burst(steps, pairs, NEW, "shadow")
     _windows(policy, pairs, timeout_s)
-    audit.wait(f"{NEW} SHADOW -> STAGING", moved(NEW, "STAGING"), timeout_s, _gates_of(NEW, "SHADOW"))
+    steps.wait(f"{NEW} SHADOW -> STAGING", moved(NEW, "STAGING"), timeout_s, _gates_of(NEW, "SHADOW"), NEW, "shadow")
 
     _step(6, f"Canary traffic; staging gate READY; GID-08 approves; {NEW} to PRODUCTION with its ProofPack",
           "promotion to PRODUCTION needs both the staging gate (spec 2.1) and the governance approver (7.1)")
-    _canary(service, audit, policy, NEW, timeout_s)
+    _canary(steps, policy, NEW, timeout_s)
     run_cli("model", "approve", MODEL, NEW, "--target", "PRODUCTION", *alex)
     service.wait_routing(f"{NEW} serving", lambda a: a.production == NEW, 30)
 
@@ -196,7 +230,7 @@ def _lifecycle(run: Run, policy: Policy, pairs: int, timeout_s: float, audit: Au
           "spec 8.1/8.2: the worker detects the breach, the consumer restores the previous version by itself")
     say(f"{NEW} serves every request; {OLD}, the rollback target, keeps scoring each one in shadow (warm standby)", 4)
     service.standby = OLD
-    _burst(service, int(RATE_PER_S), OLD, "shadow")  # one second of healthy traffic first
+    _burst(steps, int(RATE_PER_S), OLD, "shadow")  # one second of healthy traffic first
     say(f"now {NEW} slows down to ~1.5 s per request, at {RATE_PER_S:,.0f} requests/s", 4)
     t0 = time.monotonic()
     service.slow[NEW], service.rate_per_s = 1500.0, RATE_PER_S
@@ -223,18 +257,20 @@ def _lifecycle(run: Run, policy: Policy, pairs: int, timeout_s: float, audit: Au
 
 
 
-def _burst(service: Service, requests: int, candidate: str, role: str) -> None:
-    sent = service.burst(requests)
+def _burst(steps: _Steps, requests: int, candidate: str, role: str) -> None:
+    with steps.view.publishing(requests, f"{requests:,} requests, {role} {candidate}") as tick:
+        sent = steps.service.burst(requests, on_tick=tick)
     say(f"published {sent['requests']:,} requests, {sent['pairs']:,} {role} scores of {candidate}, "
         f"{sent['labels']:,} labels (SDK, real time, {RATE_PER_S:,.0f} requests/s)", 4)
 
 
-def _canary(service: Service, audit: Audit, policy: Policy, version: str, timeout_s: float) -> None:
-    current = service.wait_routing(f"{version} as canary",
-                                   lambda a: a.canary is not None and a.canary.version == version, 30)
+def _canary(steps: _Steps, policy: Policy, version: str, timeout_s: float) -> None:
+    current = steps.service.wait_routing(f"{version} as canary",
+                                         lambda a: a.canary is not None and a.canary.version == version, 30)
     requests = math.ceil(2 * policy.conclusive.min_pairs / current.canary.share)
-    _burst(service, requests, version, "canary")
-    audit.wait(f"staging gate of {version}", _staging_ready(version), timeout_s, _gates_of(version, "STAGING"))
+    _burst(steps, requests, version, "canary")
+    steps.wait(f"staging gate of {version}", _staging_ready(version), timeout_s, _gates_of(version, "STAGING"),
+               version, "canary")
 
 
 def _cleanup(run: Run, summary: dict[str, Any]) -> None:
@@ -273,7 +309,12 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
               help="Seconds to wait for each automatic step (gate verdicts, promotions, the rollback).")
 @click.option("--keep", is_flag=True, help="Leave the processes, topics and Redis keys for exploring.")
 @click.option("--stop", "stop_run", default=None, metavar="RUN", help="Stop and clean up a run kept with --keep.")
-def demo(pairs: int, timeout_s: float, keep: bool, stop_run: str | None) -> None:
+@click.option("--serve/--no-serve", default=True, show_default=True,
+              help="Run the status page during the story and leave it (and the run) up at the end until Ctrl-C. "
+                   "--no-serve: no page, exit when the story ends (scripts, CI).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8470, show_default=True,
+              help="Port of the status page (0: a free one).")
+def demo(pairs: int, timeout_s: float, keep: bool, stop_run: str | None, serve: bool, port: int) -> None:
     """Run the whole lifecycle of a fraud model end to end on the running Kafka and Redis (`make up`)."""
     from governance.contract.settings import load_settings
 
@@ -295,11 +336,13 @@ def demo(pairs: int, timeout_s: float, keep: bool, stop_run: str | None) -> None
     signal.signal(signal.SIGTERM, _interrupt)
     code = 0
     try:
-        _story(run, policy, pairs, timeout_s, summary)
+        _story(run, policy, pairs, timeout_s, summary, port if serve else None)
         summary["ok"] = True
+        if serve and not keep:
+            _linger(run, summary)
     except (KeyboardInterrupt, click.exceptions.Abort):
         click.echo("\ninterrupted: stopping what the demo started", err=True)
-        code = 130
+        code = 0 if summary["ok"] else 130
     except DemoError as exc:
         click.secho(f"\nshadowgate demo: FAILED: {exc}", fg="red", err=True)
         code = 1
@@ -309,9 +352,27 @@ def demo(pairs: int, timeout_s: float, keep: bool, stop_run: str | None) -> None
         _finish(run, keep and code != 130, summary)
     if code:
         raise SystemExit(code)
+    if serve and not keep:
+        click.secho(f"status page stopped; run {run.run} cleaned up", bold=True)
+        return
     click.secho(f"\ndemo complete in {summary['seconds']:.0f} s: {MODEL} {OLD} serving again after the rollback; "
                 f"audit log verified. Evidence in {os.path.relpath(run.root)}", bold=True)
     click.secho(_BANNER, fg="yellow")
+
+
+def _linger(run: Run, summary: dict[str, Any]) -> None:
+    """The story is done: print where to look, and keep everything up until Ctrl-C (or SIGTERM)."""
+    url = summary["status_url"]
+    click.secho(f"\ndemo complete in {summary['seconds']:.0f} s: {MODEL} {OLD} serving again after the rollback; "
+                f"audit log verified. Evidence in {os.path.relpath(run.root)}", bold=True)
+    click.secho(_BANNER, fg="yellow")
+    click.echo(f"  lifecycle board, live windows, alerts, audit log:  {url}/")
+    click.echo(f"  evidence report of the promoted {NEW}:             {url}/report/{MODEL}/{NEW}")
+    click.echo(f"  verdict API (Argo Rollouts / Flagger):             {url}/api/verdict/{MODEL}/{OLD}")
+    click.secho(f"status page: {url}/  (left running; press Ctrl-C to stop it and clean up)", bold=True)
+    while True:  # until KeyboardInterrupt (Ctrl-C, or SIGTERM through _interrupt)
+        run.check_alive()
+        time.sleep(1.0)
 
 
 def _finish(run: Run, keep: bool, summary: dict[str, Any]) -> None:

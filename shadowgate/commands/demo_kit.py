@@ -260,12 +260,16 @@ class Audit:
         return new
 
     def wait(self, what: str, done: Callable[[AuditEntry], bool], timeout_s: float,
-             show: Callable[[AuditEntry], bool] = lambda entry: True) -> AuditEntry:
-        """The first unread entry that satisfies ``done``; prints the event-caused entries ``show`` selects."""
+             show: Callable[[AuditEntry], bool] = lambda entry: True,
+             on_tick: Callable[[], None] | None = None) -> AuditEntry:
+        """The first unread entry that satisfies ``done``; prints the event-caused entries ``show`` selects.
+        ``on_tick`` is called between polls (the terminal view's progress line)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             self.check()
             self.poll()
+            if on_tick is not None:
+                on_tick()
             while self._unread:
                 entry = self._unread.pop(0)
                 if entry.input.kind != "command" and (show(entry) or done(entry)):
@@ -362,12 +366,15 @@ class Service:
     def assignment(self) -> Any:
         return self.routing.assignment(MODEL)
 
-    def burst(self, requests: int, **shape: Any) -> dict[str, int]:
-        """Serve ``requests`` more requests at ``RATE_PER_S``, then trickle again; returns what was sent."""
+    def burst(self, requests: int, on_tick: Callable[[int], None] | None = None) -> dict[str, int]:
+        """Serve ``requests`` more requests at ``RATE_PER_S``, then trickle again; returns what was sent.
+        ``on_tick`` gets the requests served so far (the terminal view's progress bar)."""
         before = Counter(self.counts)
         self.rate_per_s = RATE_PER_S
         while self.counts["requests"] - before["requests"] < requests:
             self.check()
+            if on_tick is not None:
+                on_tick(self.counts["requests"] - before["requests"])
             time.sleep(0.05)
         self.rate_per_s = TRICKLE_PER_S
         time.sleep(_SPEC.label_delay_s + 2 * TICK_S)  # the labels of the last requests

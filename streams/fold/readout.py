@@ -33,7 +33,7 @@ from streams.fold import metrics
 from streams.fold.aggregate import AggregateConfig
 from streams.fold.sketches import LinearHistogram, LogHistogram
 
-__all__ = ["METRIC_NAMES", "SCALAR_FIELDS", "delta_sums", "metrics_from_fields", "score_counts"]
+__all__ = ["METRIC_NAMES", "SCALAR_FIELDS", "delta_sums", "histograms", "metrics_from_fields", "score_counts"]
 
 IntArray = npt.NDArray[np.int64]
 
@@ -279,3 +279,11 @@ def score_counts(fields: Mapping[str, int], config: AggregateConfig | None = Non
     cfg = config or AggregateConfig()
     dense = _parse(fields, cfg).dense
     return dense["gp"].copy(), dense["gc"].copy()
+
+
+def histograms(fields: Mapping[str, int], config: AggregateConfig | None = None) -> dict[str, IntArray]:
+    """The dense histograms of a merged window, for plotting (copies): ``a`` the |delta| bins on [0, 1],
+    ``hp`` / ``hc`` the production / candidate score bins on [0, 1], ``gp`` / ``gc`` the fine logit(score)
+    bins, ``yp0`` / ``yp1`` / ``yc0`` / ``yc1`` the labelled pairs with label 0 / 1 per fine logit bin of each
+    side (centres: ``config.logit_centers()``), ``j`` and ``k`` the joint grids of the decision flip rate."""
+    return {name: counts.copy() for name, counts in _parse(fields, config or AggregateConfig()).dense.items()}
