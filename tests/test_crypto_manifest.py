@@ -136,3 +136,15 @@ def test_missing_manifest_and_untrusted_signer_fail(signed: tuple[Path, bytes], 
         verify_artifact(lonely, TrustStore([signer.key]), NOW)
     with pytest.raises(VerificationError, match=rf"key {signer.key_id} is not in the trust store"):
         verify_artifact(signed[0], TrustStore(), NOW, phase=Phase.PQC_ONLY)
+
+
+def test_a_manifest_naming_an_unknown_canonicalization_is_a_verification_failure(
+    signed: tuple[Path, bytes], store: TrustStore, tmp_path: Path
+) -> None:
+    # The byte flip hypothesis found in CI: "rfc8785" -> "sfc8785" raised a CryptoError nobody caught as
+    # a failed verification.
+    target = tmp_path / "canon.json"
+    target.write_bytes(signed[1].replace(b'"canon":"rfc8785"', b'"canon":"sfc8785"'))
+    assert target.read_bytes() != signed[1]
+    with pytest.raises(VerificationError, match="sfc8785"):
+        verify_artifact_bytes(ARTIFACT, target, store, NOW)

@@ -15,15 +15,15 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Iterator
-from typing import Any, NamedTuple, Protocol
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from governance.errors import DeliveryError, InfrastructureError
 
 __all__ = ["Record", "Sender", "SyncProducer", "make_consumer", "partitions_of", "poll_records", "read_range",
-           "watermarks"]
+           "until_coordinated", "watermarks"]
 
 
 class Record(NamedTuple):
@@ -42,7 +42,32 @@ class Record(NamedTuple):
 # librdkafka's log lines (one per failed connection attempt) go to this logger instead of stderr: the
 # CLI reports a dead broker once; the governance daemon configures logging and shows them.
 _KAFKA_LOG = logging.getLogger("shadowgate.kafka")
+T = TypeVar("T")
 _KAFKA_LOG.addHandler(logging.NullHandler())
+
+
+# Answers a group coordinator gives while it moves or loads (a broker just started, a leader elected): they
+# pass within seconds, so a call that got one is repeated rather than failed.
+_COORDINATOR_TRANSIENT = frozenset({KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+                                    KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError._WAIT_COORD})
+
+
+def until_coordinated(call: Callable[[], T], timeout_s: float, pause_s: float = 0.2) -> T:
+    """``call()``, repeated while the group coordinator answers that it is moving or loading.
+
+    Any other error, or the transient one still there after ``timeout_s``, propagates as the KafkaException.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return call()
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            code = error.code() if isinstance(error, KafkaError) else None
+            if code not in _COORDINATOR_TRANSIENT or time.monotonic() + pause_s > deadline:
+                raise
+            _KAFKA_LOG.info("group coordinator not ready (%s); asking again", error)
+            time.sleep(pause_s)
 
 
 def make_consumer(bootstrap: str, purpose: str) -> Consumer:

@@ -32,7 +32,7 @@ from governance.crypto.keys import TrustStore
 from governance.crypto.record import record_bytes, sign_record, verify_record
 from governance.crypto.schedule import DEFAULT_SCHEDULE, MigrationSchedule, Phase
 from governance.crypto.signing import Context, Signature, Signer
-from governance.errors import ConfigError, VerificationError
+from governance.errors import ConfigError, CryptoError, VerificationError
 
 __all__ = [
     "MANIFEST_FORMAT",
@@ -134,7 +134,13 @@ def _load_manifest(manifest_path: Path) -> dict[str, Any]:
         record = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise VerificationError(f"manifest {manifest_path} is not valid JSON (altered?): {exc}") from exc
-    if not isinstance(record, dict) or record_bytes(record) + b"\n" != raw:
+    if not isinstance(record, dict):
+        raise VerificationError(f"manifest {manifest_path} is not a JSON object (altered?)")
+    try:
+        canonical = record_bytes(record)
+    except CryptoError as exc:  # e.g. a signature block naming a canonicalization nobody signs with
+        raise VerificationError(f"manifest {manifest_path} cannot be read as signed (altered?): {exc}") from exc
+    if canonical + b"\n" != raw:
         raise VerificationError(f"manifest {manifest_path} is not in canonical form; it was edited after signing")
     return record
 

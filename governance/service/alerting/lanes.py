@@ -30,7 +30,7 @@ from typing import Any
 import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
-from governance.contract.kafkaio import SyncProducer
+from governance.contract.kafkaio import SyncProducer, until_coordinated
 from governance.errors import InfrastructureError, ShadowgateError
 from governance.service.alerting.config import RetryConfig
 from governance.service.alerting.delivery import AlertmanagerChannel, Attempt, Channel, backoff_s
@@ -95,7 +95,9 @@ class Committer:
     def committed(self, partitions: list[TP], timeout_s: float = 10.0) -> dict[TP, int | None]:
         """The committed offset of each partition (None: never committed)."""
         try:
-            found = self._consumer.committed([TopicPartition(t, p) for t, p in partitions], timeout=timeout_s)
+            found = until_coordinated(
+                lambda: self._consumer.committed([TopicPartition(t, p) for t, p in partitions], timeout=timeout_s),
+                timeout_s=30.0)
         except KafkaException as exc:
             raise InfrastructureError(f"cannot read the offsets of group {self.group}: {exc}") from None
         return {(tp.topic, tp.partition): (tp.offset if tp.offset >= 0 else None) for tp in found}
@@ -105,8 +107,10 @@ class Committer:
         if not positions:
             return
         try:
-            self._consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in positions.items()],
-                                  asynchronous=False)
+            until_coordinated(
+                lambda: self._consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in positions.items()],
+                                              asynchronous=False),
+                timeout_s=30.0)
         except KafkaException as exc:
             raise InfrastructureError(f"cannot commit the offsets of group {self.group}: {exc}") from None
 
