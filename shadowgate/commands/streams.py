@@ -23,10 +23,18 @@ __all__ = ["replay", "windows", "worker"]
               type=click.Choice(["debug", "info", "warning", "error"]))
 @click.option("--keys-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               envvar="SHADOWGATE_KEYS_DIR", help="keyring whose active ML-DSA key signs the governance events")
-def worker(metrics_port: int | None, loglevel: str, keys_dir: Path | None) -> None:
-    """Run a Faust worker: pair scores, fold windows into Redis, emit signed gate events.
+@click.option("--instance-id", default=None,
+              help="static membership in the consumer group (default SHADOWGATE_INSTANCE_ID; none: dynamic): "
+                   "restarted within the session timeout, the worker takes its partitions back without a "
+                   "rebalance. Unique per process: a second process with the same id fences the first, which stops")
+def worker(metrics_port: int | None, loglevel: str, keys_dir: Path | None, instance_id: str | None) -> None:
+    """Run a worker: pair scores, fold windows into Redis, emit signed gate events.
 
-    Start N of them to share the partitions (one consumer group).
+    Start N of them to share the partitions (one consumer group). A batch's offsets are committed only
+    once its windows are in Redis and its dead letters in the dead-letter topic; a failing batch is tried
+    again with backoff, never skipped. Besides /metrics, the metrics port answers /healthz (200 unless the
+    worker's consumer failed for good) and /readyz (200 when it joined its group, Redis and Kafka answer,
+    its keys are loaded and no batch has been stuck past SHADOWGATE_UNREADY_AFTER_S; 503 with the reasons).
     """
     from datetime import UTC, datetime
 
@@ -40,7 +48,7 @@ def worker(metrics_port: int | None, loglevel: str, keys_dir: Path | None) -> No
     from streams.worker.runtime import tune_gc
     from streams.worker.telemetry import WorkerMetrics
 
-    settings = load_settings()
+    settings = load_settings(**({"instance_id": instance_id} if instance_id else {}))
     tune_gc(settings.gc_young_threshold)
     keyring = Keyring(keys_dir or default_keys_dir())
     try:
@@ -54,10 +62,10 @@ def worker(metrics_port: int | None, loglevel: str, keys_dir: Path | None) -> No
     ensure_topics(settings.kafka_bootstrap, topic_specs(settings))
     port = settings.metrics_port if metrics_port is None else metrics_port
     metrics = WorkerMetrics(REGISTRY)
-    serve_metrics(port, REGISTRY, "the worker")
-    if port:
-        click.echo(f"metrics on :{port}/metrics", err=True)
     handle = create_app(settings, metrics=metrics, signer=signer)
+    serve_metrics(port, REGISTRY, "the worker", probes={"/healthz": handle.health.live, "/readyz": handle.health.ready})
+    if port:
+        click.echo(f"metrics on :{port}/metrics, probes on :{port}/healthz and :{port}/readyz", err=True)
     faust.Worker(handle.app, loglevel=loglevel.upper()).execute_from_commandline()
 
 

@@ -1,10 +1,12 @@
-"""Prometheus metrics of the worker, updated once per batch (never per event).
+"""Prometheus metrics of the worker, updated once per batch (never per event) or computed at scrape time.
 
 A :class:`WorkerMetrics` owns its collectors in the registry it is given (tests pass a fresh
 ``CollectorRegistry``; the worker uses the default one and serves it on ``SHADOWGATE_METRICS_PORT``).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -43,6 +45,28 @@ class WorkerMetrics:
                                             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10), registry=reg)
         self.evaluation_errors = Counter("shadowgate_evaluation_errors", "evaluation rounds that failed",
                                          registry=reg)
+        # The worker under faults (docs/reliability.md).
+        self.batch_retries = Counter("shadowgate_batch_retries", "failed tries of a batch, tried again after a "
+                                     "backoff (stage: apply, dead_letters, commit)", ["stage"], registry=reg)
+        self.batch_age = Gauge("shadowgate_batch_age_seconds", "how long the batch in hand has been in progress "
+                               "(0: none); past SHADOWGATE_UNREADY_AFTER_S the worker is unready", registry=reg)
+        self.ready = Gauge("shadowgate_worker_ready", "1 when /readyz would answer 200", registry=reg)
+        self.partitions_assigned = Gauge("shadowgate_partitions_assigned", "partitions of the scores and labels "
+                                         "topics assigned to this worker", registry=reg)
+        self.partitions_paused = Gauge("shadowgate_partitions_paused", "partitions paused while a batch fails",
+                                       registry=reg)
+        self.rebalances = Counter("shadowgate_rebalances", "partition assignments, revocations and losses",
+                                  ["event"], registry=reg)
+        self.dead_letter_references = Counter("shadowgate_dead_letter_references", "dead letters whose bytes the "
+                                              "broker refused, written as a reference (sha256, coordinates)",
+                                              registry=reg)
+        self.event_time_refused = Counter("shadowgate_event_time_refused", "messages dead-lettered for an event "
+                                          "time outside the bounds (bound: ahead, behind)", ["bound"], registry=reg)
+
+    def watch(self, batch_age_s: Callable[[], float], ready: Callable[[], bool]) -> None:
+        """Compute the batch age and readiness gauges at scrape time from these."""
+        self.batch_age.set_function(batch_age_s)
+        self.ready.set_function(lambda: 1.0 if ready() else 0.0)
 
     def observe(self, outcome: BatchOutcome) -> None:
         self.records.inc(outcome.records)
@@ -55,6 +79,10 @@ class WorkerMetrics:
         self.duplicates.inc(outcome.duplicates)
         self.evicted.inc(outcome.evicted)
         self.retries.inc(outcome.retries)
+        if outcome.ahead:
+            self.event_time_refused.labels(bound="ahead").inc(outcome.ahead)
+        if outcome.behind:
+            self.event_time_refused.labels(bound="behind").inc(outcome.behind)
         self.batch_size.observe(outcome.records)
         per_model: dict[str, int] = {}
         for dead in outcome.dead_letters:
