@@ -352,6 +352,8 @@ class Ingest:
 
     def _on_revoke(self, consumer: Any, partitions: list[TopicPartition], event: str = "revoked") -> None:
         gone = {(tp.topic, tp.partition) for tp in partitions}
+        if self._paused and not self._broken:
+            consumer.resume(partitions)  # no pause outlives the assignment (librdkafka would keep it)
         self._lost |= gone
         self._held = [r for r in self._held if (r.topic, r.partition) not in gone]
         self._partitions -= gone
