@@ -15,11 +15,21 @@ document as ``shadowgate windows --json`` plus the governance events the live wo
   the events are collected in event-time order. A comparison that received only labels in an interval
   (its traffic stopped) is evaluated again at its last evaluation time with its windows re-read, as the
   live worker does when a comparison stands idle. Events are unsigned here (nothing is acted on).
+* Event-time bounds (``bounds``, :mod:`streams.decode.bounds`): the replay bounds event time as the live
+  worker does, around ONE clock ``now_s`` for the whole file (``shadowgate replay --now``, default the wall
+  clock; the live worker reads its clock once per batch): a line dated past ``now + lead`` or before
+  ``now - lag`` is a dead letter with the same reason, and no time outside the bounds moves the interval
+  grid. So traffic replayed shortly after it was recorded gives the live worker's windows; older recordings
+  are replayed ``--now`` at the time they were recorded. Without ``bounds`` (the Python API's default)
+  every time is taken as it is.
+* A comparison whose evaluation fails (its windows cannot be read) is listed under ``evaluation_errors``;
+  the others are evaluated as usual.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +41,7 @@ from governance.contract.comparison import ComparisonKey
 from governance.contract.events import GovernanceEvent
 from governance.contract.kafkaio import Record
 from governance.policy.document import Policy, load_policy
+from streams.decode.bounds import EventTimeBounds
 from streams.fold.aggregate import AggregateConfig
 from streams.state.memory_store import MemoryWindowStore
 from streams.worker.processor import DeadLetter, Processor
@@ -42,6 +53,14 @@ __all__ = ["replay_file", "replay_lines"]
 _SCORES = "replay.scores"
 _LABELS = "replay.labels"
 _MAX_BATCH = 20_000
+
+
+def _representable(ts_s: float) -> bool:
+    try:
+        datetime.fromtimestamp(ts_s, UTC)
+    except (OverflowError, ValueError, OSError):
+        return False
+    return True
 
 
 def _is_label(line: bytes) -> bool:
@@ -81,17 +100,24 @@ def replay_lines(
     join_window_s: float = 60.0,
     label_horizon_s: float = 3 * 86400.0,
     progress: Callable[[int], None] | None = None,
+    bounds: EventTimeBounds | None = None,
+    now_s: float | None = None,
 ) -> dict[str, Any]:
-    """Replay raw lines; return ``{"comparisons", "events", "dead_letters", "stats"}`` (see module doc)."""
+    """Replay raw lines; return ``{"comparisons", "events", "dead_letters", "stats"}`` (see module doc).
+
+    ``bounds``: event time admitted around ``now_s`` (default: the wall clock when the replay starts)."""
     policy = policy or load_policy(None)
     store = MemoryWindowStore()
+    window = None if bounds is None else bounds.window(time.time() if now_s is None else now_s)
     processor = Processor(store, scores_topic=_SCORES, labels_topic=_LABELS, fence_name="replay",
-                          config=config, join_window_s=join_window_s, label_horizon_s=label_horizon_s)
+                          config=config, join_window_s=join_window_s, label_horizon_s=label_horizon_s,
+                          bounds=bounds, clock=(lambda: window.now_s) if window else time.time)
     evaluator = Evaluator(store, policy, MemoryEvaluatorStates(), default_context(policy, model_type), config)
     dead: list[DeadLetter] = []
     events: list[GovernanceEvent] = []
     totals = {"lines": 0, "score_events": 0, "labels": 0, "pairs": 0, "labeled_pairs": 0, "orphans": 0,
-              "duplicates": 0, "evaluations": 0}
+              "duplicates": 0, "evaluations": 0, "ahead": 0, "behind": 0}
+    failed: list[dict[str, Any]] = []
     batch: list[Record] = []
     interval: int | None = None
     evaluated: dict[str, datetime] = {}  # comparison -> event time of its last evaluation
@@ -101,23 +127,31 @@ def replay_lines(
             return
         outcome = processor.process(batch)
         dead.extend(outcome.dead_letters)
-        for name in ("score_events", "labels", "pairs", "labeled_pairs", "orphans", "duplicates"):
+        for name in ("score_events", "labels", "pairs", "labeled_pairs", "orphans", "duplicates", "ahead",
+                     "behind"):  # fmt: skip
             totals[name] += getattr(outcome, name)
         batch.clear()
         if grid_s is None:
             return
         now = datetime.fromtimestamp(grid_s, UTC)
         for cid in sorted(outcome.comparisons):
-            events.extend(evaluator.evaluate(ComparisonKey.from_id(cid), now))
-            evaluated[cid] = now
-            totals["evaluations"] += 1
+            if evaluate(cid, now):
+                evaluated[cid] = now
         # Labels only (its traffic stopped): judged again at its last time with fresh windows, as the
         # live worker does once a comparison has been idle.
         for cid in sorted(outcome.labeled - outcome.comparisons):
             if cid in evaluated:
                 evaluator.forget(cid)
-                events.extend(evaluator.evaluate(ComparisonKey.from_id(cid), evaluated[cid]))
-                totals["evaluations"] += 1
+                evaluate(cid, evaluated[cid])
+
+    def evaluate(cid: str, now: datetime) -> bool:
+        try:
+            events.extend(evaluator.evaluate(ComparisonKey.from_id(cid), now))
+        except Exception as exc:  # one comparison that cannot be evaluated must not stop the replay of the others
+            failed.append({"comparison": cid, "at": now.isoformat(), "error": f"{type(exc).__name__}: {exc}"})
+            return False
+        totals["evaluations"] += 1
+        return True
 
     for number, raw in enumerate(lines):
         line = raw.strip()
@@ -125,6 +159,10 @@ def replay_lines(
             continue
         totals["lines"] += 1
         ts = _event_time_s(line)
+        if ts is not None and window is not None and not window.admits(ts):
+            ts = None  # a dead letter (the processor says why): its time moves nothing
+        if ts is not None and not _representable(ts + evaluate_every_s):
+            ts = None  # a grid point past the year 9999 cannot be evaluated at (only without bounds)
         if ts is not None:
             slot = math.floor(ts / evaluate_every_s)
             if interval is not None and slot > interval:
@@ -144,6 +182,8 @@ def replay_lines(
     ]
     totals["dead_letters"] = len(dead)
     doc["stats"] = totals
+    if failed:
+        doc["evaluation_errors"] = failed[:1000]
     doc["policy_hash"] = policy.hash()
     return doc
 
