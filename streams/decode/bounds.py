@@ -60,7 +60,7 @@ class EventTimeBounds:
         """Refuse a lead that lets one early event close the join window of the current traffic."""
         if self.lead_s >= join_window_s:
             raise ConfigError(
-                f"{LEAD_SETTING}={self.lead_s:g} must be under SHADOWGATE_JOIN_WINDOW_S={join_window_s:g}: "
+                f"{LEAD_SETTING}={_num(self.lead_s)} must be under SHADOWGATE_JOIN_WINDOW_S={_num(join_window_s)}: "
                 "an event dated that far ahead would close the join window of every event of now"
             )
 
@@ -86,9 +86,9 @@ class TimeWindow:
         which = "" if event is None else f"event {event}: "
         if ts_s > self.high_s:
             return (f"{which}ts {_iso(ts_s)} is {ts_s - self.now_s:,.0f} s ahead of the clock ({_iso(self.now_s)}): "
-                    f"more than {LEAD_SETTING}={self.bounds.lead_s:g}")  # fmt: skip
+                    f"more than {LEAD_SETTING}={_num(self.bounds.lead_s)}")  # fmt: skip
         return (f"{which}ts {_iso(ts_s)} is {self.now_s - ts_s:,.0f} s behind the clock ({_iso(self.now_s)}): "
-                f"more than {LAG_SETTING}={self.bounds.lag_s:g}")  # fmt: skip
+                f"more than {LAG_SETTING}={_num(self.bounds.lag_s)}")  # fmt: skip
 
     def ahead(self, ts_s: float) -> bool:
         """Whether ``ts_s`` is past the window's lead (else, when outside, behind its lag)."""
@@ -116,6 +116,11 @@ class TimeWindow:
                     out.append((i, j, ts_s))
                     break
         return out
+
+
+def _num(value: float) -> str:
+    """A setting's value as it would be written: 30, 1296000, 0.5."""
+    return f"{value:.0f}" if value == int(value) else repr(value)
 
 
 def _iso(ts_s: float) -> str:
