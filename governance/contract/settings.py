@@ -67,7 +67,7 @@ class Settings(BaseSettings):
     instance_id: str | None = Field(
         None, min_length=1, max_length=249, description="static membership of this worker in its consumer group "
         "(Kafka group.instance.id): restarted within the session timeout it takes its partitions back without "
-        "a rebalance; unique per process (a second process with the same id fences the first, which stops); "
+        "a rebalance; one per process (two processes with one id fence each other until one stops); "
         "None = dynamic membership (every start and stop rebalances the group)"
     )
     session_timeout_s: float = Field(

@@ -19,7 +19,7 @@ __all__ = ["replay", "windows", "worker"]
 
 @click.command()
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
-              help="Prometheus /metrics port (default SHADOWGATE_METRICS_PORT; 0 = off)")
+              help="port of /metrics, /healthz and /readyz (default SHADOWGATE_METRICS_PORT; 0 = off)")
 @click.option("--loglevel", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 @click.option("--keys-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -27,7 +27,7 @@ __all__ = ["replay", "windows", "worker"]
 @click.option("--instance-id", default=None,
               help="static membership in the consumer group (default SHADOWGATE_INSTANCE_ID; none: dynamic): "
                    "restarted within the session timeout, the worker takes its partitions back without a "
-                   "rebalance. Unique per process: a second process with the same id fences the first, which stops")
+                   "rebalance. One per process: two processes with one id fence each other until one stops")
 def worker(metrics_port: int | None, loglevel: str, keys_dir: Path | None, instance_id: str | None) -> None:
     """Run a worker: pair scores, fold windows into Redis, emit signed gate events.
 
