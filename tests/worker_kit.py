@@ -227,7 +227,16 @@ def settled(env: WorkerEnv, expected: tuple[int, int], what: str, model: str | N
     the last batch lands can show a 5m window older than its 24h one; only a read begun after the last
     apply is the final figure.
     """
-    wait_for(lambda: counts(windows(env), model) == expected, timeout_s, what, env)
+    seen: list[tuple[int, int]] = [(0, 0)]
+
+    def complete() -> bool:
+        seen[0] = counts(windows(env), model)
+        return seen[0] == expected
+
+    try:
+        wait_for(complete, timeout_s, what, env)
+    except AssertionError as exc:
+        raise AssertionError(f"(sample_count, label_count) {seen[0]}, expected {expected}: {exc}") from None
     last = [windows(env)]
 
     def stable() -> dict[str, Any] | None:
