@@ -2,8 +2,9 @@
 
 Two workers share the partitions; the live windows (`shadowgate windows --json`) must equal the offline
 replay of the same events (`shadowgate replay --json`), invalid messages must reach the dead-letter topic
-with their reason, and a worker killed with SIGKILL mid-stream must, once restarted, leave every window
-exactly equal to the replay: each event counted once, no pair lost.
+with their reason, a worker killed with SIGKILL mid-stream must, once restarted, leave every window
+exactly equal to the replay: each event counted once, no pair lost; and hostile timestamps must be dead
+letters that move no watermark and break no read. (Faults of the servers: tests/test_worker_faults.py.)
 """
 
 from __future__ import annotations

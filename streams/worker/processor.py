@@ -36,6 +36,11 @@ partition's in-memory state too. Counts and dead letters of a refused attempt ar
 Errors are data: an invalid message becomes a :class:`DeadLetter` (original bytes, reason, coordinates)
 and, when its model can be read, an integrity violation of that model, counted at the ts the message
 claims (never past the partition's score watermark, which it is when it claims none); never fatal.
+So does a valid message dated outside the event-time bounds (``bounds``: :mod:`streams.decode.bounds`,
+around ``clock()`` read once per batch; checked on the decoded messages of every tier, one native call
+per batch), and a claimed time outside them is not believed. The dead letters of what is about to be
+applied go to ``deliver`` BEFORE the apply (the worker's dead-letter producer returns once the broker
+acknowledged them), so the apply, and the offsets committed after it, never get ahead of them.
 """
 
 from __future__ import annotations
