@@ -188,10 +188,16 @@ class Ingest:
             list(self.config.topics), on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
         )
         while not stop.is_set():
-            polled = self._poll(self.config.batch_within_s)  # first: a rebalance in it may drop held records
+            polled = self._next_batch()  # first: a rebalance in it may drop held records
             records, self._held = self._held + polled, []
             if records:
                 self._complete(records, stop)
+
+    def _next_batch(self) -> list[Record]:
+        """What is fetched already, at once (a backlog is never kept waiting); else whatever arrives within
+        ``batch_within_s``, up to ``batch_max_records``. (``consume`` waits out its timeout to fill a batch,
+        so a backlog taken with it would wait ``batch_within_s`` per batch.)"""
+        return self._poll(0.0) or self._poll(self.config.batch_within_s)
 
     def _replace(self, exc: _ConsumerFailed) -> None:
         """After the consumer failed for good: forget every partition (a new consumer joins the group), or give
