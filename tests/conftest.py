@@ -13,12 +13,16 @@ from typing import TYPE_CHECKING
 import hypothesis  # noqa: F401
 import pytest
 
+from tests.fault_servers import KafkaBroker, RedisServer, ServerMissing
 from tests.infra import Infra, find_infra, require_infra
 
 if TYPE_CHECKING:
     from tests.alerting_kit import AlertmanagerServer
 
-_SERVER_FIXTURES = frozenset({"infra", "kafka_bootstrap", "redis_url", "redis_prefix", "make_topic", "alertmanager"})
+_SERVER_FIXTURES = frozenset(
+    {"infra", "kafka_bootstrap", "redis_url", "redis_prefix", "make_topic", "alertmanager", "fault_redis",
+     "fault_kafka"}
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -109,6 +113,36 @@ def make_topic(kafka_bootstrap: str, unique: str) -> Iterator[Callable[..., str]
         for fut in admin.delete_topics(created).values():
             with contextlib.suppress(Exception):  # cleanup of a test topic is best effort
                 fut.result(timeout=30)
+
+
+def _cannot_start(exc: ServerMissing) -> None:
+    if require_infra():
+        pytest.fail(f"{exc} [SHADOWGATE_REQUIRE_INFRA=1: a missing server is a failure]")
+    pytest.skip(str(exc))
+
+
+@pytest.fixture
+def fault_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A private Redis of this test, to stop and start (tests/fault_servers.py); stopped afterwards."""
+    try:
+        server = RedisServer(tmp_path_factory.mktemp("redis"))
+    except ServerMissing as exc:
+        _cannot_start(exc)
+        raise
+    with server:
+        yield server
+
+
+@pytest.fixture
+def fault_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
+    """A private single-node Kafka broker of this test, to stop and start (tests/fault_servers.py)."""
+    try:
+        broker = KafkaBroker(tmp_path_factory.mktemp("kafka"))
+    except ServerMissing as exc:
+        _cannot_start(exc)
+        raise
+    with broker:
+        yield broker
 
 
 @pytest.fixture(scope="session")

@@ -91,6 +91,9 @@ def test_fast_events_are_not_tracked_by_the_garbage_collector() -> None:
         {"ts": "2026-11-26T10:00:59.9999996Z"},  # 7 fraction digits: msgspec rounds, the contract truncates
         {"ts": "2026-11-26T10:00:00.1234567891+01:00"},
         {"ts": "2026-11-26T10:00:00+24:00"},
+        {"ts": "9999-12-31T23:59:59-01:00"},  # year 10000 in UTC: msgspec took it, the contract refuses it
+        {"ts": "0001-01-01T00:30:00+01:00"},  # year 0 in UTC
+        {"ts": "9999-12-31T23:59:59+01:00"},  # still year 9999 in UTC: both take it
         {"ts": "2026-11-26 10:00:00z"},
         {"ts": 1764151200},
         {"error": "x" * 1025},
@@ -128,7 +131,8 @@ def test_labels_match_the_contract() -> None:
     good = {"request_id": "r-1", "model": "fraud-risk", "label": 1, "ts": "2026-11-27T00:00:00Z"}
     assert type(decode_label_fast(json.dumps(good).encode())).__name__ == "FastLabel"
     for over in ({}, {"label": True}, {"label": 2}, {"label": 1.0}, {"model": "x\n"}, {"ts": "2026-11-27"},
-                 {"ts": "2026-11-27T00:00:00.00000049Z"}, {"more": 1}):  # fmt: skip
+                 {"ts": "2026-11-27T00:00:00.00000049Z"}, {"more": 1}, {"ts": "9999-12-31T23:30:00-00:45"},
+                 {"ts": "0001-01-01T00:00:00+00:01"}, {"ts": "0001-01-01T00:00:00-00:01"}):  # fmt: skip
         raw = json.dumps({**good, **over}).encode()
         assert _outcome(decode_label_fast, raw) == _outcome(decode_label, raw), over
 
@@ -148,6 +152,7 @@ _TIMES = st.one_of(
         "2026-11-26T10:00:00.1234567Z", "2026-11-26t10:00:00Z", "2026-11-26 10:00:00Z", "2026-11-26T10:00Z",
         "2026-11-26T10:00:00+0100", "2026-11-26T10:00:00+01", "2026-02-30T10:00:00Z", "2026-11-26T10:00:60Z",
         "0001-01-01T00:00:00Z", "9999-12-31T23:59:59.999999Z", "2026-11-26T10:00:00+23:59", "2026-11-26",
+        "9999-12-31T23:59:59-00:01", "0001-01-01T00:00:00+00:01", "9999-12-31T12:00:00+23:59",
     ]),
     st.datetimes(timezones=st.one_of(st.none(), st.timezones())).map(lambda d: d.isoformat()),
     _TEXT,

@@ -83,7 +83,9 @@ def test_invalid_lines_are_counted_not_fatal_and_the_cli_prints_json(tmp_path: A
                     b'"score":7,"latency_ms":1,"ts":"2026-10-01T00:00:00Z"}']
     path = tmp_path / "traffic.jsonl"
     path.write_bytes(b"\n".join(lines) + b"\n")
-    result = CliRunner().invoke(cli, ["replay", str(path), "--json", "--window", "24h"])
+    # Recorded on START's day: replayed at that time (the event-time bounds are around --now).
+    now = (START + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    result = CliRunner().invoke(cli, ["replay", str(path), "--json", "--window", "24h", "--now", now])
     assert result.exit_code == 0, result.output
     doc = orjson.loads(result.output)
     assert doc["stats"]["dead_letters"] == 2

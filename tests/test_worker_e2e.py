@@ -2,8 +2,9 @@
 
 Two workers share the partitions; the live windows (`shadowgate windows --json`) must equal the offline
 replay of the same events (`shadowgate replay --json`), invalid messages must reach the dead-letter topic
-with their reason, and a worker killed with SIGKILL mid-stream must, once restarted, leave every window
-exactly equal to the replay: each event counted once, no pair lost.
+with their reason, a worker killed with SIGKILL mid-stream must, once restarted, leave every window
+exactly equal to the replay: each event counted once, no pair lost; and hostile timestamps must be dead
+letters that move no watermark and break no read. (Faults of the servers: tests/test_worker_faults.py.)
 """
 
 from __future__ import annotations
@@ -20,9 +21,21 @@ from confluent_kafka import Consumer, Producer
 from governance.contract.publishing import decode_signed_event
 from governance.crypto import DEFAULT_SCHEDULE, Keyring
 from governance.errors import VerificationError
-from shadowgate.sdk import LabelPublisher, ScorePublisher
-from shadowgate.traffic import TrafficSpec, generate
-from tests.worker_kit import WorkerEnv, jsonl, wait_for
+from tests.fault_servers import free_port
+from tests.worker_kit import (
+    WorkerEnv,
+    counts,
+    diff,
+    make_env,
+    publish,
+    replay,
+    replay_file,
+    scrape,
+    settled,
+    traffic,
+    wait_for,
+    windows,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -40,92 +53,23 @@ def _invalid(at: datetime) -> list[bytes]:
     ]
 
 
-def _env(kafka_bootstrap: str, redis_url: str, unique: str, tmp_path: Path) -> WorkerEnv:
-    keys = tmp_path / "keys"
-    Keyring(keys).generate(datetime.now(UTC))
-    env = WorkerEnv(kafka_bootstrap, redis_url, unique, keys)
-    env.create_topics()
-    return env
-
-
-def _traffic(pairs: int) -> list[dict[str, Any]]:
-    start = (datetime.now(UTC) - timedelta(minutes=20)).replace(microsecond=0)
-    spec = TrafficSpec(pairs=pairs, start=start, rate_per_s=pairs / 600.0, label_delay_s=30.0, seed=11)
-    return list(generate(spec))
-
-
-def _publish(env: WorkerEnv, events: list[dict[str, Any]], invalid: list[bytes] = ()) -> None:  # type: ignore[assignment]
-    t = env.topics
-    with ScorePublisher(env.kafka_bootstrap, t.scores, batch_size=200) as scores, \
-            LabelPublisher(env.kafka_bootstrap, t.labels) as labels:
-        for event in events:
-            body = dict(event)
-            if body.pop("kind") == "score":
-                scores.publish(body)
-            else:
-                labels.publish(body)
-    if invalid:
-        producer = Producer({"bootstrap.servers": env.kafka_bootstrap})
-        for raw in invalid:
-            producer.produce(t.scores, key=b"bad", value=raw)
-        assert producer.flush(30) == 0
-
-
-def _replay_file(tmp_path: Path, events: list[dict[str, Any]], invalid: list[bytes] = ()) -> Path:  # type: ignore[assignment]
-    path = tmp_path / "traffic.jsonl"
-    body = [{k: v for k, v in e.items() if k != "kind"} for e in events]
-    path.write_bytes(jsonl(iter(body)) + b"".join(raw + b"\n" for raw in invalid))
-    return path
-
-
-def _windows(env: WorkerEnv) -> dict[str, Any]:
-    out = env.cli("windows", "--json")
-    assert out.returncode == 0, out.stderr.decode()
-    return orjson.loads(out.stdout)  # type: ignore[no-any-return]
-
-
-def _settled(env: WorkerEnv, counts: tuple[int, int], what: str) -> dict[str, Any]:
-    """The windows once every event is folded: two reads in a row, the first already complete, that agree.
-
-    One ``shadowgate windows`` call reads its windows one after another (5m first), so a call made while
-    the last batch lands can show a 5m window older than its 24h one; only a read begun after the last
-    apply is the final figure.
-    """
-    wait_for(lambda: _counts(_windows(env)) == counts, 240, what, env)
-    last = [_windows(env)]
-
-    def stable() -> dict[str, Any] | None:
-        doc = _windows(env)
-        same, last[0] = doc == last[0], doc
-        return doc if same else None
-
-    return wait_for(stable, 60, f"{what}: two equal reads", env)  # type: ignore[no-any-return]
-
-
-def _counts(doc: dict[str, Any]) -> tuple[int, int]:
-    if not doc["comparisons"]:
-        return 0, 0
-    w = doc["comparisons"][0]["windows"]["24h"]
-    return w["sample_count"], w["label_count"]
-
-
 def test_two_workers_match_the_replay_and_dead_letter_invalid_messages(
     kafka_bootstrap: str, redis_url: str, unique: str, tmp_path: Path
 ) -> None:
-    env = _env(kafka_bootstrap, redis_url, unique, tmp_path)
-    events = _traffic(3000)
+    env = make_env(kafka_bootstrap, redis_url, unique, tmp_path)
+    events = traffic(3000)
     # Claimed inside the traffic's span (it starts 20 minutes ago), whatever the date the test runs on.
     invalid = _invalid(datetime.now(UTC) - timedelta(minutes=15))
     try:
         env.start_worker(tmp_path)
         env.start_worker(tmp_path)
-        _publish(env, events, invalid)
-        live = _settled(env, (3000, 3000), "both workers to fold 3000 pairs and labels")
-        replay = env.cli("replay", str(_replay_file(tmp_path, events, invalid)), "--json")
+        publish(env, events, invalid)
+        live = settled(env, (3000, 3000), "both workers to fold 3000 pairs and labels")
+        replay = env.cli("replay", str(replay_file(tmp_path / "traffic.jsonl", events, invalid)), "--json")
         assert replay.returncode == 0, replay.stderr.decode()
         offline = orjson.loads(replay.stdout)
         assert offline["stats"]["dead_letters"] == len(invalid)
-        assert live["comparisons"] == offline["comparisons"], _diff(live["comparisons"], offline["comparisons"])
+        assert live["comparisons"] == offline["comparisons"], diff(live["comparisons"], offline["comparisons"])
         w = live["comparisons"][0]["windows"]["24h"]
         assert w["integrity_violations"] == 2  # the line that is not JSON names no model
         dlq = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": f"dlq-{unique}",
@@ -165,27 +109,100 @@ def test_two_workers_match_the_replay_and_dead_letter_invalid_messages(
 def test_sigkill_mid_stream_then_restart_counts_every_event_exactly_once(
     kafka_bootstrap: str, redis_url: str, unique: str, tmp_path: Path
 ) -> None:
-    env = _env(kafka_bootstrap, redis_url, unique, tmp_path)
-    events = _traffic(6000)
+    env = make_env(kafka_bootstrap, redis_url, unique, tmp_path)
+    events = traffic(6000)
     try:
         first = env.start_worker(tmp_path)
-        _publish(env, events)
-        wait_for(lambda: _counts(_windows(env))[0] >= 1000, 240, "the first worker to make progress", env)
+        publish(env, events)
+        wait_for(lambda: counts(windows(env))[0] >= 1000, 240, "the first worker to make progress", env)
         env.kill(first, signal.SIGKILL)
-        partial = _counts(_windows(env))
+        partial = counts(windows(env))
         env.start_worker(tmp_path)
-        live = _settled(env, (6000, 6000), "the restarted worker to finish")
-        replay = env.cli("replay", str(_replay_file(tmp_path, events)), "--json")
+        live = settled(env, (6000, 6000), "the restarted worker to finish")
+        replay = env.cli("replay", str(replay_file(tmp_path / "traffic.jsonl", events)), "--json")
         offline = orjson.loads(replay.stdout)
-        diff = _diff(live["comparisons"], offline["comparisons"])
-        assert live["comparisons"] == offline["comparisons"], (partial, diff)
+        differences = diff(live["comparisons"], offline["comparisons"])
+        assert live["comparisons"] == offline["comparisons"], (partial, differences)
     finally:
         env.stop_all()
 
 
-def _diff(a: Any, b: Any, path: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        return [d for k in sorted(set(a) | set(b)) for d in _diff(a.get(k), b.get(k), f"{path}.{k}")]
-    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
-        return [d for i, (x, y) in enumerate(zip(a, b, strict=True)) for d in _diff(x, y, f"{path}[{i}]")]
-    return [] if a == b else [f"{path}: live {a!r} != replay {b!r}"]
+def _score(ts: str, rid: str, role: str, model: str = "fraud-risk") -> bytes:
+    version = "1.4.0" if role == "production" else "1.5.0"
+    return orjson.dumps({"request_id": rid, "model": model, "version": version, "role": role, "score": 0.5,
+                         "latency_ms": 3.0, "ts": ts})  # fmt: skip
+
+
+def _hostile() -> tuple[list[bytes], list[bytes]]:
+    """Score and label messages dated far ahead, far behind, or at the end of time, through each decoder tier
+    (native: plain; msgspec: an escaped name, or before 1684; the contract: 7 fraction digits, or the years
+    0001 and 9999), and an invalid one claiming a far-future time."""
+    scores: list[bytes] = []
+    for i, (ts, escaped) in enumerate([
+        ("2100-01-01T00:00:00Z", False), ("2000-01-01T00:00:00Z", False),      # native
+        ("2100-01-01T00:00:00Z", True), ("1600-01-01T00:00:00Z", False),       # msgspec
+        ("2100-01-01T00:00:00.1234567Z", False), ("9999-12-31T23:59:59Z", False),  # the contract
+        ("0001-01-01T00:00:00Z", False),
+    ]):  # fmt: skip
+        for role in ("production", "shadow"):
+            raw = _score(ts, f"hostile-{i}", role)
+            scores.append(raw.replace(b"fraud-risk", b"fraud\\u002drisk") if escaped else raw)
+    scores.append(orjson.dumps({**orjson.loads(_score("2100-01-01T00:00:00Z", "hostile-x", "shadow")), "score": 7}))
+    labels = [orjson.dumps({"request_id": f"hostile-l{i}", "model": "fraud-risk", "label": 1, "ts": ts})
+              for i, ts in enumerate(["2100-01-01T00:00:00Z", "2000-01-01T00:00:00Z", "9999-12-31T23:59:59Z"])]
+    return scores, labels
+
+
+def test_hostile_timestamps_are_dead_letters_move_no_watermark_and_break_no_read(
+    kafka_bootstrap: str, redis_url: str, unique: str, tmp_path: Path
+) -> None:
+    """Far-future, far-past and year-9999 events in every decoder tier, scores and labels, amid the traffic of
+    two models (issue 12, defect 3): before, one far-future pair moved the watermark and orphaned the traffic
+    after it, and the year-9999 pair made `shadowgate windows` and `replay` fail for every model. Now each is a
+    dead letter naming its bound, the windows of both models equal the replay's, and no watermark moved."""
+    env = make_env(kafka_bootstrap, redis_url, unique, tmp_path)
+    events = traffic(2000) + traffic(300, seed=5, model="bystander")
+    events.sort(key=lambda e: e["ts"])
+    scores, labels = _hostile()
+    port = free_port()
+    try:
+        env.start_worker(tmp_path, metrics_port=port)
+        half = len(events) // 2
+        publish(env, events[:half], scores)
+        producer = Producer({"bootstrap.servers": env.kafka_bootstrap})
+        for raw in labels:
+            producer.produce(env.topics.labels, key=b"bad", value=raw)
+        assert producer.flush(30) == 0
+        publish(env, events[half:])
+        live = settled(env, (2000, 2000), "the worker to fold 2000 pairs and labels of fraud-risk", "fraud-risk")
+        assert "errors" not in live
+        path = replay_file(tmp_path / "traffic.jsonl", events, scores + labels)
+        offline = replay(env, path)
+        assert "errors" not in offline and "evaluation_errors" not in offline
+        assert [c["model"] for c in live["comparisons"]] == ["bystander", "fraud-risk"]
+        assert live["comparisons"] == offline["comparisons"], diff(live["comparisons"], offline["comparisons"])
+        assert offline["stats"]["dead_letters"] == len(scores) + len(labels)
+        for c in live["comparisons"]:
+            assert c["windows"]["24h"]["orphan_count"] == 0, c["model"]
+        newest = max(datetime.fromisoformat(str(e["ts"])) for e in events).timestamp()
+        marks = [v for k, v in scrape(port).items() if k.startswith("shadowgate_watermark_seconds")]
+        assert marks and max(marks) <= newest, (marks, newest)  # no hostile time moved a watermark
+        dead = wait_for(lambda: _dead_reasons(env, len(scores) + len(labels)), 60, "every dead letter", env)
+        bounded = [r for r in dead if "SHADOWGATE_MAX_EVENT_" in r]
+        assert len(bounded) == len(scores) + len(labels) - 1  # all but the one the contract refuses (score 7)
+    finally:
+        env.stop_all()
+
+
+def _dead_reasons(env: WorkerEnv, expected: int) -> list[str] | None:
+    consumer = Consumer({"bootstrap.servers": env.kafka_bootstrap, "group.id": f"dlq-{env.unique}-{expected}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})  # fmt: skip
+    consumer.subscribe([env.topics.dlq])
+    got: list[Any] = []
+    deadline = datetime.now(UTC) + timedelta(seconds=10)
+    while len(got) < expected and datetime.now(UTC) < deadline:
+        got += consumer.consume(num_messages=100, timeout=1.0)
+    consumer.close()
+    if len(got) < expected:
+        return None
+    return [dict(m.headers())["shadowgate.reason"].decode() for m in got]

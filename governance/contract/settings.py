@@ -97,6 +97,41 @@ class Settings(BaseSettings):
     keys_reload_s: float = Field(
         300.0, gt=0, description="how often running processes reload keys and trust stores even when no file changed"
     )
+    # -- the worker under faults (docs/reliability.md, "The worker") ------------------------------------
+    instance_id: str | None = Field(
+        None, min_length=1, max_length=249, description="static membership of this worker in its consumer group "
+        "(Kafka group.instance.id): restarted within the session timeout it takes its partitions back without "
+        "a rebalance; one per process (two processes with one id fence each other until one stops); "
+        "None = dynamic membership (every start and stop rebalances the group)"
+    )
+    session_timeout_s: float = Field(
+        10.0, ge=6.0, le=1800.0, description="a worker silent this long is taken out of its group and its "
+        "partitions move to the others (Kafka session.timeout.ms; the broker's minimum is 6 s)"
+    )
+    heartbeat_interval_s: float = Field(
+        2.0, gt=0, description="how often a worker tells the group coordinator it lives (under a third of "
+        "the session timeout)"
+    )
+    retry_backoff_s: float = Field(
+        0.25, gt=0, description="first delay before a failed batch is tried again; it doubles per attempt"
+    )
+    retry_backoff_max_s: float = Field(5.0, gt=0, description="longest delay between two tries of a failed batch")
+    unready_after_s: float = Field(
+        30.0, gt=0, description="a batch not done after this long (failing or blocked) makes the worker "
+        "unready (/readyz answers 503) until it is done"
+    )
+    dlq_timeout_s: float = Field(
+        10.0, gt=0, description="how long the dead-letter producer tries to deliver a batch's dead letters "
+        "before the batch is tried again"
+    )
+    max_event_lead_s: float = Field(
+        30.0, ge=0, description="events (and labels) dated more than this ahead of the worker's clock are "
+        "dead letters; must stay under the join window, or one early event would close it for the rest"
+    )
+    max_event_lag_s: float = Field(
+        15 * 86400.0, gt=0, description="events (and labels) dated more than this before the worker's clock "
+        "are dead letters (15 days: longer than the longest window, 14 d, and than Kafka keeps labels)"
+    )
 
     def redis_url_value(self) -> str:
         return self.redis_url.get_secret_value()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,18 +19,24 @@ __all__ = ["replay", "windows", "worker"]
 
 @click.command()
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
-              help="Prometheus /metrics port (default SHADOWGATE_METRICS_PORT; 0 = off)")
+              help="port of /metrics, /healthz and /readyz (default SHADOWGATE_METRICS_PORT; 0 = off)")
 @click.option("--loglevel", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 @click.option("--keys-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               envvar="SHADOWGATE_KEYS_DIR", help="keyring whose active ML-DSA key signs the governance events")
-def worker(metrics_port: int | None, loglevel: str, keys_dir: Path | None) -> None:
-    """Run a Faust worker: pair scores, fold windows into Redis, emit signed gate events.
+@click.option("--instance-id", default=None,
+              help="static membership in the consumer group (default SHADOWGATE_INSTANCE_ID; none: dynamic): "
+                   "restarted within the session timeout, the worker takes its partitions back without a "
+                   "rebalance. One per process: two processes with one id fence each other until one stops")
+def worker(metrics_port: int | None, loglevel: str, keys_dir: Path | None, instance_id: str | None) -> None:
+    """Run a worker: pair scores, fold windows into Redis, emit signed gate events.
 
-    Start N of them to share the partitions (one consumer group).
+    Start N of them to share the partitions (one consumer group). A batch's offsets are committed only
+    once its windows are in Redis and its dead letters in the dead-letter topic; a failing batch is tried
+    again with backoff, never skipped. Besides /metrics, the metrics port answers /healthz (200 unless the
+    worker's consumer failed for good) and /readyz (200 when it joined its group, Redis and Kafka answer,
+    its keys are loaded and no batch has been stuck past SHADOWGATE_UNREADY_AFTER_S; 503 with the reasons).
     """
-    from datetime import UTC, datetime
-
     import faust
     from prometheus_client import REGISTRY
 
@@ -40,7 +47,7 @@ def worker(metrics_port: int | None, loglevel: str, keys_dir: Path | None) -> No
     from streams.worker.runtime import tune_gc
     from streams.worker.telemetry import WorkerMetrics
 
-    settings = load_settings()
+    settings = load_settings(**({"instance_id": instance_id} if instance_id else {}))
     tune_gc(settings.gc_young_threshold)
     keyring = Keyring(keys_dir or default_keys_dir())
     try:
@@ -54,10 +61,10 @@ def worker(metrics_port: int | None, loglevel: str, keys_dir: Path | None) -> No
     ensure_topics(settings.kafka_bootstrap, topic_specs(settings))
     port = settings.metrics_port if metrics_port is None else metrics_port
     metrics = WorkerMetrics(REGISTRY)
-    serve_metrics(port, REGISTRY, "the worker")
-    if port:
-        click.echo(f"metrics on :{port}/metrics", err=True)
     handle = create_app(settings, metrics=metrics, signer=signer)
+    serve_metrics(port, REGISTRY, "the worker", probes={"/healthz": handle.health.live, "/readyz": handle.health.ready})
+    if port:
+        click.echo(f"metrics on :{port}/metrics, probes on :{port}/healthz and :{port}/readyz", err=True)
     faust.Worker(handle.app, loglevel=loglevel.upper()).execute_from_commandline()
 
 
@@ -91,6 +98,7 @@ def windows(model: str | None, window_names: tuple[str, ...], as_json: bool) -> 
     doc = read_windows(store, model=model, windows=window_names or DEFAULT_WINDOWS)
     store.close()
     _print(doc, as_json)
+    _exit_on_errors(doc)
 
 
 @click.command()
@@ -104,21 +112,35 @@ def windows(model: str | None, window_names: tuple[str, ...], as_json: bool) -> 
               default=None, envvar="SHADOWGATE_POLICY_PATH", help="policy YAML (default: the shipped policy)")
 @click.option("--evaluate-every", default=60.0, show_default=True, type=click.FloatRange(min=1.0),
               help="seconds of event time between evaluations (the live worker evaluates every second)")
+@click.option("--now", "now", default=None, type=click.DateTime(["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S"]),
+              help="the clock event time is bounded around, as the live worker bounds it around its own "
+                   "(SHADOWGATE_MAX_EVENT_LEAD_S ahead, SHADOWGATE_MAX_EVENT_LAG_S behind; outside: dead "
+                   "letters). Default: now. Replay older recordings at the time they were recorded, "
+                   "e.g. --now 2026-11-02T00:00:00Z (UTC unless an offset is given)")
 def replay(file: Path, window_names: tuple[str, ...], as_json: bool, model_type: str | None,
-           policy_path: Path | None, evaluate_every: float) -> None:
-    """Evaluate recorded traffic (JSON lines of score, envelope and label events) with no Kafka or Redis."""
+           policy_path: Path | None, evaluate_every: float, now: datetime | None) -> None:
+    """Evaluate recorded traffic (JSON lines of score, envelope and label events) with no Kafka or Redis.
+
+    Event time is bounded as in the live worker, around --now (default: now), so traffic replayed soon
+    after it was recorded gives the live worker's windows.
+    """
     from governance.policy.document import load_policy
+    from streams.decode.bounds import EventTimeBounds
     from streams.worker.reading import DEFAULT_WINDOWS
     from streams.worker.replay import replay_file
     from streams.worker.runtime import tune_gc
 
+    settings = load_settings()
     tune_gc(Settings.model_fields["gc_young_threshold"].default)
+    clock = None if now is None else (now if now.tzinfo else now.replace(tzinfo=UTC)).timestamp()
     doc = replay_file(file, windows=window_names or DEFAULT_WINDOWS, policy=load_policy(policy_path),
                       model_type=model_type, evaluate_every_s=evaluate_every,
-                      progress=lambda n: click.echo(f"  {n:,} lines", err=True))
+                      bounds=EventTimeBounds(settings.max_event_lead_s, settings.max_event_lag_s), now_s=clock,
+                      progress=lambda n: click.echo(f"  {n:,} lines", err=True))  # fmt: skip
     _print(doc, as_json, empty="no comparisons: the file holds no production event paired with a candidate's")
     if not as_json:
         _print_events(doc)
+    _exit_on_errors(doc)
 
 
 _SHOWN = ("sample_count", "label_count", "mean_abs_delta", "p95_abs_delta", "p99_abs_delta", "kl_divergence",
@@ -137,6 +159,9 @@ def _print(doc: dict[str, object], as_json: bool, empty: str = _NO_LIVE_COMPARIS
     from rich.table import Table
 
     comparisons = doc.get("comparisons") or []
+    for failure in doc.get("errors") or []:  # type: ignore[attr-defined]
+        click.echo(f"{failure['model']}: {failure['production_version']} (production) vs "
+                   f"{failure['candidate_version']} ({failure['role']}): {failure['error']}", err=True)
     if not comparisons:
         click.echo(empty)
         return
@@ -154,12 +179,24 @@ def _print(doc: dict[str, object], as_json: bool, empty: str = _NO_LIVE_COMPARIS
     logging.getLogger(__name__).debug("printed %d comparisons", len(comparisons))  # type: ignore[arg-type]
 
 
+def _exit_on_errors(doc: dict[str, Any]) -> None:
+    """Exit 1 (after everything was printed) when a comparison could not be read or evaluated."""
+    failed = [*(doc.get("errors") or []), *(doc.get("evaluation_errors") or [])]
+    if failed:
+        click.echo(f"{len(failed)} comparison read(s) or evaluation(s) failed; the others are complete", err=True)
+        sys.exit(1)
+
+
 def _print_events(doc: dict[str, Any]) -> None:
     events = doc.get("events") or []
     stats = doc.get("stats") or {}
+    outside = stats.get("ahead", 0) + stats.get("behind", 0)
     click.echo(f"{stats.get('lines', 0):,} lines: {stats.get('pairs', 0):,} pairs, "
-               f"{stats.get('labeled_pairs', 0):,} labelled, {stats.get('dead_letters', 0):,} invalid; "
-               f"{len(events)} governance events")
+               f"{stats.get('labeled_pairs', 0):,} labelled, {stats.get('dead_letters', 0):,} invalid"
+               + (f" ({outside:,} dated outside the event-time bounds: see --now)" if outside else "")
+               + f"; {len(events)} governance events")
+    for failure in doc.get("evaluation_errors") or []:
+        click.echo(f"  evaluation of {failure['comparison']} at {failure['at']} failed: {failure['error']}")
     for event in events:
         detail = event.get("verdict") or event.get("action") or event.get("severity") or ""
         failing = ", ".join(c.get("name", "") for c in event.get("failing_checks") or [])

@@ -19,8 +19,9 @@ The native core is optional (:mod:`streams.native`): without it the worker decod
 The invariant, checked with Hypothesis against the pydantic models (``tests/test_decoding.py``,
 ``tests/test_native_decode.py``): whatever a faster tier accepts, the contract accepts with the same values
 (timestamps as the same instant). Where the parsers differ the fast paths defer: a timestamp with more than
-six fraction digits (pydantic truncates, msgspec rounds) sends its message to the contract, found by one
-regex scan of the raw bytes.
+six fraction digits (pydantic truncates, msgspec rounds) or in the year 0001 or 9999 (an offset can move it
+out of the years 1-9999 in UTC, which only the contract refuses) sends its message to the contract, found by
+one regex scan of the raw bytes.
 """
 
 from __future__ import annotations
@@ -104,9 +105,13 @@ _FEATURE_NAME = re.compile(rf"{FEATURE_NAME_CHARS}+\Z")
 _FeatureValue = float | int | Annotated[str, msgspec.Meta(max_length=256)] | None
 _Aware = Annotated[datetime, msgspec.Meta(tz=True)]
 
-# A timestamp with more than microsecond precision: msgspec rounds it, pydantic truncates it.
-# Seven or more fraction digits then the offset: possessive, so the digits of a score are never re-scanned.
-_SUB_MICROSECOND = re.compile(rb"\.\d{7,}+[Zz+\-]")
+# What msgspec reads otherwise than the contract, found in the raw bytes, sends the message to the contract:
+# * a timestamp with more than microsecond precision: msgspec rounds it, pydantic truncates it (seven or more
+#   fraction digits then the offset: possessive, so the digits of a score are never re-scanned);
+# * a string starting with the year 0001 or 9999: with an offset, such a timestamp can leave the years
+#   1-9999 once converted to UTC, which msgspec accepts and the contract refuses (an offset moves an instant
+#   by less than a day, so no other year can). Any other string starting so only takes the slower path.
+_DEFER = re.compile(rb'\.\d{7,}+[Zz+\-]|"(?:0001|9999)-')
 
 
 class FastScore(msgspec.Struct, frozen=True, forbid_unknown_fields=True, gc=False):
@@ -143,7 +148,7 @@ _LABEL = msgspec.json.Decoder(FastLabel)
 
 def decode_scores_fast(raw: bytes) -> Sequence[ScoreLike]:
     """The events of one score message (envelope or single event); EventValidationError as the contract's."""
-    if _SUB_MICROSECOND.search(raw) is None:
+    if _DEFER.search(raw) is None:
         try:
             events = _ENVELOPE.decode(raw).events if raw.startswith(b'{"events":') else [_SCORE.decode(raw)]
         except msgspec.MsgspecError:
@@ -156,7 +161,7 @@ def decode_scores_fast(raw: bytes) -> Sequence[ScoreLike]:
 
 def decode_label_fast(raw: bytes) -> LabelLike:
     """One label message; EventValidationError as the contract's."""
-    if _SUB_MICROSECOND.search(raw) is None:
+    if _DEFER.search(raw) is None:
         try:
             label = _LABEL.decode(raw)
         except msgspec.MsgspecError:

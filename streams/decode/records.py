@@ -7,6 +7,7 @@ caller publishes to the dead-letter topic.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ __all__ = ["INTEGRITY_ROLE", "BatchOutcome", "DeadLetter", "identify", "integrit
 INTEGRITY_ROLE = "integrity"
 _COUNTS = (
     "skipped", "score_events", "labels", "pairs", "labeled_pairs", "orphans", "duplicates", "evicted",
-    "unplaced_violations",
+    "unplaced_violations", "ahead", "behind",
 )  # fmt: skip
 
 # The wire contract's model names (governance.wire.Name): a message may only be attributed to a name that
@@ -51,6 +52,17 @@ class DeadLetter:
             ("shadowgate.model", (self.model or "").encode()),
         ]
 
+    def reference(self, refused: str) -> tuple[bytes, list[tuple[str, bytes]]]:
+        """What stands in for the message when the broker refuses its bytes (``refused`` says why): value
+        and headers of a small JSON record naming it (topic, partition, offset, size, sha256 of the bytes,
+        reason), with the usual headers and ``shadowgate.reference`` = ``refused``. The bytes themselves stay
+        in the source topic for its retention; the digest proves which they were."""
+        raw = self.record.value or b""
+        doc = {"topic": self.record.topic, "partition": self.record.partition, "offset": self.record.offset,
+               "size": len(raw), "sha256": hashlib.sha256(raw).hexdigest(), "reason": self.reason,
+               "model": self.model, "refused": refused}  # fmt: skip
+        return orjson.dumps(doc), [*self.headers(), ("shadowgate.reference", refused.encode())]
+
 
 @dataclass
 class BatchOutcome:
@@ -67,6 +79,8 @@ class BatchOutcome:
     evicted: int = 0
     retries: int = 0
     unplaced_violations: int = 0  # invalid messages of a model counted nowhere: no time known at all
+    ahead: int = 0  # messages dead-lettered for an event time past the lead bound (SHADOWGATE_MAX_EVENT_LEAD_S)
+    behind: int = 0  # ... before the lag bound (SHADOWGATE_MAX_EVENT_LAG_S)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     comparisons: set[str] = field(default_factory=set)  # received pairs
     labeled: set[str] = field(default_factory=set)  # received labels (possibly no pair)

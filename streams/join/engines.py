@@ -29,6 +29,7 @@ import numpy.typing as npt
 from governance.contract.comparison import ComparisonKey
 from governance.errors import ConfigError
 from streams import native
+from streams.decode.bounds import Outside, TimeWindow
 from streams.decode.decoder import LabelLike, ScoreLike, decode_label_fast, decode_scores_fast
 from streams.fold.features import FeatureColumn
 from streams.join.reference.labels import LabelJoiner, LabelResult
@@ -141,6 +142,10 @@ class PartitionJoins(ABC, Generic[S, L]):
         """One label message; EventValidationError as the contract gives it."""
 
     @abstractmethod
+    def outside(self, window: TimeWindow, scores: list[S], labels: list[L]) -> tuple[Outside, Outside]:
+        """The decoded score and label messages with an event outside ``window`` (see :mod:`streams.decode.bounds`)."""
+
+    @abstractmethod
     def join(self, scores: list[S], labels: list[L]) -> JoinOutput:
         """Pair the score messages' events, then join pairs and labels, at the partition's known times."""
 
@@ -175,6 +180,11 @@ class NativeJoins(PartitionJoins["ScoreBlock", "LabelBlock"]):
 
     def decode_label(self, raw: bytes) -> LabelBlock:
         return decode_label_block(raw)
+
+    def outside(
+        self, window: TimeWindow, scores: list[ScoreBlock], labels: list[LabelBlock]
+    ) -> tuple[Outside, Outside]:
+        return window.scores_outside(scores), window.labels_outside(labels)
 
     def join(self, scores: list[ScoreBlock], labels: list[LabelBlock]) -> JoinOutput:
         pairer, joiner = self.pairer, self.joiner
@@ -282,6 +292,11 @@ class ReferenceJoins(PartitionJoins[Sequence[ScoreLike], LabelLike]):
 
     def decode_label(self, raw: bytes) -> LabelLike:
         return decode_label_fast(raw)
+
+    def outside(
+        self, window: TimeWindow, scores: list[Sequence[ScoreLike]], labels: list[LabelLike]
+    ) -> tuple[Outside, Outside]:
+        return window.events_outside(scores), window.events_outside(labels)
 
     def join(self, scores: list[Sequence[ScoreLike]], labels: list[LabelLike]) -> JoinOutput:
         pairer, joiner = self.pairer, self.joiner

@@ -1,14 +1,17 @@
-"""The Faust worker: ``create_app(settings)`` builds it; ``shadowgate worker`` runs it.
+"""The worker process: ``create_app(settings)`` builds it; ``shadowgate worker`` runs it.
 
-One agent reads the scores and labels topics as raw bytes (the agent validates; Faust never
-deserialises), takes batches of events, and hands them to :class:`streams.worker.processor.Processor` in a
-worker thread so CPU-bound folding and the blocking Redis call never stall the event loop. Invalid
-messages go to the dead-letter topic with the reason in headers. Offsets are acknowledged only after a
-batch has been applied, and the store's per-partition fence makes redelivery harmless.
+Faust is the application shell: it runs the evaluation timer (``SHADOWGATE_EVALUATE_INTERVAL_S``), publishes
+the signed governance events with its producer, handles signals and the event loop. It consumes nothing: the
+scores and labels topics are read underneath it by our own confluent-kafka consumer in one thread
+(:mod:`streams.worker.ingest`), in large batches, handed to :class:`~streams.worker.processor.Processor`, with
+offsets committed only after a batch's fenced apply succeeded and its dead letters were acknowledged
+(:mod:`streams.worker.deadletters`); a failing batch is tried again with backoff, never skipped, and a worker
+stuck on one reports unready on ``/readyz`` (:mod:`streams.worker.health`). See ``docs/reliability.md``.
 
 Any number of workers share the partitions in one consumer group (``SHADOWGATE_CONSUMER_GROUP``); the
 scores and labels topics must have the same partition count so partition ``p`` of both lands on the
-same worker.
+same worker. Everything the worker talks through is given to :func:`create_app` (``clients``: a Redis client
+and the Kafka client factories; ``store``), so tests can give fakes.
 """
 
 from __future__ import annotations
@@ -16,26 +19,32 @@ from __future__ import annotations
 import asyncio
 import logging
 import tempfile
+import threading
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import faust
-import redis
-from faust.types import TP, EventT
+import mode
+from faust.app.base import BootStrategy
 
 from governance.contract.events import GovernanceEvent
-from governance.contract.kafkaio import Record
 from governance.contract.settings import Settings
 from governance.crypto import Signer
+from governance.errors import InfrastructureError
 from governance.policy.document import Policy, load_policy
 from governance.policy.evaluator import ContextSource
+from streams.decode.bounds import EventTimeBounds
 from streams.state.redis_store import RedisWindowStore
 from streams.state.store import WindowStore
+from streams.worker.clients import WorkerClients, consumer_config, dead_letter_config, kafka_answers
+from streams.worker.deadletters import DeadLetterSink
+from streams.worker.health import Health
+from streams.worker.ingest import Ingest, IngestConfig
 from streams.worker.lifecycle_view import lifecycle_context, production_monitor
-from streams.worker.processor import BatchOutcome, DeadLetter, Processor
+from streams.worker.processor import BatchOutcome, Processor
 from streams.worker.rounds import EvaluationLoop, Evaluator, RedisEvaluatorStates, default_context
 from streams.worker.telemetry import WorkerMetrics
 
@@ -43,29 +52,29 @@ __all__ = ["WorkerHandle", "create_app"]
 
 log = logging.getLogger(__name__)
 
-BATCH_MAX_EVENTS = 2000
+BATCH_MAX_RECORDS = 2000
 BATCH_WITHIN_S = 0.25
 
 
 class WorkerHandle:
-    """What ``create_app`` wires together, for tests and the CLI: the app, its processor and store."""
+    """What ``create_app`` wires together, for tests and the CLI."""
 
-    def __init__(
-        self, app: faust.App, processor: Processor, store: WindowStore, metrics: WorkerMetrics, evaluator: Evaluator
-    ) -> None:
+    def __init__(self, app: faust.App, processor: Processor, store: WindowStore, metrics: WorkerMetrics,
+                 evaluator: Evaluator, ingest: Ingest, dead_letters: DeadLetterSink, health: Health) -> None:
         self.app = app
         self.processor = processor
         self.store = store
         self.metrics = metrics
         self.evaluator = evaluator
-        self.outcomes: list[Callable[[BatchOutcome], None]] = []
+        self.ingest = ingest
+        self.dead_letters = dead_letters
+        self.health = health
+        self.outcomes: list[Callable[[BatchOutcome], None]] = []  # told of every batch done, in the ingest thread
         self.emitted: list[Callable[[GovernanceEvent], None]] = []
-        # Publishes invalid messages to the dead-letter topic; replaceable where no broker runs (agent tests).
-        self.send_dead_letters: Callable[[list[DeadLetter]], Awaitable[None]] = _no_dead_letters
         self.closers: list[Callable[[], object]] = []
 
     def close(self) -> None:
-        """Release the Redis connections and the fold thread (the Faust app stops on its own)."""
+        """Release the Redis connections and the evaluation thread (the Faust app stops on its own)."""
         for close in self.closers:
             close()
 
@@ -80,34 +89,72 @@ def create_app(
     policy: Policy | None = None,
     context: ContextSource | None = None,
     loop: asyncio.AbstractEventLoop | None = None,
+    clients: WorkerClients | None = None,
 ) -> WorkerHandle:
-    """Build the Faust app for ``settings`` (no I/O happens until the app starts).
+    """Build the worker for ``settings`` (no I/O happens until the app starts).
 
     ``signer`` signs every governance event (ML-DSA-65); without one events go out unsigned and the
-    governance consumer will refuse them, which is only useful in tests of the windows.
+    governance consumer will refuse them, which is only useful in tests of the windows. ``clients``: the
+    Redis client and Kafka client factories (default: the real ones for ``settings``).
     """
-    app = faust.App(
-        app_id or settings.consumer_group,
+    clients = clients or WorkerClients.from_settings(settings)
+    store = store if store is not None else RedisWindowStore.from_url(
+        settings.redis_url_value(), prefix=settings.redis_prefix
+    )
+    metrics = metrics if metrics is not None else WorkerMetrics()
+    app = _shell(settings, app_id, loop)
+    processor = _processor(settings, store)
+    evaluator = _evaluator(settings, store, clients, policy or load_policy(settings.policy_path), context)
+    sink = DeadLetterSink(clients.producer(dead_letter_config(settings)), settings.topics.dlq, settings.dlq_timeout_s,
+                          on_reference=lambda _dead, _why: metrics.dead_letter_references.inc())  # fmt: skip
+    config = consumer_config(settings)
+    observers: list[Callable[[BatchOutcome], None]] = []
+    ingest = Ingest(lambda: clients.consumer(config), _ingest_config(settings),
+                    lambda records: processor.process(records, sink.deliver), processor.revoke, metrics,
+                    observers=observers)  # fmt: skip
+    admin = clients.admin({"bootstrap.servers": settings.kafka_bootstrap})
+    health = Health(ingest.status, clients.redis.ping, lambda: kafka_answers(admin, settings.topics.scores),
+                    keys_loaded=signer is not None)  # fmt: skip
+    metrics.watch(lambda: ingest.status().batch_age_s, lambda: health.ready()[0])
+    handle = WorkerHandle(app, processor, store, metrics, evaluator, ingest, sink, health)
+    handle.outcomes = observers
+    handle.closers += [clients.redis.close, store.close]
+    _evaluation_timer(handle, settings, signer)
+    # Faust starts (and stops) an instance given here as it does a class (``App._prepare_subservice``).
+    app.service(cast(Any, _IngestThread(ingest, app)))
+    return handle
+
+
+class _NoConsumer(BootStrategy):
+    """Faust without its consumer (and tables): the worker's own consumer reads the topics."""
+
+    enable_kafka_consumer = False
+
+
+class _Shell(faust.App):
+    BootStrategy = _NoConsumer
+
+
+def _shell(settings: Settings, app_id: str | None, loop: asyncio.AbstractEventLoop | None) -> faust.App:
+    """The Faust application shell: timer, producer of the governance events, signals; no consumer."""
+    name = app_id or f"{settings.consumer_group}-shell"
+    return _Shell(
+        name,
         broker=f"kafka://{settings.kafka_bootstrap.split(',')[0]}",
-        broker_commit_every=BATCH_MAX_EVENTS,
-        broker_commit_interval=1.0,
-        stream_buffer_maxsize=4 * BATCH_MAX_EVENTS,
-        consumer_auto_offset_reset="earliest",
         topic_partitions=4,
         topic_allow_declare=True,
         web_enabled=False,
         store="memory://",
         # Faust keeps nothing we need on disk (state is in Redis); keep its data dir out of the cwd.
-        datadir=str(Path(tempfile.gettempdir()) / f"shadowgate-faust-{app_id or settings.consumer_group}"),
+        datadir=str(Path(tempfile.gettempdir()) / f"shadowgate-faust-{name}"),
         producer_compression_type="lz4",
         loop=loop,
     )
-    store = store if store is not None else RedisWindowStore.from_url(
-        settings.redis_url_value(), prefix=settings.redis_prefix
-    )
-    metrics = metrics if metrics is not None else WorkerMetrics()
+
+
+def _processor(settings: Settings, store: WindowStore) -> Processor:
     topics = settings.topics
-    processor = Processor(
+    return Processor(
         store,
         scores_topic=topics.scores,
         labels_topic=topics.labels,
@@ -116,61 +163,60 @@ def create_app(
         max_pending=settings.max_pending_pairs,
         label_horizon_s=settings.label_horizon_s,
         max_message_bytes=settings.max_message_bytes,
+        bounds=EventTimeBounds(settings.max_event_lead_s, settings.max_event_lag_s),
     )
-    policy = policy or load_policy(settings.policy_path)
-    client = redis.Redis.from_url(settings.redis_url_value())
+
+
+def _ingest_config(settings: Settings) -> IngestConfig:
+    return IngestConfig(
+        topics=(settings.topics.scores, settings.topics.labels),
+        batch_max_records=BATCH_MAX_RECORDS,
+        batch_within_s=BATCH_WITHIN_S,
+        backoff_s=settings.retry_backoff_s,
+        backoff_max_s=settings.retry_backoff_max_s,
+        unready_after_s=settings.unready_after_s,
+    )
+
+
+def _evaluator(
+    settings: Settings, store: WindowStore, clients: WorkerClients, policy: Policy, context: ContextSource | None
+) -> Evaluator:
     monitor = None
     if context is None:
         # Registered versions are judged by their lifecycle facts; others fail closed (strictest rules);
         # the serving production version is monitored whatever its candidates' stages.
-        context = lifecycle_context(client, settings.redis_prefix, default_context(policy))
-        monitor = production_monitor(client, settings.redis_prefix)
-    evaluator = Evaluator(store, policy, RedisEvaluatorStates(client, settings.redis_prefix), context, monitor=monitor)
-    handle = WorkerHandle(app, processor, store, metrics, evaluator)
-    handle.closers += [client.close, store.close]
-    loop_ = EvaluationLoop(
-        evaluator,
-        signer,
-        {"gates": topics.gates, "rollbacks": topics.rollbacks, "alerts": topics.alerts},
-        lease_s=max(3 * settings.evaluate_interval_s, 2.0),
-        owner=uuid.uuid4().hex,
-        idle_s=settings.reevaluate_idle_s,
-        idle_horizon_s=settings.label_horizon_s,
-    )
+        context = lifecycle_context(clients.redis, settings.redis_prefix, default_context(policy))
+        monitor = production_monitor(clients.redis, settings.redis_prefix)
+    states = RedisEvaluatorStates(clients.redis, settings.redis_prefix)
+    return Evaluator(store, policy, states, context, monitor=monitor)
+
+
+def _evaluation_timer(handle: WorkerHandle, settings: Settings, signer: Signer | None) -> None:
+    """Every ``evaluate_interval_s``: one evaluation round in its own thread, its events published."""
+    app, metrics, topics = handle.app, handle.metrics, settings.topics
+    rounds = EvaluationLoop(
+        handle.evaluator, signer, {"gates": topics.gates, "rollbacks": topics.rollbacks, "alerts": topics.alerts},
+        lease_s=max(3 * settings.evaluate_interval_s, 2.0), owner=uuid.uuid4().hex,
+        idle_s=settings.reevaluate_idle_s, idle_horizon_s=settings.label_horizon_s,
+        on_error=lambda _cid: metrics.evaluation_errors.inc(),
+    )  # fmt: skip
     out_topics = {
         name: app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
         for name in (topics.gates, topics.rollbacks, topics.alerts)
     }
-    source = app.topic(topics.scores, topics.labels, key_type=bytes, value_type=bytes,
-                       key_serializer="raw", value_serializer="raw")
-    dlq = app.topic(topics.dlq, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shadowgate-fold")
     # Evaluation has its own thread: a rollback trigger must not wait behind a long ingestion batch.
-    evaluation_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shadowgate-evaluate")
-
-    async def send_dead_letters(dead_letters: list[DeadLetter]) -> None:
-        for dead in dead_letters:
-            await dlq.send(key=dead.record.key, value=dead.record.value or b"", headers=dead.headers())
-
-    handle.send_dead_letters = send_dead_letters
-    handle.closers += [lambda: executor.shutdown(wait=True), lambda: evaluation_executor.shutdown(wait=True)]
-
-    @app.agent(source, name="ingest", concurrency=1)  # the handle's ``ingest`` for tests: app.agents
-    async def ingest(stream: Any) -> None:
-        loop = asyncio.get_running_loop()
-        async for events in stream.take_events(BATCH_MAX_EVENTS, within=BATCH_WITHIN_S):
-            records = [_record(e) for e in events]
-            outcome = await loop.run_in_executor(executor, processor.process, records)
-            await handle.send_dead_letters(outcome.dead_letters)
-            metrics.observe(outcome)
-            for callback in handle.outcomes:
-                callback(outcome)
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shadowgate-evaluate")
+    handle.closers.append(lambda: executor.shutdown(wait=True))
 
     async def evaluate() -> None:
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:
-            produced = await loop.run_in_executor(evaluation_executor, loop_.round)
+            produced = await loop.run_in_executor(executor, rounds.round)
+        except InfrastructureError as exc:  # Redis away: one line a tick, no traceback; tried again next tick
+            metrics.evaluation_errors.inc()
+            log.warning("evaluation round failed: %s", exc)
+            return
         except Exception:  # an evaluation error must not stop ingestion; it is logged and retried next tick
             metrics.evaluation_errors.inc()
             log.exception("evaluation round failed")
@@ -184,20 +230,31 @@ def create_app(
 
     app.timer(settings.evaluate_interval_s, name="evaluate")(evaluate)
 
-    async def _revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
-        revoked: set[TP] = args[0] if args else kwargs.get("revoked", set())
-        processor.revoke({tp.partition for tp in revoked if tp.topic in (topics.scores, topics.labels)})
 
-    app.on_partitions_revoked.connect(_revoked)
+class _IngestThread(mode.Service):
+    """Runs :meth:`Ingest.run` in a thread for the life of the app; a fatal error there crashes the app."""
 
-    return handle
+    def __init__(self, ingest: Ingest, app: faust.App, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._ingest = ingest
+        self._app = app
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
+    async def on_start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._run, args=(loop,), name="shadowgate-ingest", daemon=True)
+        self._thread.start()
 
-async def _no_dead_letters(dead_letters: list[DeadLetter]) -> None:
-    if dead_letters:
-        raise RuntimeError("no dead-letter sink configured")
+    def _run(self, loop: asyncio.AbstractEventLoop) -> None:
+        try:
+            self._ingest.run(self._stop)
+        except Exception as exc:
+            log.critical("the ingest loop stopped: %s", exc, exc_info=True)
+            if not loop.is_closed():
+                asyncio.run_coroutine_threadsafe(self._app.crash(exc), loop)
 
-
-def _record(event: EventT[Any]) -> Record:
-    msg = event.message
-    return Record(msg.topic, msg.partition, msg.offset, msg.key, msg.value or b"")
+    async def on_stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._thread.join)

@@ -36,14 +36,20 @@ partition's in-memory state too. Counts and dead letters of a refused attempt ar
 Errors are data: an invalid message becomes a :class:`DeadLetter` (original bytes, reason, coordinates)
 and, when its model can be read, an integrity violation of that model, counted at the ts the message
 claims (never past the partition's score watermark, which it is when it claims none); never fatal.
+So does a valid message dated outside the event-time bounds (``bounds``: :mod:`streams.decode.bounds`,
+around ``clock()`` read once per batch; checked on the decoded messages of every tier, one native call
+per batch), and a claimed time outside them is not believed. The dead letters of what is about to be
+applied go to ``deliver`` BEFORE the apply (the worker's dead-letter producer returns once the broker
+acknowledged them), so the apply, and the offsets committed after it, never get ahead of them.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import time
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
 from typing import Any
 
 import numpy as np
@@ -53,6 +59,7 @@ import orjson
 from governance.contract.comparison import ComparisonKey
 from governance.contract.kafkaio import Record
 from governance.errors import EventValidationError, StoreError
+from streams.decode.bounds import EventTimeBounds, Outside, TimeWindow
 from streams.decode.records import INTEGRITY_ROLE, BatchOutcome, DeadLetter, identify, integrity_id
 from streams.fold.aggregate import (
     AggregateConfig,
@@ -77,13 +84,15 @@ from streams.state.statelog import StateLog, pack_log
 from streams.state.store import NO_FENCE, Fence, FencedState, FenceState, SlotBatch, WindowStore
 from streams.state.windows import slots_for
 
-__all__ = ["INTEGRITY_ROLE", "BatchOutcome", "DeadLetter", "Processor", "Record", "integrity_id"]
+__all__ = ["INTEGRITY_ROLE", "BatchOutcome", "DeadLetter", "Deliver", "Processor", "Record", "integrity_id"]
 
 log = logging.getLogger(__name__)
 
 _CHECKPOINT_VERSION = 2
 _MAX_RETRIES = 5
 FloatArray = npt.NDArray[np.float64]
+#: Stores a batch's dead letters elsewhere (the dead-letter topic) before its apply; raises if it cannot.
+Deliver = Callable[[list[DeadLetter]], None]
 
 
 class _PartitionState:
@@ -131,9 +140,12 @@ class Processor:
         max_message_bytes: int = 1_048_576,
         compact_min_bytes: int = 32 * 1024 * 1024,
         native: bool | None = None,
+        bounds: EventTimeBounds | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         """``native``: the native core's joins (True), the Python reference's (False), or the native ones
-        when the core is built (None, with a warning when it is not)."""
+        when the core is built (None, with a warning when it is not). ``bounds``: event time admitted
+        around ``clock()`` (read once per batch; None: any, for tools and tests on fixed dates)."""
         self.store = store
         self.scores_topic = scores_topic
         self.labels_topic = labels_topic
@@ -145,6 +157,11 @@ class Processor:
         self._max_label_pending = max_label_pending
         self._max_message_bytes = max_message_bytes
         self._compact_min_bytes = compact_min_bytes
+        if bounds is not None:
+            bounds.check_join_window(join_window_s)
+        self._bounds = bounds
+        self._clock = clock
+        self._window: TimeWindow | None = None  # the bounds at the clock of the batch being processed
         self._states: dict[int, _PartitionState] = {}
         self._joins = select(native)
 
@@ -224,7 +241,7 @@ class Processor:
 
     # -- processing -----------------------------------------------------------------------------------
 
-    def process(self, records: Sequence[Record]) -> BatchOutcome:
+    def process(self, records: Sequence[Record], deliver: Deliver | None = None) -> BatchOutcome:
         """Process one batch (any partitions, both topics) and apply its whole effect in one atomic step.
 
         Every partition of the batch is folded into ONE :class:`SlotBatch`, applied with all the partitions'
@@ -232,24 +249,34 @@ class Processor:
         written once, not once per partition. If a fence refuses (another worker moved it), nothing was
         applied: the partitions' in-memory states, which went ahead, are dropped and each partition is
         redone on its own from its stored state (:meth:`_process_partition`).
+
+        ``deliver`` is called with the dead letters of what is about to be applied, BEFORE the apply: when
+        it returns they are stored elsewhere (the broker acknowledged them), when it raises nothing is
+        applied and the exception propagates as any failure does. So a dead letter is never lost to a
+        crash between the apply and its delivery (after a crash it may be delivered twice).
         """
         outcome = BatchOutcome(records=len(records))
+        self._window = None if self._bounds is None else self._bounds.window(self._clock())
         by_partition: dict[int, list[Record]] = defaultdict(list)
         for record in records:
             by_partition[record.partition].append(record)
-        if self._apply_together(by_partition, outcome):
+        if self._apply_together(by_partition, outcome, deliver):
             return outcome
         for partition, part_records in sorted(by_partition.items()):
-            self._process_partition(partition, part_records, outcome)
+            self._process_partition(partition, part_records, outcome, deliver)
         return outcome
 
-    def _apply_together(self, by_partition: dict[int, list[Record]], outcome: BatchOutcome) -> bool:
+    def _apply_together(
+        self, by_partition: dict[int, list[Record]], outcome: BatchOutcome, deliver: Deliver | None
+    ) -> bool:
         batch = SlotBatch()
         done: list[tuple[_PartitionState, FencedState | None, BatchOutcome]] = []
         try:
             for partition, records in sorted(by_partition.items()):
                 state = self._states.get(partition) or self._load(partition)
                 done.append((state, *self._fold_fresh(state, partition, records, batch)))
+            if deliver is not None:
+                deliver([dead for _, _, part in done for dead in part.dead_letters])
             parts = [fenced for _, fenced, _ in done if fenced is not None]
             applied = not parts or self.store.apply_many(batch, parts)
         except BaseException:
@@ -269,11 +296,13 @@ class Processor:
             outcome.absorb(part)
         return True
 
-    def _process_partition(self, partition: int, records: list[Record], outcome: BatchOutcome) -> None:
+    def _process_partition(
+        self, partition: int, records: list[Record], outcome: BatchOutcome, deliver: Deliver | None
+    ) -> None:
         try:
             state = self._states.get(partition) or self._load(partition)
             for attempt in range(_MAX_RETRIES):
-                if self._attempt(state, partition, records, outcome):
+                if self._attempt(state, partition, records, outcome, deliver):
                     return
                 outcome.retries += 1
                 log.warning(
@@ -294,10 +323,15 @@ class Processor:
             f"fence {self.fence_name!r} partition {partition}: gave up after {_MAX_RETRIES} concurrent updates"
         )
 
-    def _attempt(self, state: _PartitionState, partition: int, records: list[Record], outcome: BatchOutcome) -> bool:
+    def _attempt(
+        self, state: _PartitionState, partition: int, records: list[Record], outcome: BatchOutcome,
+        deliver: Deliver | None,
+    ) -> bool:
         """Fold the records the state has not seen and apply them; False if the fence refused."""
         batch = SlotBatch()
         fenced, part = self._fold_fresh(state, partition, records, batch)
+        if deliver is not None:
+            deliver(part.dead_letters)
         if fenced is not None:
             if not self.store.apply_many(batch, [fenced]):
                 return False
@@ -339,6 +373,8 @@ class Processor:
         (None: unreadable)."""
         scores: list[Any] = []
         labels: list[Any] = []
+        score_records: list[Record] = []
+        label_records: list[Record] = []
         violations: dict[str, list[float | None]] = defaultdict(list)
         for record in records:
             raw = record.value or b""
@@ -349,14 +385,47 @@ class Processor:
                     )
                 if record.topic == self.labels_topic:
                     labels.append(joins.decode_label(raw))
+                    label_records.append(record)
                 else:
                     scores.append(joins.decode_scores(raw))
+                    score_records.append(record)
             except EventValidationError as exc:
-                model, ts_s = identify(raw)
-                outcome.dead_letters.append(DeadLetter(record, str(exc), model))
-                if model is not None:
-                    violations[model].append(ts_s)
+                self._dead_letter(record, str(exc), violations, outcome)
+        window = self._window
+        if window is not None:
+            far_scores, far_labels = joins.outside(window, scores, labels)
+            if far_scores or far_labels:
+                scores = self._refuse(window, scores, score_records, far_scores, violations, outcome)
+                labels = self._refuse(window, labels, label_records, far_labels, violations, outcome)
         return scores, labels, violations
+
+    def _dead_letter(
+        self, record: Record, reason: str, violations: dict[str, list[float | None]], outcome: BatchOutcome
+    ) -> None:
+        """An invalid message: a dead letter, and a violation of the model it names at the time it claims
+        (believed only within the event-time bounds; else none, so it is counted at the watermark)."""
+        model, ts_s = identify(record.value or b"")
+        outcome.dead_letters.append(DeadLetter(record, reason, model))
+        if model is not None:
+            window = self._window
+            violations[model].append(None if ts_s is None or (window and not window.admits(ts_s)) else ts_s)
+
+    def _refuse(
+        self, window: TimeWindow, decoded: list[Any], records: list[Record], outside: Outside,
+        violations: dict[str, list[float | None]], outcome: BatchOutcome,
+    ) -> list[Any]:
+        """``decoded`` without the messages ``outside`` the event-time window, which become dead letters."""
+        if not outside:
+            return decoded
+        for index, event, ts_s in outside:
+            several = len(decoded[index]) > 1 if isinstance(decoded[index], Sized) else False
+            self._dead_letter(records[index], window.reason(ts_s, event if several else None), violations, outcome)
+            if window.ahead(ts_s):
+                outcome.ahead += 1
+            else:
+                outcome.behind += 1
+        dropped = {index for index, _, _ in outside}
+        return [message for i, message in enumerate(decoded) if i not in dropped]
 
     def _fold_partition(
         self, state: _PartitionState, records: list[Record], batch: SlotBatch, outcome: BatchOutcome

@@ -5,7 +5,8 @@
 document shape::
 
     {"comparisons": [{"model", "production_version", "candidate_version", "role",
-                      "windows": {"<window>": {metric: value, ...}}}]}
+                      "windows": {"<window>": {metric: value, ...}}}],
+     "errors": [{"model", "production_version", "candidate_version", "role", "error"}]}   # only if any
 
 ``now`` defaults to the comparison's newest event time (event time drives windows), so a replay of
 recorded traffic and the live store give the same figures for the same events.
@@ -13,11 +14,13 @@ recorded traffic and the live store give the same figures for the same events.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from governance.contract.comparison import CANDIDATE_ROLES, ComparisonKey, WindowSnapshot
+from governance.errors import InfrastructureError
 from streams.fold.aggregate import AggregateConfig
 from streams.fold.readout import delta_sums, metrics_from_fields, score_counts
 from streams.state.store import WindowRead, WindowStore
@@ -26,6 +29,8 @@ from streams.state.windows import named_window, to_epoch_s
 __all__ = ["DEFAULT_WINDOWS", "comparison_keys", "read_snapshot", "read_windows", "snapshot_document"]
 
 DEFAULT_WINDOWS: tuple[str, ...] = ("5m", "1h", "24h", "7d", "14d")
+
+log = logging.getLogger(__name__)
 
 
 def comparison_keys(store: WindowStore, model: str | None = None) -> list[ComparisonKey]:
@@ -121,16 +126,33 @@ def read_windows(
     """Every comparison (of ``model``) over ``windows``, as the documented JSON document.
 
     The windows of one comparison come from one consistent read of the store, so a document taken while
-    a worker applies batches never shows a short window newer than a long one.
+    a worker applies batches never shows a short window newer than a long one. A comparison whose windows
+    cannot be read is left out of ``comparisons`` and listed under ``errors`` (its key and why); the others
+    are read as usual. A store that does not answer raises.
     """
     cfg = config or AggregateConfig()
-    snaps = []
+    snaps: list[WindowSnapshot] = []
+    errors: list[dict[str, Any]] = []
     for key in comparison_keys(store, model):
         cid = key.as_id()
-        now_s = to_epoch_s(now or _latest(store, cid) or datetime.now(UTC))
-        reads = store.read_many(cid, [named_window(window, now_s) for window in windows], now_s)
-        snaps += [_snapshot(key, window, read, cfg) for window, read in zip(windows, reads, strict=True)]
-    return {"comparisons": snapshot_document(snaps)}
+        try:
+            now_s = to_epoch_s(now or _latest(store, cid) or datetime.now(UTC))
+            reads = store.read_many(cid, [named_window(window, now_s) for window in windows], now_s)
+            snaps += [_snapshot(key, window, read, cfg) for window, read in zip(windows, reads, strict=True)]
+        except InfrastructureError:
+            raise  # the store itself does not answer: no comparison can be read
+        except Exception as exc:  # this comparison's data cannot be read (e.g. an instant past year 9999)
+            log.warning("cannot read the windows of %s: %s: %s", cid, type(exc).__name__, exc)
+            errors.append({**_identity(key), "error": f"cannot read its windows: {type(exc).__name__}: {exc}"})
+    doc: dict[str, Any] = {"comparisons": snapshot_document(snaps)}
+    if errors:
+        doc["errors"] = errors
+    return doc
+
+
+def _identity(key: ComparisonKey) -> dict[str, str]:
+    return {"model": key.model, "production_version": key.production_version,
+            "candidate_version": key.candidate_version, "role": key.role}  # fmt: skip
 
 
 def _round(value: float | int | None) -> float | int | None:

@@ -15,11 +15,21 @@ document as ``shadowgate windows --json`` plus the governance events the live wo
   the events are collected in event-time order. A comparison that received only labels in an interval
   (its traffic stopped) is evaluated again at its last evaluation time with its windows re-read, as the
   live worker does when a comparison stands idle. Events are unsigned here (nothing is acted on).
+* Event-time bounds (``bounds``, :mod:`streams.decode.bounds`): the replay bounds event time as the live
+  worker does, around ONE clock ``now_s`` for the whole file (``shadowgate replay --now``, default the wall
+  clock; the live worker reads its clock once per batch): a line dated past ``now + lead`` or before
+  ``now - lag`` is a dead letter with the same reason, and no time outside the bounds moves the interval
+  grid. So traffic replayed shortly after it was recorded gives the live worker's windows; older recordings
+  are replayed ``--now`` at the time they were recorded. Without ``bounds`` (the Python API's default)
+  every time is taken as it is.
+* A comparison whose evaluation fails (its windows cannot be read) is listed under ``evaluation_errors``;
+  the others are evaluated as usual.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +41,7 @@ from governance.contract.comparison import ComparisonKey
 from governance.contract.events import GovernanceEvent
 from governance.contract.kafkaio import Record
 from governance.policy.document import Policy, load_policy
+from streams.decode.bounds import EventTimeBounds
 from streams.fold.aggregate import AggregateConfig
 from streams.state.memory_store import MemoryWindowStore
 from streams.worker.processor import BatchOutcome, DeadLetter, Processor
@@ -42,6 +53,14 @@ __all__ = ["replay_file", "replay_lines"]
 _SCORES = "replay.scores"
 _LABELS = "replay.labels"
 _MAX_BATCH = 20_000
+
+
+def _representable(ts_s: float) -> bool:
+    try:
+        datetime.fromtimestamp(ts_s, UTC)
+    except (OverflowError, ValueError, OSError):
+        return False
+    return True
 
 
 def _is_label(line: bytes) -> bool:
@@ -74,17 +93,23 @@ class _Replay:
     """One replay: the processor and evaluator on a memory store, the pending batch and what was collected."""
 
     def __init__(self, policy: Policy, config: AggregateConfig | None, model_type: str | None, *,
-                 evaluate_every_s: float, join_window_s: float, label_horizon_s: float) -> None:
+                 evaluate_every_s: float, join_window_s: float, label_horizon_s: float,
+                 bounds: EventTimeBounds | None, now_s: float | None) -> None:
         self.store = MemoryWindowStore()
+        # One clock for the whole file (the live worker reads its clock once per batch).
+        self.window = None if bounds is None else bounds.window(time.time() if now_s is None else now_s)
+        window = self.window
         self.processor = Processor(self.store, scores_topic=_SCORES, labels_topic=_LABELS, fence_name="replay",
-                                   config=config, join_window_s=join_window_s, label_horizon_s=label_horizon_s)
+                                   config=config, join_window_s=join_window_s, label_horizon_s=label_horizon_s,
+                                   bounds=bounds, clock=(lambda: window.now_s) if window else time.time)
         self.evaluator = Evaluator(self.store, policy, MemoryEvaluatorStates(), default_context(policy, model_type),
                                    config)
         self.every_s = evaluate_every_s
         self.dead: list[DeadLetter] = []
         self.events: list[GovernanceEvent] = []
         self.totals = {"lines": 0, "score_events": 0, "labels": 0, "pairs": 0, "labeled_pairs": 0, "orphans": 0,
-                       "duplicates": 0, "evaluations": 0}
+                       "duplicates": 0, "evaluations": 0, "ahead": 0, "behind": 0}
+        self.failed: list[dict[str, Any]] = []
         self.batch: list[Record] = []
         self.interval: int | None = None
         self.evaluated: dict[str, datetime] = {}  # comparison -> event time of its last evaluation
@@ -93,6 +118,10 @@ class _Replay:
         """Take one non-empty line; one whose event time starts a new interval first closes the current one."""
         self.totals["lines"] += 1
         ts = _event_time_s(line)
+        if ts is not None and self.window is not None and not self.window.admits(ts):
+            ts = None  # a dead letter (the processor says why): its time moves nothing
+        if ts is not None and not _representable(ts + self.every_s):
+            ts = None  # a grid point past the year 9999 cannot be evaluated at (only without bounds)
         if ts is not None:
             slot = math.floor(ts / self.every_s)
             if self.interval is not None and slot > self.interval:
@@ -111,7 +140,8 @@ class _Replay:
             return
         outcome = self.processor.process(self.batch)
         self.dead.extend(outcome.dead_letters)
-        for name in ("score_events", "labels", "pairs", "labeled_pairs", "orphans", "duplicates"):
+        for name in ("score_events", "labels", "pairs", "labeled_pairs", "orphans", "duplicates", "ahead",
+                     "behind"):  # fmt: skip
             self.totals[name] += getattr(outcome, name)
         self.batch.clear()
         if grid_s is not None:
@@ -119,16 +149,23 @@ class _Replay:
 
     def _evaluate(self, outcome: BatchOutcome, now: datetime) -> None:
         for cid in sorted(outcome.comparisons):
-            self.events.extend(self.evaluator.evaluate(ComparisonKey.from_id(cid), now))
-            self.evaluated[cid] = now
-            self.totals["evaluations"] += 1
+            if self._evaluate_one(cid, now):
+                self.evaluated[cid] = now
         # Labels only (its traffic stopped): judged again at its last time with fresh windows, as the
         # live worker does once a comparison has been idle.
         for cid in sorted(outcome.labeled - outcome.comparisons):
             if cid in self.evaluated:
                 self.evaluator.forget(cid)
-                self.events.extend(self.evaluator.evaluate(ComparisonKey.from_id(cid), self.evaluated[cid]))
-                self.totals["evaluations"] += 1
+                self._evaluate_one(cid, self.evaluated[cid])
+
+    def _evaluate_one(self, cid: str, now: datetime) -> bool:
+        try:
+            self.events.extend(self.evaluator.evaluate(ComparisonKey.from_id(cid), now))
+        except Exception as exc:  # one comparison that cannot be evaluated must not stop the replay of the others
+            self.failed.append({"comparison": cid, "at": now.isoformat(), "error": f"{type(exc).__name__}: {exc}"})
+            return False
+        self.totals["evaluations"] += 1
+        return True
 
     def document(self, windows: Sequence[str], config: AggregateConfig | None, policy: Policy) -> dict[str, Any]:
         """The windows document with the events in event-time order, the dead letters and the totals."""
@@ -140,6 +177,8 @@ class _Replay:
         ]
         self.totals["dead_letters"] = len(self.dead)
         doc["stats"] = self.totals
+        if self.failed:
+            doc["evaluation_errors"] = self.failed[:1000]
         doc["policy_hash"] = policy.hash()
         return doc
 
@@ -155,11 +194,15 @@ def replay_lines(
     join_window_s: float = 60.0,
     label_horizon_s: float = 3 * 86400.0,
     progress: Callable[[int], None] | None = None,
+    bounds: EventTimeBounds | None = None,
+    now_s: float | None = None,
 ) -> dict[str, Any]:
-    """Replay raw lines; return ``{"comparisons", "events", "dead_letters", "stats"}`` (see module doc)."""
+    """Replay raw lines; return ``{"comparisons", "events", "dead_letters", "stats"}`` (see module doc).
+
+    ``bounds``: event time admitted around ``now_s`` (default: the wall clock when the replay starts)."""
     policy = policy or load_policy(None)
     replay = _Replay(policy, config, model_type, evaluate_every_s=evaluate_every_s, join_window_s=join_window_s,
-                     label_horizon_s=label_horizon_s)
+                     label_horizon_s=label_horizon_s, bounds=bounds, now_s=now_s)
     for number, raw in enumerate(lines):
         line = raw.strip()
         if not line:

@@ -14,6 +14,7 @@ rules of the policy apply (longest minimum duration, largest minimum sample).
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import time
@@ -45,6 +46,8 @@ __all__ = [
     "default_context",
     "strictest_model_type",
 ]
+
+log = logging.getLogger(__name__)
 
 _DURATION = re.compile(r"^(\d+)([smhd])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -301,7 +304,9 @@ class EvaluationLoop:
     (the label horizon) of wall time after its newest event; the
     Redis lease (``3 x`` the timer period) makes exactly one worker the evaluator of each comparison, and
     the evaluator state lives in Redis, so a comparison moves to another worker without losing its
-    trigger and dedup state. Returns ``(topic, key, signed record bytes, event)`` to publish.
+    trigger and dedup state. Returns ``(topic, key, signed record bytes, event)`` to publish. A comparison
+    whose evaluation raises is logged and reported to ``on_error`` (its id); the round goes on with the others,
+    and that comparison is tried again when its event time moves (or it has stood idle).
     """
 
     def __init__(
@@ -316,8 +321,10 @@ class EvaluationLoop:
         idle_horizon_s: float = 3 * 86400.0,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        on_error: Callable[[str], None] | None = None,
     ) -> None:
         self.evaluator = evaluator
+        self.on_error = on_error
         self.signer = signer
         self.topics = topics
         self.lease_s = lease_s
@@ -347,7 +354,14 @@ class EvaluationLoop:
                     continue
                 self.evaluator.forget(cid)
             self._last[cid] = (now_s, self.clock())
-            for event in self.evaluator.evaluate(key, datetime.fromtimestamp(now_s, UTC)):
+            try:
+                events = self.evaluator.evaluate(key, datetime.fromtimestamp(now_s, UTC))
+            except Exception:  # one comparison that cannot be evaluated must not stop the others
+                log.exception("evaluation of %s at event time %d failed; the other comparisons go on", cid, now_s)
+                if self.on_error is not None:
+                    self.on_error(cid)
+                continue
+            for event in events:
                 out.append((self._topic(event), key.model.encode(), self._sign(event), event))
         return out
 

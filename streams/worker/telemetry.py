@@ -1,4 +1,4 @@
-"""Prometheus metrics of the worker, updated once per batch (never per event).
+"""Prometheus metrics of the worker, updated once per batch (never per event) or computed at scrape time.
 
 A :class:`WorkerMetrics` owns its collectors in the registry it is given (tests pass a fresh
 ``CollectorRegistry``; the worker uses the default one and serves it on ``SHADOWGATE_METRICS_PORT``).
@@ -6,6 +6,7 @@ A :class:`WorkerMetrics` owns its collectors in the registry it is given (tests 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -49,6 +50,34 @@ class WorkerMetrics:
         # Known label values start at 0, so increase() sees the first event of each type.
         for event_type in get_args(EventType):
             self.governance_events.labels(type=event_type)
+        # The worker under faults (docs/reliability.md).
+        self.batch_retries = Counter("shadowgate_batch_retries", "failed tries of a batch, tried again after a "
+                                     "backoff (stage: apply, dead_letters, commit)", ["stage"], registry=reg)
+        self.batch_age = Gauge("shadowgate_batch_age_seconds", "how long the batch in hand has been in progress "
+                               "(0: none); past SHADOWGATE_UNREADY_AFTER_S the worker is unready", registry=reg)
+        self.ready = Gauge("shadowgate_worker_ready", "1 when /readyz would answer 200", registry=reg)
+        self.partitions_assigned = Gauge("shadowgate_partitions_assigned", "partitions of the scores and labels "
+                                         "topics assigned to this worker", registry=reg)
+        self.partitions_paused = Gauge("shadowgate_partitions_paused", "partitions paused while a batch fails",
+                                       registry=reg)
+        self.rebalances = Counter("shadowgate_rebalances", "partition assignments, revocations and losses",
+                                  ["event"], registry=reg)
+        self.dead_letter_references = Counter("shadowgate_dead_letter_references", "dead letters whose bytes the "
+                                              "broker refused, written as a reference (sha256, coordinates)",
+                                              registry=reg)
+        self.event_time_refused = Counter("shadowgate_event_time_refused", "messages dead-lettered for an event "
+                                          "time outside the bounds (bound: ahead, behind)", ["bound"], registry=reg)
+        for stage in ("apply", "dead_letters", "commit"):
+            self.batch_retries.labels(stage=stage)
+        for bound in ("ahead", "behind"):
+            self.event_time_refused.labels(bound=bound)
+        for event in ("assigned", "revoked", "lost"):
+            self.rebalances.labels(event=event)
+
+    def watch(self, batch_age_s: Callable[[], float], ready: Callable[[], bool]) -> None:
+        """Compute the batch age and readiness gauges at scrape time from these."""
+        self.batch_age.set_function(batch_age_s)
+        self.ready.set_function(lambda: 1.0 if ready() else 0.0)
 
     def observe(self, outcome: BatchOutcome) -> None:
         self.records.inc(outcome.records)
@@ -61,6 +90,10 @@ class WorkerMetrics:
         self.duplicates.inc(outcome.duplicates)
         self.evicted.inc(outcome.evicted)
         self.retries.inc(outcome.retries)
+        if outcome.ahead:
+            self.event_time_refused.labels(bound="ahead").inc(outcome.ahead)
+        if outcome.behind:
+            self.event_time_refused.labels(bound="behind").inc(outcome.behind)
         self.batch_size.observe(outcome.records)
         per_model: dict[str, int] = {}
         for dead in outcome.dead_letters:

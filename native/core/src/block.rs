@@ -78,6 +78,43 @@ fn newest(ts: impl Iterator<Item = f64>) -> Option<f64> {
     ts.reduce(f64::max)
 }
 
+/// The first (index, ts) of some rows outside `[low, high]` (epoch s), None when every one is inside.
+fn first_outside(ts: impl Iterator<Item = f64>, low: f64, high: f64) -> Option<(usize, f64)> {
+    ts.enumerate().find(|&(_, t)| !(low..=high).contains(&t))
+}
+
+/// Per block, the first event outside `[low, high]`: (block index, event index, ts) of each block that
+/// has one, in block order. The event-time bound of a batch in one pass, without a Python object per event.
+pub fn blocks_outside<'a, B: TimedBlock + 'a>(
+    blocks: impl IntoIterator<Item = &'a B>,
+    low: f64,
+    high: f64,
+) -> Vec<(usize, usize, f64)> {
+    blocks
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, block)| block.first_outside(low, high).map(|(row, ts)| (i, row, ts)))
+        .collect()
+}
+
+/// A block whose events carry an event time.
+pub trait TimedBlock {
+    /// The first (event index, ts) outside `[low, high]`, None when every event is inside.
+    fn first_outside(&self, low: f64, high: f64) -> Option<(usize, f64)>;
+}
+
+impl TimedBlock for ScoreBlock {
+    fn first_outside(&self, low: f64, high: f64) -> Option<(usize, f64)> {
+        first_outside(self.rows.iter().map(|r| r.ts), low, high)
+    }
+}
+
+impl TimedBlock for LabelBlock {
+    fn first_outside(&self, low: f64, high: f64) -> Option<(usize, f64)> {
+        first_outside(self.rows.iter().map(|r| r.ts), low, high)
+    }
+}
+
 impl ScoreBlock {
     pub fn len(&self) -> usize {
         self.rows.len()
@@ -345,6 +382,16 @@ mod tests {
         assert!(pairs.get(0).is_ok());
         assert_eq!(pairs.get(1).unwrap_err().to_string(), "comparison index 1 out of range");
         assert_eq!(PairSide::parse("both").unwrap_err().to_string(), "side \"both\": must be 'prod' or 'cand'");
+    }
+
+    #[test]
+    fn blocks_outside_a_time_range_name_their_first_event_outside() {
+        let row = |ts: f64| LabelRow { request_id: "r".into(), model: intern("m"), label: 1, ts };
+        let block = |ts: &[f64]| LabelBlock { rows: ts.iter().map(|&t| row(t)).collect() };
+        let blocks = [block(&[10.0, 20.0]), block(&[10.0, 31.0, 5.0]), block(&[]), block(&[9.0]), block(&[30.0])];
+        assert_eq!(blocks_outside(&blocks, 10.0, 30.0), vec![(1, 1, 31.0), (3, 0, 9.0)]);
+        assert_eq!(blocks_outside(&blocks, f64::NEG_INFINITY, f64::INFINITY), vec![]);
+        assert_eq!(blocks_outside(&blocks[..0], 0.0, 0.0), vec![]);
     }
 
     #[test]

@@ -209,6 +209,20 @@ pub fn decode_label(raw: &[u8]) -> Option<LabelBlock> {
     decode::decode_label(raw).map(LabelBlock)
 }
 
+/// The score blocks with an event outside `[low, high]` (epoch s): (block index, event index, ts) of the
+/// first such event of each, in block order. One call per batch: the event-time bound without a Python
+/// object per event.
+#[pyfunction]
+pub fn scores_outside(blocks: Vec<PyRef<'_, ScoreBlock>>, low: f64, high: f64) -> Vec<(usize, usize, f64)> {
+    block::blocks_outside(blocks.iter().map(|b| &b.0), low, high)
+}
+
+/// The label blocks with a label outside `[low, high]`, as [`scores_outside`] gives them.
+#[pyfunction]
+pub fn labels_outside(blocks: Vec<PyRef<'_, LabelBlock>>, low: f64, high: f64) -> Vec<(usize, usize, f64)> {
+    block::blocks_outside(blocks.iter().map(|b| &b.0), low, high)
+}
+
 /// `orjson.dumps(value)` of a float, for the tests that check `jsonfmt` against orjson.
 #[pyfunction]
 pub fn dumps_f64(py: Python<'_>, value: f64) -> Bound<'_, PyBytes> {

@@ -73,6 +73,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(blocks::dumps_str, m)?)?;
     m.add_function(wrap_pyfunction!(blocks::decode_scores, m)?)?;
     m.add_function(wrap_pyfunction!(blocks::decode_label, m)?)?;
+    m.add_function(wrap_pyfunction!(blocks::scores_outside, m)?)?;
+    m.add_function(wrap_pyfunction!(blocks::labels_outside, m)?)?;
     m.add_class::<pairer::NativePairer>()?;
     m.add_class::<pairer::PairingOut>()?;
     Ok(())

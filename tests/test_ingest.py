@@ -1,0 +1,224 @@
+"""The ingest loop's bookkeeping with fake clients: what is committed, paused, resumed, retried and given up,
+for each kind of failure. (The same failures of the real servers: tests/test_worker_faults.py.)"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+import pytest
+from confluent_kafka import KafkaError
+
+from governance.errors import InfrastructureError
+from shadowgate.traffic import TrafficSpec, generate
+from streams.state.memory_store import MemoryWindowStore
+from streams.state.store import FencedState, SlotBatch
+from streams.worker.deadletters import DeadLetterSink
+from streams.worker.ingest import Ingest, IngestConfig
+from streams.worker.processor import BatchOutcome, Processor
+from streams.worker.reading import read_windows
+from streams.worker.telemetry import WorkerMetrics
+from tests.kafka_fakes import FakeConsumer, FakeProducer
+from tests.worker_kit import wait_for
+
+SCORES, LABELS, DLQ = "scores", "labels", "dlq"
+
+
+class FlakyStore(MemoryWindowStore):
+    """Refuses (raises on) its next ``failures`` applies, as an unreachable Redis does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failures = 0
+        self.applies = 0
+
+    def apply_many(self, batch: SlotBatch, parts: Sequence[FencedState]) -> bool:
+        if self.failures:
+            self.failures -= 1
+            raise InfrastructureError("redis: connection refused (simulated)")
+        self.applies += 1
+        return super().apply_many(batch, parts)
+
+
+class Loop:
+    """An ingest loop over fakes, run in a thread."""
+
+    def __init__(self, partitions: int = 2, **config: Any) -> None:
+        self.consumer, self.producer, self.store = FakeConsumer(partitions), FakeProducer(), FlakyStore()
+        self.metrics = WorkerMetrics()
+        self.processor = Processor(self.store, scores_topic=SCORES, labels_topic=LABELS, fence_name="f")
+        self.sink = DeadLetterSink(self.producer, DLQ, 1.0, on_reference=lambda d, why: self.references.append(why))
+        self.references: list[str] = []
+        self.revoked: list[int] = []
+        self.outcomes: list[BatchOutcome] = []
+        self.consumers = [self.consumer]
+        self.ingest = Ingest(self._next_consumer, IngestConfig(topics=(SCORES, LABELS), **{
+            "batch_within_s": 0.01, "backoff_s": 0.01, "backoff_max_s": 0.02, **config}),
+            lambda records: self.processor.process(records, self.sink.deliver), self._revoke, self.metrics,
+            observers=[self.outcomes.append])  # fmt: skip
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run)
+        self.error: BaseException | None = None
+
+    def _next_consumer(self) -> FakeConsumer:
+        return self.consumers.pop(0)
+
+    def _revoke(self, partitions: Any) -> None:
+        self.revoked += list(partitions)
+        self.processor.revoke(partitions)
+
+    def _run(self) -> None:
+        try:
+            self.ingest.run(self.stop)
+        except BaseException as exc:
+            self.error = exc
+
+    def __enter__(self) -> Loop:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(30)
+
+    def retries(self, stage: str) -> float:
+        return self.metrics.batch_retries.labels(stage=stage)._value.get()  # noqa: SLF001
+
+    def records(self) -> int:
+        return sum(o.records for o in self.outcomes)
+
+
+def _pairs(n: int, partitions: int = 2) -> Iterator[tuple[int, bytes]]:
+    spec = TrafficSpec(pairs=n, start=datetime.now(UTC) - timedelta(minutes=5), rate_per_s=10, label_share=0.0)
+    for i, event in enumerate(generate(spec)):
+        event.pop("kind")
+        yield (i // 2) % partitions, orjson.dumps(event)
+
+
+def _feed(loop: Loop, n: int = 50, invalid: Sequence[bytes] = ()) -> int:
+    count = 0
+    for partition, raw in _pairs(n):
+        loop.consumer.put(SCORES, partition, raw)
+        count += 1
+    for raw in invalid:
+        loop.consumer.put(SCORES, 0, raw)
+        count += 1
+    return count
+
+
+def _samples(store: MemoryWindowStore) -> int:
+    doc = read_windows(store, windows=["24h"])
+    return int(doc["comparisons"][0]["windows"]["24h"]["sample_count"]) if doc["comparisons"] else 0
+
+
+def test_a_batch_whose_apply_fails_is_tried_again_paused_and_committed_only_once_applied() -> None:
+    loop = Loop()
+    loop.store.failures = 3
+    with loop:
+        sent = _feed(loop)
+        wait_for(lambda: loop.records() >= sent, 30, "the batch done")
+    assert loop.retries("apply") == 3 and loop.consumer.pauses >= 1 and not loop.consumer.paused
+    assert len(loop.consumer.commits) == 1  # never before the apply
+    assert loop.consumer.committed == {(SCORES, 0): 50, (SCORES, 1): 50}
+    assert _samples(loop.store) == 50 and loop.store.applies == 1
+
+
+def test_dead_letters_not_acknowledged_hold_the_apply_and_the_commit() -> None:
+    loop = Loop()
+    loop.producer.down = True
+    with loop:
+        sent = _feed(loop, invalid=[b"not json"])
+        wait_for(lambda: loop.retries("dead_letters") >= 2, 30, "the dead letters to fail twice")
+        assert loop.consumer.commits == [] and loop.store.applies == 0 and _samples(loop.store) == 0
+        assert loop.ingest.status().failures >= 2 and loop.ingest.status().paused
+        loop.producer.down = False
+        wait_for(lambda: loop.records() >= sent, 30, "the batch done")
+    assert [value for _, _, value, _ in loop.producer.sent] == [b"not json"]
+    assert _samples(loop.store) == 50 and len(loop.consumer.commits) == 1
+
+
+def test_a_failed_commit_is_tried_again_without_applying_twice() -> None:
+    loop = Loop()
+    loop.consumer.fail_commits = 2
+    with loop:
+        sent = _feed(loop)
+        wait_for(lambda: loop.records() >= sent, 30, "the batch done")
+    assert loop.retries("commit") == 2 and loop.retries("apply") == 0
+    assert loop.store.applies == 1 and _samples(loop.store) == 50
+
+
+def test_a_batch_stuck_past_the_limit_is_unready_then_ready_once_done() -> None:
+    loop = Loop(unready_after_s=0.2)
+    loop.store.failures = 10**6
+    with loop:
+        _feed(loop)
+        status = wait_for(lambda: (s := loop.ingest.status()).stuck and s, 30, "the batch to be stuck")
+        assert status.paused and status.failures >= 1 and status.last_error.startswith("apply: InfrastructureError")
+        loop.store.failures = 0
+        wait_for(lambda: not loop.ingest.status().stuck and loop.ingest.status().batch_age_s == 0, 30, "done")
+    assert _samples(loop.store) == 50 and not loop.consumer.paused
+
+
+def test_a_partition_revoked_while_its_batch_fails_is_given_up_and_the_rest_resumes() -> None:
+    loop = Loop()
+    loop.store.failures = 10**6
+    with loop:
+        _feed(loop)
+        wait_for(lambda: loop.retries("apply") >= 1, 30, "a failure")
+        loop.consumer.revoke(SCORES, 1)
+        wait_for(lambda: 1 in loop.revoked, 30, "the revocation")
+        loop.store.failures = 0
+        wait_for(lambda: loop.consumer.commits, 30, "a commit")
+        assert not loop.consumer.paused  # resumed: nothing stays paused after a batch ends
+    assert loop.consumer.committed == {(SCORES, 0): 50}  # partition 1 is its next owner's to read again
+    assert _samples(loop.store) == 25
+
+
+def test_a_dead_letter_the_broker_refuses_is_replaced_by_its_reference() -> None:
+    loop = Loop()
+    big = b'{"model":"fraud-risk","pad":"' + b"x" * 5000 + b'"}'
+    loop.producer.refuse = lambda value: KafkaError.MSG_SIZE_TOO_LARGE if value == big else None
+    with loop:
+        sent = _feed(loop, invalid=[big, b"not json"])
+        wait_for(lambda: loop.records() >= sent, 30, "the batch done")
+    sent_values = [(value, headers) for _, _, value, headers in loop.producer.sent]
+    assert b"not json" in [v for v, _ in sent_values]
+    (ref,) = [orjson.loads(v) for v, h in sent_values if "shadowgate.reference" in h]
+    assert ref["sha256"] == hashlib.sha256(big).hexdigest() and ref["size"] == len(big)
+    assert (ref["topic"], ref["partition"], ref["offset"]) == (SCORES, 0, 50) and ref["model"] == "fraud-risk"
+    assert loop.references and _samples(loop.store) == 50
+
+
+class _FatalConsumer(FakeConsumer):
+    def consume(self, num_messages: int = 1, timeout: float = -1) -> list[Any]:
+        super().consume(num_messages, 0)
+        return [_Fatal()]
+
+
+class _Fatal:
+    def error(self) -> KafkaError:
+        return KafkaError(KafkaError._FATAL, "Fatal error: Broker: Static consumer fenced by other consumer")
+
+
+def test_a_consumer_failed_for_good_is_replaced_once_and_twice_means_a_twin() -> None:
+    loop = Loop()
+    loop.consumers = [_FatalConsumer(), loop.consumer]
+    with loop:
+        sent = _feed(loop)
+        wait_for(lambda: loop.records() >= sent, 30, "the new consumer to do the batch")
+    assert loop.error is None and _samples(loop.store) == 50
+    twins = Loop()
+    twins.consumers = [_FatalConsumer(), _FatalConsumer()]
+    with twins:
+        twins.thread.join(30)
+    assert isinstance(twins.error, InfrastructureError) and "group.instance.id" in str(twins.error)
+    assert twins.ingest.status().fatal is not None
+
+
+@pytest.mark.parametrize(("attempt", "delay"), [(1, 0.25), (2, 0.5), (3, 1.0), (5, 4.0), (6, 5.0), (60, 5.0)])
+def test_the_backoff_doubles_up_to_its_cap(attempt: int, delay: float) -> None:
+    assert IngestConfig(topics=("s",)).backoff(attempt) == delay
