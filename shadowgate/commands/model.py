@@ -338,10 +338,10 @@ def _pending_text(row: Any) -> str:
     lines = []
     pending = row.scheduled_rollback
     if pending is not None:
+        fails = f"; will fail: {pending.error}" if pending.error else ""
         lines.append(f"ROLLBACK scheduled {pending.due_at:%Y-%m-%d %H:%M:%S}Z ({pending.trigger}: "
-                     f"{pending.reason}); to {pending.to_version or 'nothing'}" + (f"; will fail: {pending.error}" if pending.error else "")
-                     + f"; cancel: shadowgate model cancel-rollback {row.model} {row.version} --identity GID-08 "
-                     "--reason ...")
+                     f"{pending.reason}); to {pending.to_version or 'nothing'}{fails}; cancel: shadowgate model "
+                     f"cancel-rollback {row.model} {row.version} --identity GID-08 --reason ...")
     if row.retry_at is not None:
         lines.append(f"promotion retried {row.retry_at:%Y-%m-%d %H:%M:%S}Z (only time blocks it)")
     return "\n".join(lines) or "-"
