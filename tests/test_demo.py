@@ -144,7 +144,8 @@ def _look_at_the_status_page(url: str) -> None:
     report = _get(f"{url}/report/fraud-risk/1.5.0")
     assert "Signature verified" in report and "PP-fraud-risk-1.5.0" in report
     assert report.count("<svg") >= 4  # |delta| and score distributions and calibration of the shadow gate, drift
-    assert report.count("audit entry #") == 2 and "not found in the verified audit log" not in report
+    # One per approval: GID-02's PROTOTYPE and training (SHADOW, spec 1.2) approvals, GID-08's PRODUCTION one.
+    assert report.count("audit entry #") == 3 and "not found in the verified audit log" not in report
     with browser() as chromium:
         page = chromium.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(f"{url}/")
