@@ -170,7 +170,7 @@ def _report_from_the_cli(env: dict[str, str], root: Path, out: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     assert "PP-fraud-risk-1.5.0 (signature verified) written to" in done.stdout
     html = out.read_text()
-    assert "Signature verified" in html and html.count("<svg") >= 4 and html.count("audit entry #") == 2
+    assert "Signature verified" in html and html.count("<svg") >= 4 and html.count("audit entry #") == 3
     assert "<script" not in html and "http" not in html.split("</title>", 1)[1].split("<body>", 1)[0]
 
 
