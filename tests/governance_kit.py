@@ -236,15 +236,16 @@ def with_signoffs(facts: list[Event], signer: Signer) -> list[Event]:
         if not isinstance(fact, Registered):
             continue
         at, model, version = fact.at, fact.model, fact.version
+        signed_at = max(at, signer.key.created_at)  # a seed dated before the key was made
         data = f"{model}-{version}.ebm".encode()
-        manifest = sign_record(digest_bytes(data).as_payload("model.ebm"), Context.ARTIFACT, signer, at)
+        manifest = sign_record(digest_bytes(data).as_payload("model.ebm"), Context.ARTIFACT, signer, signed_at)
         out += [ApprovalRecorded(event_id=f"{fact.event_id}-training", at=at, model=model, version=version,
                                  approver="GID-02", target=Stage.SHADOW),
                 ApprovalRecorded(event_id=f"{fact.event_id}-review", at=at, model=model, version=version,
                                  approver="GID-08", target=Stage.STAGING),
                 ArtifactRecorded(event_id=f"{fact.event_id}-artifact", at=at, model=model, version=version,
                                  sha256=hashlib.sha256(data).hexdigest(), manifest=manifest, key_id=signer.key_id,
-                                 signed_at=at)]
+                                 signed_at=signed_at)]
     return out
 
 

@@ -202,4 +202,7 @@ def new_command(kind: type[_Command], *, identity: str, now: datetime, ttl: time
 
 def sign_command(command: Command, signer: Signer, now: datetime) -> dict[str, Any]:
     """The signed record of ``command`` (``Context.APPROVAL``), ready to send as JSON."""
-    return sign_record(command.model_dump(mode="json"), Context.APPROVAL, signer, now)
+    payload = command.model_dump(mode="json")
+    if payload.get("artifact_manifest", False) is None:  # without a manifest, the bytes of the previous version
+        del payload["artifact_manifest"]
+    return sign_record(payload, Context.APPROVAL, signer, now)
