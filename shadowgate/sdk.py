@@ -32,6 +32,7 @@ from typing import Any
 import orjson
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from governance.contract.connections import KafkaTarget, kafka_config
 from governance.contract.wire import LabelEvent, ScoreEvent, encode, validate_label, validate_score
 from governance.errors import DeliveryError, InfrastructureError
 from shadowgate.partitioner import partition_for
@@ -57,14 +58,15 @@ class PublisherStats:
 class _Base:
     def __init__(
         self,
-        bootstrap_servers: str,
+        bootstrap_servers: KafkaTarget,
         topic: str,
         *,
         on_delivery_error: DeliveryCallback | None = None,
         producer_config: Mapping[str, Any] | None = None,
     ) -> None:
         config: dict[str, Any] = {
-            "bootstrap.servers": bootstrap_servers,
+            # Every bootstrap host, security.protocol, SASL and TLS: the same as every other shadowgate process.
+            **kafka_config(bootstrap_servers),
             "enable.idempotence": True,
             "acks": "all",
             "compression.type": "lz4",
@@ -157,7 +159,7 @@ class ScorePublisher(_Base):
 
     def __init__(
         self,
-        bootstrap_servers: str = "127.0.0.1:9092",
+        bootstrap_servers: KafkaTarget = "127.0.0.1:9092",
         topic: str = "scores",
         *,
         batch_size: int = 500,
@@ -282,7 +284,7 @@ class LabelPublisher(_Base):
 
     def __init__(
         self,
-        bootstrap_servers: str = "127.0.0.1:9092",
+        bootstrap_servers: KafkaTarget = "127.0.0.1:9092",
         topic: str = "labels",
         *,
         on_delivery_error: DeliveryCallback | None = None,

@@ -20,6 +20,7 @@ from typing import Any, NamedTuple, Protocol, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
+from governance.contract.connections import KafkaTarget, kafka_config
 from governance.errors import DeliveryError, InfrastructureError
 
 __all__ = ["Record", "Sender", "SyncProducer", "make_consumer", "partitions_of", "poll_records", "read_range",
@@ -70,12 +71,12 @@ def until_coordinated(call: Callable[[], T], timeout_s: float, pause_s: float = 
             time.sleep(pause_s)
 
 
-def make_consumer(bootstrap: str, purpose: str) -> Consumer:
+def make_consumer(bootstrap: KafkaTarget, purpose: str) -> Consumer:
     """A consumer that is only ever ``assign``-ed (no group membership, no commits)."""
     try:
         return Consumer(
             {
-                "bootstrap.servers": bootstrap,
+                **kafka_config(bootstrap),
                 # Required by librdkafka even when the consumer never joins the group.
                 "group.id": f"shadowgate-{purpose}-{uuid.uuid4().hex[:8]}",
                 "enable.auto.commit": False,
@@ -173,9 +174,10 @@ class Sender(Protocol):
 class SyncProducer:
     """An idempotent producer whose :meth:`send` waits for the acknowledgement and returns the offset."""
 
-    def __init__(self, bootstrap: str, *, timeout_s: float = 30.0, config: dict[str, Any] | None = None) -> None:
+    def __init__(self, bootstrap: KafkaTarget, *, timeout_s: float = 30.0,
+                 config: dict[str, Any] | None = None) -> None:
         settings: dict[str, Any] = {
-            "bootstrap.servers": bootstrap,
+            **kafka_config(bootstrap),
             "enable.idempotence": True,
             "acks": "all",
             "linger.ms": 0,

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
+from governance.contract.connections import KafkaTarget, kafka_config
 from governance.contract.settings import Settings
 from governance.errors import InfrastructureError
 
@@ -39,11 +40,11 @@ def topic_specs(settings: Settings, partitions: int = 4) -> dict[str, tuple[int,
 
 
 def ensure_topics(
-    bootstrap: str, specs: Mapping[str, tuple[int, dict[str, str]]], timeout_s: float = 30.0
+    bootstrap: KafkaTarget, specs: Mapping[str, tuple[int, dict[str, str]]], timeout_s: float = 30.0
 ) -> list[str]:
     """Create the topics that do not exist yet; return the names created. Existing ones are kept as is."""
     # librdkafka would print a line per failed connection attempt; the error below says it once.
-    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
+    admin = AdminClient({**kafka_config(bootstrap), "log_level": 0})
     try:
         existing = set(admin.list_topics(timeout=timeout_s).topics)
     except KafkaException as exc:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import click
 import orjson
 
+from governance.contract.connections import kafka_connection
 from shadowgate.commands.governance import keys_dir_option, now_utc, phase_option, schedule_of, settings
 
 if TYPE_CHECKING:
@@ -105,7 +106,7 @@ def tail(keys_dir: Path, phase: str | None, models: tuple[str, ...], severity: s
     from governance.service.alerting.follow import Follower
 
     config = settings()
-    follower = Follower(config.kafka_bootstrap, _topics(config, sources or _SOURCES),
+    follower = Follower(kafka_connection(config), _topics(config, sources or _SOURCES),
                         load_trust(keys_dir, schedule_of(phase)), now_utc, last=None if from_beginning else last,
                         trigger_runbooks=_trigger_runbooks(config.policy_path))
     floor = _SEVERITY_RANK[severity]
@@ -168,7 +169,7 @@ def forward(keys_dir: Path, phase: str | None, config_path: Path, port: int | No
     env = settings()
     trust = load_trust(keys_dir, schedule_of(phase))
     registry = CollectorRegistry()
-    forwarder = Forwarder(config, bootstrap=env.kafka_bootstrap, topics=_topics(env, config.sources), trust=trust,
+    forwarder = Forwarder(config, bootstrap=kafka_connection(env), topics=_topics(env, config.sources), trust=trust,
                           registry=registry, trigger_runbooks=_trigger_runbooks(env.policy_path))
     chosen = env.metrics_port if port is None else port
     server = HealthServer(chosen, registry, forwarder.health, forwarder.ready) if chosen else None

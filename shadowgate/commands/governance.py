@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from governance.contract.connections import kafka_connection, redis_connection
 from governance.contract.settings import Settings, load_settings
 from governance.crypto.keyring import default_keys_dir
 from governance.crypto.schedule import DEFAULT_SCHEDULE, MigrationSchedule, parse_phase
@@ -187,7 +188,7 @@ def governance(keys_dir: Path, commands_topic: str, phase: str | None, catalog: 
                                                    lease_ttl_s=lease_ttl)
     keys, trust = _live_keys(keys_dir, phase, config, now)
     checkpoints = config.topics.checkpoints
-    ensure_topics(config.kafka_bootstrap, {commands_topic: (1, {"retention.ms": "-1"}),
+    ensure_topics(kafka_connection(config), {commands_topic: (1, {"retention.ms": "-1"}),
                                            checkpoints: topic_specs(config)[checkpoints]})
     registry = CollectorRegistry()
     serve_metrics(config.metrics_port, registry, "the governance consumer")
@@ -252,7 +253,7 @@ def audit_verify(keys_dir: Path, phase: str | None, path: Path | None, expect_he
     from governance.service.auditlog import AuditLogReader
 
     trust, config, now = load_trust(keys_dir, schedule_of(phase)), settings(), now_utc()
-    reader = AuditLogReader(config.kafka_bootstrap, config.topics.lifecycle, config.topics.checkpoints)
+    reader = AuditLogReader(kafka_connection(config), config.topics.lifecycle, config.topics.checkpoints)
     checkpoints = None
     if not no_checkpoint:  # first: a checkpoint read means its entries are committed (see _settled)
         checkpoints, _ = read_checkpoints(reader.checkpoints(), config.topics.lifecycle, trust.system, now,
@@ -313,7 +314,7 @@ def audit_repair(keys_dir: Path, phase: str | None, reason: str, head: str | Non
     from governance.service.repair import RepairTarget, repair_log
 
     config, now = settings(), now_utc()
-    target = RepairTarget(config.kafka_bootstrap, config.redis_url_value(), config.topics.lifecycle,
+    target = RepairTarget(kafka_connection(config), redis_connection(config), config.topics.lifecycle,
                           config.topics.checkpoints)
     outcome = repair_log(target, system_signer(keys_dir, now), load_trust(keys_dir, schedule_of(phase)),
                          reason=reason, operator=operator, now=now, head=head, dry_run=dry_run)
@@ -348,6 +349,6 @@ def audit_export(output: Path, force: bool) -> None:
     if output.exists() and not force:
         raise ConfigError(f"{output} exists; pass --force to overwrite it")
     config = settings()
-    records = read_log(config.kafka_bootstrap, config.topics.lifecycle)
+    records = read_log(kafka_connection(config), config.topics.lifecycle)
     output.write_bytes(b"".join(record.value + b"\n" for record in records))
     click.echo(f"wrote {len(records)} entries to {output}")

@@ -11,6 +11,7 @@ from typing import Any
 import click
 import orjson
 
+from governance.contract.connections import kafka_config, kafka_connection, redis_client, redis_connection
 from governance.contract.settings import Settings, load_settings
 from governance.errors import ConfigError, ShadowgateError
 
@@ -58,7 +59,7 @@ def worker(metrics_port: int | None, loglevel: str, keys_dir: Path | None, insta
             f"(keys dir {keys_dir or default_keys_dir()}; choose another with --keys-dir or SHADOWGATE_KEYS_DIR)"
         ) from None
     _check_copartitioned(settings)
-    ensure_topics(settings.kafka_bootstrap, topic_specs(settings))
+    ensure_topics(kafka_connection(settings), topic_specs(settings))
     port = settings.metrics_port if metrics_port is None else metrics_port
     metrics = WorkerMetrics(REGISTRY)
     handle = create_app(settings, metrics=metrics, signer=signer)
@@ -72,7 +73,7 @@ def _check_copartitioned(s: Settings) -> None:
     from confluent_kafka.admin import AdminClient
 
     try:
-        md = AdminClient({"bootstrap.servers": s.kafka_bootstrap, "log_level": 0}).list_topics(timeout=10)
+        md = AdminClient({**kafka_config(kafka_connection(s)), "log_level": 0}).list_topics(timeout=10)
     except Exception as exc:  # confluent-kafka raises KafkaException: say it in one line
         raise ConfigError(f"Kafka at {s.kafka_bootstrap} does not answer ({exc}); is it up? (`make up`)") from None
     counts = {t: len(md.topics[t].partitions) for t in (s.topics.scores, s.topics.labels) if t in md.topics}
@@ -94,7 +95,7 @@ def windows(model: str | None, window_names: tuple[str, ...], as_json: bool) -> 
     from streams.worker.reading import DEFAULT_WINDOWS, read_windows
 
     settings = load_settings()
-    store = RedisWindowStore.from_url(settings.redis_url_value(), prefix=settings.redis_prefix)
+    store = RedisWindowStore(redis_client(redis_connection(settings)), prefix=settings.redis_prefix)
     doc = read_windows(store, model=model, windows=window_names or DEFAULT_WINDOWS)
     store.close()
     _print(doc, as_json)

@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 from prometheus_client import CollectorRegistry
 
+from governance.contract.connections import KafkaTarget
 from governance.contract.kafkaio import Record, SyncProducer, make_consumer, partitions_of, poll_records, watermarks
 from governance.contract.topics import ensure_topics
 from governance.errors import InfrastructureError
@@ -52,7 +53,7 @@ _POLL_STALE_S = 30.0
 class Forwarder:
     """See the module docstring. ``topics`` maps each configured source to its topic."""
 
-    def __init__(self, config: ForwarderConfig, *, bootstrap: str, topics: Mapping[Source, str], trust: Trust,
+    def __init__(self, config: ForwarderConfig, *, bootstrap: KafkaTarget, topics: Mapping[Source, str], trust: Trust,
                  registry: CollectorRegistry, trigger_runbooks: Mapping[str, str] | None = None,
                  clock: Callable[[], datetime] | None = None, channels: list[HttpChannel] | None = None) -> None:
         self.config, self.bootstrap, self.trust = config, bootstrap, trust
