@@ -21,6 +21,7 @@ from typing import Any, NamedTuple, Protocol, TypeVar
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from governance.contract.connections import KafkaTarget, kafka_config
+from governance.contract.refusals import denied
 from governance.errors import DeliveryError, InfrastructureError
 
 __all__ = ["Record", "Sender", "SyncProducer", "make_consumer", "partitions_of", "poll_records", "read_range",
@@ -210,7 +211,8 @@ class SyncProducer:
         if "error" not in outcome:
             raise DeliveryError(f"no acknowledgement from {self.bootstrap} for topic {topic} in {self.timeout_s:.0f} s")
         if outcome["error"] is not None:
-            raise DeliveryError(f"delivery to topic {topic} key {key!r} failed: {outcome['error'].str()}")
+            why = denied(self.bootstrap, outcome["error"], f"a write to topic {topic}")
+            raise DeliveryError(why or f"delivery to topic {topic} key {key!r} failed: {outcome['error'].str()}")
         return int(outcome["partition"]), int(outcome["offset"])
 
     def close(self) -> None:

@@ -184,6 +184,14 @@ class Settings(BaseSettings):
     keys_dir: str | None = Field(None, description="signing keys directory")
     catalog_path: str | None = Field(None, description="governed feature catalog YAML; None = the shipped one")
     metrics_port: int = Field(9464, ge=0, le=65535, description="Prometheus /metrics port, 0 = off")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="log lines of the long-running processes: text, or json (one object per line)"
+    )
+    shutdown_timeout_s: float = Field(
+        10.0, gt=0, description="after SIGTERM, the governance consumer finishes the input in hand, writes its "
+        "pending summaries and releases its lease within this; past it, it exits without them (nothing is lost: "
+        "what it did not commit is read again)"
+    )
     rejection_summary_s: float = Field(
         5.0, gt=0, description="the governance consumer writes rejected inputs as one summary audit entry per "
         "input partition per this many seconds (counted per reason, with samples), never one entry each"

@@ -21,6 +21,7 @@ import click
 import orjson
 
 from governance.contract.connections import kafka_connection
+from governance.contract.refusals import check_kafka
 from shadowgate.commands.governance import keys_dir_option, now_utc, phase_option, schedule_of, settings
 
 if TYPE_CHECKING:
@@ -169,6 +170,7 @@ def forward(keys_dir: Path, phase: str | None, config_path: Path, port: int | No
     env = settings()
     trust = load_trust(keys_dir, schedule_of(phase))
     registry = CollectorRegistry()
+    check_kafka(kafka_connection(env))  # a refused login, no TLS, a wrong CA: one line naming the setting
     forwarder = Forwarder(config, bootstrap=kafka_connection(env), topics=_topics(env, config.sources), trust=trust,
                           registry=registry, trigger_runbooks=_trigger_runbooks(env.policy_path))
     chosen = env.metrics_port if port is None else port

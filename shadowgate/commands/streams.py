@@ -12,6 +12,7 @@ import click
 import orjson
 
 from governance.contract.connections import kafka_config, kafka_connection, redis_client, redis_connection
+from governance.contract.refusals import check_kafka
 from governance.contract.settings import Settings, load_settings
 from governance.errors import ConfigError, ShadowgateError
 
@@ -58,8 +59,12 @@ def worker(metrics_port: int | None, loglevel: str, keys_dir: Path | None, insta
             f"the worker cannot sign governance events: {exc} "
             f"(keys dir {keys_dir or default_keys_dir()}; choose another with --keys-dir or SHADOWGATE_KEYS_DIR)"
         ) from None
+    check_kafka(kafka_connection(settings))  # a refused login, no TLS, a wrong CA: one line naming the setting
     _check_copartitioned(settings)
-    ensure_topics(kafka_connection(settings), topic_specs(settings))
+    # Only the worker's own topics: with ACLs a worker sees (and may create) no governance topic.
+    t = settings.topics
+    mine = (t.scores, t.labels, t.dlq, t.gates, t.rollbacks, t.alerts)
+    ensure_topics(kafka_connection(settings), {n: s for n, s in topic_specs(settings).items() if n in mine})
     port = settings.metrics_port if metrics_port is None else metrics_port
     metrics = WorkerMetrics(REGISTRY)
     handle = create_app(settings, metrics=metrics, signer=signer)
