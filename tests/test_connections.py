@@ -168,3 +168,26 @@ def test_settings_give_the_connections() -> None:
     assert redis_connection(settings).url == "redis://127.0.0.1:6379/0"
     with pytest.raises(ValidationError):
         KafkaSecurity(security_protocol="SSL", ssl_cert_file="c.pem")  # type: ignore[call-arg]
+
+
+def test_a_worker_given_a_dead_first_host_uses_the_next(kafka_bootstrap: str, redis_url: str, tmp_path: Path) -> None:
+    """The worker's Faust shell once connected to ``kafka://{first host}`` only and crashed on ``127.0.0.1:1,...``;
+    every client now gets every host."""
+    import uuid
+
+    from tests.fault_servers import free_port
+    from tests.worker_kit import make_env, probe, publish, settled, traffic, wait_for
+
+    env = make_env(f"127.0.0.1:1,{kafka_bootstrap}", redis_url, uuid.uuid4().hex[:10], tmp_path, partitions=2)
+    port = free_port()
+    proc = env.start_worker(tmp_path, metrics_port=port)
+    try:
+        wait_for(lambda: probe(port)[0] == 200, 120, "the worker ready", env)
+        events = traffic(60, minutes_ago=5, span_s=120)
+        scores = sum(1 for e in events if e["kind"] == "score")
+        labels = sum(1 for e in events if e["kind"] == "label")
+        publish(env, events)
+        settled(env, (scores // 2, labels), "every pair folded")
+        assert proc.poll() is None
+    finally:
+        env.stop_all()
