@@ -16,6 +16,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from governance.contract.connections import KafkaConnection, RedisConnection, redis_client
@@ -236,10 +237,10 @@ def test_the_whole_stack_runs_with_its_least_privileges(deployment: Deployment, 
     scores = sum(1 for e in events if e["kind"] == "score")
     worker_port, governance_port = free_port(), free_port()
     worker_env = {**deployment.env("worker"), "SHADOWGATE_KEYS_DIR": str(keys),
-                  "SHADOWGATE_METRICS_PORT": str(worker_port)}
+                  "SHADOWGATE_METRICS_PORT": str(worker_port), "SHADOWGATE_LOG_FORMAT": "json"}
     governance_env = {**deployment.env("governance"), "SHADOWGATE_KEYS_DIR": str(keys),
                       "SHADOWGATE_METRICS_PORT": str(governance_port), "SHADOWGATE_REJECTION_SUMMARY_S": "0.5"}
-    worker = _start(worker_env, tmp_path / "worker.log", "worker", "--loglevel", "warning")
+    worker = _start(worker_env, tmp_path / "worker.log", "worker", "--loglevel", "info")
     governance = _start(governance_env, tmp_path / "governance.log", "governance", "--log-format", "json")
     try:
         _wait(lambda: probe(worker_port)[0] == 200, 120, "worker ready", tmp_path / "worker.log", (worker,))
@@ -279,3 +280,8 @@ def test_the_whole_stack_runs_with_its_least_privileges(deployment: Deployment, 
     for secret in (secured.kafka.passwords["governance"], secured.redis.passwords["governance"]):
         assert secret not in "".join(lines)
     assert worker_rc in (0, -signal.SIGTERM), (tmp_path / "worker.log").read_text()[-3000:]
+    worker_log = (tmp_path / "worker.log").read_text()
+    json_lines = [orjson.loads(line) for line in worker_log.splitlines() if line.startswith('{"ts"')]
+    assert len(json_lines) > 3 and {"ts", "level", "logger", "msg"} <= set(json_lines[0])
+    for secret in (secured.kafka.passwords["worker"], secured.redis.passwords["worker"]):
+        assert secret not in worker_log

@@ -23,6 +23,7 @@ import orjson
 from governance.contract.connections import kafka_connection
 from governance.contract.refusals import check_kafka
 from shadowgate.commands.governance import keys_dir_option, now_utc, phase_option, schedule_of, settings
+from shadowgate.commands.logformat import configure_logging
 
 if TYPE_CHECKING:
     from governance.contract.settings import Settings
@@ -165,9 +166,9 @@ def forward(keys_dir: Path, phase: str | None, config_path: Path, port: int | No
         click.echo(f"{config_path}: OK: {len(config.receivers)} receiver(s): {receivers}; sources "
                    f"{', '.join(config.sources)}; dead letters to {config.dead_letter_topic}")
         return
-    logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("shadowgate.kafka").setLevel(logging.WARNING)
     env = settings()
+    configure_logging(loglevel.upper(), env.log_format)  # SHADOWGATE_LOG_FORMAT=json: JSON lines
+    logging.getLogger("shadowgate.kafka").setLevel(logging.WARNING)
     trust = load_trust(keys_dir, schedule_of(phase))
     registry = CollectorRegistry()
     check_kafka(kafka_connection(env))  # a refused login, no TLS, a wrong CA: one line naming the setting

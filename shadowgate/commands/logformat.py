@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 
 import orjson
 
-__all__ = ["JsonLines", "configure_logging"]
+__all__ = ["JsonLines", "configure_logging", "logging_config"]
 
 
 class JsonLines(logging.Formatter):
@@ -43,3 +43,17 @@ def configure_logging(level: int | str, log_format: str) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+
+
+def logging_config(level: str, log_format: str) -> dict[str, object] | None:
+    """A ``logging.config.dictConfig`` for Faust's worker (which sets logging up itself): JSON lines on stderr;
+    None for text (Faust's own format)."""
+    if log_format != "json":
+        return None
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": JsonLines}},
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json"}},
+        "root": {"level": level.upper(), "handlers": ["stderr"]},
+    }

@@ -12,6 +12,7 @@ import click
 from governance.contract.connections import kafka_connection, redis_connection
 from governance.errors import ConfigError
 from shadowgate.commands.governance import keys_dir_option, phase_option, schedule_of
+from shadowgate.commands.logformat import configure_logging
 
 __all__ = ["serve"]
 
@@ -41,6 +42,8 @@ def serve(host: str, port: int, policy_path: str | None, keys_dir: Path, phase: 
     from shadowgate.web.sources import Sources
 
     settings = load_settings()
+    if settings.log_format == "json":  # SHADOWGATE_LOG_FORMAT=json: JSON lines
+        configure_logging("WARNING", "json")
     trust = load_trust(keys_dir, schedule_of(phase))
     policy = load_policy(policy_path or settings.policy_path)
     sources = Sources.connect(redis_connection(settings), settings.redis_prefix, policy, trust)

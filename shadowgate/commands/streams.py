@@ -15,6 +15,7 @@ from governance.contract.connections import kafka_config, kafka_connection, redi
 from governance.contract.refusals import check_kafka
 from governance.contract.settings import Settings, load_settings
 from governance.errors import ConfigError, ShadowgateError
+from shadowgate.commands.logformat import logging_config
 
 __all__ = ["replay", "windows", "worker"]
 
@@ -71,7 +72,8 @@ def worker(metrics_port: int | None, loglevel: str, keys_dir: Path | None, insta
     serve_metrics(port, REGISTRY, "the worker", probes={"/healthz": handle.health.live, "/readyz": handle.health.ready})
     if port:
         click.echo(f"metrics on :{port}/metrics, probes on :{port}/healthz and :{port}/readyz", err=True)
-    faust.Worker(handle.app, loglevel=loglevel.upper()).execute_from_commandline()
+    faust.Worker(handle.app, loglevel=loglevel.upper(),  # SHADOWGATE_LOG_FORMAT=json: JSON lines
+                 logging_config=logging_config(loglevel, settings.log_format)).execute_from_commandline()
 
 
 def _check_copartitioned(s: Settings) -> None:
