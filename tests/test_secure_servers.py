@@ -190,6 +190,40 @@ def test_redis_refuses_a_wrong_password_plaintext_and_foreign_keys(deployment: D
         bad.close()
 
 
+@pytest.mark.parametrize(
+    ("change", "names"),
+    [({"SHADOWGATE_REDIS__PASSWORD_FILE": "wrong"}, "refused the login of user 'worker': check "
+      "SHADOWGATE_REDIS__USERNAME and SHADOWGATE_REDIS__PASSWORD_FILE"),
+     ({"SHADOWGATE_REDIS_URL": "plain", "SHADOWGATE_REDIS__SSL_CA_FILE": None},
+      "if it expects TLS, use rediss:// in SHADOWGATE_REDIS_URL"),
+     ({"SHADOWGATE_REDIS__USERNAME": "intruder", "SHADOWGATE_REDIS__PASSWORD_FILE": "intruder-file"},
+      "the ACL of user 'intruder' does not allow keys")],
+)
+def test_a_worker_refused_by_redis_stops_in_one_line_naming_the_setting(
+    deployment: Deployment, secured: Secured, tmp_path: Path, change: dict[str, str | None], names: str
+) -> None:
+    from datetime import UTC, datetime
+
+    from governance.crypto import Keyring
+
+    keys = tmp_path / "keys"
+    Keyring(keys).generate(datetime.now(UTC))
+    env = {**deployment.env("worker"), "SHADOWGATE_KEYS_DIR": str(keys)}
+    wrong = tmp_path / "wrong.password"
+    wrong.write_text("not-the-password\n")
+    replacements = {"wrong": str(wrong), "plain": secured.redis.url.replace("rediss://", "redis://"),
+                    "intruder": "intruder", "intruder-file": str(secured.redis.password_file("intruder"))}
+    for name, value in change.items():
+        if value is None:
+            env.pop(name)
+        else:
+            env[name] = replacements[value]
+    done = _cli(env, "worker", "--loglevel", "warning", timeout=120)
+    err = _one_line_refusal(done, secured.redis.passwords["worker"], secured.redis.passwords["intruder"])
+    assert err.startswith("shadowgate: error: Redis at rediss://127.0.0.1:") or "redis://127.0.0.1" in err
+    assert names in err
+
+
 def _wait(predicate: Any, timeout_s: float, what: str, log: Path | None = None,
           procs: tuple[subprocess.Popen[bytes], ...] = ()) -> Any:
     deadline = time.monotonic() + timeout_s

@@ -20,10 +20,17 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 
-from governance.contract.connections import KafkaConnection, KafkaTarget, kafka_config
+from governance.contract.connections import (
+    KafkaConnection,
+    KafkaTarget,
+    RedisConnection,
+    RedisTarget,
+    kafka_config,
+    redis_client,
+)
 from governance.errors import InfrastructureError
 
-__all__ = ["check_kafka", "denied", "refusal"]
+__all__ = ["check_kafka", "check_redis", "denied", "refusal"]
 
 _P = "SHADOWGATE_KAFKA__"
 # Errors that will not pass by waiting: the call fails at once with them.
@@ -91,3 +98,37 @@ def check_kafka(target: KafkaTarget, timeout_s: float = 15.0) -> None:
         admin.poll(0.1)  # serves the error callback: what went wrong is only said there
         if any(e.code() in _FINAL for e in errors) or time.monotonic() > deadline:
             raise InfrastructureError(refusal(target, errors))
+
+
+def check_redis(target: RedisTarget, prefix: str) -> None:
+    """Return once Redis answers ``EXISTS <prefix>:probe`` as the configured user; else InfrastructureError in one
+    line naming the setting: a refused login, a TLS server reached without TLS (or the reverse), keys of
+    ``prefix`` outside the user's ACL."""
+    import redis
+
+    conn = target if isinstance(target, RedisConnection) else RedisConnection(target)
+    options = conn.options.model_copy(update={"retries": 0})  # a refusal does not pass by retrying
+    client = redis_client(RedisConnection(conn.url, options))
+    where = f"Redis at {conn}"
+    try:
+        client.exists(f"{prefix}:probe")
+    except redis.AuthenticationError:
+        raise InfrastructureError(f"{where} refused the login of user {conn.options.username or 'default'!r}: check "
+                                  "SHADOWGATE_REDIS__USERNAME and SHADOWGATE_REDIS__PASSWORD_FILE / "
+                                  "SHADOWGATE_REDIS__PASSWORD") from None
+    except redis.exceptions.NoPermissionError:
+        raise InfrastructureError(f"{where}: the ACL of user {conn.options.username or 'default'!r} does not allow "
+                                  f"keys {prefix}:* (SHADOWGATE_REDIS_PREFIX, SHADOWGATE_REDIS__USERNAME): grant "
+                                  "~<prefix>* (docs/security.md)") from None
+    except redis.ResponseError as exc:
+        if "NOAUTH" in str(exc):
+            raise InfrastructureError(f"{where} requires a login: set SHADOWGATE_REDIS__USERNAME and "
+                                      "SHADOWGATE_REDIS__PASSWORD_FILE") from None
+        raise InfrastructureError(f"{where} answered: {exc}") from None
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        hint = ("does it speak TLS? check SHADOWGATE_REDIS__SSL_CA_FILE" if conn.url.startswith("rediss://")
+                else "if it expects TLS, use rediss:// in SHADOWGATE_REDIS_URL")
+        raise InfrastructureError(f"{where} does not answer ({str(exc).splitlines()[0][:160]}): is it up? "
+                                  f"{hint}") from None
+    finally:
+        client.close()

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from governance.contract.connections import kafka_connection, redis_connection
-from governance.contract.refusals import check_kafka
+from governance.contract.refusals import check_kafka, check_redis
 from governance.contract.settings import Settings, load_settings
 from governance.crypto.keyring import default_keys_dir
 from governance.crypto.schedule import DEFAULT_SCHEDULE, MigrationSchedule, parse_phase
@@ -204,6 +204,7 @@ def governance(keys_dir: Path, commands_topic: str, phase: str | None, catalog: 
     checkpoints = config.topics.checkpoints
     kafka = kafka_connection(config)
     check_kafka(kafka)  # a refused login, no TLS, a wrong CA: one line naming the setting, before anything
+    check_redis(redis_connection(config), config.redis_prefix)
     ensure_topics(kafka, {commands_topic: (1, {"retention.ms": "-1"}), checkpoints: topic_specs(config)[checkpoints]})
     registry = CollectorRegistry()
     consumer = GovernanceConsumer(consumer_config, signer=keys, trust=trust, policy=policy,

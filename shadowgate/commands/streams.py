@@ -12,7 +12,7 @@ import click
 import orjson
 
 from governance.contract.connections import kafka_config, kafka_connection, redis_client, redis_connection
-from governance.contract.refusals import check_kafka
+from governance.contract.refusals import check_kafka, check_redis
 from governance.contract.settings import Settings, load_settings
 from governance.errors import ConfigError, ShadowgateError
 from shadowgate.commands.logformat import logging_config
@@ -61,6 +61,7 @@ def worker(metrics_port: int | None, loglevel: str, keys_dir: Path | None, insta
             f"(keys dir {keys_dir or default_keys_dir()}; choose another with --keys-dir or SHADOWGATE_KEYS_DIR)"
         ) from None
     check_kafka(kafka_connection(settings))  # a refused login, no TLS, a wrong CA: one line naming the setting
+    check_redis(redis_connection(settings), settings.redis_prefix)
     _check_copartitioned(settings)
     # Only the worker's own topics: with ACLs a worker sees (and may create) no governance topic.
     t = settings.topics
