@@ -52,7 +52,7 @@ class Deployment:
                              checkpoints=f"checkpoints.{u}")
         self.group, self.prefix = f"g-{u}", f"{secured.redis.prefix}{u}"
         settings = Settings(topics=self.topics)  # type: ignore[call-arg]
-        ensure_topics(_conn(secured, "admin"), topic_specs(settings, 2))
+        ensure_topics(_conn(secured, "admin"), {**topic_specs(settings, 2), f"{self.topics.alerts}.dlq": (1, {})})
         self.grant()
 
     def grant(self) -> None:
@@ -306,6 +306,7 @@ def test_the_whole_stack_runs_with_its_least_privileges(deployment: Deployment, 
             return done.stdout if ok else None
 
         _wait(verified, 90, "an audit entry the operator verifies", tmp_path / "governance.log", (governance,))
+
     finally:
         worker_rc, governance_rc = _stop(worker), _stop(governance)
     assert governance_rc == 0, (tmp_path / "governance.log").read_text()[-3000:]
