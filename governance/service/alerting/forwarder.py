@@ -191,6 +191,14 @@ class Forwarder:
     def _check_replayed(self) -> None:
         if self._replayed:
             return
+        behind = [tp for tp, end in self._replay_until.items() if self._read.get(tp, 0) < end]
+        if behind and not self.stop.is_set():
+            # A transactional source (the audit log the governance consumer writes) ends with a commit marker,
+            # never delivered as a record: the consumer's position, past every record handled, passes it.
+            for found in self._consumer.position([TopicPartition(t, p) for t, p in behind]):
+                if found.offset >= 0:
+                    tp = (found.topic, found.partition)
+                    self._read[tp] = max(self._read.get(tp, 0), found.offset)
         if all(self._read.get(tp, 0) >= end for tp, end in self._replay_until.items()):
             self._replayed = True
             _LOG.info("start-up replay done: %d open condition(s)", len(self._conditions))
