@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 import pytest
+import yaml
 
 from governance.contract.connections import KafkaConnection, RedisConnection, redis_client
 from governance.contract.kafkaio import SyncProducer
@@ -236,6 +237,19 @@ def _wait(predicate: Any, timeout_s: float, what: str, log: Path | None = None,
     raise AssertionError(f"{what} not within {timeout_s:.0f} s\n{tail}")
 
 
+def _status(port: int, path: str = "/readyz") -> int:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as resp:  # noqa: S310
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return 0
+
+
 def _start(env: dict[str, str], log: Path, *args: str) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
         return subprocess.Popen(  # noqa: S603 - our own CLI
@@ -256,7 +270,8 @@ def _stop(proc: subprocess.Popen[bytes]) -> int:
 
 def test_the_whole_stack_runs_with_its_least_privileges(deployment: Deployment, secured: Secured,
                                                         tmp_path: Path) -> None:
-    """Worker, governance consumer, SDK and CLI, each with its own user and ACLs, over SASL_SSL and rediss://."""
+    """Worker, governance consumer, alert forwarder, SDK and CLI, each with its own user and ACLs, over SASL_SSL
+    and rediss://."""
     from datetime import UTC, datetime
 
     from governance.crypto import Keyring
@@ -306,6 +321,20 @@ def test_the_whole_stack_runs_with_its_least_privileges(deployment: Deployment, 
             return done.stdout if ok else None
 
         _wait(verified, 90, "an audit entry the operator verifies", tmp_path / "governance.log", (governance,))
+
+        # The alert forwarder reads its four sources and keeps its positions with its own user.
+        forwarder_port, alerts_config = free_port(), tmp_path / "alerts.yaml"
+        alerts_config.write_text(yaml.safe_dump({
+            "group": f"shadowgate-alerts-{deployment.group}", "dead_letter_topic": f"{deployment.topics.alerts}.dlq",
+            "sources": ["alerts", "gates", "rollbacks", "audit"],
+            "receivers": [{"name": "hook", "type": "webhook", "url": "http://127.0.0.1:9/hook",
+                           "secret_file": str(secured.kafka.password_file("forwarder"))}]}))
+        forwarder = _start({**deployment.env("forwarder"), "SHADOWGATE_KEYS_DIR": str(keys)},
+                           tmp_path / "forwarder.log", "alerts", "forward", "--config", str(alerts_config),
+                           "--port", str(forwarder_port))
+        _wait(lambda: _status(forwarder_port) == 200, 90, "the alert forwarder ready", tmp_path / "forwarder.log",
+              (forwarder,))
+        assert _stop(forwarder) == 0
 
     finally:
         worker_rc, governance_rc = _stop(worker), _stop(governance)
