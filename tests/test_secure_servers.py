@@ -291,6 +291,7 @@ def test_the_whole_stack_runs_with_its_least_privileges(deployment: Deployment, 
                       "SHADOWGATE_METRICS_PORT": str(governance_port), "SHADOWGATE_REJECTION_SUMMARY_S": "0.5"}
     worker = _start(worker_env, tmp_path / "worker.log", "worker", "--loglevel", "info")
     governance = _start(governance_env, tmp_path / "governance.log", "governance", "--log-format", "json")
+    procs: list[subprocess.Popen[bytes]] = []
     try:
         _wait(lambda: probe(worker_port)[0] == 200, 120, "worker ready", tmp_path / "worker.log", (worker,))
         _wait(lambda: probe(governance_port)[0] == 200, 120, "governance consumer ready",
@@ -332,11 +333,14 @@ def test_the_whole_stack_runs_with_its_least_privileges(deployment: Deployment, 
         forwarder = _start({**deployment.env("forwarder"), "SHADOWGATE_KEYS_DIR": str(keys)},
                            tmp_path / "forwarder.log", "alerts", "forward", "--config", str(alerts_config),
                            "--port", str(forwarder_port))
+        procs.append(forwarder)
         _wait(lambda: _status(forwarder_port) == 200, 90, "the alert forwarder ready", tmp_path / "forwarder.log",
               (forwarder,))
         assert _stop(forwarder) == 0
 
     finally:
+        for proc in procs:  # started later in the test: stopped whatever happened
+            _stop(proc)
         worker_rc, governance_rc = _stop(worker), _stop(governance)
     assert governance_rc == 0, (tmp_path / "governance.log").read_text()[-3000:]
     lines = (tmp_path / "governance.log").read_text().splitlines()
