@@ -20,6 +20,7 @@ its newest checkpoint.
 from __future__ import annotations
 
 import getpass
+import logging
 import os
 import signal
 import threading
@@ -185,8 +186,6 @@ def governance(keys_dir: Path, commands_topic: str, phase: str | None, catalog: 
     failing checks). On SIGTERM it finishes the input in hand, writes its pending summaries and releases the
     lease (a standby takes over at once) within SHADOWGATE_SHUTDOWN_TIMEOUT_S (10 s).
     """
-    import logging
-
     from prometheus_client import CollectorRegistry
 
     from governance.contract.topics import ensure_topics, topic_specs
@@ -219,22 +218,7 @@ def governance(keys_dir: Path, commands_topic: str, phase: str | None, catalog: 
     health = consumer_health(consumer, keys)
     serve_metrics(config.metrics_port, registry, "the governance consumer",
                   probes={"/healthz": health.live, "/readyz": health.ready})
-    stop = threading.Event()
-
-    def _stop(signum: int, frame: FrameType | None) -> None:
-        log.warning("SIGTERM: stopping after the input in hand (within %.0f s)", config.shutdown_timeout_s)
-        stop.set()
-        # A stop that hangs (a broker gone mid-transaction) must not outlive the grace period: exit then; what
-        # was not committed is read again by the next instance.
-        late = threading.Timer(config.shutdown_timeout_s, _late)
-        late.daemon = True  # does not hold the process once the stop is done
-        late.start()
-
-    def _late() -> None:
-        log.error("did not stop within %.0f s of SIGTERM; exiting", config.shutdown_timeout_s)
-        os._exit(3)
-
-    signal.signal(signal.SIGTERM, _stop)
+    stop = _stop_on_sigterm(config.shutdown_timeout_s, log)
     click.echo(f"governance consumer: audit log {consumer_config.lifecycle_topic}, inputs "
                f"{', '.join(consumer_config.inputs())}, canary share {share:.0%}", err=True)
 
@@ -251,6 +235,27 @@ def governance(keys_dir: Path, commands_topic: str, phase: str | None, catalog: 
         stop.set()
     if stop.is_set():
         log.warning("stopped: lease released")
+
+
+def _stop_on_sigterm(timeout_s: float, log: logging.Logger) -> threading.Event:
+    """An event SIGTERM sets; the process exits (code 3) if it has not stopped ``timeout_s`` later."""
+    stop = threading.Event()
+
+    def _stop(signum: int, frame: FrameType | None) -> None:
+        log.warning("SIGTERM: stopping after the input in hand (within %.0f s)", timeout_s)
+        stop.set()
+        # A stop that hangs (a broker gone mid-transaction) must not outlive the grace period: exit then; what
+        # was not committed is read again by the next instance.
+        late = threading.Timer(timeout_s, _late)
+        late.daemon = True  # does not hold the process once the stop is done
+        late.start()
+
+    def _late() -> None:
+        log.error("did not stop within %.0f s of SIGTERM; exiting", timeout_s)
+        os._exit(3)
+
+    signal.signal(signal.SIGTERM, _stop)
+    return stop
 
 
 def consumer_health(consumer: GovernanceConsumer, keys: LiveKeyring) -> ConsumerHealth:
