@@ -98,7 +98,8 @@ def scene(kafka_bootstrap: str, redis_url: str, tmp_path_factory: pytest.TempPat
         seed_log(gov, [lifecycle_facts(MODEL, OLD, "PRODUCTION"), lifecycle_facts(MODEL, NEW, "SHADOW")])
         consumer = stack.enter_context(running(gov, POLICY))
         stack.callback(worker.stop_all)
-        worker.start_worker(root)
+        # The worker judges under the consumer's policy: a gate judged under another one is refused (issue 14).
+        worker.start_worker(root, extra_env={"SHADOWGATE_POLICY_PATH": str(policy_path)})
         now = datetime.now(UTC)
         base = TrafficSpec(model=MODEL, production_version=OLD, candidate_version=NEW, role="shadow",
                            label_delay_s=1.0, beta_a=0.5, beta_b=3.0, delta_sd=0.03)
