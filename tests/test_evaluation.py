@@ -86,7 +86,7 @@ def test_late_labels_reach_the_gate_once_the_comparison_has_been_idle() -> None:
     ctx = _context(key, "SHADOW", START - timedelta(days=1))
     evaluator = Evaluator(store, load_policy(DEMO_POLICY), MemoryEvaluatorStates(), lambda k, first: ctx)
     clock = [1000.0]
-    wall = [START.timestamp() + 3600]
+    wall = [START.timestamp() + 150]  # the traffic (120 s of it) has just been seen: the source is fresh
     loop = EvaluationLoop(evaluator, None, TOPICS, lease_s=5.0, owner="w1", idle_s=60.0, idle_horizon_s=86400.0,
                           clock=lambda: clock[0], wall=lambda: wall[0])
 
@@ -106,7 +106,7 @@ def test_late_labels_reach_the_gate_once_the_comparison_has_been_idle() -> None:
     assert loop.round() == []  # same verdict: nothing new to say
     # Past the label horizon of its newest event nothing can change its windows: it is left alone.
     evaluated: list[ComparisonKey] = []
-    evaluator.evaluate = lambda key, now=None: evaluated.append(key) or []  # type: ignore[method-assign]
+    evaluator.evaluate = lambda key, now=None, clock=None: evaluated.append(key) or []  # type: ignore[method-assign]
     clock[0] += 61.0
     loop.round()
     assert evaluated == [key]

@@ -290,7 +290,11 @@ def _missing(policy: Policy, gate: str, window: str, now: datetime) -> GateResul
 
 
 def _gate(
-    policy: Policy, context: EvaluationContext, snapshots: Mapping[str, WindowSnapshot], now: datetime
+    policy: Policy,
+    context: EvaluationContext,
+    snapshots: Mapping[str, WindowSnapshot],
+    now: datetime,
+    clock: datetime | None = None,
 ) -> GateResult:
     name = policy.windows.stage
     gate = "shadow_completion" if context.stage == "SHADOW" else "staging"
@@ -309,8 +313,9 @@ def _gate(
             context.integrity_violations_7d,
             context.escalations_7d,
             now,
+            fresh_at=clock,
         )
-    return evaluate_staging_gate(policy, snapshot, started, context.canary_share, now)
+    return evaluate_staging_gate(policy, snapshot, started, context.canary_share, now, fresh_at=clock)
 
 
 def _emit_gate(emit: _Emitter, result: GateResult, state: EvaluatorState) -> None:
@@ -333,7 +338,7 @@ def _emit_gate(emit: _Emitter, result: GateResult, state: EvaluatorState) -> Non
 
 
 def _production(
-    emit: _Emitter, snapshots: Mapping[str, WindowSnapshot], state: EvaluatorState
+    emit: _Emitter, snapshots: Mapping[str, WindowSnapshot], state: EvaluatorState, clock: datetime | None = None
 ) -> tuple[GateResult | None, dict[str, CheckOutcome]]:
     policy, context = emit.policy, emit.context
     snapshot = snapshots.get(policy.windows.production)
@@ -341,7 +346,7 @@ def _production(
         return None, dict(state.outcomes)
     days = [f"{policy.windows.daily_prefix}{i}" for i in range(policy.production.stability_days, 0, -1)]
     daily = [snapshots[name] for name in days if name in snapshots]
-    result = evaluate_production(policy, snapshot, daily, context.trained_at, emit.now)
+    result = evaluate_production(policy, snapshot, daily, context.trained_at, emit.now, fresh_at=clock)
     outcomes = dict(state.outcomes)
     for check in result.checks:
         before, outcomes[check.name] = outcomes.get(check.name), check.outcome
@@ -364,6 +369,11 @@ def _production(
     return result, outcomes
 
 
+def _aware(when: datetime) -> None:
+    if when.tzinfo is None or when.utcoffset() is None:
+        raise ValueError(f"clock must be a timezone-aware UTC datetime, got naive {when.isoformat()}")
+
+
 def minutes_due(
     state: EvaluatorState, now: datetime, first_event: datetime | None = None, limit: int = MAX_MINUTES
 ) -> list[datetime]:
@@ -382,6 +392,7 @@ def evaluate(
     state: EvaluatorState,
     now: datetime,
     minutes: Sequence[MinuteClose] | None = None,
+    clock: datetime | None = None,
 ) -> tuple[EvaluatorState, list[GovernanceEvent]]:
     """Evaluate one comparison at event time ``now``; see the module docstring for what is emitted.
 
@@ -389,25 +400,31 @@ def evaluate(
     ends :func:`minutes_due` names): the rollback triggers are then stepped once per minute, in event
     time, and a firing is stamped with its minute. None (the default) steps them once at ``now`` on the
     rolling windows of ``snapshots`` (sustain then timed between calls).
+
+    ``clock`` is the wall clock of a live caller: the source's freshness (SOURCE_UNHEALTHY and the gates'
+    ``source_fresh``) is judged against it, since ``now``, the newest event, never looks old. None (replay):
+    judged at ``now``. Nothing else depends on it.
     """
     if now.tzinfo is None or now.utcoffset() is None:
         raise ValueError(f"now must be a timezone-aware UTC datetime, got naive {now.isoformat()}")
     now = now.astimezone(UTC)  # one spelling of the instant, so event ids do not depend on the caller's zone
+    if clock is not None:
+        _aware(clock)
     if state.triggers.last_step is not None and now < state.triggers.last_step:
         return state, []
     side: Literal["candidate", "production"] = "production" if context.stage == "PRODUCTION" else "candidate"
     emit = _Emitter(policy, context, state.alerts, now)
     if minutes is None:
-        triggers, firings = step(policy, state.triggers, snapshots, now, side)
+        triggers, firings = step(policy, state.triggers, snapshots, now, side, clock)
     else:
-        triggers, firings = step_minutes(policy, state.triggers, minutes, snapshots, now, side)
+        triggers, firings = step_minutes(policy, state.triggers, minutes, snapshots, now, side, clock)
     _emit_firings(emit, firings, snapshots if minutes is None else _close_windows(snapshots, minutes), side)
     outcomes = dict(state.outcomes)
     if context.stage == "PRODUCTION":
-        result, outcomes = _production(emit, snapshots, state)
+        result, outcomes = _production(emit, snapshots, state, clock)
         verdict = state.verdict if result is None else result.verdict
     else:
-        result = _gate(policy, context, snapshots, now)
+        result = _gate(policy, context, snapshots, now, clock)
         _emit_gate(emit, result, state)
         verdict = result.verdict
     # Later calls step minutes after the last one stepped here (or observations at a later now), so a

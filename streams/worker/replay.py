@@ -103,7 +103,7 @@ class _Replay:
                                    config=config, join_window_s=join_window_s, label_horizon_s=label_horizon_s,
                                    bounds=bounds, clock=(lambda: window.now_s) if window else time.time)
         self.evaluator = Evaluator(self.store, policy, MemoryEvaluatorStates(), default_context(policy, model_type),
-                                   config)
+                                   config, close_delay_s=join_window_s)
         self.every_s = evaluate_every_s
         self.dead: list[DeadLetter] = []
         self.events: list[GovernanceEvent] = []
