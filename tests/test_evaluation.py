@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from governance.contract.comparison import ComparisonKey
-from governance.contract.events import GateBlocked
+from governance.contract.events import Alert, GateBlocked, GateReady, GovernanceEvent
 from governance.contract.kafkaio import Record
 from governance.policy.document import load_policy
 from governance.policy.evaluator import EvaluationContext
@@ -17,6 +17,7 @@ from shadowgate.traffic import TrafficSpec, generate
 from streams.state.memory_store import MemoryWindowStore
 from streams.worker.processor import Processor
 from streams.worker.reading import comparison_keys
+from streams.worker.replay import replay_lines
 from streams.worker.rounds import EvaluationLoop, Evaluator, MemoryEvaluatorStates
 
 START = datetime(2026, 11, 26, 4, 0, tzinfo=UTC)
@@ -118,3 +119,53 @@ def test_late_labels_reach_the_gate_once_the_comparison_has_been_idle() -> None:
 
 def _outcome(event: GateBlocked, name: str) -> str:
     return next(c.outcome for c in event.failing_checks if c.name == name)
+
+
+def test_the_live_loop_calls_a_silent_source_unhealthy_by_its_wall_clock_and_replay_does_not() -> None:
+    """Issue 14.10: live, the evaluation time is the newest event, so its data never look old; the worker judges
+    their age at its wall clock (injected here) and SOURCE_UNHEALTHY fires. Replay keeps event time."""
+    store, key, last = _store()
+    policy = load_policy(None)
+    limit_s = policy.source.staleness_limit_s
+    ctx = _context(key, "STAGING", START)
+    clock, wall = [0.0], [last.timestamp() + 1.0]
+    loop = EvaluationLoop(Evaluator(store, policy, MemoryEvaluatorStates(), lambda k, first: ctx), None, TOPICS,
+                          lease_s=5.0, owner="w1", idle_s=60.0, clock=lambda: clock[0], wall=lambda: wall[0])
+
+    def alerts() -> list[Alert]:
+        return [e for _, _, _, e in loop.round() if isinstance(e, Alert)]
+
+    assert alerts() == []  # the worker keeps up: fresh
+    clock[0] += 61.0
+    wall[0] = last.timestamp() + limit_s - 1.0  # idle, but not yet stale
+    assert alerts() == []
+    clock[0] += 61.0
+    wall[0] = last.timestamp() + limit_s + 30.0
+    (alert,) = alerts()
+    assert alert.dedup_key == f"{key.as_id()}|source_unhealthy"
+    (check,) = alert.evidence.checks
+    assert check.value == pytest.approx(limit_s + 30.0, abs=1.0) and check.threshold == limit_s
+    assert alert.ts == last.replace(microsecond=0)  # stamped in event time, like every decision
+    clock[0] += 61.0
+    wall[0] += 60.0
+    assert alerts() == []  # once per episode
+
+    # The same traffic replayed: judged at its own event time, the source is never stale.
+    events = generate(TrafficSpec(pairs=600, start=START, rate_per_s=10.0, label_delay_s=5, seed=3))
+    doc = replay_lines(iter([orjson.dumps({k: v for k, v in e.items() if k != "kind"}) for e in events]))
+    assert not [e for e in doc["events"] if e["type"] == "Alert" and e["dedup_key"].endswith("|source_unhealthy")]
+
+
+def test_the_gate_of_a_silent_source_is_blocked_on_source_fresh_by_the_wall_clock() -> None:
+    store, key, last = _store()
+    ctx = _context(key, "STAGING", START)
+    evaluator = Evaluator(store, load_policy(DEMO_POLICY), MemoryEvaluatorStates(), lambda k, first: ctx)
+    fresh = evaluator.evaluate(key, last, clock=last)
+    stale = evaluator.evaluate(key, last, clock=last + timedelta(hours=1))
+
+    def source_fresh(events: list[GovernanceEvent]) -> str:
+        (gate,) = [e for e in events if isinstance(e, GateReady | GateBlocked)]
+        return next(c.outcome for c in gate.evidence.checks if c.name == "source_fresh")
+
+    assert source_fresh(fresh) == "PASS"
+    assert source_fresh(stale) == "FAIL"
