@@ -78,7 +78,16 @@ from governance.policy.triggers import (
     step_minutes,
 )
 
-__all__ = ["ContextSource", "EvaluationContext", "EvaluatorState", "MinuteClose", "Monitor", "evaluate", "minutes_due"]
+__all__ = [
+    "ContextSource",
+    "EvaluationContext",
+    "EvaluatorState",
+    "MinuteClose",
+    "Monitor",
+    "current_gate",
+    "evaluate",
+    "minutes_due",
+]
 
 # Fixed namespace: event ids are UUID5(namespace, decision), identical in replay and live evaluation.
 _NAMESPACE = uuid.UUID("5f1d3c2e-8a4b-5c6d-9e7f-0a1b2c3d4e5f")
@@ -318,6 +327,29 @@ def _gate(
     return evaluate_staging_gate(policy, snapshot, started, context.canary_share, now, fresh_at=clock)
 
 
+def _daily(policy: Policy, snapshots: Mapping[str, WindowSnapshot]) -> tuple[list[str], list[WindowSnapshot]]:
+    days = [f"{policy.windows.daily_prefix}{i}" for i in range(policy.production.stability_days, 0, -1)]
+    return days, [snapshots[name] for name in days if name in snapshots]
+
+
+def current_gate(
+    policy: Policy,
+    context: EvaluationContext,
+    snapshots: Mapping[str, WindowSnapshot],
+    now: datetime,
+    clock: datetime | None = None,
+) -> GateResult | None:
+    """The gate of the context's stage on ``snapshots`` at ``now``, as :func:`evaluate` judges it, with no state and
+    nothing emitted (``shadowgate model explain``). PRODUCTION: the production checks (None without their window).
+    """
+    if context.stage != "PRODUCTION":
+        return _gate(policy, context, snapshots, now, clock)
+    snapshot = snapshots.get(policy.windows.production)
+    if snapshot is None:
+        return None
+    return evaluate_production(policy, snapshot, _daily(policy, snapshots)[1], context.trained_at, now, fresh_at=clock)
+
+
 def _emit_gate(emit: _Emitter, result: GateResult, state: EvaluatorState) -> None:
     if (result.verdict, emit.policy.hash()) == (state.verdict, state.policy_hash):
         return
@@ -344,8 +376,7 @@ def _production(
     snapshot = snapshots.get(policy.windows.production)
     if snapshot is None:
         return None, dict(state.outcomes)
-    days = [f"{policy.windows.daily_prefix}{i}" for i in range(policy.production.stability_days, 0, -1)]
-    daily = [snapshots[name] for name in days if name in snapshots]
+    days, daily = _daily(policy, snapshots)
     result = evaluate_production(policy, snapshot, daily, context.trained_at, emit.now, fresh_at=clock)
     outcomes = dict(state.outcomes)
     for check in result.checks:

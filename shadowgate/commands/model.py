@@ -350,3 +350,13 @@ def proofpack(model_name: str, version: str, keys_dir: Path, phase: str | None, 
         click.echo(f"ProofPack {pack.proofpack_id} (signature verified) written to {output}")
         return
     click.echo(orjson.dumps(pack.model_dump(mode="json"), option=orjson.OPT_INDENT_2).decode())
+
+
+def _register_explain() -> None:
+    # Its own module (it reads the live windows through the worker's code); a subcommand of `model`.
+    from shadowgate.commands.explain import explain
+
+    model.add_command(explain)
+
+
+_register_explain()

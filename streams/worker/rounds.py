@@ -30,6 +30,7 @@ from governance.contract.comparison import ComparisonKey, WindowSnapshot
 from governance.contract.events import GovernanceEvent
 from governance.contract.publishing import encode_signed_event
 from governance.crypto import Signer
+from governance.policy.checks import GateResult
 from governance.policy.document import Policy
 from governance.policy.evaluator import (
     ContextSource,
@@ -37,6 +38,7 @@ from governance.policy.evaluator import (
     EvaluatorState,
     MinuteClose,
     Monitor,
+    current_gate,
     evaluate,
     minutes_due,
 )
@@ -321,6 +323,42 @@ class Evaluator:
             total += int(snap.metric("integrity_violations") or 0)
         return total
 
+    def _judged(self, key: ComparisonKey, first: datetime) -> list[tuple[str, EvaluationContext]]:
+        """(state id, context) of each side of ``key`` this worker judges: the candidate, the serving production."""
+        cid = key.as_id()
+        judged: list[tuple[str, EvaluationContext]] = []
+        context = self.context(key, first)
+        if context is not None:
+            judged.append((cid, context))
+        if self.monitor is not None and (context is None or context.stage != "PRODUCTION"):
+            production = self.monitor(key)
+            if production is not None and self._monitors(key):
+                judged.append((f"{cid}#production", production))
+        return judged
+
+    def judge(
+        self, key: ComparisonKey, now: datetime | None = None, clock: datetime | None = None
+    ) -> list[tuple[EvaluationContext, GateResult, dict[str, WindowSnapshot]]]:
+        """The gate of each judged side of ``key`` at ``now`` (default: its newest event) on freshly read windows,
+        with the windows it read; no evaluator state is read or written, nothing is emitted."""
+        meta = self.store.meta(key.as_id())
+        if meta is None:
+            return []
+        first = datetime.fromtimestamp(meta.first_event_ms / 1000, UTC)
+        now = now or datetime.fromtimestamp(meta.last_event_ms / 1000, UTC)
+        self.forget(key.as_id())
+        out = []
+        for _, ctx in self._judged(key, first):
+            if ctx.stage_started_at is not None and ctx.stage_started_at > now:
+                continue
+            if ctx.integrity_violations_7d is None:
+                ctx = replace(ctx, integrity_violations_7d=self.integrity_violations(key, ctx, now))
+            snaps = self.snapshots(key, ctx, now)
+            result = current_gate(self.policy, ctx, snaps, now, clock)
+            if result is not None:
+                out.append((ctx, result, snaps))
+        return out
+
     def evaluate(
         self, key: ComparisonKey, now: datetime | None = None, clock: datetime | None = None
     ) -> list[GovernanceEvent]:
@@ -347,17 +385,8 @@ class Evaluator:
         if now is None:
             now = newest
         watermark = min(now, newest) - self.close_delay
-        cid = key.as_id()
-        judged: list[tuple[str, EvaluationContext]] = []
-        context = self.context(key, first)
-        if context is not None:
-            judged.append((cid, context))
-        if self.monitor is not None and (context is None or context.stage != "PRODUCTION"):
-            production = self.monitor(key)
-            if production is not None and self._monitors(key):
-                judged.append((f"{cid}#production", production))
         events: list[GovernanceEvent] = []
-        for state_id, ctx in judged:
+        for state_id, ctx in self._judged(key, first):
             if ctx.stage_started_at is not None and ctx.stage_started_at > now:
                 # The stage began after the newest event (a transition the stream has not caught up with):
                 # none of its traffic is here yet, so there is nothing to judge, only an empty window.

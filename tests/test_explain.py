@@ -1,0 +1,111 @@
+"""`shadowgate model explain`: the next gate of a version on the live windows, now, against real Redis.
+
+The windows are written by the real processor into the Redis window store, the lifecycle state is the one the
+governance consumer materialises (StateStore), and the command is run as users run it (the CLI).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+import pytest
+import redis
+from click.testing import CliRunner
+
+from governance.contract.kafkaio import Record
+from governance.contract.stages import Stage
+from governance.lifecycle.audit import GENESIS, AuditEntry, Input
+from governance.lifecycle.ledger import Registered, Transitioned
+from governance.lifecycle.machine import FORWARD
+from governance.lifecycle.state import rebuild
+from governance.policy.document import load_policy
+from governance.service.statestore import StateStore
+from shadowgate.cli import cli
+from shadowgate.traffic import TrafficSpec, generate
+from streams.state.redis_store import RedisWindowStore
+from streams.worker.processor import Processor
+from tests.lifecycle_samples import MODEL_FEATURES, valid_metadata
+
+pytestmark = pytest.mark.integration
+
+MODEL, PROD, CAND = "fraud-risk", "1.4.0", "1.5.0"
+
+
+def _moves(version: str, start: datetime, to: Stage) -> list[Any]:
+    facts: list[Any] = [Registered(event_id=f"{version}-reg", at=start, model=MODEL, version=version,
+                                   model_type="classification", metadata=valid_metadata(version),
+                                   features=MODEL_FEATURES)]
+    path = FORWARD[: FORWARD.index(to) + 1]
+    for i, (a, b) in enumerate(zip(path, path[1:], strict=False)):
+        facts.append(Transitioned(event_id=f"{version}-t{i}", at=start + timedelta(days=i + 1), model=MODEL,
+                                  version=version, from_stage=a, to_stage=b))
+    return facts
+
+
+def _state(now: datetime, shadow_since: datetime) -> Any:
+    bodies = [_moves(PROD, now - timedelta(days=40), Stage.PRODUCTION),
+              _moves(CAND, shadow_since - timedelta(days=3), Stage.SHADOW)]
+    log, head = [], GENESIS
+    for seq, facts in enumerate(bodies):
+        digest = hashlib.sha256(f"entry-{seq}".encode()).hexdigest()
+        source = Input(topic="governance.commands", partition=0, offset=seq, digest=digest, kind="command",
+                       id=f"in-{seq}", type="advance", actor="GID-08")
+        log.append((AuditEntry(seq=seq, prev_hash=head, at=now - timedelta(days=1), input=source, outcome="applied",
+                               facts=facts), digest))
+        head = digest
+    return rebuild(log)
+
+
+def test_explain_prints_every_check_of_the_live_shadow_gate_and_what_is_missing(
+    redis_url: str, redis_prefix: str
+) -> None:
+    now = datetime.now(UTC).replace(microsecond=0)
+    shadow_since = now - timedelta(days=2, hours=6)
+    client: redis.Redis[bytes] = redis.Redis.from_url(redis_url)
+    StateStore(client, redis_prefix).save(_state(now, shadow_since), 0.05, now)
+    # 3,000 pairs over the last ten minutes, labelled 30 s later, folded by the worker's processor into Redis.
+    events = list(generate(TrafficSpec(model=MODEL, production_version=PROD, candidate_version=CAND, pairs=3000,
+                                       start=now - timedelta(minutes=10), rate_per_s=5.0, label_delay_s=30.0,
+                                       seed=3)))
+    store = RedisWindowStore(client, redis_prefix)
+    processor = Processor(store, scores_topic="s", labels_topic="l", fence_name="f")
+    processor.process([Record("s" if e["kind"] == "score" else "l", 0, i, b"k",
+                              orjson.dumps({k: v for k, v in e.items() if k != "kind"}))
+                       for i, e in enumerate(e for e in events if e["ts"] <= now)])
+    newest = max(e["ts"] for e in events if e["kind"] == "score")
+    env = {"SHADOWGATE_REDIS_URL": redis_url, "SHADOWGATE_REDIS_PREFIX": redis_prefix}
+
+    result = CliRunner().invoke(cli, ["model", "explain", MODEL, CAND, "--json"], env=env)
+    assert result.exit_code == 0, result.output
+    doc = orjson.loads(result.output)
+    assert doc["stage"] == "SHADOW"
+    (gate,) = doc["gates"]
+    assert (gate["comparison"], gate["gate"], gate["verdict"]) == (f"{MODEL}|{PROD}|{CAND}|shadow",
+                                                                    "shadow_completion", "BLOCKED")
+    checks = {c["name"]: c for c in gate["checks"]}
+    policy = load_policy(None)
+    need_days = max(policy.shadow.model_types["classification"].min_duration_days, policy.lifecycle.SHADOW.min_days)
+    elapsed = (newest.replace(microsecond=0) - shadow_since).total_seconds() / 86400
+    duration = checks["min_duration_met"]
+    assert duration["outcome"] == "FAIL" and duration["section"] == "1.2, 3.1, 3.2 item 1"
+    assert duration["value"] == pytest.approx(elapsed, abs=2e-5) and duration["threshold"] == need_days
+    pairs = sum(1 for e in events if e["kind"] == "score") // 2
+    samples = checks["min_samples_met"]
+    assert samples["value"] == pairs and samples["threshold"] == policy.shadow.model_types["classification"].min_samples
+    assert checks["source_fresh"]["outcome"] == "PASS"  # judged at the wall clock: the traffic is minutes old
+    assert all(c["section"] != "-" for c in gate["checks"]), [c["name"] for c in gate["checks"] if c["section"] == "-"]
+    assert gate["missing"]["days"].startswith(f"{need_days - elapsed:.2f} more days")
+    assert gate["missing"]["samples"].startswith(f"{samples['threshold'] - pairs:,.0f} more pairs")
+    assert doc["lifecycle_blockers"]  # SHADOW -> STAGING needs its gate READY, at least
+
+    text = CliRunner().invoke(cli, ["model", "explain", MODEL, CAND], env=env)
+    assert text.exit_code == 0, text.output
+    assert "shadow_completion" in text.output and "min_duration_met" in text.output and "3.2 item 1" in text.output
+    assert "still missing: days" in text.output
+
+    unknown = CliRunner().invoke(cli, ["model", "explain", MODEL, "9.9.9"], env=env)
+    assert unknown.exit_code != 0 and "not registered" in str(unknown.exception)
+    store.close()
