@@ -169,3 +169,26 @@ def test_the_gate_of_a_silent_source_is_blocked_on_source_fresh_by_the_wall_cloc
 
     assert source_fresh(fresh) == "PASS"
     assert source_fresh(stale) == "FAIL"
+
+
+@pytest.mark.parametrize("republish_s", [0.0, 300.0])
+def test_a_blocked_gate_is_published_again_with_its_current_figures_every_republish_s(republish_s: float) -> None:
+    """Issue 14.11: gate events went out only on a verdict change, so the figures `model status` shows could be
+    hours old. With SHADOWGATE_GATE_REPUBLISH_S the decision goes out again, in event time, with today's figures."""
+    store, key, last = _store(pairs=6000)  # ten minutes at 10 pairs/s
+    ctx = _context(key, "SHADOW", START)
+    evaluator = Evaluator(store, load_policy(None), MemoryEvaluatorStates(), lambda k, first: ctx,
+                          republish_s=republish_s)
+    gates: list[tuple[datetime, float | None]] = []
+    for offset_s in (60, 200, 360, 420, 600):
+        for event in evaluator.evaluate(key, START + timedelta(seconds=offset_s)):
+            if isinstance(event, GateBlocked):
+                samples = next(c for c in event.evidence.checks if c.name == "min_samples_met")
+                gates.append((event.ts, samples.value))
+    if not republish_s:
+        assert [ts for ts, _ in gates] == [START + timedelta(seconds=60)]
+        return
+    assert [ts for ts, _ in gates] == [START + timedelta(seconds=s) for s in (60, 360)]
+    # The figures are those of the window at its own time (the store holds the later minutes already; a window
+    # reads whole minute slots, so it counts every pair of now's minute: 10 pairs/s up to its end).
+    assert [value for _, value in gates] == [10 * ((s // 60 + 1) * 60) for s in (60, 360)]

@@ -21,7 +21,8 @@ Events, and when:
 
 * ``GateReady`` / ``GateBlocked`` (SHADOW and STAGING) when the verdict differs from the last one
   emitted, or the policy hash changed (a new policy deserves a fresh decision); the first evaluation
-  always emits;
+  always emits; with ``republish_s`` a decision other than READY is emitted again once the last one is
+  that old in event time (its figures current);
 * ``RollbackTrigger`` when a trigger fires (once per breach episode, see :mod:`governance.policy.triggers`), and
   an ``Alert`` too when the trigger's policy says ``alert`` (always for SOURCE_UNHEALTHY, which never
   rolls back);
@@ -136,6 +137,7 @@ class EvaluatorState(BaseModel):
     outcomes: dict[str, CheckOutcome] = Field(default_factory=dict)
     triggers: TriggerState = Field(default_factory=TriggerState)
     alerts: dict[str, AwareDatetime] = Field(default_factory=dict)
+    gate_at: AwareDatetime | None = None  # event time of the last gate decision emitted
 
     def to_json(self) -> bytes:
         return orjson.dumps(self.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
@@ -350,9 +352,16 @@ def current_gate(
     return evaluate_production(policy, snapshot, _daily(policy, snapshots)[1], context.trained_at, now, fresh_at=clock)
 
 
-def _emit_gate(emit: _Emitter, result: GateResult, state: EvaluatorState) -> None:
-    if (result.verdict, emit.policy.hash()) == (state.verdict, state.policy_hash):
-        return
+def _emit_gate(emit: _Emitter, result: GateResult, state: EvaluatorState, republish_s: float) -> bool:
+    """Emit the gate decision when it changed, or, not READY, when the last one is ``republish_s`` old (event time)."""
+    unchanged = (result.verdict, emit.policy.hash()) == (state.verdict, state.policy_hash)
+    due = (
+        republish_s > 0
+        and result.verdict != "READY"
+        and (state.gate_at is None or emit.now - state.gate_at >= timedelta(seconds=republish_s))
+    )
+    if unchanged and not due:
+        return False
     evidence = emit.evidence(result.checks, [result.window] if result.window else [], result)
     stage = emit.context.stage
     if result.verdict == "READY":
@@ -367,6 +376,7 @@ def _emit_gate(emit: _Emitter, result: GateResult, state: EvaluatorState) -> Non
             verdict=result.verdict,
             failing_checks=result.blocking,
         )
+    return True
 
 
 def _production(
@@ -424,6 +434,7 @@ def evaluate(
     now: datetime,
     minutes: Sequence[MinuteClose] | None = None,
     clock: datetime | None = None,
+    republish_s: float = 0.0,
 ) -> tuple[EvaluatorState, list[GovernanceEvent]]:
     """Evaluate one comparison at event time ``now``; see the module docstring for what is emitted.
 
@@ -435,6 +446,10 @@ def evaluate(
     ``clock`` is the wall clock of a live caller: the source's freshness (SOURCE_UNHEALTHY and the gates'
     ``source_fresh``) is judged against it, since ``now``, the newest event, never looks old. None (replay):
     judged at ``now``. Nothing else depends on it.
+
+    ``republish_s`` > 0: a gate decision that is not READY is emitted again, with its current checks and
+    figures, once the last one emitted is that old in event time (``shadowgate model status`` then shows
+    figures at most that old); 0: only on change.
     """
     if now.tzinfo is None or now.utcoffset() is None:
         raise ValueError(f"now must be a timezone-aware UTC datetime, got naive {now.isoformat()}")
@@ -451,12 +466,14 @@ def evaluate(
         triggers, firings = step_minutes(policy, state.triggers, minutes, snapshots, now, side, clock)
     _emit_firings(emit, firings, snapshots if minutes is None else _close_windows(snapshots, minutes), side)
     outcomes = dict(state.outcomes)
+    gate_at = state.gate_at
     if context.stage == "PRODUCTION":
         result, outcomes = _production(emit, snapshots, state, clock)
         verdict = state.verdict if result is None else result.verdict
     else:
         result = _gate(policy, context, snapshots, now, clock)
-        _emit_gate(emit, result, state)
+        if _emit_gate(emit, result, state, republish_s):
+            gate_at = now
         verdict = result.verdict
     # Later calls step minutes after the last one stepped here (or observations at a later now), so a
     # dedup entry older than the alert period before that can no longer suppress anything.
@@ -467,5 +484,6 @@ def evaluate(
         outcomes=outcomes,
         triggers=triggers,
         alerts=emit.kept_alerts(horizon),
+        gate_at=gate_at,
     )
     return new_state, sorted(emit.events, key=lambda event: event.ts)

@@ -188,7 +188,8 @@ def _evaluator(
         context = lifecycle_context(clients.redis, settings.redis_prefix, default_context(policy))
         monitor = production_monitor(clients.redis, settings.redis_prefix)
     states = RedisEvaluatorStates(clients.redis, settings.redis_prefix)
-    return Evaluator(store, policy, states, context, monitor=monitor, close_delay_s=settings.join_window_s)
+    return Evaluator(store, policy, states, context, monitor=monitor, close_delay_s=settings.join_window_s,
+                     republish_s=settings.gate_republish_s)
 
 
 def _evaluation_timer(handle: WorkerHandle, settings: Settings, signer: Signer | None) -> None:

@@ -164,11 +164,13 @@ class Evaluator:
         monitor: Monitor | None = None,
         max_refresh_s: float = 900.0,
         close_delay_s: float = 60.0,
+        republish_s: float = 0.0,
     ) -> None:
         if close_delay_s < 0:
             raise ValueError(f"close_delay_s must be >= 0, got {close_delay_s}")
         self.store = store
         self.close_delay = timedelta(seconds=close_delay_s)
+        self.republish_s = republish_s
         # The P99 trigger's threshold: every window read counts the latencies above it (its exact input).
         self.latency_above_ms = (policy.triggers.p99_latency_ms.threshold,)
         self.policy = policy
@@ -396,7 +398,8 @@ class Evaluator:
             raw = self.states.get(state_id)
             state = EvaluatorState.from_json(raw) if raw else EvaluatorState()
             closes = self.minute_closes(key, minutes_due(state, watermark, first), now) if watermark >= first else []
-            new_state, produced = evaluate(self.policy, self.snapshots(key, ctx, now), ctx, state, now, closes, clock)
+            new_state, produced = evaluate(self.policy, self.snapshots(key, ctx, now), ctx, state, now, closes, clock,
+                                           self.republish_s)
             self.states.put(state_id, new_state.to_json())
             events += produced
         return sorted(events, key=lambda event: event.ts)
