@@ -252,6 +252,7 @@ def test_empty_window_is_none_not_zero() -> None:
     m, drift = metrics_from_fields({})
     assert drift == {}
     counts = {"sample_count", "label_count", "orphan_count", "duplicate_count", "integrity_violations",
+              "feature_violations",
               *(f"{side}{name}" for side in ("", "production_")
                 for name in ("request_count", "error_count", "latency_count"))}
     assert all(m[k] == 0 for k in counts)

@@ -49,7 +49,7 @@ IntArray = npt.NDArray[np.int64]
 _SPARSE_PREFIXES = frozenset({"lp", "lc", "fp", "fc"})
 
 SCALAR_FIELDS = frozenset(
-    {"n", "ns", "sd", "sd2", "sad", "ep", "ec", "op", "oc", "eop", "eoc", "dup", "iv", "nl", "l1", "bp", "bc"}
+    {"n", "ns", "sd", "sd2", "sad", "ep", "ec", "op", "oc", "eop", "eoc", "dup", "iv", "fv", "nl", "l1", "bp", "bc"}
 )
 _SIDE_METRICS = (
     "request_count",
@@ -86,6 +86,7 @@ _PAIR_METRICS = (
     "orphan_count",
     "duplicate_count",
     "integrity_violations",
+    "feature_violations",
 )
 METRIC_NAMES: tuple[str, ...] = _PAIR_METRICS + _SIDE_METRICS + tuple(f"production_{name}" for name in _SIDE_METRICS)
 
@@ -259,6 +260,7 @@ def metrics_from_fields(
         orphan_count=orphans,
         duplicate_count=s.get("dup", 0),
         integrity_violations=s.get("iv", 0),
+        feature_violations=s.get("fv", 0),
         orphan_rate=_ratio(orphans, n + orphans),
         mean_abs_delta=_ratio(s.get("sad", 0) / scale, ns),
         mean_signed_delta=_ratio(s.get("sd", 0) / scale, ns),

@@ -140,6 +140,10 @@ def default_context(policy: Policy, model_type: str | None = None) -> ContextSou
     return context
 
 
+def _findings(snapshot: WindowSnapshot) -> int:
+    return int(snapshot.metric("integrity_violations") or 0) + int(snapshot.metric("feature_violations") or 0)
+
+
 def _cadence_s(length_s: int) -> int:
     """How often (s of event time, a whole number of minutes) a trigger window of ``length_s`` is re-read."""
     return max(60, (length_s // 12) // 60 * 60)
@@ -303,10 +307,12 @@ class Evaluator:
         self._closes = {k: v for k, v in self._closes.items() if k[0] != comparison_id}
 
     def integrity_violations(self, key: ComparisonKey, context: EvaluationContext, now: datetime) -> int:
-        """Invalid messages of the model in the policy's lookback (spec 3.2 check 5), from the windows.
+        """Integrity findings of the model in the policy's lookback (spec 3.2 check 5), from the windows: invalid
+        messages, and feature values the feature catalog does not know or types otherwise (spec 5.2).
 
         Counted on this comparison and on the model's pseudo comparison (violations seen before any
-        comparison of the model existed); cached like the other long windows.
+        comparison of the model existed); cached like the other long windows. (The 8.1 rollback trigger counts
+        invalid messages only: an ungoverned feature blocks a promotion, it does not roll a model back.)
         """
         days = self.policy.shadow.lookback_days
         total = 0
@@ -314,7 +320,7 @@ class Evaluator:
             name = f"integrity-{days}d"
             cached = self._cache.get((cid, name))
             if cached is not None and timedelta(0) <= now - cached[0] < timedelta(seconds=self.max_refresh_s):
-                total += int(cached[1].metric("integrity_violations") or 0)
+                total += _findings(cached[1])
                 continue
             if self.store.meta(cid) is None:
                 continue
@@ -322,7 +328,7 @@ class Evaluator:
                                  self.config, start=now - timedelta(days=days), tests=False, full=False,
                                  kl_bounds=False, comparison_id=cid)
             self._cache[(cid, name)] = (now, snap)
-            total += int(snap.metric("integrity_violations") or 0)
+            total += _findings(snap)
         return total
 
     def _judged(self, key: ComparisonKey, first: datetime) -> list[tuple[str, EvaluationContext]]:
