@@ -116,6 +116,14 @@ def test_explain_prints_every_check_of_the_live_shadow_gate_and_what_is_missing(
     assert "shadow_completion" in text.output and "min_duration_met" in text.output and "3.2 item 1" in text.output
     assert "still missing: days" in text.output
 
+    # The serving version is judged by the production checks on the comparison that monitors it.
+    serving = CliRunner().invoke(cli, ["model", "explain", MODEL, PROD, "--json"], env=env)
+    assert serving.exit_code == 0, serving.output
+    (production,) = orjson.loads(serving.output)["gates"]
+    names = {c["name"]: c["section"] for c in production["checks"]}
+    assert production["stage"] == "PRODUCTION" and names["calibration_drift"] == "2.1"
+    assert names["source_fresh"] == "8.1 (reading)"
+
     unknown = CliRunner().invoke(cli, ["model", "explain", MODEL, "9.9.9"], env=env)
     assert unknown.exit_code != 0 and "not registered" in str(unknown.exception)
     store.close()
