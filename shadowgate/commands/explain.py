@@ -174,7 +174,7 @@ def _print(doc: dict[str, Any]) -> None:
         console.print(f"\ngate {gate['gate']} on {gate['comparison']}: [bold]{gate['verdict']}[/bold] "
                       f"(event time {gate['event_time']}, newest event {gate['newest_event']})")
         table = Table(show_lines=False)
-        for column in ("check", "outcome", "value", "threshold", "enforcement", "policy §", "why"):
+        for column in ("check", "outcome", "value", "fails when", "enforcement", "policy §", "why"):
             table.add_column(column, overflow="fold")
         for c in gate["checks"]:
             threshold = _fmt(c["threshold"]) if c["upper_threshold"] is None else \
