@@ -69,7 +69,8 @@ def test_demo_runs_the_whole_story_and_leaves_nothing_behind(kafka_bootstrap: st
         env={**os.environ, **env}, cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     reader = LineReader(proc)
     try:
-        url = reader.until("status page: http", 240).split()[2].rstrip("/")
+        # The rollback step waits for whole minutes of event time to close (up to two minutes, docs/demo.md).
+        url = reader.until("status page: http", 420).split()[2].rstrip("/")
         _look_at_the_status_page(url)
         _report_from_the_cli(env, next((tmp_path / "demo").iterdir()), tmp_path / "report.html")
         proc.send_signal(signal.SIGINT)  # Ctrl-C
