@@ -115,7 +115,9 @@ def test_demo_runs_the_whole_story_and_leaves_nothing_behind(kafka_bootstrap: st
     summary = orjson.loads((root / "summary.json").read_bytes())
     verdict, *notes = summary["audit_verify"].splitlines()  # `audit verify` also checked the newest checkpoint
     assert summary["ok"] is True and verdict == str(report) and notes == ["  the newest checkpoint matches the log"]
-    assert 0 < summary["rollback_s"] < 30
+    # The P99 trigger judges whole minutes of event time, each once the stream is a join window (60 s) past it:
+    # up to two minutes from the first slow request, on top of the 30 s the rest of the rollback may take.
+    assert 0 < summary["rollback_s"] < 30 + 120
     assert [row["stage"] for row in summary["status"]] == ["PRODUCTION", "RETIRED"]
 
     assert _processes_of(f"demo-{run}") == []
