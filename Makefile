@@ -5,7 +5,7 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 STATE  ?= .local
 STAMP  := $(STATE)/.installed
 
-.PHONY: help install up down status demo test test-fast test-clock lint rules native-check schemas bench clean
+.PHONY: help install up down status demo test test-fast test-clock lint rules native-check helm-check schemas bench clean
 
 help:
 	@echo "make demo       bring up Kafka + Redis and run the end-to-end demo"
@@ -15,6 +15,7 @@ help:
 	@echo "make lint       native-check + ruff + mypy --strict + import directions + JSON Schemas current + crypto audit + rules"
 	@echo "make rules      promtool check rules/config + promtool test rules (deploy/prometheus/tests) + amtool check-config"
 	@echo "make native-check  the native core: cargo test, clippy -D warnings, rustfmt (in native/)"
+	@echo "make helm-check the Helm chart: helm lint, helm template (defaults, every option on), kubeconform -strict"
 	@echo "make bench      run the benchmarks (figures land in benchmarks/results/)"
 
 # The editable install compiles native/ once: changed Rust sources need a reinstall. The extension is optional
@@ -64,7 +65,7 @@ test-clock: install
 native-check:
 	cd native && cargo test --locked && cargo clippy --locked --all-targets -- -D warnings && cargo fmt --all --check
 
-lint: install native-check rules
+lint: install native-check rules helm-check
 	ruff check .
 	mypy
 	lint-imports --no-cache
@@ -81,6 +82,32 @@ rules:
 	promtool test rules deploy/prometheus/tests/*.yml
 	amtool check-config deploy/alertmanager/alertmanager.yml
 	$(PYTHON) -m shadowgate alerts forward --config deploy/alerts/forwarder.yml --check
+
+# The Helm chart (deploy/helm/shadowgate): linted and rendered with its defaults and with every optional part on
+# (ci/all-on-values.yaml), and the manifests checked by kubeconform -strict against the Kubernetes schemas of the
+# oldest and newest version it supports (from the kubernetes-validate package, offline) and the ServiceMonitor
+# schema in deploy/helm/schemas/. helm and kubeconform come from the Go module proxy (.ci/run installs them):
+#   go install helm.sh/helm/v4/cmd/helm@v4.3.2 && go install github.com/yannh/kubeconform/cmd/kubeconform@v0.8.0
+GOBIN_DIR   := $(shell go env GOBIN 2>/dev/null || true)
+GOPATH_BIN  := $(shell go env GOPATH 2>/dev/null || echo $(HOME)/go)/bin
+HELM        ?= $(firstword $(shell command -v helm 2>/dev/null) $(wildcard $(GOBIN_DIR)/helm $(GOPATH_BIN)/helm))
+KUBECONFORM ?= $(firstword $(shell command -v kubeconform 2>/dev/null) $(wildcard $(GOBIN_DIR)/kubeconform $(GOPATH_BIN)/kubeconform))
+CHART       := deploy/helm/shadowgate
+KUBE_VERSIONS ?= 1.25.0 1.37.0
+CHART_ALL_ON := -f $(CHART)/ci/all-on-values.yaml --set-file policy=governance/policy/default_policy.yaml \
+	--set-file catalog=governance/policy/feature_catalog.yaml
+helm-check:
+	@test -n "$(HELM)" || { echo "helm not found: go install helm.sh/helm/v4/cmd/helm@v4.3.2" >&2; exit 1; }
+	@test -n "$(KUBECONFORM)" || { echo "kubeconform not found: go install github.com/yannh/kubeconform/cmd/kubeconform@v0.8.0" >&2; exit 1; }
+	$(HELM) lint --strict $(CHART)
+	$(HELM) lint --strict $(CHART) $(CHART_ALL_ON)
+	$(PYTHON) deploy/helm/kubeconform_schemas.py $(STATE)/kubeconform $(KUBE_VERSIONS) >/dev/null
+	@for v in $(KUBE_VERSIONS); do for values in "" "$(CHART_ALL_ON)"; do \
+	  echo "kubeconform -strict, Kubernetes $$v, $${values:-default values}"; \
+	  $(HELM) template shadowgate $(CHART) $$values | $(KUBECONFORM) -strict -summary \
+	    -schema-location "$(STATE)/kubeconform/v$$v-local{{ .StrictSuffix }}/{{ .ResourceKind }}{{ .KindSuffix }}.json" \
+	    -schema-location "deploy/helm/schemas/{{ .ResourceKind }}{{ .KindSuffix }}.json" - || exit 1; \
+	done; done
 
 schemas: install
 	$(PYTHON) -m shadowgate schemas

@@ -1,5 +1,5 @@
 """``python -m shadowgate`` is the ``shadowgate`` command."""
 
-from shadowgate.cli import main
+from shadowgate.launcher import main
 
 main()

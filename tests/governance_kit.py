@@ -6,6 +6,7 @@ own topics and Redis prefix, so tests never see each other's audit logs.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -220,11 +221,40 @@ def send_event(env: Env, topic: str, event: Any, signer: Signer | None = None) -
     return send(env, topic, encode_signed_event(event, signer or env.signer(), now_utc()), event.model.encode())
 
 
+def with_signoffs(facts: list[Event], signer: Signer) -> list[Event]:
+    """``facts`` with, after each registration, what the gates past TRAINING need besides stage moves: GID-02's
+    training approval (spec 1.2), GID-08's shadow review (9.2) and the artifact signed by ``signer`` (6.3)."""
+    from governance.contract.stages import Stage
+    from governance.crypto.manifest import digest_bytes
+    from governance.crypto.record import sign_record
+    from governance.crypto.signing import Context
+    from governance.lifecycle.ledger import ApprovalRecorded, ArtifactRecorded, Registered
+
+    out: list[Event] = []
+    for fact in facts:
+        out.append(fact)
+        if not isinstance(fact, Registered):
+            continue
+        at, model, version = fact.at, fact.model, fact.version
+        signed_at = max(at, signer.key.created_at)  # a seed dated before the key was made
+        data = f"{model}-{version}.ebm".encode()
+        manifest = sign_record(digest_bytes(data).as_payload("model.ebm"), Context.ARTIFACT, signer, signed_at)
+        out += [ApprovalRecorded(event_id=f"{fact.event_id}-training", at=at, model=model, version=version,
+                                 approver="GID-02", target=Stage.SHADOW),
+                ApprovalRecorded(event_id=f"{fact.event_id}-review", at=at, model=model, version=version,
+                                 approver="GID-08", target=Stage.STAGING),
+                ArtifactRecorded(event_id=f"{fact.event_id}-artifact", at=at, model=model, version=version,
+                                 sha256=hashlib.sha256(data).hexdigest(), manifest=manifest, key_id=signer.key_id,
+                                 signed_at=signed_at)]
+    return out
+
+
 def seed_log(env: Env, batches: list[list[Event]]) -> list[dict[str, Any]]:
-    """Write audit entries carrying ``batches`` of facts straight to the log (the consumer rebuilds from it);
-    returns the signed records written."""
+    """Write audit entries carrying ``batches`` of facts straight to the log (the consumer rebuilds from it),
+    each registration with its sign-offs (:func:`with_signoffs`); returns the signed records written."""
     producer = SyncProducer(env.bootstrap)
     signer, head, records = env.signer(), "0" * 64, []
+    batches = [with_signoffs(facts, signer) for facts in batches]
     try:
         for seq, facts in enumerate(batches):
             source = Input(topic="seed", partition=0, offset=seq, digest="0" * 64, kind="command", id=f"seed-{seq}")

@@ -28,9 +28,12 @@ from governance.contract.events import Escalation, Evidence, GateBlocked, GateRe
 from governance.contract.findings import Check
 from governance.contract.stages import ModelType, Stage
 from governance.crypto.algorithms import Algorithm
+from governance.crypto.canonical import canonical_bytes
 from governance.crypto.keys import KeyPolicy, TrustStore, generate_key
+from governance.crypto.manifest import digest_bytes
+from governance.crypto.record import sign_record
 from governance.crypto.schedule import Phase
-from governance.crypto.signing import Signer
+from governance.crypto.signing import Context, Signer
 from governance.lifecycle.audit import EntryBody, GateRecord, Input, Rejection, entry_hash, parse_entry, seal
 from governance.lifecycle.commands import (
     COMMAND_TTL,
@@ -59,9 +62,10 @@ from tests.lifecycle_samples import MODEL_FEATURES, complete_documents, valid_me
 __all__ = [
     "APPROVALS", "AUTOMATED", "COMMANDS", "DAY", "GATES", "HOUR", "MODEL", "NEW", "NEXT", "OLD", "OTHER", "PASS",
     "ROLLBACKS", "SPEC_DAYS", "SPEC_SHADOW_DAYS", "START", "T0", "MemoryRouting", "Run", "advance", "approved",
-    "artifact_of", "assert_rejected", "at_", "broken", "check_proofpack", "documents", "escalation", "event_id",
-    "gate_blocked", "gate_ready", "gate_record", "history", "journey", "key", "moved", "pack_id", "refusal",
-    "register", "rollback_trigger", "rules", "shipped_policy_hash", "too_early",
+    "artifact_bytes", "artifact_of", "assert_rejected", "at_", "broken", "check_proofpack", "documents", "escalation",
+    "event_id", "gate_blocked", "gate_ready", "gate_record", "history", "journey", "key", "manifest_of", "moved",
+    "pack_id",
+    "refusal", "register", "review", "rollback_trigger", "rules", "shipped_policy_hash", "too_early",
 ]
 
 REPO = Path(__file__).resolve().parent.parent
@@ -87,7 +91,7 @@ NEXT = {"PROPOSAL": "PROTOTYPE", "PROTOTYPE": "TRAINING", "TRAINING": "SHADOW"}
 
 
 def artifact_of(version: str) -> str:
-    return hashlib.sha256(f"{MODEL}-{version}.ebm".encode()).hexdigest()
+    return hashlib.sha256(artifact_bytes(version)).hexdigest()
 
 
 def pack_id(version: str) -> str:
@@ -100,10 +104,20 @@ def key(created: datetime = T0 - DAY) -> tuple[Signer, TrustStore]:
     return Signer(info, secret), TrustStore([info])
 
 
-def rules(signer: Signer) -> Rules:
-    """The shipped policy (the spec's tables), the shipped feature catalog, a 5 % canary."""
-    return Rules(policy=load_policy(), catalog=load_catalog(),
-                 canary_share=0.05, signer=signer)
+def rules(signer: Signer, store: TrustStore | None = None) -> Rules:
+    """The shipped policy (the spec's tables), the shipped feature catalog, a 5 % canary; artifact manifests
+    verified against ``store`` (default: the signer's own key)."""
+    return Rules(policy=load_policy(), catalog=load_catalog(), canary_share=0.05, signer=signer,
+                 trust=Trust(system=store or TrustStore([signer.key])))
+
+
+def artifact_bytes(version: str) -> bytes:
+    return f"{MODEL}-{version}.ebm".encode()
+
+
+def manifest_of(version: str, signer: Signer, at: datetime) -> dict[str, Any]:
+    """The signed manifest of ``version``'s artifact (``shadowgate sign``), as `model register --artifact` sends it."""
+    return sign_record(digest_bytes(artifact_bytes(version)).as_payload("model.ebm"), Context.ARTIFACT, signer, at)
 
 
 @cache
@@ -280,13 +294,16 @@ class Run:
 def register(run: Run, version: str, at: datetime, *, model_type: ModelType = "classification",
              artifact: bool = True, metadata: dict[str, Any] | None = None,
              features: dict[str, str] | None = None, docs: Mapping[str, Mapping[str, str]] | None = None,
-             prototype_approval: str | None = "GID-02") -> None:
-    """Register ``version`` with valid metadata, linked features and (by default) every stage's documents."""
+             prototype_approval: str | None = "GID-02", signed: bool = True,
+             artifact_signer: Signer | None = None) -> None:
+    """Register ``version`` with valid metadata, linked features, (by default) every stage's documents and its
+    artifact signed by the system key (spec 6.3; ``signed`` False: the digest only)."""
+    manifest = manifest_of(version, artifact_signer or run.rules.signer, at) if artifact and signed else None
     run.ok(run.command(Register, f"reg-{version}", "GID-02", at, version, model_type=model_type,
                        metadata=metadata if metadata is not None else valid_metadata(version, pack_id(version),
                                                                                      at - 3 * DAY),
                        features=features if features is not None else MODEL_FEATURES,
-                       artifact_sha256=artifact_of(version) if artifact else None), at)
+                       artifact_sha256=artifact_of(version) if artifact else None, artifact_manifest=manifest), at)
     run.ok(run.command(Propose, f"docs-{version}", "GID-02", at, version, documents=documents(docs)), at)
     if prototype_approval is not None:
         run.ok(run.command(Approve, f"ok-prototype-{version}", prototype_approval, at, version,
@@ -294,19 +311,27 @@ def register(run: Run, version: str, at: datetime, *, model_type: ModelType = "c
 
 
 def advance(run: Run, version: str, at: datetime, identity: str = "GID-02") -> None:
+    """Advance ``version`` to its next stage; out of TRAINING after GID-02's "training approved" (spec 1.2)."""
     stage = run.record(version).stage
+    if stage is Stage.TRAINING:
+        run.ok(run.command(Approve, f"ok-training-{version}", "GID-02", at, version, target=Stage.SHADOW), at)
     run.ok(run.command(Advance, f"advance-{version}-{stage}", identity, at, version), at)
 
 
+def review(run: Run, version: str, at: datetime) -> EntryBody:
+    """ALEX's (GID-08) shadow review of ``version`` (spec 9.2), before or after its shadow gate is READY."""
+    return run.step(run.command(Approve, f"ok-review-{version}", "GID-08", at, version, target=Stage.STAGING), at)
+
+
 def journey(run: Run, version: str, start: datetime, until: Stage, *, model_type: ModelType = "classification",
-            production: str | None = OLD, artifact: bool = True) -> datetime:
+            production: str | None = OLD, artifact: bool = True, artifact_signer: Signer | None = None) -> datetime:
     """Take a new ``version`` from registration to ``until``, each stage left at its spec minimum.
 
     Reaching STAGING takes the shadow gate's READY; reaching PRODUCTION a READY canary gate (recorded,
     blocked by the missing approval) and then GID-08's approval, which promotes it. Returns the time of the
     last step.
     """
-    register(run, version, start, model_type=model_type, artifact=artifact)
+    register(run, version, start, model_type=model_type, artifact=artifact, artifact_signer=artifact_signer)
     at = start
     for stage in ("PROPOSAL", "PROTOTYPE", "TRAINING"):
         if run.record(version).stage is until:
@@ -316,6 +341,7 @@ def journey(run: Run, version: str, start: datetime, until: Stage, *, model_type
     if until is Stage.SHADOW:
         return at
     at += SPEC_SHADOW_DAYS[model_type] * DAY
+    review(run, version, at)
     run.ok(run.event(gate_ready(f"shadow-ready-{version}", "SHADOW", at, version, production or "none")), at)
     if until is Stage.STAGING:
         return at
@@ -336,7 +362,7 @@ def history(signer: Signer, store: TrustStore) -> dict[str, Run]:
     canary gate recorded, promotion blocked by the missing approval) and ``new serving`` (NEW serves, OLD
     is the previous production version). Tests fork them.
     """
-    run = Run(rules(signer), store)
+    run = Run(rules(signer, store), store)
     journey(run, OLD, T0, Stage.PRODUCTION, production=None)
     saved = {"old serving": run.fork()}
     register(run, NEW, START)
@@ -347,6 +373,7 @@ def history(signer: Signer, store: TrustStore) -> dict[str, Run]:
         advance(run, NEW, at)
         saved[f"new {NEXT[stage]}"] = run.fork()
     at += 7 * DAY
+    review(run, NEW, at)
     run.ok(run.event(gate_ready("shadow-ready", "SHADOW", at)), at)
     saved["new STAGING"] = run.fork()
     at += 3 * DAY
@@ -416,7 +443,12 @@ def check_proofpack(run: Run, record: Any, now: datetime, approvals: list[tuple[
     """The ProofPack verifies under the system key and carries the version's evidence (spec 7.1, 10.9)."""
     pack = verify_proofpack(record, run.store, now, Phase.PQC_ONLY)
     assert (pack.proofpack_id, pack.model, pack.version, pack.generated_at) == (pack_id(NEW), MODEL, NEW, now)
-    assert pack.policy_hash == shipped_policy_hash() and pack.artifact == {"sha256": artifact_of(NEW)}
+    assert (pack.policy_id, pack.policy_hash) == ("GID-08-LIFECYCLE-V2", shipped_policy_hash())
+    manifest = run.record(NEW).artifact.manifest  # type: ignore[union-attr]
+    assert pack.artifact == {
+        "sha256": artifact_of(NEW), "manifest_sha256": hashlib.sha256(canonical_bytes(manifest)).hexdigest(),
+        "key_id": run.rules.signer.key_id, "signed_at": START.isoformat(),
+        "verified_at": now.isoformat()}
     assert [(a["approver"], a["target"]) for a in pack.approvals] == approvals
     assert set(pack.gate_evidence) == {"SHADOW", "STAGING"}
     assert run.state.proofpacks[pack_id(NEW)] == record and run.record().proofpack_id == pack_id(NEW)

@@ -147,7 +147,8 @@ def _look_at_the_status_page(url: str) -> None:
     report = _get(f"{url}/report/fraud-risk/1.5.0")
     assert "Signature verified" in report and "PP-fraud-risk-1.5.0" in report
     assert report.count("<svg") >= 4  # |delta| and score distributions and calibration of the shadow gate, drift
-    assert report.count("audit entry #") == 2 and "not found in the verified audit log" not in report
+    # One per approval: GID-02's PROTOTYPE and training (SHADOW, spec 1.2) approvals, GID-08's PRODUCTION one.
+    assert report.count("audit entry #") == 3 and "not found in the verified audit log" not in report
     with browser() as chromium:
         page = chromium.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(f"{url}/")
@@ -172,7 +173,7 @@ def _report_from_the_cli(env: dict[str, str], root: Path, out: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     assert "PP-fraud-risk-1.5.0 (signature verified) written to" in done.stdout
     html = out.read_text()
-    assert "Signature verified" in html and html.count("<svg") >= 4 and html.count("audit entry #") == 2
+    assert "Signature verified" in html and html.count("<svg") >= 4 and html.count("audit entry #") == 3
     assert "<script" not in html and "http" not in html.split("</title>", 1)[1].split("<body>", 1)[0]
 
 

@@ -89,10 +89,19 @@ def test_proposal_to_production_with_the_cli_and_gate_events(env: Env, tmp_path:
     files = _files(tmp_path)
     ml, alex = ("--identity", "GID-02"), ("--identity", "GID-08")
     with running(env, POLICY) as consumer:
+        # Invalid metadata is refused at registration with every violation in one error (issue 14 point 9).
+        invalid = tmp_path / "invalid-metadata.json"
+        invalid.write_bytes(orjson.dumps({**orjson.loads(files["metadata"].read_bytes()), "model_type": "XGBoost",
+                                          "proof_pack_id": "pack-1"}))
+        out = _cli(env, "model", "register", "fraud", "1.0.0", "--type", "classification", "--metadata", str(invalid),
+                   *ml, code=1).output
+        assert "refused, 3 rule(s) broken:\n    - [4.2] Invalid model_type: XGBoost" in out
+        assert "    - [4.2] Invalid proof_pack_id format: pack-1" in out and "not applied (audit seq 0)" in out
+        _cli(env, "sign", str(files["artifact"]))  # spec 6.3: the system key signs the artifact's manifest
         out = _cli(env, "model", "register", "fraud", "1.0.0", "--type", "classification", "--metadata",
                    str(files["metadata"]), "--features", str(files["features"]), "--artifact", str(files["artifact"]),
                    *ml).output
-        assert "applied (audit seq 0)" in out
+        assert "applied (audit seq 1)" in out
         refused = _cli(env, "model", "advance", "fraud", "1.0.0", *ml, code=1).output
         assert "Model proposal document required" in refused and "Maggie (GID-02) approval required" in refused
         assert "[1.2] minimum duration" not in refused  # the fast policy has none
@@ -102,11 +111,18 @@ def test_proposal_to_production_with_the_cli_and_gate_events(env: Env, tmp_path:
         _cli(env, "model", "propose", "fraud", "1.0.0", *_docs(files, "feature_analysis", "baseline_metrics"), *ml)
         _cli(env, "model", "advance", "fraud", "1.0.0", *ml)
         _cli(env, "model", "propose", "fraud", "1.0.0", *_docs(files, "training", "training_config"), *ml)
+        refused = _cli(env, "model", "advance", "fraud", "1.0.0", *ml, code=1).output
+        assert "[1.2] Training approval required" in refused
+        _cli(env, "model", "approve", "fraud", "1.0.0", "--target", "SHADOW", *ml)  # "training approved"
         _cli(env, "model", "advance", "fraud", "1.0.0", *ml)
         _cli(env, "model", "propose", "fraud", "1.0.0", *_docs(files, "shadow"), *ml)
         assert _stage(env) == "SHADOW"
         blocked = _status(env)[0]["blocked_by"]
-        assert blocked == ["[3.2] Shadow completion checklist not evaluated: no verdict, so no promotion"]
+        assert blocked == ["[3.2] Shadow completion checklist not evaluated: no verdict, so no promotion",
+                           "[9.2] ALEX (GID-08) shadow review required: ALEX approves the move to STAGING while in "
+                           "SHADOW"]
+        _cli(env, "model", "approve", "fraud", "1.0.0", "--target", "STAGING", *alex)  # the shadow review
+        assert _status(env)[0]["blocked_by"] == [blocked[0]]
 
         # An escalation blocks the automatic promotion a GateReady (from the streams worker) would make.
         _cli(env, "model", "escalate", "fraud", "1.0.0", "--reason", "label delay in EU", "--id", "ESC-1", *alex)
@@ -132,7 +148,8 @@ def test_proposal_to_production_with_the_cli_and_gate_events(env: Env, tmp_path:
 
         pack = orjson.loads(_cli(env, "model", "proofpack", "fraud", "1.0.0").output)
         assert pack["artifact"]["sha256"] == hashlib.sha256(files["artifact"].read_bytes()).hexdigest()
-        assert [a["approver"] for a in pack["approvals"]] == ["GID-02", "GID-08"]
+        assert [a["approver"] for a in pack["approvals"]] == ["GID-02", "GID-02", "GID-08", "GID-08"]
+        assert pack["artifact"]["key_id"] == env.signer().key_id and pack["policy_id"] == POLICY.policy_id
         history = _cli(env, "model", "history", "fraud").output
         assert "moved to PRODUCTION" in history and "ProofPack PP-fraud-1.0.0 recorded" in history
 

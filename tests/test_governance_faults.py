@@ -49,6 +49,7 @@ from tests.governance_kit import (
     seed_log,
     send,
     wait_until,
+    with_signoffs,
 )
 
 pytestmark = pytest.mark.integration
@@ -265,8 +266,8 @@ def test_the_consumer_runs_on_injected_clients_and_a_failed_commit_changes_nothi
         "gates", "rollbacks", "alerts", "approvals", "commands", "lifecycle", "routing", "checkpoints")})
     seeded = []
     head = "0" * 64
-    for seq, facts in enumerate([lifecycle_facts("fraud", "1.0.0", "PRODUCTION"),
-                                 lifecycle_facts("fraud", "2.0.0", "SHADOW")]):
+    for seq, facts in enumerate([with_signoffs(lifecycle_facts("fraud", "1.0.0", "PRODUCTION"), env.signer()),
+                                 with_signoffs(lifecycle_facts("fraud", "2.0.0", "SHADOW"), env.signer())]):
         source = Input(topic="seed", partition=0, offset=seq, digest="0" * 64, kind="command", id=f"seed-{seq}")
         record = seal(EntryBody(at=now_utc(), input=source, outcome="applied", facts=facts), seq, head, env.signer(),
                       now_utc())

@@ -16,6 +16,7 @@ shipped policy, which encodes the spec's tables; the messages are the rule texts
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -24,10 +25,11 @@ import pytest
 from governance.contract.stages import Stage
 from governance.crypto.keys import TrustStore
 from governance.crypto.signing import Signer
-from governance.lifecycle.audit import ArtifactDigest, EntryBody, Rejection
+from governance.lifecycle.audit import EntryBody, Rejection
 from governance.lifecycle.commands import Advance, Approve, DocumentIn, Escalate, Propose, Register, Resolve
-from governance.lifecycle.handler import Rules
+from governance.lifecycle.identities import Trust
 from governance.lifecycle.ledger import (
+    ArtifactRecorded,
     DocumentRecorded,
     EscalationRaised,
     EscalationResolved,
@@ -72,6 +74,7 @@ from tests.handler_kit import (
     pack_id,
     refusal,
     register,
+    review,
     rules,
     too_early,
 )
@@ -104,8 +107,9 @@ def test_register_records_the_version_its_catalog_linkage_and_artifact(keys: tup
     body = run.decide(received, T0).body
     fact = Registered(event_id="reg#0", at=T0, actor="GID-02", model=MODEL, version=NEW, model_type="classification",
                       metadata=metadata, features=MODEL_FEATURES, feature_linkage=PASS)
-    assert body == EntryBody(at=T0, input=received.input, outcome="applied", facts=[fact],
-                             artifact=ArtifactDigest(model=MODEL, version=NEW, sha256=artifact_of(NEW)))
+    artifact = ArtifactRecorded(event_id="reg#1", at=T0, actor="GID-02", model=MODEL, version=NEW,
+                                sha256=artifact_of(NEW))
+    assert body == EntryBody(at=T0, input=received.input, outcome="applied", facts=[fact, artifact])
     state = run.commit(body)
     record = run.record()
     assert (record.stage, record.entered_stage_at, record.model_type, record.metadata) == (
@@ -156,8 +160,8 @@ def test_propose_records_metadata_features_and_documents_in_order(world: Run) ->
                FeaturesRecorded(event_id="prop#1", features=features, feature_linkage=PASS, **common),
                DocumentRecorded(event_id="prop#2", stage=Stage.PROPOSAL, name="proposal", text=proposal, **common),
                DocumentRecorded(event_id="prop#3", stage=Stage.PROTOTYPE, name="feature_analysis", text=analysis,
-                                **common)],
-        artifact=ArtifactDigest(model=MODEL, version=NEW, sha256=artifact_of("2.0.0-r2")))
+                                **common),
+               ArtifactRecorded(event_id="prop#4", sha256=artifact_of("2.0.0-r2"), **common)])
     world.commit(body)
     record = world.record()
     assert (record.metadata, record.features, record.stage) == (metadata, features, Stage.PROPOSAL)
@@ -177,7 +181,8 @@ def test_propose_records_metadata_features_and_documents_in_order(world: Run) ->
      "prop#0", "metadata and features are settled once the version left TRAINING (it is SHADOW)"),
     ({"documents": [DocumentIn(stage=Stage.STAGING, name="canary_results", text="# Canary\n\nEarly.\n")],
       "artifact_sha256": artifact_of("rebuilt")},
-     None, "[4] the artifact is settled once the version left TRAINING; register a new version instead"),
+     "prop#1", "the artifact is settled once the version left TRAINING (it is SHADOW); register a new version "
+               "instead"),
 ], ids=["closed-document", "metadata", "artifact"])
 def test_propose_is_refused_as_a_whole_when_any_part_is_refused(world: Run, fields: dict[str, Any],
                                                                  fact_id: str | None, rule: str) -> None:
@@ -239,7 +244,8 @@ def test_gid08_approval_of_a_ready_canary_promotes_it_to_production(world: Run) 
     assert world.stages() == {OLD: Stage.PRODUCTION, NEW: Stage.PRODUCTION}
     assert (world.line.production, world.line.previous_production) == (NEW, [OLD])
     assert at_(world) == now
-    check_proofpack(world, body.proofpack, now, [("GID-02", "PROTOTYPE"), ("GID-08", "PRODUCTION")])
+    check_proofpack(world, body.proofpack, now, [("GID-02", "PROTOTYPE"), ("GID-02", "SHADOW"), ("GID-08", "STAGING"),
+                                                 ("GID-08", "PRODUCTION")])
 
 
 @pytest.mark.parametrize("world", ["new STAGING"], indirect=True)
@@ -289,18 +295,23 @@ def test_approval_of_production_by_another_identity_does_not_promote(world: Run)
     assert world.record().stage is Stage.STAGING
 
 
-def test_gid08_approval_is_blocked_when_no_proofpack_can_be_made(worlds: dict[str, Run]) -> None:
+def test_a_manifest_whose_key_is_revoked_since_blocks_production(worlds: dict[str, Run]) -> None:
+    # Spec 6.3 "signature_verification: MANDATORY": checked again at the move, against the trust of that moment.
     run = worlds["old serving"].fork()
-    entered = journey(run, OTHER, START, Stage.STAGING, artifact=False)
+    build, _ = key()
+    run.rules = replace(run.rules, trust=Trust(system=TrustStore([run.rules.signer.key, build.key])))
+    entered = journey(run, OTHER, START, Stage.STAGING, artifact_signer=build)
     now = entered + 3 * DAY
-    artifact_rule = "[7.1] ProofPack needs the artifact digest: propose the version with --artifact FILE"
-    ready = run.step(run.event(gate_ready("canary-ready", "STAGING", now, OTHER)), now)
-    assert ready.blocked == ["[7.1] ALEX (GID-08) production approval required", artifact_rule]
+    assert run.record(OTHER).artifact.key_id == build.key_id  # type: ignore[union-attr]
+    revoked = build.key.model_copy(update={"revoked_at": now - HOUR, "revocation_reason": "build host compromised"})
+    run.rules = replace(run.rules, trust=Trust(system=TrustStore([run.rules.signer.key, revoked])))
+    run.step(run.event(gate_ready("canary-ready", "STAGING", now, OTHER)), now)
     received = run.command(Approve, "ok", "GID-08", now, OTHER, target=Stage.PRODUCTION)
     body = run.decide(received, now).body
-    assert body == EntryBody(at=now, input=received.input, outcome="applied",
-                             facts=[approved("ok#0", now, "GID-08", Stage.PRODUCTION, OTHER)],
-                             blocked=[artifact_rule])
+    assert body.facts == [approved("ok#0", now, "GID-08", Stage.PRODUCTION, OTHER)]
+    assert len(body.blocked) == 1 and body.blocked[0].startswith(
+        f"[6.3] the artifact manifest of {MODEL}@{OTHER} does not verify now: "), body.blocked
+    assert "revoked" in body.blocked[0]
     run.commit(body)
     assert run.record(OTHER).stage is Stage.STAGING and run.line.production == OLD
 
@@ -355,11 +366,12 @@ def test_an_escalation_event_raises_an_escalation_that_blocks_the_shadow_gate(wo
     eid = str(event.event_id)
     assert body == EntryBody(at=raised_at, input=received.input, outcome="applied", facts=[
         EscalationRaised(event_id=f"{eid}#0", at=raised_at, actor=AUTOMATED, model=MODEL, version=NEW,
-                         escalation_id=eid,
+                         escalation_id=eid, until=until,
                          reason=f"integrity violations under review (raised by GID-08, until {until.isoformat()})")])
     world.commit(body)
     assert world.record().open_escalations() == (eid,)
     now = entered + 7 * DAY
+    review(world, NEW, now)
     ready = gate_ready("shadow-ready", "SHADOW", now)
     body = world.step(world.event(ready), now)
     assert (body.outcome, body.facts, body.gate) == ("recorded", [], gate_record(ready))
@@ -373,11 +385,13 @@ def test_an_escalation_event_raises_an_escalation_that_blocks_the_shadow_gate(wo
 @pytest.mark.parametrize(("world", "stage", "approvals"), [
     ("new PROPOSAL", "PROPOSAL", ("GID-02",)),  # spec 7.1: Maggie's approval, carried by the fact
     ("new PROTOTYPE", "PROTOTYPE", ()),
-    ("new TRAINING", "TRAINING", ()),
+    ("new TRAINING", "TRAINING", ("GID-02",)),  # spec 1.2: "Training approved", by Maggie
 ], indirect=["world"])
 def test_advance_is_allowed_once_the_stage_minimum_has_passed(world: Run, stage: str,
                                                                approvals: tuple[str, ...]) -> None:
     now = at_(world) + SPEC_DAYS[stage] * DAY  # exactly the minimum: allowed
+    if stage == "TRAINING":
+        world.ok(world.command(Approve, "ok-training", "GID-02", now, target=Stage.SHADOW), now)
     received = world.command(Advance, "adv", "GID-02", now, reason="next step")
     body = world.decide(received, now).body
     assert body == EntryBody(at=now, input=received.input, outcome="applied", facts=[
@@ -392,6 +406,8 @@ def test_advance_is_allowed_once_the_stage_minimum_has_passed(world: Run, stage:
 def test_advance_before_the_stage_minimum_is_refused(world: Run, stage: str) -> None:
     entered = at_(world)
     now = entered + SPEC_DAYS[stage] * DAY - timedelta(seconds=1)
+    if stage == "TRAINING":
+        world.ok(world.command(Approve, "ok-training", "GID-02", now, target=Stage.SHADOW), now)
     rule = too_early(stage, entered, now, SPEC_DAYS[stage])
     assert_rejected(world, world.command(Advance, "adv", "GID-02", now), now, broken(stage, NEXT[stage], rule))
     assert world.record().stage is Stage(stage)
@@ -399,8 +415,7 @@ def test_advance_before_the_stage_minimum_is_refused(world: Run, stage: str) -> 
 
 def test_the_policys_minimum_durations_are_the_ones_applied(keys: tuple[Signer, TrustStore]) -> None:
     stricter = rules(keys[0])
-    stricter = Rules(policy=policy_with(**{"lifecycle.PROPOSAL.min_days": 2}), catalog=stricter.catalog,
-                     canary_share=stricter.canary_share, signer=stricter.signer)
+    stricter = replace(stricter, policy=policy_with(**{"lifecycle.PROPOSAL.min_days": 2}))
     run = Run(stricter, keys[1])
     register(run, NEW, T0)
     now = T0 + DAY  # the spec's minimum, not this policy's
@@ -449,6 +464,8 @@ def test_advance_with_missing_documents_is_refused(worlds: dict[str, Run], docs:
         now += SPEC_DAYS[run.record(OTHER).stage] * DAY
         advance(run, OTHER, now)
     now += SPEC_DAYS[stage] * DAY
+    if stage == "TRAINING":
+        run.ok(run.command(Approve, "ok-training", "GID-02", now, OTHER, target=Stage.SHADOW), now)
     assert_rejected(run, run.command(Advance, "adv", "GID-02", now, OTHER), now,
                     broken(stage, NEXT[stage], *rules_, version=OTHER))
 
@@ -466,34 +483,40 @@ _BLACK_BOX = ("[4.2] model_type 'XGBoost' is a black-box model: black-box models
               "cannot be used (spec 11); retrain as a glass-box type: EBM, GAM, LogisticRegression, MonotoneGBDT")
 
 
-@pytest.mark.parametrize(("changes", "features", "rules_"), [
+@pytest.mark.parametrize(("changes", "rules_"), [
     ({"version": "3.0.1", "training_data_hash": None, "lineage": None},
-     {**MODEL_FEATURES, "device_fingerprint": "string", "card_present": "int64"},
      ["[4.2] Missing required fields: ['training_data_hash', 'lineage']",
-      "[7.1] Training data hash required",
-      "[5.2] Model uses features not in catalog: {'device_fingerprint'}",
-      "[5.2] Feature 'card_present' dtype mismatch: catalog=bool, model=int64",
       "[4] metadata version '3.0.1' is not the registered version '3.0.0'"]),
-    ({"model_type": "XGBoost"}, MODEL_FEATURES,
-     ["[4.2] Invalid model_type: XGBoost. Allowed: ['EBM', 'GAM', 'LogisticRegression', 'MonotoneGBDT']",
-      _BLACK_BOX, "[7.1] Model type must be glass-box (EBM/GAM/LogReg)"]),
-], ids=["fields-features-version", "black-box"])
-def test_advance_to_shadow_with_invalid_metadata_is_refused(worlds: dict[str, Run], changes: dict[str, Any],
-                                                             features: dict[str, str], rules_: list[str]) -> None:
+    ({"model_type": "XGBoost"},
+     ["[4.2] Invalid model_type: XGBoost. Allowed: ['EBM', 'GAM', 'LogisticRegression', 'MonotoneGBDT']", _BLACK_BOX]),
+], ids=["fields-version", "black-box"])
+@pytest.mark.parametrize("command", [Register, Propose])
+def test_invalid_metadata_is_refused_when_recorded_naming_every_violation(worlds: dict[str, Run],
+                                                                          changes: dict[str, Any], rules_: list[str],
+                                                                          command: type[Any]) -> None:
+    # Issue 14 point 9: before, register accepted it without a word and only the SHADOW gate refused it.
     run = worlds["old serving"].fork()
+    if command is Propose:
+        register(run, OTHER, START)
     metadata = valid_metadata(OTHER, pack_id(OTHER), START - 3 * DAY)
     metadata = {k: v for k, v in {**metadata, **changes}.items() if v is not None}
-    run.ok(run.command(Register, "reg", "GID-02", START, OTHER, model_type="classification", metadata=metadata,
-                       features=features), START)
-    run.ok(run.command(Propose, "docs", "GID-02", START, OTHER,
-                       documents=[DocumentIn(stage=Stage(s), name=n, text=t)
-                                  for s, d in complete_documents().items() for n, t in d.items()]), START)
-    run.ok(run.command(Approve, "ok", "GID-02", START, OTHER, target=Stage.PROTOTYPE), START)
+    fields = {"model_type": "classification"} if command is Register else {}
+    message = f"metadata of {MODEL}@{OTHER} refused, {len(rules_)} violation(s): " + "; ".join(rules_)
+    assert_rejected(run, run.command(command, "rec", "GID-02", START, OTHER, metadata=metadata, **fields), START,
+                    refusal(message, *rules_))
+
+
+def test_advance_to_shadow_with_unlinked_features_is_refused(worlds: dict[str, Run]) -> None:
+    run = worlds["old serving"].fork()
+    features = {**MODEL_FEATURES, "device_fingerprint": "string", "card_present": "int64"}
+    register(run, OTHER, START, features=features)
     advance(run, OTHER, START + DAY)
     advance(run, OTHER, START + 4 * DAY)
     now = START + 6 * DAY
-    assert_rejected(run, run.command(Advance, "adv", "GID-02", now, OTHER), now,
-                    broken("TRAINING", "SHADOW", *rules_, version=OTHER))
+    run.ok(run.command(Approve, "ok-training", "GID-02", now, OTHER, target=Stage.SHADOW), now)
+    assert_rejected(run, run.command(Advance, "adv", "GID-02", now, OTHER), now, broken(
+        "TRAINING", "SHADOW", "[5.2] Model uses features not in catalog: {'device_fingerprint'}",
+        "[5.2] Feature 'card_present' dtype mismatch: catalog=bool, model=int64", version=OTHER))
 
 
 @pytest.mark.parametrize(("world", "target", "rejection"), [

@@ -21,7 +21,7 @@ from governance.contract.events import Alert, Evidence, GateReady, Versions
 from governance.contract.stages import Stage
 from governance.crypto.keys import TrustStore
 from governance.crypto.signing import Signer
-from governance.lifecycle.audit import EntryBody
+from governance.lifecycle.audit import EntryBody, Retry
 from governance.lifecycle.commands import Advance, Approve
 from governance.lifecycle.intake import Received
 from governance.lifecycle.ledger import ProofPackRecorded
@@ -49,6 +49,7 @@ from tests.handler_kit import (
     moved,
     pack_id,
     refusal,
+    review,
     shipped_policy_hash,
     too_early,
 )
@@ -75,13 +76,14 @@ def world(worlds: dict[str, Run], request: pytest.FixtureRequest) -> Run:
 @pytest.mark.parametrize("world", ["new SHADOW"], indirect=True)
 def test_gate_ready_of_a_shadow_version_promotes_it_to_staging(world: Run) -> None:
     now = at_(world) + 7 * DAY  # spec 3.1: classification shadows 7 days
+    review(world, NEW, at_(world) + HOUR)
     ready = gate_ready("shadow-ready", "SHADOW", now)
     received = world.event(ready)
     body = world.decide(received, now).body
     eid = str(ready.event_id)
     assert body == EntryBody(at=now, input=received.input, outcome="applied", gate=gate_record(ready), facts=[
         moved(f"{eid}#0", now, AUTOMATED, Stage.SHADOW, Stage.STAGING, f"shadow_completion READY (GateReady {eid})",
-              shadow=PASS)])
+              approvals=("GID-08",), shadow=PASS)])
     world.commit(body)
     assert world.stages() == {OLD: Stage.PRODUCTION, NEW: Stage.STAGING} and at_(world) == now
     assert world.state.verdicts[MODEL][NEW] == {"SHADOW": gate_record(ready)}
@@ -91,18 +93,21 @@ def test_gate_ready_of_a_shadow_version_promotes_it_to_staging(world: Run) -> No
 def test_an_early_shadow_gate_ready_is_recorded_and_a_person_advances_later(world: Run) -> None:
     entered = at_(world)
     early = entered + 6 * DAY
+    review(world, NEW, entered + HOUR)
     ready = gate_ready("shadow-ready", "SHADOW", early)
     received = world.event(ready)
     body = world.decide(received, early).body
+    # Only time blocks it: a retry at the earliest exit (tests/test_timers.py carries it out).
+    retry = Retry(model=MODEL, version=NEW, stage="SHADOW", due_at=entered + 7 * DAY, cause=str(ready.event_id))
     assert body == EntryBody(at=early, input=received.input, outcome="recorded", gate=gate_record(ready),
-                             blocked=[too_early("SHADOW", entered, early, 7)])
+                             blocked=[too_early("SHADOW", entered, early, 7)], retry=retry)
     world.commit(body)
     assert world.record().stage is Stage.SHADOW and world.state.verdicts[MODEL][NEW]["SHADOW"] == gate_record(ready)
     now = entered + 7 * DAY
     received = world.command(Advance, "adv", "GID-08", now)
     body = world.decide(received, now).body
     assert body == EntryBody(at=now, input=received.input, outcome="applied", facts=[
-        moved("adv#0", now, "GID-08", Stage.SHADOW, Stage.STAGING, shadow=PASS)])
+        moved("adv#0", now, "GID-08", Stage.SHADOW, Stage.STAGING, approvals=("GID-08",), shadow=PASS)])
     world.commit(body)
     assert world.record().stage is Stage.STAGING
 
@@ -110,23 +115,27 @@ def test_an_early_shadow_gate_ready_is_recorded_and_a_person_advances_later(worl
 def test_a_risk_scoring_model_shadows_fourteen_days(worlds: dict[str, Run]) -> None:
     run = worlds["old serving"].fork()
     entered = journey(run, OTHER, START, Stage.SHADOW, model_type="risk_scoring")
+    review(run, OTHER, entered)
     now = entered + 7 * DAY  # enough for the policy's SHADOW minimum, not for spec 3.1's risk scoring
     body = run.step(run.event(gate_ready("ready-7d", "SHADOW", now, OTHER)), now)
     assert (body.outcome, body.facts) == ("recorded", [])
     assert body.blocked == [too_early("SHADOW", entered, now, 14)]
+    assert body.retry is not None and body.retry.due_at == entered + 14 * DAY
     now = entered + 14 * DAY
     ready = gate_ready("ready-14d", "SHADOW", now, OTHER)
     body = run.step(run.event(ready), now)
     eid = str(ready.event_id)
     assert (body.outcome, body.blocked) == ("applied", [])
     assert body.facts == [moved(f"{eid}#0", now, AUTOMATED, Stage.SHADOW, Stage.STAGING,
-                                f"shadow_completion READY (GateReady {eid})", version=OTHER, shadow=PASS)]
+                                f"shadow_completion READY (GateReady {eid})", version=OTHER, approvals=("GID-08",),
+                                shadow=PASS)]
     assert run.record(OTHER).stage is Stage.STAGING
 
 
 @pytest.mark.parametrize("world", ["new SHADOW"], indirect=True)
 def test_gate_blocked_is_recorded_and_refuses_the_move(world: Run) -> None:
     now = at_(world) + 7 * DAY
+    review(world, NEW, now)
     blocked = gate_blocked("shadow-blocked", "SHADOW", now, {"mean_abs_delta": "mean_abs_delta 0.180 >= 0.15"})
     received = world.event(blocked)
     body = world.decide(received, now).body
@@ -140,21 +149,31 @@ def test_gate_blocked_is_recorded_and_refuses_the_move(world: Run) -> None:
 
 
 @pytest.mark.parametrize("world", ["new STAGING"], indirect=True)
-def test_a_shadow_gate_for_a_version_that_left_shadow_is_recorded_and_blocked(world: Run) -> None:
+@pytest.mark.parametrize("late", ["ready", "blocked"])
+def test_a_late_shadow_verdict_is_recorded_and_does_not_replace_the_one_that_promoted(world: Run, late: str) -> None:
+    # Defect (b): before, a late GateBlocked about SHADOW replaced the READY verdict that promoted the version
+    # (the ProofPack's shadow evidence) in state.verdicts.
+    promoted_by = world.state.verdicts[MODEL][NEW]["SHADOW"]
     now = at_(world) + HOUR
-    ready = gate_ready("late-shadow-ready", "SHADOW", now)
-    received = world.event(ready)
+    event = (gate_ready("late-shadow", "SHADOW", now) if late == "ready" else
+             gate_blocked("late-shadow", "SHADOW", now, {"mean_abs_delta": "mean_abs_delta 0.180 >= 0.15"}))
+    received = world.event(event)
     body = world.decide(received, now).body
-    assert body == EntryBody(at=now, input=received.input, outcome="recorded", gate=gate_record(ready),
-                             blocked=[f"gate shadow_completion is for SHADOW but {MODEL}@{NEW} is in STAGING"])
+    failures = () if late == "ready" else ("mean_abs_delta 0.180 >= 0.15",)
+    gate = gate_record(event, passed=late == "ready", failures=failures).model_copy(update={"counts": False})
+    assert body == EntryBody(at=now, input=received.input, outcome="recorded", gate=gate, blocked=[
+        f"gate shadow_completion is for SHADOW but {MODEL}@{NEW} is in STAGING: recorded, it does not replace the "
+        "SHADOW verdict"])
     world.commit(body)
     assert world.stages() == {OLD: Stage.PRODUCTION, NEW: Stage.STAGING}
+    assert world.state.verdicts[MODEL][NEW]["SHADOW"] == promoted_by and promoted_by.passed
 
 
 def test_a_second_canary_is_blocked(worlds: dict[str, Run]) -> None:
     run = worlds["new STAGING"].fork()
     entered = journey(run, OTHER, at_(run) + HOUR, Stage.SHADOW)
     now = entered + 7 * DAY
+    review(run, OTHER, now)
     ready = gate_ready("other-ready", "SHADOW", now, OTHER)
     received = run.event(ready)
     body = run.decide(received, now).body
@@ -200,17 +219,20 @@ def test_gate_ready_of_an_approved_canary_promotes_it_to_production(world: Run) 
     world.commit(body)
     assert (world.line.production, world.line.previous_production) == (NEW, [OLD])
     assert world.stages() == {OLD: Stage.PRODUCTION, NEW: Stage.PRODUCTION}
-    check_proofpack(world, body.proofpack, now, [("GID-02", "PROTOTYPE"), ("GID-08", "PRODUCTION")])
+    check_proofpack(world, body.proofpack, now, [("GID-02", "PROTOTYPE"), ("GID-02", "SHADOW"), ("GID-08", "STAGING"),
+                                                 ("GID-08", "PRODUCTION")])
 
 
 @pytest.mark.parametrize("world", ["new STAGING"], indirect=True)
 def test_a_person_advances_the_canary_once_its_duration_passed(world: Run) -> None:
     entered = at_(world)
-    # The canary gate turned READY and ALEX approved on day 1 and 2: the duration blocked both; nothing
-    # automatic follows, so on day 3 ALEX advances it.
+    # The canary gate turned READY and ALEX approved on day 1 and 2: the duration blocked both; the approval
+    # leaves a retry for day 3 (the consumer's timer), but ALEX advances it by hand first.
     world.step(world.event(gate_ready("canary-ready", "STAGING", entered + DAY)), entered + DAY)
-    world.step(world.command(Approve, "ok", "GID-08", entered + 2 * DAY, target=Stage.PRODUCTION), entered + 2 * DAY)
-    assert world.record().stage is Stage.STAGING
+    body = world.step(world.command(Approve, "ok", "GID-08", entered + 2 * DAY, target=Stage.PRODUCTION),
+                      entered + 2 * DAY)
+    assert world.record().stage is Stage.STAGING and body.retry is not None
+    assert body.retry.due_at == entered + 3 * DAY
     now = entered + 3 * DAY
     received = world.command(Advance, "adv", "GID-08", now, reason="canary clean for 3 days")
     body = world.decide(received, now).body
@@ -222,7 +244,8 @@ def test_a_person_advances_the_canary_once_its_duration_passed(world: Run) -> No
                      approvals=("GID-08",), shadow=PASS, staging=PASS)])
     world.commit(body)
     assert world.line.production == NEW
-    check_proofpack(world, body.proofpack, now, [("GID-02", "PROTOTYPE"), ("GID-08", "PRODUCTION")])
+    check_proofpack(world, body.proofpack, now, [("GID-02", "PROTOTYPE"), ("GID-02", "SHADOW"), ("GID-08", "STAGING"),
+                                                 ("GID-08", "PRODUCTION")])
 
 
 @pytest.mark.parametrize("world", ["new SHADOW"], indirect=True)

@@ -16,7 +16,7 @@ shipped policy, which encodes the spec's tables; the messages are the rule texts
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
@@ -153,14 +153,34 @@ def test_deferred_triggers_are_recorded_not_executed(world: Run, action: Any, tr
     event = rollback_trigger(f"deferred-{action}", now, NEW, OLD, action, trigger, reason)
     eid = str(event.event_id)
     fact = moved(f"{eid}#0", now, AUTOMATED, Stage.PRODUCTION, Stage.RETIRED, reason, rollback=True, restored=OLD)
+    # The shipped policy's lifecycle.scheduled_rollback_after_s: 86400 (docs/gates.md, spec 8.1).
+    due_at = now + timedelta(days=1) if action == "scheduled" else None
     plan = _plan(world, world.event(event), now, from_version=NEW, to_version=OLD, reason=reason,
                  initiated_by=AUTOMATED, trigger=f"{trigger} (RollbackTrigger {eid})", fact=fact, error=None,
-                 action=action)
+                 action=action, due_at=due_at)
     before = world.state.registry
     body = world.roll_back(plan, now, MemoryRouting(world.rules.signer, world.store, fail=True))
     assert (body.outcome, body.facts, body.rollback and body.rollback.status) == ("recorded", [], status)
+    assert body.rollback is not None and body.rollback.due_at == due_at
     assert world.state.registry == before and world.line.production == NEW
     assert [r.status for r in world.state.rollbacks] == [status]
+    assert list(world.state.scheduled) == ([f"{MODEL}/{NEW}"] if action == "scheduled" else [])
+
+
+@pytest.mark.parametrize("world", ["old serving"], indirect=True)
+@pytest.mark.parametrize("action", ["scheduled", "manual_review"])
+def test_a_deferred_trigger_keeps_the_error_its_plan_found(world: Run, action: Any) -> None:
+    # Defect (f): before, the record of a deferred trigger dropped the plan's error, so "nothing to restore"
+    # was learnt only when someone ran the rollback.
+    now = at_(world, OLD) + HOUR
+    event = rollback_trigger(f"deferred-{action}", now, OLD, None, action, "calibration_slope", "slope 1.52 > 1.4")
+    plan = world.decide(world.event(event), now)
+    error = f"[8.2] Target model not found: {MODEL} has no previous production version to restore"
+    assert plan.rollback is not None and (plan.rollback.fact, plan.rollback.error) == (None, error)
+    body = world.roll_back(plan, now, MemoryRouting(world.rules.signer, world.store, fail=True))
+    assert body.rollback is not None and body.rollback.error == error
+    assert body.rollback.steps[-1] == f"check target None: FAILED already: {error}"
+    assert world.state.rollbacks[-1].error == error
 
 
 @pytest.mark.parametrize("world", ["new serving"], indirect=True)

@@ -129,12 +129,26 @@ def test_missing_duration_fails_closed() -> None:
 
 
 @pytest.mark.parametrize("source", ["SHADOW", "STAGING", "PRODUCTION"])
-def test_retirement_is_immediate_and_needs_only_a_reason(source: str) -> None:
-    # Entered this very instant, open escalations, no documents at all: a rollback still goes through.
+def test_a_rollback_is_immediate_and_needs_only_a_reason(source: str) -> None:
+    # Entered this very instant, open escalations, no documents at all: a rollback (8.2) still goes through.
     state = LifecycleState(Stage(source), T0)
-    bare = TransitionRequest(target=Stage.RETIRED, reason="error rate 2.3 % > 1 % for 5 min", open_escalations=("E1",))
+    bare = TransitionRequest(target=Stage.RETIRED, reason="error rate 2.3 % > 1 % for 5 min", open_escalations=("E1",),
+                             rollback=True)
     assert transition(state, bare, T0) == LifecycleState(Stage.RETIRED, T0)
     assert refused(state, replace(bare, reason="  ")) == ["[8.2] a rollback or retirement needs a reason"]
+
+
+@pytest.mark.parametrize("source", ["SHADOW", "STAGING", "PRODUCTION"])
+def test_a_retirement_that_is_not_a_rollback_needs_the_retired_documents(source: str) -> None:
+    # Spec 9.1 RETIRED: "Retirement justification, migration notes"; no duration, escalation or other stage's paper.
+    state = LifecycleState(Stage(source), T0)
+    bare = TransitionRequest(target=Stage.RETIRED, reason="superseded by 3.0.0", open_escalations=("E1",))
+    assert refused(state, bare) == [
+        "[9] RETIRED document 'retirement_justification' (retirement justification) is missing; record it as Markdown",
+        "[9] RETIRED document 'migration_notes' (migration notes) is missing; record it as Markdown",
+    ]
+    retired_docs = {Stage.RETIRED: complete_documents()["RETIRED"]}
+    assert transition(state, replace(bare, documents=retired_docs), T0) == LifecycleState(Stage.RETIRED, T0)
 
 
 # ------------------------------------------------------------------------------------------------ gates
@@ -178,11 +192,22 @@ def test_training_gate_needs_the_baseline() -> None:
 def test_shadow_gate_with_nothing() -> None:
     state = LifecycleState(Stage.TRAINING, LONG_AGO)
     rules = refused(state, TransitionRequest(target=Stage.SHADOW))
-    assert rules[0].startswith("[4.2] Missing required fields: ['model_id', 'model_type', 'version'")
+    assert rules[0] == ("[1.2] Training approval required: Maggie (GID-02) approves the training run (approve the "
+                        "move to SHADOW while in TRAINING)")
+    assert rules[1].startswith("[4.2] Missing required fields: ['model_id', 'model_type', 'version'")
     assert "[7.1] Training data hash required" in rules
     assert "[7.1] Model type must be glass-box (EBM/GAM/LogReg)" in rules
     assert any(r.startswith("[5.2] Feature catalog linkage not validated") for r in rules)
     assert sum(r.startswith("[9] TRAINING document") for r in rules) == 2  # training, training_config
+
+
+def test_training_is_approved_by_gid02_only() -> None:
+    # Spec 1.2 TRAINING exit "Training approved": ML engineering (GID-02) approves the training run.
+    state = LifecycleState(Stage.TRAINING, LONG_AGO)
+    rules = refused(state, full_request(Stage.SHADOW, approvals=frozenset({"GID-08"})))
+    assert rules == ["[1.2] Training approval required: Maggie (GID-02) approves the training run (approve the move "
+                     "to SHADOW while in TRAINING)"]
+    assert transition(state, full_request(Stage.SHADOW, approvals=frozenset({"GID-02"})), T0).stage is Stage.SHADOW
 
 
 def test_shadow_gate_refuses_a_black_box_in_spec_words() -> None:
@@ -222,6 +247,17 @@ def test_staging_gate() -> None:
     ]
 
 
+def test_staging_needs_alex_shadow_review_unless_the_policy_turns_it_off() -> None:
+    # Spec 9.2 shadow: "alex_review: required"; GID-02's approval is not ALEX's review.
+    state = LifecycleState(Stage.SHADOW, LONG_AGO)
+    review = ("[9.2] ALEX (GID-08) shadow review required: ALEX approves the move to STAGING while in SHADOW")
+    assert refused(state, full_request(Stage.STAGING, approvals=frozenset({"GID-02"}))) == [review]
+    assert refused(state, full_request(Stage.STAGING, approvals=frozenset(), shadow_checklist=None)) == [
+        "[3.2] Shadow completion checklist not evaluated: no verdict, so no promotion", review]
+    off = full_request(Stage.STAGING, approvals=frozenset(), shadow_review_required=False)
+    assert transition(state, off, T0).stage is Stage.STAGING
+
+
 def test_production_gate_with_nothing_names_every_rule() -> None:
     state = LifecycleState(Stage.STAGING, LONG_AGO)
     rules = refused(state, TransitionRequest(target=Stage.PRODUCTION))
@@ -252,6 +288,14 @@ def test_open_escalation_blocks_every_promotion() -> None:
         state = LifecycleState(Stage(source), LONG_AGO)
         rules = refused(state, full_request(Stage(target), open_escalations=("ESC-7",)))
         assert rules == ["[escalation] open escalation(s) ['ESC-7'] block promotion; resolve them first"]
+
+
+def test_a_resolved_escalation_still_blocks_until_its_until() -> None:
+    state = LifecycleState(Stage.SHADOW, LONG_AGO)
+    until = T0 + timedelta(days=2)
+    rules = refused(state, full_request(Stage.STAGING, held_escalations=(("ESC-9", until),)))
+    assert rules == ["[escalation] resolved escalation(s) still block promotion until their blocks_until: "
+                     f"ESC-9 until {until.isoformat()}"]
 
 
 def test_all_broken_rules_at_once_in_order() -> None:

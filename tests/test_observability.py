@@ -7,7 +7,10 @@ label names it has and label values it can take; otherwise the rule is silently 
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any, get_args
 
@@ -120,6 +123,60 @@ def test_compose_mounts_the_config_prometheus_reads_and_scrapes_the_metrics_port
     assert services["shadowgate-alert-forwarder"]["static_configs"][0]["targets"] == [f"alert-forwarder:{port}"]
     (manager,) = [t for a in prometheus["alerting"]["alertmanagers"] for c in a["static_configs"] for t in c["targets"]]
     assert manager == "alertmanager:9093" and "9093:9093" in compose["services"]["alertmanager"]["ports"]
+
+
+def _compose_cli() -> list[str] | None:
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    docker = shutil.which("docker")
+    if docker and subprocess.run([docker, "compose", "version"], capture_output=True, timeout=30).returncode == 0:
+        return [docker, "compose"]
+    return None
+
+
+def test_compose_is_valid_and_every_shadowgate_service_starts_from_the_image_healthy() -> None:
+    """docker-compose.yml as `docker compose config` reads it: one image, restart policies, health checks on paths
+    the process serves on the port it listens on, start order by health, only known SHADOWGATE_* settings."""
+    from governance.contract.settings import known_variables
+    from tests.test_helm_chart import PATHS, _command, _help
+
+    tool = _compose_cli()
+    if tool is None:
+        message = "neither docker-compose nor `docker compose` found: apt-get install docker-compose"
+        if os.environ.get("CI") or os.environ.get("SHADOWGATE_REQUIRE_INFRA"):
+            pytest.fail(message + " [CI: a missing tool is a failure]")
+        pytest.skip(message)
+    out = subprocess.run([*tool, "-f", str(REPO / "docker-compose.yml"), "config"], capture_output=True, text=True,
+                         timeout=60, cwd=REPO, env={**os.environ, "KEYS_UID": "1000", "KEYS_GID": "1000"})  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    services: dict[str, Any] = yaml.safe_load(out.stdout)["services"]
+    for name in ("kafka", "redis", "alertmanager"):
+        assert services[name]["healthcheck"]["test"], name
+    ours = {n: s for n, s in services.items() if s.get("image") == "shadowgate:local"}
+    assert set(ours) == {"worker", "governance", "status", "alert-forwarder"}
+    assert all(s["build"]["dockerfile"] == "deploy/docker/Dockerfile" for s in ours.values())
+    for name, service in {**ours, "kafka": services["kafka"], "redis": services["redis"]}.items():
+        assert service["restart"] == "unless-stopped", name
+    for name, service in ours.items():
+        args = [str(a) for a in service["command"]]
+        words, command = _command(args)
+        options = {opt for p in command.params for opt in p.opts}
+        assert {a for a in args[len(words) :] if a.startswith("--")} <= options, name
+        env = {k: str(v) for k, v in service["environment"].items()}
+        assert {k for k in env if k.startswith("SHADOWGATE_")} <= set(known_variables()), name
+        check = service["healthcheck"]["test"]
+        assert check[:3] == ["CMD", "python", "-c"] and "urllib.request.urlopen" in check[3], name
+        (url,) = re.findall(r"http://127\.0\.0\.1:(\d+)(/\w+)", check[3])
+        port = next((int(args[args.index(f) + 1]) for f in ("--metrics-port", "--port") if f in args),
+                    int(env.get("SHADOWGATE_METRICS_PORT", Settings().metrics_port)))  # fmt: skip
+        served = set(PATHS.findall(_help(words)))
+        assert int(url[0]) == port, f"{name} listens on {port}, its health check asks {url[0]}"
+        # /metrics is served on every metrics port; /healthz wherever the process serves it
+        assert url[1] == ("/healthz" if "/healthz" in served else "/metrics"), f"{name}: {url[1]}, serves {served}"
+        assert services[name]["depends_on"]["kafka"]["condition"] == "service_healthy", name
+    assert services["alert-forwarder"]["depends_on"]["alertmanager"]["condition"] == "service_healthy"
+    assert all(s["depends_on"]["redis"]["condition"] == "service_healthy" for n, s in ours.items()
+               if n != "alert-forwarder")  # fmt: skip
 
 
 def test_the_dashboard_uses_the_provisioned_datasource() -> None:

@@ -19,13 +19,15 @@ from governance.crypto.canonical import canonical_bytes
 from governance.crypto.hybrid import decrypt
 from governance.crypto.keyring import Keyring
 from governance.crypto.keys import KeyPolicy, TrustStore, generate_key
+from governance.crypto.manifest import digest_bytes
 from governance.crypto.record import sign_record
 from governance.crypto.schedule import Phase
 from governance.crypto.signing import Context, Signer
 from governance.errors import PolicyViolation, VerificationError
 from governance.lifecycle.audit import GateRecord
 from governance.lifecycle.handler import Rules, promote_to_production
-from governance.lifecycle.ledger import ApprovalRecorded, Event
+from governance.lifecycle.identities import Trust
+from governance.lifecycle.ledger import ApprovalRecorded, ArtifactRecorded, Event
 from governance.lifecycle.promotion import MoveRequest
 from governance.lifecycle.proofpack import build_proofpack, sign_proofpack, verify_proofpack, write_encrypted
 from governance.lifecycle.registry import replay
@@ -70,6 +72,10 @@ STATS = [StatResult(test="ks_2samp", n=30_000, n_other=30_000, statistic=0.011, 
 def _state(approvers: tuple[str, ...] = ("GID-08",), artifact: bool = True, staging_passed: bool = True,
            extra: list[Event] | None = None) -> GovernanceState:
     facts = [*lifecycle_facts("fraud", "1.0.0", "PRODUCTION", T0), *lifecycle_facts("fraud", "2.0.0", "STAGING", T0)]
+    artifacts = [fact for fact in extra or [] if isinstance(fact, ArtifactRecorded)]  # recorded before SHADOW
+    registered = next(i for i, fact in enumerate(facts) if fact.version == "2.0.0")
+    facts[registered + 1:registered + 1] = artifacts
+    extra = [fact for fact in extra or [] if not isinstance(fact, ArtifactRecorded)]
     facts += [ApprovalRecorded(event_id=f"a-{who}", at=T0, model="fraud", version="2.0.0", approver=who,
                                target=Stage.PRODUCTION) for who in approvers]
     shadow = _gate("SHADOW", [_check("mean_abs_delta", 0.02), _check("auc_roc", 0.86),
@@ -137,8 +143,15 @@ def test_encrypted_copy_decrypts_to_the_signed_record(keys: tuple[Signer, TrustS
 
 
 def _rules(signer: Signer) -> Rules:
-    return Rules(policy=POLICY, catalog=load_catalog(), canary_share=0.05,
-                 signer=signer)
+    return Rules(policy=POLICY, catalog=load_catalog(), canary_share=0.05, signer=signer,
+                 trust=Trust(system=TrustStore([signer.key])))
+
+
+def _signed_artifact(signer: Signer) -> ArtifactRecorded:
+    """2.0.0's artifact with its manifest signed by ``signer`` (spec 6.3), as the consumer records it."""
+    manifest = sign_record(digest_bytes(b"model.ebm bytes").as_payload("model.ebm"), Context.ARTIFACT, signer, T0)
+    return ArtifactRecorded(event_id="art", at=T0, model="fraud", version="2.0.0", sha256=ARTIFACT, manifest=manifest,
+                            key_id=signer.key_id, signed_at=T0)
 
 
 def _ids() -> Any:
@@ -157,9 +170,18 @@ def test_promotion_generates_the_proofpack_only_when_everything_else_passes(keys
     assert any("artifact digest" in rule for rule in rules)
     assert "[7.1] ProofPack artifact required" not in rules  # generated on promotion, not asked of people
     move = MoveRequest("fraud", "2.0.0", Stage.PRODUCTION, "GID-08")
-    facts, signed = promote_to_production(_state(), _rules(signer), move, now=NOW, new_id=_ids())
+    with pytest.raises(PolicyViolation, match=r"\[6.3\] fraud@2.0.0 has no registered artifact"):
+        promote_to_production(_state(), _rules(signer), move, now=NOW, new_id=_ids())  # a digest, no signature
+    state = _state(extra=[_signed_artifact(signer)])
+    facts, signed = promote_to_production(state, _rules(signer), move, now=NOW, new_id=_ids())
     assert [f.kind for f in facts] == ["proofpack_recorded", "transitioned"]
     assert facts[1].to_stage is Stage.PRODUCTION  # type: ignore[union-attr]
     assert signed is not None
     pack = verify_proofpack(signed, store, NOW, Phase.PQC_ONLY)
     assert pack.proofpack_id == facts[0].proofpack_id == "PP-2.0.0"  # type: ignore[union-attr]
+    # Issue 14 points 7 and 9: which policy judged it, and the artifact's signature as verified at promotion.
+    assert (pack.policy_id, pack.policy_hash) == (POLICY.policy_id, POLICY.hash())
+    manifest = state.registry.get("fraud", "2.0.0").artifact.manifest  # type: ignore[union-attr]
+    assert pack.artifact == {"sha256": ARTIFACT,
+                             "manifest_sha256": hashlib.sha256(canonical_bytes(manifest)).hexdigest(),
+                             "key_id": signer.key_id, "signed_at": T0.isoformat(), "verified_at": NOW.isoformat()}

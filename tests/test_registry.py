@@ -79,7 +79,10 @@ class Log:
         ]
         for target, day, options in steps:
             at = start + day * DAY
-            if target is Stage.STAGING:
+            if target is Stage.SHADOW:  # spec 1.2: "Training approved", by GID-02
+                self.fact(ApprovalRecorded, at, version, approver="GID-02", target=Stage.SHADOW)
+            if target is Stage.STAGING:  # spec 9.2: the shadow stage needs ALEX's review
+                self.fact(ApprovalRecorded, at, version, approver="GID-08", target=Stage.STAGING)
                 self.fact(ProofPackRecorded, at, version, proofpack_id=proof_pack_id)
             if target is Stage.PRODUCTION:
                 self.documents(version, "PRODUCTION", at)
@@ -141,6 +144,9 @@ def test_rollback_without_previous_version_is_refused_but_decommission_is_not() 
     assert info.value.rules == [
         "[8.2] Target model not found: fraud-risk has no previous production version to restore"
     ]
+    with pytest.raises(PolicyViolation, match=r"\[9\] RETIRED document 'retirement_justification'"):
+        log.move("1.0.0", Stage.RETIRED, T0 + 24 * DAY, reason="product discontinued")  # spec 9.1 RETIRED
+    log.documents("1.0.0", "RETIRED", T0 + 24 * DAY)
     log.move("1.0.0", Stage.RETIRED, T0 + 24 * DAY, reason="product discontinued")
     assert log.state.models[MODEL].production is None
 
@@ -154,6 +160,7 @@ def test_restore_a_named_older_version_and_retire_a_standby(two_in_production: L
     log.move("2.0.0", Stage.RETIRED, T0 + 84 * DAY, rollback=True, reason="bad", restore_version="1.0.0")
     line = log.state.models[MODEL]
     assert (line.production, line.previous_production) == ("1.0.0", ["1.5.0"])
+    log.documents("1.5.0", "RETIRED", T0 + 85 * DAY)
     log.move("1.5.0", Stage.RETIRED, T0 + 85 * DAY, reason="no longer a rollback target")
     assert (line := log.state.models[MODEL]).previous_production == [] and line.production == "1.0.0"
     with pytest.raises(
@@ -221,6 +228,7 @@ def test_one_canary_per_model() -> None:
     log = Log()
     log.journey("1.0.0", T0, "PP-2026-0001", until=Stage.STAGING)
     log.journey("1.1.0", T0, "PP-2026-0002", until=Stage.SHADOW)
+    log.fact(ApprovalRecorded, T0 + 30 * DAY, "1.1.0", approver="GID-08", target=Stage.STAGING)  # the review (9.2)
     with pytest.raises(PolicyViolation) as info:
         log.move("1.1.0", Stage.STAGING, T0 + 30 * DAY, shadow_checklist=PASS)
     assert info.value.rules == ["[1.2] version 1.0.0 of fraud-risk is already the canary; retire or promote it first"]
@@ -259,8 +267,8 @@ def test_settled_metadata_and_closed_documents(two_in_production: Log) -> None:
         log.fact(MetadataRecorded, T0 + 60 * DAY, "1.5.0", metadata=valid_metadata("1.5.0"))
     with pytest.raises(PolicyViolation, match="SHADOW documentation is closed"):
         log.fact(DocumentRecorded, T0 + 60 * DAY, "1.5.0", stage=Stage.SHADOW, name="shadow", text="# rewritten")
-    log.move("1.5.0", Stage.RETIRED, T0 + 60 * DAY, reason="superseded")
-    log.documents("1.5.0", "RETIRED", T0 + 61 * DAY)  # retirement papers come after the fact
+    log.move("1.5.0", Stage.RETIRED, T0 + 60 * DAY, rollback=True, reason="latency")
+    log.documents("1.5.0", "RETIRED", T0 + 61 * DAY)  # a rollback's retirement papers come after the fact
     assert set(log.state.get(MODEL, "1.5.0").documents[Stage.RETIRED]) == {
         "retirement_justification",
         "migration_notes",
@@ -271,6 +279,7 @@ def test_shadow_gate_checks_metadata_against_the_registration() -> None:
     log = Log()
     log.journey("2.0.0", T0, "PP-2026-0001", until=Stage.TRAINING, metadata=valid_metadata("2.0.1"))
     log.fact(FeaturesRecorded, T0 + 5 * DAY, "2.0.0", features={"card_present": "bool"}, feature_linkage=PASS)
+    log.fact(ApprovalRecorded, T0 + 5 * DAY, "2.0.0", approver="GID-02", target=Stage.SHADOW)
     with pytest.raises(PolicyViolation) as info:
         log.move("2.0.0", Stage.SHADOW, T0 + 6 * DAY)
     assert info.value.rules == [

@@ -121,3 +121,24 @@ def test_a_missing_catalog_names_the_resolved_path_and_the_fix(tmp_path: Path, m
     message = str(caught.value)
     assert message.startswith(f"feature catalog {tmp_path / 'conf' / 'catalog.yaml'}: cannot read it")
     assert "SHADOWGATE_CATALOG_PATH" in message
+
+
+def test_every_environment_variable_a_command_reads_is_a_known_one() -> None:
+    # A click option with envvar=SHADOWGATE_* that known_variables() did not list was refused at start
+    # (SHADOWGATE_ALERTS_CONFIG of `alerts forward`).
+    import click
+
+    from shadowgate.cli import cli
+
+    def walk(command: click.Command, ctx: click.Context) -> list[str]:
+        names = [e for p in command.params for e in ([p.envvar] if isinstance(p.envvar, str) else p.envvar or [])]
+        if isinstance(command, click.Group):
+            for name in command.list_commands(ctx):
+                sub = command.get_command(ctx, name)
+                if sub is not None:
+                    names += walk(sub, click.Context(sub, parent=ctx, info_name=name))
+        return names
+
+    read = {name for name in walk(cli, click.Context(cli, info_name="shadowgate")) if name.startswith("SHADOWGATE_")}
+    assert "SHADOWGATE_ALERTS_CONFIG" in read
+    assert read <= set(known_variables()), sorted(read - set(known_variables()))

@@ -225,7 +225,8 @@ def test_the_report_is_rendered_only_from_a_verified_pack_and_escapes_every_stri
     assert row is not None
     assert all(part in row.group(0) for part in ("42.5", "&lt; 500", "2.1 STAGING", "staging.p99_latency_ms"))
     # Approvals are listed and, with an audit log that does not hold them, flagged as not found.
-    assert html.count("not found in the verified audit log") == 2
+    # Four: GID-02's PROTOTYPE and training approvals, GID-08's shadow review and PRODUCTION approval.
+    assert html.count("not found in the verified audit log") == 4
     assert "No window store was read" in html
 
     tampered = {**signed, "payload": {**signed["payload"], "version": "6.6.6"}}  # type: ignore[dict-item]

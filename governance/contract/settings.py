@@ -151,6 +151,7 @@ PROCESS_VARIABLES: Mapping[str, str] = {
     "SHADOWGATE_START_TIMEOUT_S": "how long `make up` waits for a server to answer (120)",
     "SHADOWGATE_PQC_PHASE": "the PQC migration phase the CLI enforces (--phase; default: today's by the schedule)",
     "SHADOWGATE_IDENTITY": "the approver identity `shadowgate model` commands sign as (--identity)",
+    "SHADOWGATE_ALERTS_CONFIG": "the alert forwarder's config file (`shadowgate alerts forward --config`)",
     "SHADOWGATE_REQUIRE_INFRA": "tests only: a missing Kafka or Redis server fails the run instead of skipping (CI)",
 }
 

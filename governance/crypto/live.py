@@ -89,6 +89,10 @@ class DirectoryWatch:
         self._checked_at = now
         return fingerprint(self.root) != self._seen
 
+    def invalidate(self) -> None:
+        """Make the next :meth:`due` True: the process itself changed the files (e.g. rotated a key)."""
+        self._seen = None
+
     def mark(self) -> None:
         """Remember the files as they are now (call right before loading them)."""
         self._seen = fingerprint(self.root)

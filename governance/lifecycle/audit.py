@@ -16,6 +16,9 @@ per input partition and interval for the inputs it rejected at intake, and the c
      "artifact": {"model", "version", "sha256"} | null,
      "rejection": {"reason", "message", "rules"} | null,      # a command the lifecycle rules refused
      "blocked": [rules that kept an automatic step (a promotion) from happening],
+     "warnings": [what is recorded but not yet valid, e.g. metadata that the SHADOW gate will refuse],
+     "retry": {an automatic promotion blocked only by time: model, version, stage, due_at} | null,
+     "rotated": [system keys the consumer rotated before they expired],
      "summary": {rejected inputs of one partition: offsets covered, count per reason, samples} | null,
      "repair": {void entries, acknowledged foreign records, where the chain continues, why} | null,
      "revoked": [keys whose revocation the consumer recorded: signatures by them after this entry are void]}
@@ -56,11 +59,13 @@ __all__ = [
     "GateRecord",
     "Input",
     "KeyRevocation",
+    "KeyRotation",
     "RejectReason",
     "Rejection",
     "RejectionSample",
     "RejectionSummary",
     "Repair",
+    "Retry",
     "RollbackRecord",
     "RollbackStatus",
     "VoidEntry",
@@ -75,7 +80,7 @@ EntryOutcome = Literal["applied", "recorded", "rejected"]
 RejectReason = Literal[
     "unsigned", "unknown_key", "bad_signature", "expired", "replayed", "invalid", "future", "refused"
 ]
-RollbackStatus = Literal["COMPLETED", "FAILED", "SCHEDULED", "MANUAL_REVIEW"]
+RollbackStatus = Literal["COMPLETED", "FAILED", "SCHEDULED", "MANUAL_REVIEW", "CANCELLED"]
 _Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 
 
@@ -107,7 +112,11 @@ class Rejection(_Model):
 
 
 class GateRecord(_Model):
-    """A verified gate decision (GateReady / GateBlocked) about one candidate version."""
+    """A verified gate decision (GateReady / GateBlocked) about one candidate version.
+
+    ``counts`` False: recorded only, it does not become the version's verdict for its stage (a stage the
+    version has left, a policy other than the consumer's, a production version that no longer serves).
+    """
 
     event_id: str
     model: str
@@ -120,10 +129,16 @@ class GateRecord(_Model):
     ts: UtcDatetime
     policy_hash: str
     event: dict[str, JsonValue]
+    counts: bool = True
 
 
 class RollbackRecord(_Model):
-    """The spec 8.2 rollback record, with the steps taken and how long they took."""
+    """The spec 8.2 rollback record, with the steps taken and how long they took.
+
+    ``SCHEDULED`` (a calibration breach, spec 8.1) runs at ``due_at`` unless a ``CANCELLED`` record for the same
+    version comes first; ``error`` of a deferred record is what its plan found wrong already (e.g. no previous
+    production version), kept so it is known before the rollback is due.
+    """
 
     model: str
     from_version: str
@@ -138,6 +153,7 @@ class RollbackRecord(_Model):
     started_at: UtcDatetime
     finished_at: UtcDatetime
     routing_offset: int | None = None
+    due_at: UtcDatetime | None = None
 
 
 class ArtifactDigest(_Model):
@@ -210,6 +226,32 @@ class KeyRevocation(_Model):
     reason: str
 
 
+class KeyRotation(_Model):
+    """A system key the consumer rotated (spec 6.4, 90 days): the new key signs from this entry on, the retired
+    one keeps verifying what it signed before its expiry."""
+
+    store: str
+    new_key_id: str
+    retired_key_id: str | None
+    rotated_at: UtcDatetime
+    retired_expires_at: UtcDatetime | None = None
+
+
+class Retry(_Model):
+    """An automatic promotion of ``model@version`` out of ``stage`` that only time blocks (a minimum duration, an
+    escalation's ``until``): the consumer tries it again at ``due_at`` (``cause``: the input that was blocked)."""
+
+    model: str
+    version: str
+    stage: str
+    due_at: UtcDatetime
+    cause: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.model}/{self.version}/{self.stage}"
+
+
 class EntryBody(_Model):
     """Everything an entry says except its place in the chain."""
 
@@ -223,9 +265,12 @@ class EntryBody(_Model):
     artifact: ArtifactDigest | None = None
     rejection: Rejection | None = None
     blocked: list[str] = []
+    warnings: list[str] = []
+    retry: Retry | None = None
     summary: RejectionSummary | None = None
     repair: Repair | None = None
     revoked: list[KeyRevocation] = []
+    rotated: list[KeyRotation] = []
 
 
 class AuditEntry(EntryBody):
@@ -254,6 +299,7 @@ def parse_entry(payload: Mapping[str, Any]) -> AuditEntry:
         raise EventValidationError(f"audit entry: {where}: {first['msg']}", field=where) from None
 
 
-def system_input(topic: str, what: str, actor: str) -> Input:
-    """The ``input`` of an entry the consumer (or `audit repair`) writes on its own: it covers no input."""
-    return Input(topic=topic, partition=0, offset=-1, digest=GENESIS, kind="system", type=what, actor=actor)
+def system_input(topic: str, what: str, actor: str, id: str | None = None) -> Input:  # noqa: A002
+    """The ``input`` of an entry the consumer (or `audit repair`) writes on its own: it covers no input.
+    ``id`` names what a timer entry acts on (a scheduled rollback's ``model/version``, a retry's key)."""
+    return Input(topic=topic, partition=0, offset=-1, digest=GENESIS, kind="system", type=what, actor=actor, id=id)

@@ -11,15 +11,17 @@ the key of the identity it names (see :mod:`governance.lifecycle.identities`)::
 =========  ===================================================================================
 command    effect (the consumer decides; a refusal names every broken rule)
 =========  ===================================================================================
-register   a new version in PROPOSAL with its model type, and optionally metadata, features and
-           the artifact's SHA-256
-propose    evidence for the version: stage documents, metadata, features, artifact digest
-approve    the signing identity approves the version's move to ``target`` (GID-02: PROTOTYPE,
-           GID-08: PRODUCTION)
+register   a new version in PROPOSAL with its model type, and optionally metadata (valid as a whole,
+           spec 4.2, or refused naming every violation), features, the artifact's SHA-256 and its
+           signed manifest (spec 6.3, ``shadowgate sign FILE``)
+propose    evidence for the version: stage documents, metadata, features, artifact digest and manifest
+approve    the signing identity approves the version's move to ``target`` (GID-02: PROTOTYPE and,
+           "training approved", SHADOW; GID-08: the shadow review, STAGING, and PRODUCTION)
 escalate   raise an escalation on the version (blocks promotion until resolved)
 resolve    resolve an escalation
 advance    move the version to ``target`` (default: the next stage), through its gates
 rollback   the spec 8.2 rollback of the version (to ``restore_version`` or the previous production)
+cancel     GID-08 overrides the version's pending scheduled rollback (spec 8.1), with a reason
 =========  ===================================================================================
 
 Guarantees: schemas are strict (unknown fields refused); ``expires_at`` is after ``issued_at`` and at
@@ -31,7 +33,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timedelta
 from functools import cache
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Literal, Self, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -56,6 +58,7 @@ __all__ = [
     "Approve",
     "Command",
     "DocumentIn",
+    "CancelRollback",
     "Escalate",
     "Propose",
     "Register",
@@ -70,6 +73,7 @@ COMMAND_TTL = timedelta(minutes=10)
 _MAX_TTL = timedelta(days=1)
 _Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 _Text = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
+_C = TypeVar("_C", bound="_Command")
 
 
 class _Command(BaseModel):
@@ -89,6 +93,12 @@ class _Command(BaseModel):
         return self
 
 
+def _manifest_needs_digest(command: _C) -> _C:
+    if getattr(command, "artifact_manifest", None) is not None and getattr(command, "artifact_sha256", None) is None:
+        raise ValueError("artifact_manifest needs artifact_sha256: the manifest is checked against the artifact")
+    return command
+
+
 class DocumentIn(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -103,6 +113,11 @@ class Register(_Command):
     metadata: dict[str, JsonValue] = {}
     features: dict[str, str] = {}
     artifact_sha256: _Sha256 | None = None
+    artifact_manifest: dict[str, JsonValue] | None = None
+
+    @model_validator(mode="after")
+    def _manifest_names_an_artifact(self) -> Self:
+        return _manifest_needs_digest(self)
 
 
 class Propose(_Command):
@@ -111,12 +126,13 @@ class Propose(_Command):
     metadata: dict[str, JsonValue] | None = None
     features: dict[str, str] | None = None
     artifact_sha256: _Sha256 | None = None
+    artifact_manifest: dict[str, JsonValue] | None = None
 
     @model_validator(mode="after")
     def _something(self) -> Self:
         if not self.documents and self.metadata is None and self.features is None and self.artifact_sha256 is None:
             raise ValueError("propose needs at least one document, metadata, features or an artifact digest")
-        return self
+        return _manifest_needs_digest(self)
 
 
 class Approve(_Command):
@@ -149,8 +165,16 @@ class Rollback(_Command):
     restore_version: Name | None = None
 
 
+class CancelRollback(_Command):
+    """An approver's signed override of a pending scheduled rollback (only GID-08 may give it)."""
+
+    command: Literal["cancel_rollback"] = "cancel_rollback"
+    reason: _Text
+
+
 Command = Annotated[
-    Register | Propose | Approve | Escalate | Resolve | Advance | Rollback, Field(discriminator="command")
+    Register | Propose | Approve | Escalate | Resolve | Advance | Rollback | CancelRollback,
+    Field(discriminator="command"),
 ]
 
 
@@ -178,4 +202,7 @@ def new_command(kind: type[_Command], *, identity: str, now: datetime, ttl: time
 
 def sign_command(command: Command, signer: Signer, now: datetime) -> dict[str, Any]:
     """The signed record of ``command`` (``Context.APPROVAL``), ready to send as JSON."""
-    return sign_record(command.model_dump(mode="json"), Context.APPROVAL, signer, now)
+    payload = command.model_dump(mode="json")
+    if payload.get("artifact_manifest", False) is None:  # without a manifest, the bytes of the previous version
+        del payload["artifact_manifest"]
+    return sign_record(payload, Context.APPROVAL, signer, now)

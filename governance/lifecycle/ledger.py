@@ -14,8 +14,11 @@ metadata_recorded      the version's metadata (spec 4), replacing the previous o
 features_recorded      the version's input features ``{name: dtype}`` and the catalog linkage verdict
 document_recorded      one Markdown document of one stage (spec 9)
 approval_recorded      an approver (GID-02, GID-08, ...) approved the version's move to a target stage
-escalation_raised      an escalation on the version; it blocks promotion until resolved
+escalation_raised      an escalation on the version; it blocks promotion until resolved (and, when it has an
+                       ``until``, at least until then: the ``blocks_until`` of an Escalation event)
 escalation_resolved    that escalation resolved
+artifact_recorded      the version's model artifact: its SHA-256 and, when signed, the verified manifest
+                       (spec 6.3) with the key that signed it
 proofpack_recorded     the version's ProofPack exists, with its ``PP-`` id
 transitioned           a decided stage move, with the evidence the gates judged and, for a retired
                        serving production version, the previous version it restored
@@ -55,6 +58,7 @@ __all__ = [
     "DocumentRecorded",
     "EscalationRaised",
     "EscalationResolved",
+    "ArtifactRecorded",
     "Event",
     "EventId",
     "LifecycleEvent",
@@ -125,12 +129,24 @@ class EscalationRaised(LifecycleEvent):
     kind: Literal["escalation_raised"] = "escalation_raised"
     escalation_id: EventId
     reason: Text
+    until: UtcDatetime | None = None
 
 
 class EscalationResolved(LifecycleEvent):
     kind: Literal["escalation_resolved"] = "escalation_resolved"
     escalation_id: EventId
     resolution: Text
+
+
+class ArtifactRecorded(LifecycleEvent):
+    """The version's artifact digest; ``manifest`` is its signed manifest record (``shadowgate sign``), verified by
+    the consumer when recorded, with the signing key and time it carries (None: not signed yet)."""
+
+    kind: Literal["artifact_recorded"] = "artifact_recorded"
+    sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+    manifest: dict[str, JsonValue] | None = None
+    key_id: str | None = None
+    signed_at: UtcDatetime | None = None
 
 
 class ProofPackRecorded(LifecycleEvent):
@@ -160,6 +176,7 @@ Event = Annotated[
     | ApprovalRecorded
     | EscalationRaised
     | EscalationResolved
+    | ArtifactRecorded
     | ProofPackRecorded
     | Transitioned,
     Field(discriminator="kind"),

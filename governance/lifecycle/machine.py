@@ -23,16 +23,19 @@ A forward move must satisfy, all at once (each broken rule is named, tagged with
   ============  ==================================================================================
   PROTOTYPE     proposal document; GID-02 (Maggie) approval
   TRAINING      metrics baseline established (the PROTOTYPE document ``baseline_metrics``)
-  SHADOW        metadata complete and valid (spec 4.2); training-data hash; glass-box model type;
-                feature-catalog linkage validated and passing (spec 5.2)
-  STAGING       the shadow completion checklist verdict (spec 3.2)
+  SHADOW        training approved by GID-02 (Maggie, spec 1.2 "Training approved"); metadata complete and
+                valid (spec 4.2); training-data hash; glass-box model type; feature-catalog linkage validated
+                and passing (spec 5.2)
+  STAGING       the shadow completion checklist verdict (spec 3.2); ALEX's (GID-08) shadow review (spec
+                9.2 ``alex_review: required``) unless the policy turns it off
   PRODUCTION    the staging gate verdict (spec 2.1); GID-08 (ALEX) approval; an existing ProofPack,
                 matching the metadata's proof_pack_id; PRODUCTION documentation (runbook, rollback
                 procedure, on-call contacts) complete before serving traffic
   ============  ==================================================================================
 
-A move into RETIRED needs only a reason: a rollback must never wait for a minimum duration, paperwork or
-an escalation to clear (RETIRED's own documents are reported by :mod:`governance.lifecycle.documents`).
+A move into RETIRED needs a reason, and a retirement that is not a rollback also needs RETIRED's documents
+(spec 9.1: retirement justification, migration notes). A rollback (spec 8.2) never waits for a minimum
+duration, paperwork or an escalation to clear: its RETIRED documents are owed afterwards.
 
 Gate verdicts computed elsewhere (the shadow checklist and staging gate of ``governance.policy.gates``, the
 feature linkage of :mod:`governance.policy.catalog`) come in as :class:`Assessment`; a verdict that was not
@@ -61,6 +64,8 @@ __all__ = [
     "ALLOWED_TRANSITIONS",
     "APPROVER_GOVERNANCE",
     "APPROVER_ML",
+    "APPROVER_SHADOW_REVIEW",
+    "APPROVER_TRAINING",
     "FORWARD",
     "SPEC_MIN_DURATION",
     "SPEC_SHADOW_MIN_DURATION",
@@ -95,6 +100,9 @@ ALLOWED_TRANSITIONS: Mapping[Stage, frozenset[Stage]] = MappingProxyType(
 
 APPROVER_ML = "GID-02"
 APPROVER_GOVERNANCE = "GID-08"
+# Who approves what (spec 1.2 exit criteria, 7.1, 9.2; the readings are in docs/governance.md).
+APPROVER_TRAINING = APPROVER_ML
+APPROVER_SHADOW_REVIEW = APPROVER_GOVERNANCE
 
 
 # Spec 1.2 lower bounds. SHADOW's 7 days is the floor of spec 10.2; use spec_min_durations(model_type) for the
@@ -169,13 +177,19 @@ class TransitionRequest:
 
     ``approvals`` are the approver ids that approved this version's move to ``target``;
     ``documents`` maps stage to {document name: Markdown}; ``proofpack_id`` is the ProofPack
-    recorded for the version (None when none exists).
+    recorded for the version (None when none exists). ``open_escalations`` are unresolved,
+    ``held_escalations`` resolved ones whose ``until`` is still ahead (id, until). ``rollback`` marks a
+    rollback (spec 8.2), which retires without paperwork; ``shadow_review_required`` is the policy's
+    ``lifecycle.shadow_review_required``.
     """
 
     target: Stage
     reason: str = ""
     approvals: frozenset[str] = frozenset()
     open_escalations: tuple[str, ...] = ()
+    held_escalations: tuple[tuple[str, datetime], ...] = ()
+    rollback: bool = False
+    shadow_review_required: bool = True
     documents: Mapping[Stage, Mapping[str, str]] = field(default_factory=dict)
     metadata: Mapping[str, object] | None = None
     feature_linkage: Assessment | None = None
@@ -215,8 +229,12 @@ def _gate_training(request: TransitionRequest) -> list[str]:
 
 def _gate_shadow(request: TransitionRequest) -> list[str]:
     metadata: Mapping[str, object] = request.metadata or {}
+    rules = []
+    if APPROVER_TRAINING not in request.approvals:
+        rules.append(f"[1.2] Training approval required: Maggie ({APPROVER_TRAINING}) approves the training run "
+                     "(approve the move to SHADOW while in TRAINING)")
     _, violations = validate_model_metadata(metadata)
-    rules = [f"[4.2] {violation}" for violation in violations]
+    rules += [f"[4.2] {violation}" for violation in violations]
     if not metadata.get("training_data_hash"):
         rules.append("[7.1] Training data hash required")
     if metadata.get("model_type") not in ALLOWED_MODEL_TYPES:
@@ -230,10 +248,15 @@ def _gate_shadow(request: TransitionRequest) -> list[str]:
 
 def _gate_staging(request: TransitionRequest) -> list[str]:
     if request.shadow_checklist is None:
-        return ["[3.2] Shadow completion checklist not evaluated: no verdict, so no promotion"]
-    if request.shadow_checklist.passed:
-        return []
-    return [f"[7.1] Shadow completion failed: {list(request.shadow_checklist.failures)}"]
+        rules = ["[3.2] Shadow completion checklist not evaluated: no verdict, so no promotion"]
+    elif request.shadow_checklist.passed:
+        rules = []
+    else:
+        rules = [f"[7.1] Shadow completion failed: {list(request.shadow_checklist.failures)}"]
+    if request.shadow_review_required and APPROVER_SHADOW_REVIEW not in request.approvals:
+        rules.append(f"[9.2] ALEX ({APPROVER_SHADOW_REVIEW}) shadow review required: ALEX approves the move to "
+                     "STAGING while in SHADOW")
+    return rules
 
 
 def _gate_production(request: TransitionRequest) -> list[str]:
@@ -301,6 +324,8 @@ def transition(
         raise PolicyViolation(f"{source} -> {target} refused: {rule}", [rule])
     if target is Stage.RETIRED:
         rules = [] if request.reason.strip() else ["[8.2] a rollback or retirement needs a reason"]
+        if not request.rollback:
+            rules += _documentation(Stage.RETIRED, request)
     else:
         gate, covered = _GATES[target]
         rules = gate(request)
@@ -309,6 +334,10 @@ def transition(
             rules.append(
                 f"[escalation] open escalation(s) {list(request.open_escalations)} block promotion; resolve them first"
             )
+        if request.held_escalations:
+            held = ", ".join(f"{escalation} until {until.isoformat()}"
+                             for escalation, until in request.held_escalations)
+            rules.append(f"[escalation] resolved escalation(s) still block promotion until their blocks_until: {held}")
         rules += _documentation(source, request, covered)
     if rules:
         raise PolicyViolation(f"{source} -> {target} refused, {len(rules)} rule(s) broken: " + "; ".join(rules), rules)

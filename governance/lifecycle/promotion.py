@@ -43,7 +43,9 @@ class MoveRequest:
     ``rollback`` marks an automatic or manual rollback (section 8); ``restore_version`` picks which previous
     production version a retired serving version hands over to. ``shadow_checklist`` and ``staging_gate``
     are the gate verdicts computed from the streams (None: not evaluated, which blocks); ``min_duration``
-    is the policy's per-stage minimum (None: the spec's for the version's model type).
+    is the policy's per-stage minimum (None: the spec's for the version's model type);
+    ``shadow_review_required`` the policy's ``lifecycle.shadow_review_required``; ``extra_rules`` are rules
+    broken outside the registry's view (e.g. an artifact manifest that does not verify, spec 6.3).
     """
 
     model: str
@@ -56,6 +58,8 @@ class MoveRequest:
     shadow_checklist: Assessment | None = None
     staging_gate: Assessment | None = None
     min_duration: Mapping[Stage, timedelta] | None = None
+    shadow_review_required: bool = True
+    extra_rules: tuple[str, ...] = ()
 
 
 def _restore_target(line: ModelLine, record: ModelVersion, move: MoveRequest) -> tuple[str | None, list[str]]:
@@ -102,13 +106,16 @@ def _registry_rules(line: ModelLine, record: ModelVersion, move: MoveRequest) ->
     return rules
 
 
-def _evidence(record: ModelVersion, move: MoveRequest) -> TransitionRequest:
+def _evidence(record: ModelVersion, move: MoveRequest, now: datetime) -> TransitionRequest:
     """The machine's view of the move: the registry's evidence for ``record`` and the verdicts of ``move``."""
     return TransitionRequest(
         target=move.target,
         reason=move.reason,
         approvals=record.approvers_for(move.target),
         open_escalations=record.open_escalations(),
+        held_escalations=record.held_escalations(now),
+        rollback=move.rollback,
+        shadow_review_required=move.shadow_review_required,
         documents=record.documents,
         metadata=record.metadata,
         feature_linkage=record.feature_linkage,
@@ -126,8 +133,8 @@ def decide_transition(registry: Registry, move: MoveRequest, *, event_id: str, n
     record = registry.get(move.model, move.version)
     line = registry.models[move.model]
     restored, rules = _restore_target(line, record, move)
-    rules += _registry_rules(line, record, move)
-    request = _evidence(record, move)
+    rules += _registry_rules(line, record, move) + list(move.extra_rules)
+    request = _evidence(record, move, now)
     durations = move.min_duration if move.min_duration is not None else spec_min_durations(record.model_type)
     try:
         transition(LifecycleState(record.stage, record.entered_stage_at), request, now, min_duration=durations)

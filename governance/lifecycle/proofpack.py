@@ -12,9 +12,11 @@ gate_evidence      the verified gate decisions by stage (SHADOW: shadow completi
 statistical_tests  the statistics of the shadow decision (KS, paired t, mean-|delta| interval)
 drift_report       drift severity and every drift check (|delta| quantiles, KL, PSI, feature drift)
 approvals          every approval recorded for the version (identity, target stage, time)
-artifact           the SHA-256 of the model artifact registered for the version
+artifact           the SHA-256 of the model artifact registered for the version and its signed manifest
+                   (spec 6.3): the manifest's SHA-256 (of its canonical bytes), the key that signed it,
+                   when it was signed, and when the consumer verified it (the moment of promotion)
 documents          SHA-256 of every stage document the gates judged
-policy_hash        the policy the decisions were made under
+policy_id, _hash   the policy (id and hash) the decisions were made under
 =================  ========================================================================================
 
 It is signed with ``Context.PROOFPACK`` by the system key, kept in the audit log entry that records it
@@ -62,6 +64,7 @@ class ProofPack(BaseModel):
     version: str
     generated_at: datetime
     policy_hash: str
+    policy_id: str = ""  # empty in ProofPacks generated before it was recorded
     metadata: dict[str, JsonValue]
     features: dict[str, str]
     gate_evidence: dict[str, dict[str, JsonValue]]
@@ -98,17 +101,36 @@ def _drift(gates: dict[str, dict[str, JsonValue]]) -> dict[str, JsonValue]:
     return report
 
 
-def build_proofpack(state: GovernanceState, model: str, version: str, now: datetime, policy_hash: str) -> ProofPack:
-    """The ProofPack of ``model@version`` from the state's evidence (see the module guarantees)."""
+def _artifact(state: GovernanceState, model: str, version: str, now: datetime) -> dict[str, str] | None:
+    """The artifact part: its digest and, when signed, the manifest's digest, key, signing and verifying time."""
+    from governance.crypto.canonical import canonical_bytes
+
+    record = state.registry.get(model, version).artifact
+    if record is None:
+        digest = state.artifacts.get(model, {}).get(version)
+        return None if digest is None else {"sha256": str(digest)}
+    part = {"sha256": record.sha256}
+    if record.manifest is not None:
+        part["manifest_sha256"] = hashlib.sha256(canonical_bytes(record.manifest)).hexdigest()
+        part["key_id"] = str(record.key_id)
+        part["signed_at"] = record.signed_at.isoformat() if record.signed_at else ""
+        part["verified_at"] = now.isoformat()
+    return part
+
+
+def build_proofpack(state: GovernanceState, model: str, version: str, now: datetime, policy_hash: str,
+                    policy_id: str = "") -> ProofPack:
+    """The ProofPack of ``model@version`` from the state's evidence (see the module guarantees); ``now`` is also
+    when the artifact's manifest was verified (the consumer verifies it in the same decision)."""
     record = state.registry.get(model, version)
     pack_id = record.metadata.get("proof_pack_id")
-    artifact = state.artifacts.get(model, {}).get(version)
+    artifact = _artifact(state, model, version, now)
     rules = []
     if not isinstance(pack_id, str) or not re.match(_PP_ID, pack_id):
         rules.append(f"[4] metadata proof_pack_id {pack_id!r} is not a ProofPack id; record metadata with 'PP-...'")
     if artifact is None:
         rules.append("[7.1] ProofPack needs the artifact digest: propose the version with --artifact FILE")
-    if rules:
+    if rules or artifact is None:
         raise PolicyViolation(f"ProofPack for {model}@{version} cannot be generated: " + "; ".join(rules), rules)
     gates = {
         stage: gate.model_dump(mode="json")
@@ -130,13 +152,14 @@ def build_proofpack(state: GovernanceState, model: str, version: str, now: datet
             version=version,
             generated_at=now,
             policy_hash=policy_hash,
+            policy_id=policy_id,
             metadata=dict(record.metadata),
             features=dict(record.features),
             gate_evidence=gates,
             statistical_tests=_statistics(gates.get(Stage.SHADOW)),
             drift_report=_drift(gates),
             approvals=approvals,
-            artifact={"sha256": str(artifact)},
+            artifact=artifact,
             documents=documents,
         )
     except ValidationError as exc:

@@ -27,6 +27,7 @@ Guarantees:
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, JsonValue
 
@@ -34,6 +35,7 @@ from governance.contract.stages import ModelType, Stage
 from governance.errors import EventValidationError, PolicyViolation
 from governance.lifecycle.ledger import (
     ApprovalRecorded,
+    ArtifactRecorded,
     DocumentRecorded,
     EscalationRaised,
     EscalationResolved,
@@ -51,7 +53,8 @@ from governance.lifecycle.ledger import (
 )
 from governance.lifecycle.machine import ALLOWED_TRANSITIONS, FORWARD, Assessment
 
-__all__ = ["Approval", "Escalation", "HistoryEntry", "ModelLine", "ModelVersion", "Registry", "apply", "replay"]
+__all__ = ["Approval", "Artifact", "Escalation", "HistoryEntry", "ModelLine", "ModelVersion", "Registry", "apply",
+           "replay"]
 
 # Metadata and features are settled once a version enters SHADOW, whose gate judged them.
 _EDITABLE = (Stage.PROPOSAL, Stage.PROTOTYPE, Stage.TRAINING)
@@ -69,10 +72,22 @@ class Approval(_State):
 
 
 class Escalation(_State):
+    """An escalation: it blocks promotion until resolved and, with ``until``, at least until then."""
+
     reason: str
     raised_at: UtcDatetime
     resolved_at: UtcDatetime | None = None
     resolution: str = ""
+    until: UtcDatetime | None = None
+
+
+class Artifact(_State):
+    """The version's artifact: its SHA-256 and, once signed, the verified manifest and who signed it when."""
+
+    sha256: str
+    manifest: dict[str, JsonValue] | None = None
+    key_id: str | None = None
+    signed_at: UtcDatetime | None = None
 
 
 class HistoryEntry(_State):
@@ -100,11 +115,21 @@ class ModelVersion(_State):
     approvals: list[Approval] = []
     escalations: dict[str, Escalation] = {}
     proofpack_id: str | None = None
+    artifact: Artifact | None = None
     history: list[HistoryEntry] = []
 
     def open_escalations(self) -> tuple[str, ...]:
         """Ids of escalations raised and not resolved, sorted."""
         return tuple(sorted(i for i, e in self.escalations.items() if e.resolved_at is None))
+
+    def held_escalations(self, now: datetime) -> tuple[tuple[str, datetime], ...]:
+        """``(id, until)`` of resolved escalations that still block at ``now`` (their ``until`` is later), sorted."""
+        return tuple(sorted((i, e.until) for i, e in self.escalations.items()
+                            if e.resolved_at is not None and e.until is not None and now < e.until))
+
+    def blocking_escalations(self, now: datetime) -> tuple[str, ...]:
+        """Ids of every escalation that blocks promotion at ``now``: open ones and held ones, sorted."""
+        return tuple(sorted({*self.open_escalations(), *(i for i, _ in self.held_escalations(now))}))
 
     def approvers_for(self, target: Stage) -> frozenset[str]:
         """Approver ids that approved this version's move to ``target``."""
@@ -223,13 +248,31 @@ def _fold_escalation(registry: Registry, event: EscalationRaised | EscalationRes
     if isinstance(event, EscalationRaised):
         if existing is not None:
             raise _refuse(event, f"escalation {event.escalation_id!r} was already raised; use a new id")
-        record.escalations[event.escalation_id] = Escalation(reason=event.reason, raised_at=event.at)
-        _history(record, event, f"escalation {event.escalation_id!r} raised: {event.reason}")
+        record.escalations[event.escalation_id] = Escalation(reason=event.reason, raised_at=event.at,
+                                                             until=event.until)
+        until = f" (blocks at least until {event.until.isoformat()})" if event.until is not None else ""
+        _history(record, event, f"escalation {event.escalation_id!r} raised: {event.reason}{until}")
         return
     if existing is None or existing.resolved_at is not None:
         raise _refuse(event, f"escalation {event.escalation_id!r} is not open; nothing to resolve")
     existing.resolved_at, existing.resolution = event.at, event.resolution
     _history(record, event, f"escalation {event.escalation_id!r} resolved: {event.resolution}")
+
+
+def _fold_artifact(registry: Registry, event: ArtifactRecorded) -> None:
+    record = registry.get(event.model, event.version)
+    current = record.artifact
+    same = current is not None and current.sha256 == event.sha256
+    if record.stage not in _EDITABLE and not same:
+        raise _refuse(event, f"the artifact is settled once the version left TRAINING (it is {record.stage}); "
+                             "register a new version instead")
+    if event.manifest is None and same and current is not None:
+        return  # the same artifact again, unsigned this time: the signature already recorded stays
+    record.artifact = Artifact(sha256=event.sha256, manifest=event.manifest, key_id=event.key_id,
+                               signed_at=event.signed_at)
+    signed = (f", signed by {event.key_id} at {event.signed_at.isoformat()}" if event.key_id and event.signed_at
+              else ", no signed manifest")
+    _history(record, event, f"artifact sha256 {event.sha256[:16]}... recorded{signed}")
 
 
 def _fold_proofpack(registry: Registry, event: ProofPackRecorded) -> None:
@@ -312,6 +355,8 @@ def apply(state: Registry, event: Event) -> Registry:
         _fold_escalation(registry, event)
     elif isinstance(event, ProofPackRecorded):
         _fold_proofpack(registry, event)
+    elif isinstance(event, ArtifactRecorded):
+        _fold_artifact(registry, event)
     else:
         _fold_transition(registry, event)
     registry.applied[event.event_id] = digest

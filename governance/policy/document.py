@@ -120,7 +120,13 @@ class StageDuration(_Strict):
 
 
 class Lifecycle(_Strict):
-    """Section 1.2, keyed by stage name."""
+    """Section 1.2, keyed by stage name; and two lifecycle switches (docs/gates.md).
+
+    ``shadow_review_required``: SHADOW -> STAGING also waits for ALEX's (GID-08) signed review (section 9.2
+    ``alex_review: required``); a team turns it off only explicitly. ``scheduled_rollback_after_s``: how long
+    after a ``scheduled`` rollback trigger (section 8.1, calibration drift) the governance consumer carries
+    the rollback out, unless it is cancelled first.
+    """
 
     PROPOSAL: StageDuration
     PROTOTYPE: StageDuration
@@ -129,6 +135,8 @@ class Lifecycle(_Strict):
     STAGING: StageDuration
     PRODUCTION: StageDuration
     RETIRED: StageDuration
+    shadow_review_required: bool = True
+    scheduled_rollback_after_s: Annotated[int, Field(ge=0)] = 86_400
 
 
 class ShadowRequirement(_Strict):

@@ -33,7 +33,13 @@ Guarantees:
   state is folded and saved only after the commit; after a crash the rebuild from the log and the routing
   republication restore both, and inputs after the last entry are read again;
 * keys: given a ``LiveKeyring`` and a ``LiveTrust`` (as ``shadowgate governance`` does), it follows rotations
-  and revocations while running; a revocation is recorded as an entry, after which the chain refuses that key.
+  and revocations while running (a new approver key in an identity's trust store is accepted from the next
+  check on, no restart); a revocation is recorded as an entry, after which the chain refuses that key. When
+  its own signing key is due for rotation (``rotate_after``, 90 days, spec 6.4) it rotates it itself, by its
+  clock, and records a ``rotated`` entry signed by the new key; the retired key keeps verifying what it signed;
+* timers: before each poll, the scheduled rollbacks and promotion retries that are due by the consumer's
+  clock are carried out (:mod:`governance.lifecycle.timers`), one entry each, exactly like inputs: nothing
+  is recorded as done before its routing and entry committed.
 """
 
 from __future__ import annotations
@@ -54,18 +60,19 @@ from governance.contract.publishing import encode_signed_event
 from governance.crypto.keys import KeyInfo
 from governance.crypto.live import LiveKeyring
 from governance.crypto.signing import Signer
-from governance.errors import ConfigError, DeliveryError, InfrastructureError, VerificationError
+from governance.errors import ConfigError, DeliveryError, InfrastructureError, ShadowgateError, VerificationError
 from governance.lifecycle.audit import (
     AcknowledgedRecord,
     AuditEntry,
     EntryBody,
     KeyRevocation,
+    KeyRotation,
     Repair,
     system_input,
 )
 from governance.lifecycle.chain import NO_CHECKPOINT, ChainWalk, check_anchor, read_items, walk
 from governance.lifecycle.checkpoint import read_checkpoints
-from governance.lifecycle.handler import Rules, handle
+from governance.lifecycle.handler import Plan, Rules, handle
 from governance.lifecycle.identities import LiveTrust, Trust
 from governance.lifecycle.intake import Refused, intake
 from governance.lifecycle.ledger import Transitioned
@@ -74,6 +81,7 @@ from governance.lifecycle.rejections import RejectionTally
 from governance.lifecycle.routing import Assignment, RoutingPublisher, assignment_for, encode_assignment
 from governance.lifecycle.state import GovernanceState, fold
 from governance.lifecycle.state import rebuild as rebuild_state
+from governance.lifecycle.timers import next_due
 from governance.policy.catalog import FeatureCatalog
 from governance.policy.document import Policy
 from governance.service.auditlog import AuditWriter, Outgoing, read_log
@@ -89,6 +97,8 @@ __all__ = ["CONSUMER", "DEFAULT_COMMANDS_TOPIC", "ConsumerClients", "ConsumerCon
 
 CONSUMER = "governance-consumer"
 _ALERT_NS = uuid.UUID("0b6c7f38-5a51-4b1e-9d55-3f0d6c2f9a11")
+_ROTATION_RETRY = timedelta(minutes=1)
+_TIMERS_PER_POLL = 100  # timers due at once are many only after a long outage; the next poll takes the rest
 _SECURITY = {"unsigned": "critical", "unknown_key": "critical", "bad_signature": "critical",
              "expired": "warning", "replayed": "warning", "invalid": "warning", "future": "warning"}
 
@@ -114,7 +124,8 @@ class GovernanceConsumer:
         self._keys, self._trust_source = signer, trust
         self._trust = trust.current() if isinstance(trust, LiveTrust) else trust
         first = self._signer_at(self.clock())
-        self.rules = Rules(policy=policy, catalog=catalog, canary_share=config.canary_share, signer=first)
+        self.rules = Rules(policy=policy, catalog=catalog, canary_share=config.canary_share, signer=first,
+                           trust=self._trust)
         self.metrics = Metrics(metrics)
         self.encrypt_to = encrypt_to
         self.state = GovernanceState()
@@ -128,6 +139,8 @@ class GovernanceConsumer:
         self.routing = RoutingPublisher(self.clients.producer, config.bootstrap, config.routing_topic, first)
         self._expects = config.inputs()
         self._started = False
+        self.rotation_error: str | None = None
+        self._rotation_retry_at: datetime | None = None
 
     # ----------------------------------------------------------------------------------- keys
 
@@ -148,11 +161,15 @@ class GovernanceConsumer:
         return self._keys.signer(now) if isinstance(self._keys, LiveKeyring) else self._keys
 
     def _refresh_keys(self, now: datetime) -> list[EntryBody]:
-        """Follow the key files: the current signer and trust; entries for revocations not yet recorded."""
+        """Follow the key files: rotate the system key when due; the current signer and trust; entries for
+        rotations and for revocations not yet recorded."""
+        rotated = self._rotate_if_due(now)
         if isinstance(self._trust_source, LiveTrust):
             failures = self._trust_source.failures
             self._trust = self._trust_source.current()
             self.metrics.key_reload_failures.inc(self._trust_source.failures - failures)
+            if self._trust is not self.rules.trust:
+                self.rules = dataclasses.replace(self.rules, trust=self._trust)
         if isinstance(self._keys, LiveKeyring):
             failures = self._keys.failures
             signer = self._keys.signer(now)
@@ -160,7 +177,33 @@ class GovernanceConsumer:
             if signer is not self.rules.signer:
                 self.rules = dataclasses.replace(self.rules, signer=signer)
                 self.routing.signer = signer
-        return self._revocations(now)
+        return rotated + self._revocations(now)
+
+    def _rotate_if_due(self, now: datetime) -> list[EntryBody]:
+        """Rotate the system signing key when it passed ``rotate_after`` (only when following a LiveKeyring:
+        a fixed Signer is the caller's business). The new key signs from the rotation entry on."""
+        if not isinstance(self._keys, LiveKeyring) or not self.rules.signer.key.rotation_due(now):
+            return []
+        if self._rotation_retry_at is not None and now < self._rotation_retry_at:
+            return []
+        old = self.rules.signer.key
+        try:
+            new = self._keys.keyring.rotate_if_due(now, old.algorithm)
+        except (ShadowgateError, OSError) as exc:  # the old key stays valid through its overlap: retry later
+            self.metrics.key_reload_failures.inc()
+            self.rotation_error, self._rotation_retry_at = f"key rotation failed: {exc}", now + _ROTATION_RETRY
+            return []
+        self.rotation_error, self._rotation_retry_at = None, None
+        self._keys.watch.invalidate()
+        if isinstance(self._trust_source, LiveTrust):
+            self._trust_source.watch.invalidate()
+        if new is None:  # another process rotated it already: the reload follows the files, nothing to record
+            return []
+        retired = next((k for k in self._keys.keyring.list_keys() if k.key_id == old.key_id), None)
+        rotation = KeyRotation(store="system", new_key_id=new.key_id, retired_key_id=old.key_id, rotated_at=now,
+                               retired_expires_at=retired.expires_at if retired is not None else None)
+        source = system_input(self.config.lifecycle_topic, "key_rotated", CONSUMER)
+        return [EntryBody(at=now, input=source, outcome="recorded", rotated=[rotation])]
 
     def _revocations(self, now: datetime) -> list[EntryBody]:
         stores = {"system": self._trust.system, **self._trust.identities}
@@ -246,6 +289,7 @@ class GovernanceConsumer:
         """Handle the messages available within ``timeout_s``; returns the entries appended."""
         self._check_running()
         entries = self._commit(self._refresh_keys(self.clock()))
+        entries += self.run_timers()
         for record in poll_records(self.clients.consumer, timeout_s):
             self._check_running()
             entries += self.process(record)
@@ -253,6 +297,18 @@ class GovernanceConsumer:
                 entries += self.flush()
         if self.tally.due(self.clock()):
             entries += self.flush()
+        return entries
+
+    def run_timers(self) -> list[AuditEntry]:
+        """Carry out the timers due by the consumer's clock (scheduled rollbacks, promotion retries), one entry
+        each, each decided on the state the previous one left."""
+        entries: list[AuditEntry] = []
+        for _ in range(_TIMERS_PER_POLL):
+            self._check_running()
+            plan = next_due(self.state, self.rules, self.config.lifecycle_topic, self.clock())
+            if plan is None:
+                break
+            entries += self._execute(plan)
         return entries
 
     def flush(self) -> list[AuditEntry]:
@@ -291,12 +347,15 @@ class GovernanceConsumer:
             self.metrics.rejected.labels(reason=result.rejection.reason).inc()
             return []
         entries = self.flush()  # positions only grow, and a rollback's routing seq is the next entry's
-        plan = handle(self.state, result, self.rules, now)
+        return entries + self._execute(handle(self.state, result, self.rules, now))
+
+    def _execute(self, plan: Plan) -> list[AuditEntry]:
+        """Carry out ``plan`` (its rollback through the routing first, if any) and commit its entry."""
         body, published = plan.body, None
         if plan.rollback is not None:
             body, published = execute_rollback(plan.rollback, body, self.state, self.config.canary_share,
                                                self.routing, self._trust, self.clock)
-        return entries + self._commit([body], published)
+        return self._commit([body], published)
 
     def _commit(self, bodies: Sequence[EntryBody], published: Assignment | None = None,
                 republish: bool = False) -> list[AuditEntry]:

@@ -19,9 +19,12 @@ because disabling first would leave the model with no serving version when the t
 that case the record is FAILED and the current version keeps serving. When publishing or verifying the
 routing fails, the previous assignment is republished (best effort) and the record is FAILED.
 
-``scheduled`` and ``manual_review`` triggers (spec 8.1: calibration drift, score distribution shift) are
-recorded (status SCHEDULED / MANUAL_REVIEW) and alerted, not executed: a person runs
-``shadowgate model rollback``.
+``manual_review`` triggers (spec 8.1: score distribution shift) are recorded (status MANUAL_REVIEW) and
+alerted, not executed: a person runs ``shadowgate model rollback``. ``scheduled`` triggers (calibration
+drift) are recorded (status SCHEDULED, with ``due_at``) and alerted; the consumer's timer carries them out
+at ``due_at`` (a plan with ``run_now``, executed as above; see :mod:`governance.lifecycle.timers`) unless a
+CANCELLED record comes first. A deferred record keeps the error its plan already found (e.g. no previous
+production version to restore), so the failure is known before the rollback is due.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ def _record(plan: RollbackPlan, status: RollbackStatus, steps: list[str], finish
     return RollbackRecord(
         model=plan.model, from_version=plan.from_version, to_version=plan.to_version, reason=plan.reason,
         initiated_by=plan.initiated_by, trigger=plan.trigger, action=plan.action, status=status, error=error,
-        steps=steps, started_at=plan.started_at, finished_at=finished_at, routing_offset=offset,
+        steps=steps, started_at=plan.started_at, finished_at=finished_at, routing_offset=offset, due_at=plan.due_at,
     )
 
 
@@ -61,10 +64,17 @@ def execute_rollback(
     clock: Callable[[], datetime],
 ) -> tuple[EntryBody, Assignment | None]:
     """Run ``plan``; returns the entry body to seal and the assignment now on the routing topic (if changed)."""
-    if plan.action in _DEFERRED:
-        steps = [f"{plan.action} rollback requested: recorded and alerted; run `shadowgate model rollback "
-                 f"{plan.model} {plan.from_version} --reason ...` to execute it"]
-        record = _record(plan, _DEFERRED[plan.action], steps, clock())
+    if plan.action in _DEFERRED and not plan.run_now:
+        if plan.action == "scheduled" and plan.due_at is not None:
+            steps = [f"scheduled rollback recorded and alerted: carried out at {plan.due_at.isoformat()} unless "
+                     f"{plan.model}@{plan.from_version} is replaced first or GID-08 cancels it "
+                     f"(`shadowgate model cancel-rollback {plan.model} {plan.from_version} --reason ...`)"]
+        else:
+            steps = [f"{plan.action} rollback requested: recorded and alerted; run `shadowgate model rollback "
+                     f"{plan.model} {plan.from_version} --reason ...` to execute it"]
+        if plan.error is not None:
+            steps.append(f"check target {plan.to_version}: FAILED already: {plan.error}")
+        record = _record(plan, _DEFERRED[plan.action], steps, clock(), error=plan.error)
         return body.model_copy(update={"outcome": "recorded", "rollback": record}), None
     if plan.fact is None:
         steps = [f"check target {plan.to_version}: FAILED: {plan.error}",

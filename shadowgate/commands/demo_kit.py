@@ -313,8 +313,10 @@ def _relative(arg: str) -> str:
 
 
 def to_shadow(version: str, files: dict[str, Path], refused_first: bool) -> None:
-    """Register ``version`` with its evidence and take it PROPOSAL -> ... -> SHADOW with GID-02's commands."""
+    """Sign ``version``'s artifact (spec 6.3, the build pipeline's system key), register it with its evidence and
+    take it PROPOSAL -> ... -> SHADOW with GID-02's commands, training approved (spec 1.2) before SHADOW."""
     ml = ("--identity", "GID-02")
+    run_cli("sign", str(files["artifact"]))
     run_cli("model", "register", MODEL, version, "--type", "risk_scoring", "--metadata", str(files["metadata"]),
             "--features", str(files["features"]), "--artifact", str(files["artifact"]), *ml)
     if refused_first:
@@ -322,7 +324,9 @@ def to_shadow(version: str, files: dict[str, Path], refused_first: bool) -> None
     docs = [arg for name in DOCS for arg in ("--doc", f"{name}={files[name]}")]
     run_cli("model", "propose", MODEL, version, *docs, *ml)
     run_cli("model", "approve", MODEL, version, "--target", "PROTOTYPE", *ml)
-    for _ in ("PROTOTYPE", "TRAINING", "SHADOW"):
+    for stage in ("PROTOTYPE", "TRAINING", "SHADOW"):
+        if stage == "SHADOW":
+            run_cli("model", "approve", MODEL, version, "--target", "SHADOW", "--comment", "training approved", *ml)
         run_cli("model", "advance", MODEL, version, *ml)
 
 

@@ -112,6 +112,12 @@ def describe_entry(entry: AuditEntry) -> list[str]:
     if entry.blocked:
         lines.append("  not promoted automatically, because:")
         lines += [f"    - {rule}" for rule in entry.blocked]
+    if entry.retry is not None:
+        lines.append(f"  only time blocks it: the consumer tries again at {entry.retry.due_at.isoformat()}")
+    if entry.rollback is not None and entry.rollback.status == "SCHEDULED" and entry.rollback.due_at is not None:
+        lines.append(f"  scheduled rollback due {entry.rollback.due_at.isoformat()}")
+    for rotation in entry.rotated:
+        lines.append(f"  key rotated ({rotation.store}): {rotation.retired_key_id} -> {rotation.new_key_id}")
     return lines + _describe_log_entry(entry)
 
 

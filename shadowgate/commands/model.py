@@ -1,5 +1,5 @@
-"""``shadowgate model register | propose | approve | escalate | resolve | advance | rollback | status | history
-| proofpack``.
+"""``shadowgate model register | propose | approve | escalate | resolve | advance | rollback | cancel-rollback |
+status | history | proofpack``.
 
 Commands that change state are signed by ``--identity`` (its key under ``<keys-dir>/identities/<ID>``) and
 sent to the governance consumer, the single writer of the audit log; the command then waits (``--timeout``)
@@ -7,6 +7,11 @@ for the audit entry that answers it and prints it: ``applied``, or ``refused`` w
 (exit 1). ``approve``, ``escalate`` and ``resolve`` go to the approvals topic, the others to the commands
 topic. ``status``, ``history`` and ``proofpack`` read the state the consumer materialised in Redis
 (``--from-log`` rebuilds it from the audit log instead).
+
+``--artifact FILE`` sends the file's SHA-256 and, when ``FILE.manifest.json`` exists (``shadowgate sign FILE``),
+the signed manifest, checked here against the file first (a manifest that does not match the file is refused
+before anything is sent); the consumer verifies it against the system trust store (spec 6.3). Metadata is
+judged by the consumer as a whole (spec 4.2): invalid metadata is refused with every violation named.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from governance.errors import ConfigError, VerificationError
 from governance.lifecycle.commands import (
     Advance,
     Approve,
+    CancelRollback,
     Command,
     DocumentIn,
     Escalate,
@@ -115,6 +121,22 @@ def _digest(path: Path | None) -> str | None:
     return digest.hexdigest()
 
 
+def _manifest(path: Path | None, keys_dir: Path, phase: str | None) -> dict[str, Any] | None:
+    """The signed manifest beside ``path`` (None when it has none), after checking it matches the file."""
+    from governance.crypto.manifest import manifest_path_for, verify_artifact
+    from governance.lifecycle.identities import load_trust
+
+    if path is None or not manifest_path_for(path).exists():
+        return None
+    trust, now = load_trust(keys_dir, schedule_of(phase)), now_utc()
+    try:
+        verify_artifact(path, trust.system, now, phase=trust.phase(now))
+    except VerificationError as exc:
+        raise ConfigError(f"--artifact {path}: its manifest does not verify here, nothing sent: {exc}") from None
+    loaded: dict[str, Any] = orjson.loads(manifest_path_for(path).read_bytes())
+    return loaded
+
+
 def _documents(docs: tuple[str, ...]) -> list[DocumentIn]:
     out = []
     for item in docs:
@@ -149,13 +171,15 @@ def model() -> None:
               help="Shadow-duration class of spec 3.1.")
 @click.option("--metadata", type=_file, help="The ten metadata fields of spec 4 (JSON or YAML).")
 @click.option("--features", type=_file, help="Input features {name: dtype} (JSON or YAML).")
-@click.option("--artifact", type=_file, help="The model artifact; its SHA-256 is registered.")
+@click.option("--artifact", type=_file, help="The model artifact: its SHA-256, and its signed manifest "
+              "FILE.manifest.json when present (`shadowgate sign FILE`; needed for STAGING, spec 6.3).")
 @_sending
 def register(model_name: str, version: str, model_type: str, metadata: Path | None, features: Path | None,
              artifact: Path | None, **send: Any) -> None:
-    """Register VERSION of MODEL in PROPOSAL."""
+    """Register VERSION of MODEL in PROPOSAL (metadata, when given, must be valid: spec 4.2)."""
     _send(Register, model_name, version, model_type=model_type, metadata=_load_mapping(metadata, "metadata") or {},
-          features=_load_mapping(features, "features") or {}, artifact_sha256=_digest(artifact), **send)
+          features=_load_mapping(features, "features") or {}, artifact_sha256=_digest(artifact),
+          artifact_manifest=_manifest(artifact, send["keys_dir"], send["phase"]), **send)
 
 
 @model.command("propose")
@@ -164,19 +188,22 @@ def register(model_name: str, version: str, model_type: str, metadata: Path | No
 @click.option("--doc", "docs", multiple=True, metavar="[STAGE:]NAME=FILE", help="A stage document (Markdown).")
 @click.option("--metadata", type=_file, help="Replace the metadata (JSON or YAML).")
 @click.option("--features", type=_file, help="Replace the input features (JSON or YAML).")
-@click.option("--artifact", type=_file, help="Record the artifact's SHA-256.")
+@click.option("--artifact", type=_file, help="Record the artifact's SHA-256 and its signed manifest "
+              "FILE.manifest.json when present (spec 6.3).")
 @_sending
 def propose(model_name: str, version: str, docs: tuple[str, ...], metadata: Path | None, features: Path | None,
             artifact: Path | None, **send: Any) -> None:
     """Submit evidence for VERSION: documents, metadata, features, artifact digest."""
     _send(Propose, model_name, version, documents=_documents(docs), metadata=_load_mapping(metadata, "metadata"),
-          features=_load_mapping(features, "features"), artifact_sha256=_digest(artifact), **send)
+          features=_load_mapping(features, "features"), artifact_sha256=_digest(artifact),
+          artifact_manifest=_manifest(artifact, send["keys_dir"], send["phase"]), **send)
 
 
 @model.command("approve")
 @click.argument("model_name", metavar="MODEL")
 @click.argument("version")
-@click.option("--target", type=_STAGES, required=True, help="The stage move approved (GID-02: PROTOTYPE, ...).")
+@click.option("--target", type=_STAGES, required=True, help="The stage move approved (GID-02: PROTOTYPE, and "
+              "SHADOW = training approved; GID-08: STAGING = the shadow review, PRODUCTION).")
 @click.option("--comment", default="")
 @_sending
 def approve(model_name: str, version: str, target: str, comment: str, **send: Any) -> None:
@@ -229,6 +256,16 @@ def advance(model_name: str, version: str, target: str | None, reason: str, **se
 def rollback(model_name: str, version: str, reason: str, restore_version: str | None, **send: Any) -> None:
     """Roll VERSION back (spec 8.2): retire it and restore the previous production version."""
     _send(Rollback, model_name, version, reason=reason, restore_version=restore_version, **send)
+
+
+@model.command("cancel-rollback")
+@click.argument("model_name", metavar="MODEL")
+@click.argument("version")
+@click.option("--reason", required=True, help="Why the scheduled rollback is overridden (recorded).")
+@_sending
+def cancel_rollback(model_name: str, version: str, reason: str, **send: Any) -> None:
+    """Override VERSION's pending scheduled rollback (spec 8.1); only GID-08 may."""
+    _send(CancelRollback, model_name, version, reason=reason, **send)
 
 
 def _state(from_log: bool) -> GovernanceState:
@@ -293,14 +330,29 @@ def status(model_name: str | None, as_json: bool, policy_path: str | None, live:
     from rich.table import Table
 
     table = Table(title="shadowgate models", show_lines=True)
-    for column in ("model", "version", "stage", "in stage", "role", "next", "blocked by", "gate figures taken"):
+    for column in ("model", "version", "stage", "in stage", "role", "next", "blocked by", "pending",
+                   "gate figures taken"):
         table.add_column(column, overflow="fold")
     for row in rows:
         blocked = "\n".join(f"- {rule}" for rule in row.blocked_by) or ("ready" if row.next_stage else "-")
         table.add_row(row.model, row.version, row.stage.value, row.time_in_stage, row.role,
-                      row.next_stage.value if row.next_stage else "-", blocked,
+                      row.next_stage.value if row.next_stage else "-", blocked, _pending_text(row),
                       _taken(figures[(row.model, row.version)], now))
-    Console(width=180).print(table)
+    Console(width=200).print(table)
+
+
+def _pending_text(row: Any) -> str:
+    """What the consumer will do by itself: a scheduled rollback (spec 8.1) and a promotion retry, with times."""
+    lines = []
+    pending = row.scheduled_rollback
+    if pending is not None:
+        fails = f"; will fail: {pending.error}" if pending.error else ""
+        lines.append(f"ROLLBACK scheduled {pending.due_at:%Y-%m-%d %H:%M:%S}Z ({pending.trigger}: "
+                     f"{pending.reason}); to {pending.to_version or 'nothing'}{fails}; cancel: shadowgate model "
+                     f"cancel-rollback {row.model} {row.version} --identity GID-08 --reason ...")
+    if row.retry_at is not None:
+        lines.append(f"promotion retried {row.retry_at:%Y-%m-%d %H:%M:%S}Z (only time blocks it)")
+    return "\n".join(lines) or "-"
 
 
 def _figures(state: GovernanceState, model_name: str, version: str, stage: str) -> dict[str, Any]:
