@@ -107,7 +107,7 @@ def test_late_labels_reach_the_gate_once_the_comparison_has_been_idle() -> None:
     assert loop.round() == []  # same verdict: nothing new to say
     # Past the label horizon of its newest event nothing can change its windows: it is left alone.
     evaluated: list[ComparisonKey] = []
-    evaluator.evaluate = lambda key, now=None, clock=None: evaluated.append(key) or []  # type: ignore[method-assign]
+    evaluator.evaluate = lambda key, now=None, **_: evaluated.append(key) or []  # type: ignore[method-assign]
     clock[0] += 61.0
     loop.round()
     assert evaluated == [key]

@@ -192,3 +192,34 @@ def test_the_worker_loop_a_backlog_and_replay_reach_the_same_rollback(redis_url:
     assert [(t, ts) for t, _, ts in _rollbacks(live_events)] == expected
     assert _rollbacks(backlog_events) == _rollbacks(live_events)
     assert replay_events == _rollbacks(live_events)
+
+
+def test_a_breach_in_the_last_minutes_of_a_stream_that_stops_is_judged_once_it_stood_still() -> None:
+    """Only newer events close a minute; when the traffic stops right after a breach, the worker's idle
+    re-evaluation closes the minute of the newest event (and replay does at the end of its file): same id."""
+    events = [*_phase(2, 0, 0.0, 1), *_phase(5, 2, 0.5, 2)]  # the failures run to the very end
+    records = [Record("s", 0, i, b"k", orjson.dumps({k: v for k, v in e.items() if k != "kind"}))
+               for i, e in enumerate(events)]
+    store = MemoryWindowStore()
+    clock, newest = [0.0], [0.0]
+    loop = EvaluationLoop(Evaluator(store, POLICY, MemoryEvaluatorStates()), None,
+                          {"gates": "g", "rollbacks": "r", "alerts": "a"}, lease_s=5.0, owner="w", idle_s=60.0,
+                          clock=lambda: clock[0], wall=lambda: newest[0] + 1.0)
+    processor = _processor(store)
+    by_second: dict[datetime, list[Record]] = {}
+    for record in records:
+        by_second.setdefault(_ts(record).replace(microsecond=0), []).append(record)
+    live: list[GovernanceEvent] = []
+    for second in sorted(by_second):
+        processor.process(by_second[second])
+        newest[0], clock[0] = second.timestamp(), clock[0] + 1.0
+        live += [event for _, _, _, event in loop.round()]
+    assert _rollbacks(live) == []  # the last failing minutes wait for newer events that do not come
+    clock[0] += 61.0  # the comparison stood still for the idle period: its stream stopped
+    live += [event for _, _, _, event in loop.round()]
+    ((trigger, event_id, ts),) = _rollbacks(live)
+    assert (trigger, ts) == ("error_rate", START + timedelta(minutes=7))
+
+    replayed = replay_lines(iter([r.value for r in records]), evaluate_every_s=60)
+    assert [(e["trigger"], uuid.UUID(e["event_id"])) for e in replayed["events"] if e["type"] == "RollbackTrigger"] \
+        == [(trigger, event_id)]

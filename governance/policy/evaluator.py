@@ -435,6 +435,7 @@ def evaluate(
     minutes: Sequence[MinuteClose] | None = None,
     clock: datetime | None = None,
     republish_s: float = 0.0,
+    close_until: datetime | None = None,
 ) -> tuple[EvaluatorState, list[GovernanceEvent]]:
     """Evaluate one comparison at event time ``now``; see the module docstring for what is emitted.
 
@@ -449,7 +450,8 @@ def evaluate(
 
     ``republish_s`` > 0: a gate decision that is not READY is emitted again, with its current checks and
     figures, once the last one emitted is that old in event time (``shadowgate model status`` then shows
-    figures at most that old); 0: only on change.
+    figures at most that old); 0: only on change. ``close_until``: minute closes ending after ``now`` up to it
+    are judged too (a stream that stopped: the minute ``now`` is in will get no more events); default ``now``.
     """
     if now.tzinfo is None or now.utcoffset() is None:
         raise ValueError(f"now must be a timezone-aware UTC datetime, got naive {now.isoformat()}")
@@ -463,7 +465,7 @@ def evaluate(
     if minutes is None:
         triggers, firings = step(policy, state.triggers, snapshots, now, side, clock)
     else:
-        triggers, firings = step_minutes(policy, state.triggers, minutes, snapshots, now, side, clock)
+        triggers, firings = step_minutes(policy, state.triggers, minutes, snapshots, now, side, clock, close_until)
     _emit_firings(emit, firings, snapshots if minutes is None else _close_windows(snapshots, minutes), side)
     outcomes = dict(state.outcomes)
     gate_at = state.gate_at

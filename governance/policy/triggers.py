@@ -487,11 +487,14 @@ def step_minutes(
     now: datetime,
     side: Literal["candidate", "production"] = "candidate",
     clock: datetime | None = None,
+    until: datetime | None = None,
 ) -> tuple[TriggerState, list[TriggerFiring]]:
     """Advance every metric trigger once per minute close (event time), and SOURCE_UNHEALTHY at ``now``.
 
     ``closes`` are the minutes :func:`minute_ends` named (others are ignored: already stepped, or ending
-    after ``now``); ``inputs`` are the rolling windows at ``now``, read only for the source's freshness.
+    after ``until``, default ``now``: a caller that knows no more event will come for the minute ``now`` is in,
+    a stream that stopped, may close it); ``inputs`` are the rolling windows at ``now``, read only for the
+    source's freshness.
     A firing's ``fired_at`` is the end of the minute that completed its evidence. ValueError when a close
     does not end on a whole minute.
     """
@@ -506,7 +509,7 @@ def step_minutes(
         end = close.end.astimezone(UTC)
         if end.timestamp() % 60:
             raise ValueError(f"a minute close must end on a whole minute, got {end.isoformat()}")
-        if (last is not None and end <= last) or end > now:
+        if (last is not None and end <= last) or end > (until or now):
             continue
         gap = last is not None and end - last > _MINUTE
         observations = _values(policy, close.snapshots, side).observations

@@ -368,7 +368,7 @@ class Evaluator:
         return out
 
     def evaluate(
-        self, key: ComparisonKey, now: datetime | None = None, clock: datetime | None = None
+        self, key: ComparisonKey, now: datetime | None = None, clock: datetime | None = None, *, flush: bool = False
     ) -> list[GovernanceEvent]:
         """Evaluate ``key`` at event time ``now`` (default: its newest event); return the events.
 
@@ -377,8 +377,10 @@ class Evaluator:
         minute: the minute ``[T - 60 s, T)`` is closed once the comparison's newest event has passed
         ``T + close_delay_s`` (default 60 s, the join window: its orphans are counted by then). So the same
         events give the same rollback decisions and event ids whether they come live, as a backlog, or in
-        a replay. ``clock`` (the live worker's wall clock) is what the source's freshness is judged at;
-        None (replay): at ``now``.
+        a replay. ``flush``: the comparison's stream stopped (no new event for a while, or the end of a
+        replay): every minute up to the end of the one its newest event is in is closed now, so a breach in its
+        last minutes is judged without waiting for traffic that may never come. ``clock`` (the live worker's
+        wall clock) is what the source's freshness is judged at; None (replay): at ``now``.
 
         The candidate side is judged by the stage its context names (SHADOW, STAGING); when a monitor
         says the production side is the serving PRODUCTION version, the production checks and triggers
@@ -393,6 +395,10 @@ class Evaluator:
         if now is None:
             now = newest
         watermark = min(now, newest) - self.close_delay
+        until = None
+        if flush:  # no more events: the minute of the newest one is complete
+            until = datetime.fromtimestamp((math.floor(newest.timestamp()) // 60 + 1) * 60, UTC)
+            watermark = until
         events: list[GovernanceEvent] = []
         for state_id, ctx in self._judged(key, first):
             if ctx.stage_started_at is not None and ctx.stage_started_at > now:
@@ -405,7 +411,7 @@ class Evaluator:
             state = EvaluatorState.from_json(raw) if raw else EvaluatorState()
             closes = self.minute_closes(key, minutes_due(state, watermark, first), now) if watermark >= first else []
             new_state, produced = evaluate(self.policy, self.snapshots(key, ctx, now), ctx, state, now, closes, clock,
-                                           self.republish_s)
+                                           self.republish_s, until)
             self.states.put(state_id, new_state.to_json())
             events += produced
         return sorted(events, key=lambda event: event.ts)
@@ -474,10 +480,15 @@ class EvaluationLoop:
                 if self.wall() - now_s > self.idle_horizon_s:
                     continue
                 self.evaluator.forget(cid)
+                idle = True
+            else:
+                idle = False
             self._last[cid] = (now_s, self.clock())
             try:
+                # Idle: its event time stood still for idle_s of the clock; its stream stopped, so the minute
+                # of its newest event is closed too (flush) rather than waiting for traffic that may not come.
                 events = self.evaluator.evaluate(key, datetime.fromtimestamp(now_s, UTC),
-                                                 clock=datetime.fromtimestamp(self.wall(), UTC))
+                                                 clock=datetime.fromtimestamp(self.wall(), UTC), flush=idle)
             except Exception:  # one comparison that cannot be evaluated must not stop the others
                 log.exception("evaluation of %s at event time %d failed; the other comparisons go on", cid, now_s)
                 if self.on_error is not None:
