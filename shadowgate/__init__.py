@@ -6,8 +6,9 @@ Scoring services publish every request's production and shadow/canary scores wit
 assignment with :class:`RoutingClient`, and check a model artifact's ML-DSA-65 manifest with
 :func:`verify_artifact` (against a :class:`TrustStore`) before they load it.
 
-``pip install shadowgate`` brings the publishers alone (confluent-kafka, pydantic, orjson); the routing client
-and artifact verification need ``shadowgate[routing]``, the processes and the command line ``shadowgate[all]``.
+``pip install shadowgate`` brings the publishers alone (confluent-kafka, pydantic, pydantic-settings, orjson);
+the routing client and artifact verification need ``shadowgate[routing]``, the processes and the command line
+``shadowgate[all]``.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The ``shadowgate`` console script: the command line, or one line naming the extra a light install lacks.
 
-``pip install shadowgate`` is the publisher SDK alone (confluent-kafka, pydantic, orjson). The command line and
-the processes come with extras: ``shadowgate[governance]`` (the CLI, the governance consumer, the alert
+``pip install shadowgate`` is the publisher SDK alone (confluent-kafka, pydantic, pydantic-settings, orjson). The
+command line and the processes come with extras: ``shadowgate[governance]`` (the CLI, the governance consumer, the alert
 forwarder, ``serve``, ``report``), ``shadowgate[worker]`` (also the Faust worker and replay), ``shadowgate[all]``.
 A command whose dependency is missing says which extra brings it instead of printing a traceback.
 """

@@ -27,6 +27,7 @@ from typing import Literal
 
 from confluent_kafka import TopicPartition
 
+from governance.contract.connections import KafkaTarget
 from governance.contract.kafkaio import Record, make_consumer, partitions_of, poll_records, watermarks
 from governance.crypto.keys import TrustStore
 from governance.crypto.schedule import DEFAULT_SCHEDULE, MigrationSchedule
@@ -39,7 +40,7 @@ __all__ = ["Assignment", "RoutingClient"]
 class RoutingClient:
     """Follows the routing topic and answers "which version serves this model" (see the module docstring)."""
 
-    def __init__(self, bootstrap: str, topic: str, trust_store: TrustStore, *,
+    def __init__(self, bootstrap: KafkaTarget, topic: str, trust_store: TrustStore, *,
                  schedule: MigrationSchedule = DEFAULT_SCHEDULE) -> None:
         self.topic = topic
         self.trust_store = trust_store

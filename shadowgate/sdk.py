@@ -41,6 +41,7 @@ from typing import Any
 import orjson
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from governance.contract.connections import KafkaTarget, kafka_config
 from governance.contract.wire import LabelEvent, ScoreEvent, encode, validate_label, validate_score
 from governance.errors import DeliveryError, InfrastructureError
 from shadowgate.partitioner import partition_for
@@ -72,7 +73,7 @@ class PublisherStats:
 class _Base:
     def __init__(
         self,
-        bootstrap_servers: str,
+        bootstrap_servers: KafkaTarget,
         topic: str,
         *,
         on_delivery_error: DeliveryCallback | None = None,
@@ -83,7 +84,8 @@ class _Base:
             raise ValueError("metadata_refresh_s must be > 0")
         self.metadata_refresh_s = metadata_refresh_s
         config: dict[str, Any] = {
-            "bootstrap.servers": bootstrap_servers,
+            # Every bootstrap host, security.protocol, SASL and TLS: the same as every other shadowgate process.
+            **kafka_config(bootstrap_servers),
             "enable.idempotence": True,
             "acks": "all",
             "compression.type": "lz4",
@@ -185,7 +187,7 @@ class ScorePublisher(_Base):
 
     def __init__(
         self,
-        bootstrap_servers: str = "127.0.0.1:9092",
+        bootstrap_servers: KafkaTarget = "127.0.0.1:9092",
         topic: str = "scores",
         *,
         batch_size: int = 500,
@@ -351,7 +353,7 @@ class LabelPublisher(_Base):
 
     def __init__(
         self,
-        bootstrap_servers: str = "127.0.0.1:9092",
+        bootstrap_servers: KafkaTarget = "127.0.0.1:9092",
         topic: str = "labels",
         *,
         on_delivery_error: DeliveryCallback | None = None,

@@ -18,10 +18,11 @@ from tests.infra import Infra, find_infra, require_infra
 
 if TYPE_CHECKING:
     from tests.alerting_kit import AlertmanagerServer
+    from tests.secure_servers import Secured
 
 _SERVER_FIXTURES = frozenset(
     {"infra", "kafka_bootstrap", "redis_url", "redis_prefix", "make_topic", "alertmanager", "fault_redis",
-     "fault_kafka"}
+     "fault_kafka", "secured"}
 )
 
 
@@ -143,6 +144,22 @@ def fault_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroke
         raise
     with broker:
         yield broker
+
+
+@pytest.fixture(scope="module")
+def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
+    """A SASL_SSL + ACL Kafka and an ACL + TLS Redis private to a test module (tests/secure_servers.py)."""
+    from tests.secure_servers import Secured, SecureKafka, SecureRedis, make_pki
+
+    root = tmp_path_factory.mktemp("secured")
+    pki = make_pki(root / "pki")
+    try:
+        kafka, redis = SecureKafka(root / "kafka", pki), SecureRedis(root / "redis", pki, prefix="sec")
+    except ServerMissing as exc:
+        _cannot_start(exc)
+        raise
+    with kafka, redis:
+        yield Secured(kafka, redis, pki)
 
 
 @pytest.fixture(scope="session")

@@ -317,3 +317,22 @@ def test_open_conditions_are_re_posted_to_alertmanager_and_rebuilt_after_a_resta
     assert fwd.metric("shadowgate_alerts_received_total", model=model, kind="gate_blocked", severity="warning") == 0
     assert fwd.metric("shadowgate_alerts_delivered_total", receiver="am") == 0  # the replay delivers nothing again
 
+
+
+def test_a_restart_after_transactional_writes_to_the_audit_log_becomes_ready(
+        env: Env, dlq: str, tmp_path: Path, unique: str, made: list[Forwarder],
+        receivers: Callable[[str], HttpReceiver]) -> None:
+    """The governance consumer writes the audit log in transactions, so the log ends with a commit marker that is
+    never a record: a forwarder (re)started after such a write once stayed unready for good, its start-up replay
+    waiting for an offset no record has."""
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": env.bootstrap, "transactional.id": f"t-{unique}"})
+    producer.init_transactions(30)
+    producer.begin_transaction()
+    producer.produce(env.topics["lifecycle"], b"not an audit entry", b"k")
+    producer.commit_transaction(30)
+    fwd = Forwarder(env, tmp_path, f"t{unique}", dlq, receivers=[_hook("hook", receivers("ok"))])
+    made.append(fwd)
+    fwd.start()  # waits for /readyz 200
+    assert fwd.get("/readyz")[0] == 200

@@ -103,7 +103,8 @@ def test_the_sdk_installs_without_a_compiler_and_publishes(  # type: ignore[no-u
         meta = email.parser.Parser().parsestr(zf.read(meta_name).decode())
     requires = meta.get_all("Requires-Dist") or []
     base = [r for r in requires if "extra ==" not in r]
-    assert sorted(r.split(">")[0].split("=")[0].strip() for r in base) == ["confluent-kafka", "orjson", "pydantic"]
+    assert sorted(r.split(">")[0].split("=")[0].strip() for r in base) == [
+        "confluent-kafka", "orjson", "pydantic", "pydantic-settings"]
     extras = set(meta.get_all("Provides-Extra") or [])
     assert {"routing", "governance", "worker", "all"} <= extras and set(EXTRA_OF.values()) <= extras
 

@@ -98,11 +98,15 @@ def _commands(text: str) -> list[str]:
     """Every ``shadowgate ...`` invocation in code spans and in the lines of fenced code blocks."""
     found = [span for span in CODE_SPAN.findall(text) if span.startswith("shadowgate ")]
     in_block = False
-    for line in text.splitlines():
+    lines = iter(text.splitlines())
+    for line in lines:
         if line.strip().startswith("```"):
             in_block = not in_block
         elif in_block and line.strip().startswith("shadowgate "):
-            found.append(line.split("  #")[0].strip())
+            command = line.split("  #")[0].strip()
+            while command.endswith("\\"):  # a shell line continued on the next
+                command = command[:-1] + " " + next(lines, "").split("  #")[0].strip()
+            found.append(command)
     return found
 
 
@@ -140,6 +144,8 @@ def test_the_command_checker_catches_what_the_old_rule_said() -> None:
     assert _check_command("shadowgate model status --from-log fraud") is None
     assert _check_command("shadowgate model rollback m v --reasn x") is not None
     assert _check_command("shadowgate consume scores --latest") is None
+    continued = "```sh\nshadowgate model register m 1.0.0 \\\n  --metadat x.yaml\n```"
+    assert [_check_command(c) is not None for c in _commands(continued)] == [True]
 
 
 @pytest.mark.parametrize("path", [*sorted(RUNBOOK_DIR.glob("*.md")), RULES, REPO / "README.md"],

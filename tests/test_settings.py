@@ -13,6 +13,8 @@ import pytest
 
 from governance.contract.settings import (
     PROCESS_VARIABLES,
+    KafkaSecurity,
+    RedisOptions,
     Settings,
     Topics,
     check_environment,
@@ -51,13 +53,16 @@ def test_every_setting_and_process_variable_is_accepted() -> None:
     env = {name: "1" for name in known_variables()}
     check_environment(env)  # no error
     assert set(PROCESS_VARIABLES) <= set(env)
-    assert {f"SHADOWGATE_{n.upper()}" for n in Settings.model_fields if n != "topics"} <= set(env)
-    assert {f"SHADOWGATE_TOPICS__{n.upper()}" for n in Topics.model_fields} <= set(env)
+    groups = {"topics": Topics, "kafka": KafkaSecurity, "redis": RedisOptions}
+    assert {f"SHADOWGATE_{n.upper()}" for n in Settings.model_fields if n not in groups} <= set(env)
+    for group, model in groups.items():
+        assert {f"SHADOWGATE_{group.upper()}__{n.upper()}" for n in model.model_fields} <= set(env)
 
 
 def test_load_settings_checks_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SHADOWGATE_KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
-    with pytest.raises(ConfigError, match="SHADOWGATE_KAFKA_SECURITY_PROTOCOL is not a shadowgate setting"):
+    with pytest.raises(ConfigError, match="SHADOWGATE_KAFKA_SECURITY_PROTOCOL is not a shadowgate setting; "
+                                          "did you mean SHADOWGATE_KAFKA__SECURITY_PROTOCOL"):
         load_settings()
 
 
@@ -81,20 +86,33 @@ def _cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProc
 
 def test_config_show_prints_effective_values_sources_and_masks_secrets(tmp_path: Path) -> None:
     env = {**_env_without_shadowgate(), "SHADOWGATE_REDIS_URL": "redis://:hunter2@10.1.2.3:6379/0",
-           "SHADOWGATE_JOIN_WINDOW_S": "90", "SHADOWGATE_STATE_DIR": str(tmp_path)}
+           "SHADOWGATE_JOIN_WINDOW_S": "90", "SHADOWGATE_STATE_DIR": str(tmp_path),
+           "SHADOWGATE_KAFKA__SECURITY_PROTOCOL": "SASL_SSL", "SHADOWGATE_KAFKA__SASL_USERNAME": "worker",
+           "SHADOWGATE_KAFKA__SASL_PASSWORD": "kafka-hunter3", "SHADOWGATE_REDIS__PASSWORD": "redis-hunter4"}
     done = _cli("config", "show", "--json", env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert "hunter2" not in done.stdout + done.stderr
+    for secret in ("hunter2", "kafka-hunter3", "redis-hunter4"):
+        assert secret not in done.stdout + done.stderr
     rows = orjson.loads(done.stdout)
     assert rows["SHADOWGATE_REDIS_URL"] == {"value": "redis://****@10.1.2.3:6379/0", "source": "env",
-                                            "meaning": "Redis URL"}
+                                            "meaning": "Redis URL (rediss:// for TLS)"}
+    assert rows["SHADOWGATE_KAFKA__SASL_PASSWORD"]["value"] == "****"
+    assert rows["SHADOWGATE_REDIS__PASSWORD"]["value"] == "****"
+    assert rows["SHADOWGATE_KAFKA__SECURITY_PROTOCOL"] == {
+        "value": "SASL_SSL", "source": "env", "meaning": KafkaSecurity.model_fields["security_protocol"].description}
     assert rows["SHADOWGATE_JOIN_WINDOW_S"]["value"] == 90.0 and rows["SHADOWGATE_JOIN_WINDOW_S"]["source"] == "env"
     assert rows["SHADOWGATE_KAFKA_BOOTSTRAP"] == {"value": "127.0.0.1:9092", "source": "default",
-                                                  "meaning": "Kafka bootstrap servers, comma-separated"}
+                                                  "meaning": Settings.model_fields["kafka_bootstrap"].description}
     assert rows["SHADOWGATE_STATE_DIR"]["value"] == str(tmp_path)
-    assert set(rows) >= {f"SHADOWGATE_{n.upper()}" for n in Settings.model_fields if n != "topics"}
+    assert set(rows) >= {f"SHADOWGATE_{n.upper()}" for n in Settings.model_fields
+                         if n not in ("topics", "kafka", "redis")}
+    assert set(rows) >= {f"SHADOWGATE_KAFKA__{n.upper()}" for n in KafkaSecurity.model_fields}
     text = _cli("config", "show", env=env, cwd=tmp_path)
-    assert text.returncode == 0 and "redis://****@10.1.2.3:6379/0" in text.stdout and "hunter2" not in text.stdout
+    assert text.returncode == 0 and "redis://****@10.1.2.3:6379/0" in text.stdout
+    for secret in ("hunter2", "kafka-hunter3", "redis-hunter4"):
+        assert secret not in text.stdout
+    helped = _cli("worker", "--help", env=env, cwd=tmp_path)
+    assert "kafka-hunter3" not in helped.stdout + helped.stderr
 
 
 def test_a_process_refuses_to_start_on_an_unknown_variable(tmp_path: Path) -> None:

@@ -20,6 +20,8 @@ from typing import Any, NamedTuple, Protocol, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
+from governance.contract.connections import KafkaTarget, kafka_config
+from governance.contract.refusals import denied
 from governance.errors import DeliveryError, InfrastructureError
 
 __all__ = ["Record", "Sender", "SyncProducer", "make_consumer", "partitions_of", "poll_records", "read_range",
@@ -70,12 +72,12 @@ def until_coordinated(call: Callable[[], T], timeout_s: float, pause_s: float = 
             time.sleep(pause_s)
 
 
-def make_consumer(bootstrap: str, purpose: str) -> Consumer:
+def make_consumer(bootstrap: KafkaTarget, purpose: str) -> Consumer:
     """A consumer that is only ever ``assign``-ed (no group membership, no commits)."""
     try:
         return Consumer(
             {
-                "bootstrap.servers": bootstrap,
+                **kafka_config(bootstrap),
                 # Required by librdkafka even when the consumer never joins the group.
                 "group.id": f"shadowgate-{purpose}-{uuid.uuid4().hex[:8]}",
                 "enable.auto.commit": False,
@@ -173,9 +175,10 @@ class Sender(Protocol):
 class SyncProducer:
     """An idempotent producer whose :meth:`send` waits for the acknowledgement and returns the offset."""
 
-    def __init__(self, bootstrap: str, *, timeout_s: float = 30.0, config: dict[str, Any] | None = None) -> None:
+    def __init__(self, bootstrap: KafkaTarget, *, timeout_s: float = 30.0,
+                 config: dict[str, Any] | None = None) -> None:
         settings: dict[str, Any] = {
-            "bootstrap.servers": bootstrap,
+            **kafka_config(bootstrap),
             "enable.idempotence": True,
             "acks": "all",
             "linger.ms": 0,
@@ -208,7 +211,8 @@ class SyncProducer:
         if "error" not in outcome:
             raise DeliveryError(f"no acknowledgement from {self.bootstrap} for topic {topic} in {self.timeout_s:.0f} s")
         if outcome["error"] is not None:
-            raise DeliveryError(f"delivery to topic {topic} key {key!r} failed: {outcome['error'].str()}")
+            why = denied(self.bootstrap, outcome["error"], f"a write to topic {topic}")
+            raise DeliveryError(why or f"delivery to topic {topic} key {key!r} failed: {outcome['error'].str()}")
         return int(outcome["partition"]), int(outcome["offset"])
 
     def close(self) -> None:

@@ -16,16 +16,18 @@ from __future__ import annotations
 import difflib
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from governance.errors import ConfigError
 
 __all__ = [
     "PROCESS_VARIABLES",
+    "KafkaSecurity",
+    "RedisOptions",
     "Settings",
     "Topics",
     "check_environment",
@@ -55,6 +57,100 @@ class Topics(BaseModel):
     checkpoints: str = "governance.checkpoints"
 
 
+class KafkaSecurity(BaseModel):
+    """How every Kafka client of every process authenticates and encrypts (``SHADOWGATE_KAFKA__*``).
+
+    One group for the worker, the governance consumer, the alert forwarder, the CLI, the SDK and
+    ``RoutingClient``: :mod:`governance.contract.connections` turns it into librdkafka's configuration and into
+    Faust/aiokafka's. A setting that the chosen protocol would ignore is refused (a CA file with PLAINTEXT
+    would leave the user believing TLS is on).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="Kafka security.protocol: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "SCRAM-SHA-512", description="SASL mechanism (with SASL_*): PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"
+    )
+    sasl_username: str | None = Field(None, description="SASL user name (with SASL_*)")
+    sasl_password: SecretStr | None = Field(None, description="SASL password (secret; prefer the _FILE form)")
+    sasl_password_file: str | None = Field(None, description="file holding the SASL password (read at connect)")
+    ssl_ca_file: str | None = Field(None, description="PEM CA bundle the broker certificates are checked "
+                                    "against (with SSL / SASL_SSL); None = the system's")
+    ssl_cert_file: str | None = Field(None, description="PEM client certificate (mutual TLS)")
+    ssl_key_file: str | None = Field(None, description="PEM private key of the client certificate")
+    ssl_check_hostname: bool = Field(True, description="check that the broker's certificate names its host")
+
+    @property
+    def tls(self) -> bool:
+        return self.security_protocol in ("SSL", "SASL_SSL")
+
+    @property
+    def sasl(self) -> bool:
+        return self.security_protocol.startswith("SASL_")
+
+    @model_validator(mode="after")
+    def _coherent(self) -> KafkaSecurity:
+        p = "SHADOWGATE_KAFKA__"
+        if not self.tls:
+            for name in ("ssl_ca_file", "ssl_cert_file", "ssl_key_file"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"{p}{name.upper()} is set but SHADOWGATE_KAFKA__SECURITY_PROTOCOL="
+                                     f"{self.security_protocol} does not use TLS; set it to SSL or SASL_SSL")
+        if (self.ssl_cert_file is None) != (self.ssl_key_file is None):
+            raise ValueError(f"{p}SSL_CERT_FILE and {p}SSL_KEY_FILE go together; set both or neither")
+        if self.sasl:
+            if not self.sasl_username:
+                raise ValueError(f"{p}SASL_USERNAME is needed with SHADOWGATE_KAFKA__SECURITY_PROTOCOL="
+                                 f"{self.security_protocol}")
+            if (self.sasl_password is None) == (self.sasl_password_file is None):
+                raise ValueError(f"set exactly one of {p}SASL_PASSWORD and {p}SASL_PASSWORD_FILE with "
+                                 f"SHADOWGATE_KAFKA__SECURITY_PROTOCOL={self.security_protocol}")
+        elif self.sasl_username or self.sasl_password is not None or self.sasl_password_file is not None:
+            raise ValueError(f"{p}SASL_* is set but SHADOWGATE_KAFKA__SECURITY_PROTOCOL="
+                             f"{self.security_protocol} does not use SASL; set it to SASL_SSL or SASL_PLAINTEXT")
+        return self
+
+
+class RedisOptions(BaseModel):
+    """How every Redis client connects (``SHADOWGATE_REDIS__*``), beside ``SHADOWGATE_REDIS_URL``.
+
+    The URL names the server and database (``rediss://`` for TLS); these add an ACL user and password kept out
+    of the URL (a file or the environment), the TLS files, a Sentinel-managed primary, and timeouts and
+    retries with exponential backoff (redis-py's own ``Retry``): one factory,
+    :func:`governance.contract.connections.redis_client`, builds every client from them.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    username: str | None = Field(None, description="Redis ACL user (a user in the URL wins)")
+    password: SecretStr | None = Field(None, description="Redis password (secret; prefer the _FILE form)")
+    password_file: str | None = Field(None, description="file holding the Redis password (read at connect)")
+    ssl_ca_file: str | None = Field(None, description="PEM CA bundle for a rediss:// server; None = the system's")
+    ssl_cert_file: str | None = Field(None, description="PEM client certificate for a rediss:// server")
+    ssl_key_file: str | None = Field(None, description="PEM private key of the client certificate")
+    ssl_check_hostname: bool = Field(True, description="check that the Redis certificate names its host")
+    sentinels: str | None = Field(None, description="Sentinel hosts host:port,host:port: the primary is asked "
+                                  "of them (the URL's host is then ignored, its database and scheme kept)")
+    sentinel_service: str = Field("mymaster", description="the Sentinel service (primary) name")
+    socket_timeout_s: float = Field(10.0, gt=0, description="a Redis command not answered this long fails")
+    connect_timeout_s: float = Field(5.0, gt=0, description="a connection not made this long fails")
+    retries: int = Field(3, ge=0, description="times a command is retried on a connection error or timeout")
+    retry_backoff_s: float = Field(0.1, gt=0, description="first retry delay; doubles per retry (with jitter)")
+    retry_backoff_max_s: float = Field(2.0, gt=0, description="longest retry delay")
+
+    @model_validator(mode="after")
+    def _coherent(self) -> RedisOptions:
+        p = "SHADOWGATE_REDIS__"
+        if self.password is not None and self.password_file is not None:
+            raise ValueError(f"set at most one of {p}PASSWORD and {p}PASSWORD_FILE")
+        if (self.ssl_cert_file is None) != (self.ssl_key_file is None):
+            raise ValueError(f"{p}SSL_CERT_FILE and {p}SSL_KEY_FILE go together; set both or neither")
+        return self
+
+
 class Settings(BaseSettings):
     """Every runtime setting of shadowgate, with its default."""
 
@@ -62,8 +158,12 @@ class Settings(BaseSettings):
         env_prefix="SHADOWGATE_", env_nested_delimiter="__", extra="forbid", frozen=True
     )
 
-    kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers, comma-separated")
-    redis_url: SecretStr = Field(SecretStr("redis://127.0.0.1:6379/0"), description="Redis URL")
+    kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers, comma-separated "
+                                 "(every one is used: clients try the next when one is away)")
+    kafka: KafkaSecurity = Field(default_factory=KafkaSecurity)  # type: ignore[arg-type]
+    redis_url: SecretStr = Field(SecretStr("redis://127.0.0.1:6379/0"), description="Redis URL "
+                                 "(rediss:// for TLS)")
+    redis: RedisOptions = Field(default_factory=RedisOptions)  # type: ignore[arg-type]
     redis_prefix: str = Field("sg", description="prefix of every Redis key shadowgate writes")
     topics: Topics = Field(default_factory=Topics)
     consumer_group: str = "shadowgate-worker"
@@ -89,6 +189,14 @@ class Settings(BaseSettings):
     keys_dir: str | None = Field(None, description="signing keys directory")
     catalog_path: str | None = Field(None, description="governed feature catalog YAML; None = the shipped one")
     metrics_port: int = Field(9464, ge=0, le=65535, description="Prometheus /metrics port, 0 = off")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="log lines of the long-running processes: text, or json (one object per line)"
+    )
+    shutdown_timeout_s: float = Field(
+        10.0, gt=0, description="after SIGTERM, the governance consumer finishes the input in hand, writes its "
+        "pending summaries and releases its lease within this; past it, it exits without them (nothing is lost: "
+        "what it did not commit is read again)"
+    )
     rejection_summary_s: float = Field(
         5.0, gt=0, description="the governance consumer writes rejected inputs as one summary audit entry per "
         "input partition per this many seconds (counted per reason, with samples), never one entry each"
@@ -162,8 +270,8 @@ def known_variables() -> dict[str, str]:
     for name, field in Settings.model_fields.items():
         annotation = field.annotation
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            for sub in annotation.model_fields:
-                known[f"SHADOWGATE_{name.upper()}__{sub.upper()}"] = f"{name}.{sub}"
+            for sub, subfield in annotation.model_fields.items():
+                known[f"SHADOWGATE_{name.upper()}__{sub.upper()}"] = subfield.description or f"{name}.{sub}"
         else:
             known[f"SHADOWGATE_{name.upper()}"] = field.description or name
     known.update(PROCESS_VARIABLES)
@@ -203,6 +311,9 @@ def describe(settings: Settings) -> dict[str, Any]:
     """The effective configuration as JSON types, every secret masked (``****``)."""
     doc = settings.model_dump(mode="json")
     doc["redis_url"] = mask_url(settings.redis_url_value())
+    for group, key in (("kafka", "sasl_password"), ("redis", "password")):
+        if doc[group][key] is not None:
+            doc[group][key] = "****"
     return doc
 
 
@@ -214,5 +325,8 @@ def load_settings(**overrides: Any) -> Settings:
         return Settings(**overrides)
     except ValidationError as exc:
         err = exc.errors()[0]
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        if msg.startswith("SHADOWGATE_") or msg.startswith("set "):  # a group's own check names its settings
+            raise ConfigError(msg) from None
         loc = "__".join(str(p) for p in err["loc"]).upper()
-        raise ConfigError(f"SHADOWGATE_{loc}: {err['msg']}") from None
+        raise ConfigError(f"SHADOWGATE_{loc}: {msg}") from None

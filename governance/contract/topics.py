@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
+from governance.contract.connections import KafkaTarget, kafka_config
+from governance.contract.refusals import check_kafka, denied
 from governance.contract.settings import Settings
 from governance.errors import InfrastructureError
 
@@ -39,11 +41,12 @@ def topic_specs(settings: Settings, partitions: int = 4) -> dict[str, tuple[int,
 
 
 def ensure_topics(
-    bootstrap: str, specs: Mapping[str, tuple[int, dict[str, str]]], timeout_s: float = 30.0
+    bootstrap: KafkaTarget, specs: Mapping[str, tuple[int, dict[str, str]]], timeout_s: float = 30.0
 ) -> list[str]:
     """Create the topics that do not exist yet; return the names created. Existing ones are kept as is."""
     # librdkafka would print a line per failed connection attempt; the error below says it once.
-    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
+    check_kafka(bootstrap, timeout_s=timeout_s)  # a refused login, no TLS, a wrong CA: one line saying so
+    admin = AdminClient({**kafka_config(bootstrap), "log_level": 0})
     try:
         existing = set(admin.list_topics(timeout=timeout_s).topics)
     except KafkaException as exc:
@@ -62,5 +65,6 @@ def ensure_topics(
             created.append(name)
         except KafkaException as exc:
             if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
-                raise InfrastructureError(f"cannot create topic {name}: {exc}") from None
+                why = denied(bootstrap, exc.args[0], f"creating topic {name}")
+                raise InfrastructureError(why or f"cannot create topic {name}: {exc}") from None
     return created

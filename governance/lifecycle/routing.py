@@ -30,6 +30,7 @@ import orjson
 from confluent_kafka import TopicPartition
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from governance.contract.connections import KafkaTarget
 from governance.contract.kafkaio import Sender, make_consumer, poll_records
 from governance.contract.publishing import decode_record
 from governance.contract.stages import Stage
@@ -115,7 +116,7 @@ def decode_assignment(raw: bytes, trust_store: TrustStore, now: datetime, phase:
 class RoutingPublisher:
     """Publishes assignments and reads one back from its offset (spec 8.2 step 4, verify the routing)."""
 
-    def __init__(self, producer: Sender, bootstrap: str, topic: str, signer: Signer) -> None:
+    def __init__(self, producer: Sender, bootstrap: KafkaTarget, topic: str, signer: Signer) -> None:
         self.producer = producer
         self.topic = topic
         self.signer = signer

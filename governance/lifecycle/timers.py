@@ -78,13 +78,27 @@ def _cancelled(pending: RollbackRecord, why: str, now: datetime) -> RollbackReco
 
 def next_due(state: GovernanceState, rules: Rules, topic: str, now: datetime) -> Plan | None:
     """The first timer due at ``now`` (cancellations first, then by due time), as a plan; None when none is."""
-    for key, pending in sorted(state.scheduled.items(), key=lambda item: (item[1].due_at or now, item[0])):
-        source = system_input(topic, SCHEDULED_ROLLBACK, AUTOMATED, id=key)
+    return (_cancellation(state, topic, now) or _scheduled_rollback(state, topic, now)
+            or _retry(state, rules, topic, now))
+
+
+def _by_due(state: GovernanceState, now: datetime) -> list[tuple[str, RollbackRecord]]:
+    return sorted(state.scheduled.items(), key=lambda item: (item[1].due_at or now, item[0]))
+
+
+def _cancellation(state: GovernanceState, topic: str, now: datetime) -> Plan | None:
+    """A scheduled rollback whose version no longer serves (recalibrated, replaced): cancelled."""
+    for key, pending in _by_due(state, now):
         why = _still_serving(state, pending)
         if why is not None:
-            body = EntryBody(at=now, input=source, outcome="recorded", rollback=_cancelled(pending, why, now))
-            return Plan(body)
-    for key, pending in sorted(state.scheduled.items(), key=lambda item: (item[1].due_at or now, item[0])):
+            source = system_input(topic, SCHEDULED_ROLLBACK, AUTOMATED, id=key)
+            return Plan(EntryBody(at=now, input=source, outcome="recorded", rollback=_cancelled(pending, why, now)))
+    return None
+
+
+def _scheduled_rollback(state: GovernanceState, topic: str, now: datetime) -> Plan | None:
+    """The first scheduled rollback whose time has come, carried out."""
+    for key, pending in _by_due(state, now):
         if pending.due_at is None or pending.due_at > now:
             continue
         source = system_input(topic, SCHEDULED_ROLLBACK, AUTOMATED, id=key)
@@ -93,15 +107,8 @@ def next_due(state: GovernanceState, rules: Rules, topic: str, now: datetime) ->
         restore = pending.to_version if serving and pending.to_version != pending.from_version else None
         if restore is not None and restore not in line.previous_production:
             restore = None  # the target named then is gone: the most recent previous version now
-        move = MoveRequest(
-            pending.model,
-            pending.from_version,
-            Stage.RETIRED,
-            AUTOMATED,
-            pending.reason,
-            rollback=True,
-            restore_version=restore,
-        )
+        move = MoveRequest(pending.model, pending.from_version, Stage.RETIRED, AUTOMATED, pending.reason,
+                           rollback=True, restore_version=restore)  # fmt: skip
         return rollback_plan(
             state,
             source,
@@ -113,6 +120,11 @@ def next_due(state: GovernanceState, rules: Rules, topic: str, now: datetime) ->
             due_at=pending.due_at,
             run_now=True,
         )
+    return None
+
+
+def _retry(state: GovernanceState, rules: Rules, topic: str, now: datetime) -> Plan | None:
+    """The first promotion blocked only by time whose time has come, tried again."""
     for key, retry in sorted(state.retries.items(), key=lambda item: (item[1].due_at, item[0])):
         if retry.due_at > now:
             continue
@@ -130,14 +142,7 @@ def next_due(state: GovernanceState, rules: Rules, topic: str, now: datetime) ->
             cause=retry.cause,
         )
         return Plan(
-            EntryBody(
-                at=now,
-                input=source,
-                outcome="recorded" if blocked else "applied",
-                facts=facts,
-                proofpack=pack,
-                blocked=blocked,
-                retry=again,
-            )
+            EntryBody(at=now, input=source, outcome="recorded" if blocked else "applied", facts=facts,
+                      proofpack=pack, blocked=blocked, retry=again)  # fmt: skip
         )
     return None

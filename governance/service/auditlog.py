@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from governance.contract.connections import KafkaTarget
 from governance.contract.kafkaio import Record, make_consumer, partitions_of, read_range
 from governance.crypto.record import record_bytes
 from governance.crypto.signing import Signer
@@ -33,7 +34,7 @@ from governance.service.transactions import TransactionalProducer
 __all__ = ["AuditLogReader", "AuditWriter", "Outgoing", "Sealed", "read_log"]
 
 
-def read_log(bootstrap: str, topic: str, timeout_s: float = 60.0) -> list[Record]:
+def read_log(bootstrap: KafkaTarget, topic: str, timeout_s: float = 60.0) -> list[Record]:
     """Every message of the (single-partition) audit log topic, in order."""
     consumer = make_consumer(bootstrap, "audit-read")
     try:
@@ -48,7 +49,7 @@ def read_log(bootstrap: str, topic: str, timeout_s: float = 60.0) -> list[Record
 class AuditLogReader:
     """Reads the audit topic and its checkpoint topic from the start (a fresh Kafka consumer per read)."""
 
-    def __init__(self, bootstrap: str, topic: str, checkpoint_topic: str, timeout_s: float = 60.0) -> None:
+    def __init__(self, bootstrap: KafkaTarget, topic: str, checkpoint_topic: str, timeout_s: float = 60.0) -> None:
         self.bootstrap, self.topic, self.timeout_s = bootstrap, topic, timeout_s
         self.checkpoint_topic = checkpoint_topic
 

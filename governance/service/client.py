@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 from confluent_kafka import TopicPartition
 
+from governance.contract.connections import KafkaTarget
 from governance.contract.kafkaio import SyncProducer, make_consumer, partitions_of, poll_records, watermarks
 from governance.crypto.record import verify_record
 from governance.crypto.signing import Context
@@ -34,7 +35,7 @@ __all__ = ["log_end", "submit", "wait_for_entry"]
 Progress = Callable[[float], None]
 
 
-def log_end(bootstrap: str, lifecycle_topic: str) -> int:
+def log_end(bootstrap: KafkaTarget, lifecycle_topic: str) -> int:
     """The offset the next audit entry will get."""
     consumer = make_consumer(bootstrap, "audit-end")
     try:
@@ -46,7 +47,7 @@ def log_end(bootstrap: str, lifecycle_topic: str) -> int:
 
 
 def wait_for_entry(
-    bootstrap: str,
+    bootstrap: KafkaTarget,
     lifecycle_topic: str,
     start: int,
     predicate: Callable[[dict[str, Any]], bool],
@@ -81,7 +82,7 @@ def wait_for_entry(
 
 
 def submit(
-    bootstrap: str,
+    bootstrap: KafkaTarget,
     topic: str,
     lifecycle_topic: str,
     record: dict[str, Any],

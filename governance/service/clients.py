@@ -14,6 +14,7 @@ from typing import Literal
 import redis
 from confluent_kafka import Consumer, KafkaException
 
+from governance.contract.connections import KafkaTarget, RedisTarget, kafka_connection, redis_client, redis_connection
 from governance.contract.kafkaio import make_consumer
 from governance.contract.settings import Settings
 from governance.errors import InfrastructureError
@@ -34,8 +35,8 @@ class ConsumerConfig:
     followed is the business of the :class:`~governance.crypto.live.LiveKeyring` / ``LiveTrust`` it is given.
     """
 
-    bootstrap: str
-    redis_url: str
+    bootstrap: KafkaTarget
+    redis_url: RedisTarget
     prefix: str
     gates_topic: str
     rollbacks_topic: str
@@ -56,7 +57,7 @@ class ConsumerConfig:
                       **overrides: object) -> ConsumerConfig:
         t = settings.topics
         values: dict[str, object] = dict(
-            bootstrap=settings.kafka_bootstrap, redis_url=settings.redis_url_value(), prefix=settings.redis_prefix,
+            bootstrap=kafka_connection(settings), redis_url=redis_connection(settings), prefix=settings.redis_prefix,
             gates_topic=t.gates, rollbacks_topic=t.rollbacks, approvals_topic=t.approvals,
             commands_topic=commands_topic, lifecycle_topic=t.lifecycle, routing_topic=t.routing,
             alerts_topic=t.alerts, canary_share=canary_share, checkpoints_topic=t.checkpoints,
@@ -95,7 +96,7 @@ class ConsumerClients:
     def connect(cls, config: ConsumerConfig, timeout_s: float = 10.0) -> ConsumerClients:
         """The real clients for ``config`` (nothing is fenced yet: the consumer calls ``producer.init()``);
         InfrastructureError, with nothing left open, when Kafka does not say its cluster id within ``timeout_s``."""
-        client: redis.Redis[bytes] = redis.Redis.from_url(config.redis_url)
+        client: redis.Redis[bytes] = redis_client(config.redis_url)
         consumer = make_consumer(config.bootstrap, "governance")
         try:
             found = cluster_id(consumer, timeout_s)

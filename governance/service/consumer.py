@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -141,6 +142,13 @@ class GovernanceConsumer:
         self._started = False
         self.rotation_error: str | None = None
         self._rotation_retry_at: datetime | None = None
+        #: time.monotonic() of the loop's last round (None: not started): what /healthz reads.
+        self.last_beat: float | None = None
+
+    @property
+    def started(self) -> bool:
+        """Whether it holds the lease and started (chain verified, inputs assigned), until it stops."""
+        return self._started
 
     # ----------------------------------------------------------------------------------- keys
 
@@ -285,12 +293,19 @@ class GovernanceConsumer:
         if not self.lease.ok():
             raise InfrastructureError(f"{self.lease.problem()}; stopping (another instance may take over)")
 
-    def poll_once(self, timeout_s: float = 0.2) -> list[AuditEntry]:
-        """Handle the messages available within ``timeout_s``; returns the entries appended."""
+    def poll_once(self, timeout_s: float = 0.2, stop: threading.Event | None = None) -> list[AuditEntry]:
+        """Handle the messages available within ``timeout_s``; returns the entries appended.
+
+        Once ``stop`` is set the rest of the polled messages is left: each message is committed with its entry
+        (the audit log holds the positions), so those are read again at the next start, none lost or doubled.
+        """
         self._check_running()
+        self.last_beat = time.monotonic()
         entries = self._commit(self._refresh_keys(self.clock()))
         entries += self.run_timers()
         for record in poll_records(self.clients.consumer, timeout_s):
+            if stop is not None and stop.is_set():
+                break
             self._check_running()
             entries += self.process(record)
             if self.tally.due(self.clock()):
@@ -322,7 +337,7 @@ class GovernanceConsumer:
             if not self.start(stop, on_wait):
                 return
             while not stop.is_set():
-                for entry in self.poll_once():
+                for entry in self.poll_once(stop=stop):
                     if on_entry is not None:
                         on_entry(entry)
             for entry in self.flush():

@@ -27,6 +27,7 @@ from datetime import datetime
 import redis
 from confluent_kafka import Consumer
 
+from governance.contract.connections import KafkaTarget, RedisTarget, redis_client
 from governance.contract.kafkaio import make_consumer
 from governance.crypto.signing import Signer
 from governance.errors import ConfigError
@@ -47,8 +48,8 @@ __all__ = ["RepairOutcome", "RepairTarget", "repair_log"]
 class RepairTarget:
     """The audit log to repair and where its lease lives."""
 
-    bootstrap: str
-    redis_url: str
+    bootstrap: KafkaTarget
+    redis_url: RedisTarget
     lifecycle_topic: str
     checkpoints_topic: str
 
@@ -86,7 +87,7 @@ def repair_log(target: RepairTarget, signer: Signer, trust: Trust, *, reason: st
     plan = _plan(*_read(reader, trust, now), head, target.lifecycle_topic)
     if dry_run:
         return RepairOutcome(plan)
-    client: redis.Redis[bytes] = redis.Redis.from_url(target.redis_url)
+    client: redis.Redis[bytes] = redis_client(target.redis_url)
     metadata: Consumer = make_consumer(target.bootstrap, "audit-repair")
     try:
         lease = Lease(client, audit_lease_key(cluster_id(metadata), target.lifecycle_topic), ttl_s=60.0)

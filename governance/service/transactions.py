@@ -37,6 +37,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from governance.contract.connections import KafkaTarget, kafka_config
 from governance.errors import DeliveryError, FencedError, InfrastructureError
 
 __all__ = ["Delivery", "Transaction", "TransactionalProducer", "transactional_id"]
@@ -84,10 +85,10 @@ class Transaction:
 class TransactionalProducer:
     """One fenced writer (module docstring). Call :meth:`init` once before the first transaction."""
 
-    def __init__(self, bootstrap: str, txn_id: str, *, timeout_s: float = 30.0,
+    def __init__(self, bootstrap: KafkaTarget, txn_id: str, *, timeout_s: float = 30.0,
                  config: dict[str, Any] | None = None) -> None:
         settings: dict[str, Any] = {
-            "bootstrap.servers": bootstrap, "transactional.id": txn_id, "enable.idempotence": True,
+            **kafka_config(bootstrap), "transactional.id": txn_id, "enable.idempotence": True,
             "acks": "all", "linger.ms": 0, "message.max.bytes": 4_194_304, "transaction.timeout.ms": 60_000,
             "logger": _KAFKA_LOG,
             # librdkafka's errors come here, not as exceptions raised from inside poll/flush (where a fatal one

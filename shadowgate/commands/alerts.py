@@ -20,7 +20,10 @@ from typing import TYPE_CHECKING
 import click
 import orjson
 
+from governance.contract.connections import kafka_connection
+from governance.contract.refusals import check_kafka
 from shadowgate.commands.governance import keys_dir_option, now_utc, phase_option, schedule_of, settings
+from shadowgate.commands.logformat import configure_logging
 
 if TYPE_CHECKING:
     from governance.contract.settings import Settings
@@ -105,7 +108,7 @@ def tail(keys_dir: Path, phase: str | None, models: tuple[str, ...], severity: s
     from governance.service.alerting.follow import Follower
 
     config = settings()
-    follower = Follower(config.kafka_bootstrap, _topics(config, sources or _SOURCES),
+    follower = Follower(kafka_connection(config), _topics(config, sources or _SOURCES),
                         load_trust(keys_dir, schedule_of(phase)), now_utc, last=None if from_beginning else last,
                         trigger_runbooks=_trigger_runbooks(config.policy_path))
     floor = _SEVERITY_RANK[severity]
@@ -163,12 +166,13 @@ def forward(keys_dir: Path, phase: str | None, config_path: Path, port: int | No
         click.echo(f"{config_path}: OK: {len(config.receivers)} receiver(s): {receivers}; sources "
                    f"{', '.join(config.sources)}; dead letters to {config.dead_letter_topic}")
         return
-    logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("shadowgate.kafka").setLevel(logging.WARNING)
     env = settings()
+    configure_logging(loglevel.upper(), env.log_format)  # SHADOWGATE_LOG_FORMAT=json: JSON lines
+    logging.getLogger("shadowgate.kafka").setLevel(logging.WARNING)
     trust = load_trust(keys_dir, schedule_of(phase))
     registry = CollectorRegistry()
-    forwarder = Forwarder(config, bootstrap=env.kafka_bootstrap, topics=_topics(env, config.sources), trust=trust,
+    check_kafka(kafka_connection(env))  # a refused login, no TLS, a wrong CA: one line naming the setting
+    forwarder = Forwarder(config, bootstrap=kafka_connection(env), topics=_topics(env, config.sources), trust=trust,
                           registry=registry, trigger_runbooks=_trigger_runbooks(env.policy_path))
     chosen = env.metrics_port if port is None else port
     server = HealthServer(chosen, registry, forwarder.health, forwarder.ready) if chosen else None

@@ -73,15 +73,14 @@ def _check_doc(check: Check) -> dict[str, Any]:
 
 def explanations(model: str, version: str, policy: Policy, clock: datetime) -> list[dict[str, Any]]:
     """One document per comparison that judges ``model@version``, from the live windows (see the module doc)."""
-    import redis
-
+    from governance.contract.connections import redis_client, redis_connection
     from streams.state.redis_store import RedisWindowStore
     from streams.worker.lifecycle_view import lifecycle_context, production_monitor
     from streams.worker.reading import comparison_keys
     from streams.worker.rounds import Evaluator, MemoryEvaluatorStates, default_context
 
     config = settings()
-    client = redis.Redis.from_url(config.redis_url_value())
+    client = redis_client(redis_connection(config))
     store = RedisWindowStore(client, config.redis_prefix)
     try:
         context = lifecycle_context(client, config.redis_prefix, default_context(policy), clock=lambda: clock)
@@ -117,13 +116,12 @@ def explanations(model: str, version: str, policy: Policy, clock: datetime) -> l
 
 def _lifecycle(model: str, version: str, policy: Policy, now: datetime) -> tuple[str | None, list[str]]:
     """(stage, every lifecycle rule that would refuse the next move) from the governance state in Redis."""
-    import redis
-
+    from governance.contract.connections import redis_client, redis_connection
     from governance.lifecycle.report import blockers
     from governance.service.statestore import StateStore
 
     config = settings()
-    client = redis.Redis.from_url(config.redis_url_value())
+    client = redis_client(redis_connection(config))
     try:
         state = StateStore(client, config.redis_prefix).load()
     finally:

@@ -20,6 +20,8 @@ its newest checkpoint.
 from __future__ import annotations
 
 import getpass
+import logging
+import os
 import signal
 import threading
 from collections.abc import Callable
@@ -30,12 +32,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from governance.contract.connections import kafka_connection, redis_connection
+from governance.contract.refusals import check_kafka, check_redis
 from governance.contract.settings import Settings, load_settings
 from governance.crypto.keyring import default_keys_dir
 from governance.crypto.schedule import DEFAULT_SCHEDULE, MigrationSchedule, parse_phase
 from governance.errors import ConfigError
 from governance.lifecycle.audit import AuditEntry
 from governance.lifecycle.ledger import Transitioned
+from shadowgate.commands.logformat import configure_logging
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -45,6 +50,8 @@ if TYPE_CHECKING:
     from governance.lifecycle.checkpoint import Checkpoint
     from governance.lifecycle.identities import LiveTrust, Trust
     from governance.service.auditlog import AuditLogReader
+    from governance.service.consumer import GovernanceConsumer
+    from governance.service.health import ConsumerHealth
 
 __all__ = ["audit", "commands_topic_option", "describe_entry", "governance", "keys_dir_option", "phase_option",
            "schedule_of", "settings"]
@@ -159,8 +166,11 @@ def _describe_log_entry(entry: AuditEntry) -> list[str]:
 @click.option("--lease-ttl", type=click.FloatRange(1.0), default=15.0, show_default=True,
               help="Seconds before a crashed instance's lease expires (the lease is renewed every third of it, "
                    "by a timer, whatever the input).")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default=None,
+              help="text, or JSON lines (default SHADOWGATE_LOG_FORMAT, else text)")
 def governance(keys_dir: Path, commands_topic: str, phase: str | None, catalog: Path | None, policy_path: str | None,
-               canary_share: float | None, proofpack_dir: Path | None, lease_ttl: float) -> None:
+               canary_share: float | None, proofpack_dir: Path | None, lease_ttl: float,
+               log_format: str | None) -> None:
     """Run the governance consumer (one active instance per audit log; a second one waits for the lease).
 
     The audit log has one writer, fenced by the broker: a Kafka transactional.id derived from the audit
@@ -170,10 +180,12 @@ def governance(keys_dir: Path, commands_topic: str, phase: str | None, catalog: 
     SHADOWGATE_KEYS_CHECK_S, reloaded every SHADOWGATE_KEYS_RELOAD_S), so `keys rotate` / `keys revoke`
     need no restart; a group- or world-writable keys directory or trust store is refused. It refuses to
     start on a forked or truncated audit log: see `shadowgate audit repair`.
-    """
-    import logging
 
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    Besides /metrics, the metrics port answers /healthz (its loop goes round, or it waits as a standby) and
+    /readyz (it holds the lease and has started, Redis and Kafka answer, its keys are loaded; 503 with the
+    failing checks). On SIGTERM it finishes the input in hand, writes its pending summaries and releases the
+    lease (a standby takes over at once) within SHADOWGATE_SHUTDOWN_TIMEOUT_S (10 s).
+    """
     from prometheus_client import CollectorRegistry
 
     from governance.contract.topics import ensure_topics, topic_specs
@@ -185,6 +197,8 @@ def governance(keys_dir: Path, commands_topic: str, phase: str | None, catalog: 
     from shadowgate.commands.metrics import serve_metrics
 
     config = settings()
+    configure_logging(logging.WARNING, log_format or config.log_format)
+    log = logging.getLogger("shadowgate.governance")
     policy = load_policy(policy_path or config.policy_path)
     now = now_utc()
     share = canary_share if canary_share is not None else policy.staging.canary_traffic_share.min
@@ -193,19 +207,18 @@ def governance(keys_dir: Path, commands_topic: str, phase: str | None, catalog: 
                                                    lease_ttl_s=lease_ttl)
     keys, trust = _live_keys(keys_dir, phase, config, now)
     checkpoints = config.topics.checkpoints
-    ensure_topics(config.kafka_bootstrap, {commands_topic: (1, {"retention.ms": "-1"}),
-                                           checkpoints: topic_specs(config)[checkpoints]})
+    kafka = kafka_connection(config)
+    check_kafka(kafka)  # a refused login, no TLS, a wrong CA: one line naming the setting, before anything
+    check_redis(redis_connection(config), config.redis_prefix)
+    ensure_topics(kafka, {commands_topic: (1, {"retention.ms": "-1"}), checkpoints: topic_specs(config)[checkpoints]})
     registry = CollectorRegistry()
-    serve_metrics(config.metrics_port, registry, "the governance consumer")
     consumer = GovernanceConsumer(consumer_config, signer=keys, trust=trust, policy=policy,
                                   catalog=load_catalog(catalog or config.catalog_path), metrics=registry,
                                   encrypt_to=encrypt_to)
-    stop = threading.Event()
-
-    def _stop(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, _stop)
+    health = consumer_health(consumer, keys)
+    serve_metrics(config.metrics_port, registry, "the governance consumer",
+                  probes={"/healthz": health.live, "/readyz": health.ready})
+    stop = _stop_on_sigterm(config.shutdown_timeout_s, log)
     click.echo(f"governance consumer: audit log {consumer_config.lifecycle_topic}, inputs "
                f"{', '.join(consumer_config.inputs())}, canary share {share:.0%}", err=True)
 
@@ -220,6 +233,46 @@ def governance(keys_dir: Path, commands_topic: str, phase: str | None, catalog: 
         consumer.run(stop, on_wait=waiting, on_entry=entry_lines)
     except KeyboardInterrupt:
         stop.set()
+    if stop.is_set():
+        log.warning("stopped: lease released")
+
+
+def _stop_on_sigterm(timeout_s: float, log: logging.Logger) -> threading.Event:
+    """An event SIGTERM sets; the process exits (code 3) if it has not stopped ``timeout_s`` later."""
+    stop = threading.Event()
+
+    def _stop(signum: int, frame: FrameType | None) -> None:
+        log.warning("SIGTERM: stopping after the input in hand (within %.0f s)", timeout_s)
+        stop.set()
+        # A stop that hangs (a broker gone mid-transaction) must not outlive the grace period: exit then; what
+        # was not committed is read again by the next instance.
+        late = threading.Timer(timeout_s, _late)
+        late.daemon = True  # does not hold the process once the stop is done
+        late.start()
+
+    def _late() -> None:
+        log.error("did not stop within %.0f s of SIGTERM; exiting", timeout_s)
+        os._exit(3)
+
+    signal.signal(signal.SIGTERM, _stop)
+    return stop
+
+
+def consumer_health(consumer: GovernanceConsumer, keys: LiveKeyring) -> ConsumerHealth:
+    """The probes of ``consumer``: Redis through its own client, Kafka through an admin client of its own
+    (a probe never waits behind the consumer's calls)."""
+    from confluent_kafka.admin import AdminClient
+
+    from governance.contract.connections import kafka_config
+    from governance.service.health import ConsumerHealth
+
+    admin = AdminClient({**kafka_config(consumer.config.bootstrap), "log_level": 0})
+    redis = consumer.clients.redis
+    return ConsumerHealth(
+        started=lambda: consumer.started, holds_lease=consumer.lease.ok, last_beat=lambda: consumer.last_beat,
+        redis_ping=lambda: redis.ping(), kafka_ping=lambda: admin.list_topics(timeout=2.0).brokers,
+        keys_loaded=lambda: keys.signer(now_utc()) is not None,
+    )
 
 
 def _live_keys(keys_dir: Path, phase: str | None, config: Settings, now: datetime) -> tuple[LiveKeyring, LiveTrust]:
@@ -258,7 +311,7 @@ def audit_verify(keys_dir: Path, phase: str | None, path: Path | None, expect_he
     from governance.service.auditlog import AuditLogReader
 
     trust, config, now = load_trust(keys_dir, schedule_of(phase)), settings(), now_utc()
-    reader = AuditLogReader(config.kafka_bootstrap, config.topics.lifecycle, config.topics.checkpoints)
+    reader = AuditLogReader(kafka_connection(config), config.topics.lifecycle, config.topics.checkpoints)
     checkpoints = None
     if not no_checkpoint:  # first: a checkpoint read means its entries are committed (see _settled)
         checkpoints, _ = read_checkpoints(reader.checkpoints(), config.topics.lifecycle, trust.system, now,
@@ -319,7 +372,7 @@ def audit_repair(keys_dir: Path, phase: str | None, reason: str, head: str | Non
     from governance.service.repair import RepairTarget, repair_log
 
     config, now = settings(), now_utc()
-    target = RepairTarget(config.kafka_bootstrap, config.redis_url_value(), config.topics.lifecycle,
+    target = RepairTarget(kafka_connection(config), redis_connection(config), config.topics.lifecycle,
                           config.topics.checkpoints)
     outcome = repair_log(target, system_signer(keys_dir, now), load_trust(keys_dir, schedule_of(phase)),
                          reason=reason, operator=operator, now=now, head=head, dry_run=dry_run)
@@ -354,6 +407,6 @@ def audit_export(output: Path, force: bool) -> None:
     if output.exists() and not force:
         raise ConfigError(f"{output} exists; pass --force to overwrite it")
     config = settings()
-    records = read_log(config.kafka_bootstrap, config.topics.lifecycle)
+    records = read_log(kafka_connection(config), config.topics.lifecycle)
     output.write_bytes(b"".join(record.value + b"\n" for record in records))
     click.echo(f"wrote {len(records)} entries to {output}")

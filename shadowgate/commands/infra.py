@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from governance.contract.connections import kafka_connection
 from governance.contract.settings import load_settings
 from governance.contract.topics import ensure_topics, topic_specs
 from governance.errors import ConfigError
@@ -48,7 +49,7 @@ def topics_create(partitions: int) -> None:
     """Create every topic that does not exist yet (names from SHADOWGATE_TOPICS__*)."""
     settings = load_settings()
     specs = topic_specs(settings, partitions)
-    created = ensure_topics(settings.kafka_bootstrap, specs)
+    created = ensure_topics(kafka_connection(settings), specs)
     for name in specs:
         click.echo(f"{'created' if name in created else 'exists '}  {name}")
 

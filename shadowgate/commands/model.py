@@ -25,6 +25,7 @@ import click
 import orjson
 import yaml
 
+from governance.contract.connections import kafka_connection, redis_client, redis_connection
 from governance.contract.stages import MODEL_TYPES, Stage
 from governance.errors import ConfigError, VerificationError
 from governance.lifecycle.commands import (
@@ -87,7 +88,7 @@ def _send(command_kind: type[Any], model: str, version: str, identity: str, keys
     def progress(elapsed: float) -> None:
         click.echo(f"  still waiting ({elapsed:.0f} s of {timeout:.0f} s)", err=True)
 
-    entry = submit(config.kafka_bootstrap, topic, config.topics.lifecycle, record,
+    entry = submit(kafka_connection(config), topic, config.topics.lifecycle, record,
                    load_trust(keys_dir, schedule_of(phase)), timeout, progress)
     for line in describe_entry(entry):
         click.echo(line)
@@ -269,7 +270,6 @@ def cancel_rollback(model_name: str, version: str, reason: str, **send: Any) -> 
 
 
 def _state(from_log: bool) -> GovernanceState:
-    import redis
 
     from governance.service.statestore import StateStore
 
@@ -283,12 +283,12 @@ def _state(from_log: bool) -> GovernanceState:
 
         # The chain, as the consumer reads it: every record verified; foreign and void records left out.
         trust, now = load_trust(Path(config.keys_dir) if config.keys_dir else default_keys_dir()), now_utc()
-        values = [r.value for r in read_log(config.kafka_bootstrap, config.topics.lifecycle)]
+        values = [r.value for r in read_log(kafka_connection(config), config.topics.lifecycle)]
         chain = walk(read_items(values, trust.system, now, trust.phase(now)))
         if chain.broken is not None:
             raise VerificationError(f"audit log BROKEN at {chain.broken.item.where}: {chain.broken.problem}")
         return rebuild(chain.entries())
-    client = redis.Redis.from_url(config.redis_url_value())
+    client = redis_client(redis_connection(config))
     try:
         state = StateStore(client, config.redis_prefix).load()
     finally:

@@ -10,6 +10,7 @@ from typing import Any
 import click
 import orjson
 
+from governance.contract.connections import kafka_config, kafka_connection
 from governance.contract.settings import load_settings
 from governance.errors import ConfigError
 
@@ -60,8 +61,8 @@ def publish(pairs: int, model: str, production_version: str, candidate_version: 
         return
     settings = load_settings()
     t0 = time.perf_counter()
-    with ScorePublisher(settings.kafka_bootstrap, settings.topics.scores, batch_size=batch_size) as scores, \
-            LabelPublisher(settings.kafka_bootstrap, settings.topics.labels) as label_pub:
+    with ScorePublisher(kafka_connection(settings), settings.topics.scores, batch_size=batch_size) as scores, \
+            LabelPublisher(kafka_connection(settings), settings.topics.labels) as label_pub:
         for i, event in enumerate(generate(spec)):
             kind = event.pop("kind")
             if kind == "score":
@@ -89,7 +90,7 @@ def consume(topic: str, from_beginning: bool, max_messages: int, idle_timeout: f
 
     settings = load_settings()
     consumer = Consumer({
-        "bootstrap.servers": settings.kafka_bootstrap,
+        **kafka_config(kafka_connection(settings)),
         "group.id": f"shadowgate-consume-{uuid.uuid4().hex[:8]}",
         "auto.offset.reset": "earliest" if from_beginning else "latest",
         "enable.auto.commit": False,

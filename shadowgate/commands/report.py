@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from governance.contract.connections import KafkaTarget, kafka_connection, redis_connection
 from governance.errors import ConfigError
 from shadowgate.commands.governance import keys_dir_option, phase_option, schedule_of
 
@@ -35,13 +36,13 @@ def report(model_name: str, version: str, output: Path, no_audit: bool, no_windo
 
     settings = load_settings()
     trust, now = load_trust(keys_dir, schedule_of(phase)), datetime.now(UTC)
-    sources = Sources.connect(settings.redis_url_value(), settings.redis_prefix, load_policy(settings.policy_path),
+    sources = Sources.connect(redis_connection(settings), settings.redis_prefix, load_policy(settings.policy_path),
                               trust)
     try:
         found = sources.proofpack(model_name, version, now)
         if found is None:
             raise ConfigError(f"{model_name}@{version} has no ProofPack yet (generated on promotion to PRODUCTION)")
-        items = None if no_audit else _audit_items(settings.kafka_bootstrap, settings.topics.lifecycle, trust, now)
+        items = None if no_audit else _audit_items(kafka_connection(settings), settings.topics.lifecycle, trust, now)
         html = render_report(found[1], trust, None if no_windows else sources.store, now, items)
     finally:
         sources.close()
@@ -49,7 +50,7 @@ def report(model_name: str, version: str, output: Path, no_audit: bool, no_windo
     click.echo(f"evidence report of {found[0].proofpack_id} (signature verified) written to {output}")
 
 
-def _audit_items(bootstrap: str, topic: str, trust: Any, now: Any) -> list[dict[str, Any]]:
+def _audit_items(bootstrap: KafkaTarget, topic: str, trust: Any, now: Any) -> list[dict[str, Any]]:
     """Every audit entry, verified in order (signature, seq, hash link); stops at the first broken one."""
     from governance.errors import CryptoError, EventValidationError
     from governance.lifecycle.audit import GENESIS

@@ -9,8 +9,10 @@ from typing import TYPE_CHECKING
 
 import click
 
+from governance.contract.connections import kafka_connection, redis_connection
 from governance.errors import ConfigError
 from shadowgate.commands.governance import keys_dir_option, phase_option, schedule_of
+from shadowgate.commands.logformat import configure_logging
 
 __all__ = ["serve"]
 
@@ -40,11 +42,13 @@ def serve(host: str, port: int, policy_path: str | None, keys_dir: Path, phase: 
     from shadowgate.web.sources import Sources
 
     settings = load_settings()
+    if settings.log_format == "json":  # SHADOWGATE_LOG_FORMAT=json: JSON lines
+        configure_logging("WARNING", "json")
     trust = load_trust(keys_dir, schedule_of(phase))
     policy = load_policy(policy_path or settings.policy_path)
-    sources = Sources.connect(settings.redis_url_value(), settings.redis_prefix, policy, trust)
-    service = Service(sources, AlertFeed(settings.kafka_bootstrap, settings.topics.alerts, trust),
-                      AuditFeed(settings.kafka_bootstrap, settings.topics.lifecycle, trust))
+    sources = Sources.connect(redis_connection(settings), settings.redis_prefix, policy, trust)
+    service = Service(sources, AlertFeed(kafka_connection(settings), settings.topics.alerts, trust),
+                      AuditFeed(kafka_connection(settings), settings.topics.lifecycle, trust))
     asyncio.run(_run(service, host, port))
 
 

@@ -11,8 +11,11 @@ from typing import Any
 import click
 import orjson
 
+from governance.contract.connections import kafka_config, kafka_connection, redis_client, redis_connection
+from governance.contract.refusals import check_kafka, check_redis
 from governance.contract.settings import Settings, load_settings
 from governance.errors import ConfigError, ShadowgateError
+from shadowgate.commands.logformat import logging_config
 
 __all__ = ["replay", "windows", "worker"]
 
@@ -57,22 +60,28 @@ def worker(metrics_port: int | None, loglevel: str, keys_dir: Path | None, insta
             f"the worker cannot sign governance events: {exc} "
             f"(keys dir {keys_dir or default_keys_dir()}; choose another with --keys-dir or SHADOWGATE_KEYS_DIR)"
         ) from None
+    check_kafka(kafka_connection(settings))  # a refused login, no TLS, a wrong CA: one line naming the setting
+    check_redis(redis_connection(settings), settings.redis_prefix)
     _check_copartitioned(settings)
-    ensure_topics(settings.kafka_bootstrap, topic_specs(settings))
+    # Only the worker's own topics: with ACLs a worker sees (and may create) no governance topic.
+    t = settings.topics
+    mine = (t.scores, t.labels, t.dlq, t.gates, t.rollbacks, t.alerts)
+    ensure_topics(kafka_connection(settings), {n: s for n, s in topic_specs(settings).items() if n in mine})
     port = settings.metrics_port if metrics_port is None else metrics_port
     metrics = WorkerMetrics(REGISTRY)
     handle = create_app(settings, metrics=metrics, signer=signer)
     serve_metrics(port, REGISTRY, "the worker", probes={"/healthz": handle.health.live, "/readyz": handle.health.ready})
     if port:
         click.echo(f"metrics on :{port}/metrics, probes on :{port}/healthz and :{port}/readyz", err=True)
-    faust.Worker(handle.app, loglevel=loglevel.upper()).execute_from_commandline()
+    faust.Worker(handle.app, loglevel=loglevel.upper(),  # SHADOWGATE_LOG_FORMAT=json: JSON lines
+                 logging_config=logging_config(loglevel, settings.log_format)).execute_from_commandline()
 
 
 def _check_copartitioned(s: Settings) -> None:
     from confluent_kafka.admin import AdminClient
 
     try:
-        md = AdminClient({"bootstrap.servers": s.kafka_bootstrap, "log_level": 0}).list_topics(timeout=10)
+        md = AdminClient({**kafka_config(kafka_connection(s)), "log_level": 0}).list_topics(timeout=10)
     except Exception as exc:  # confluent-kafka raises KafkaException: say it in one line
         raise ConfigError(f"Kafka at {s.kafka_bootstrap} does not answer ({exc}); is it up? (`make up`)") from None
     counts = {t: len(md.topics[t].partitions) for t in (s.topics.scores, s.topics.labels) if t in md.topics}
@@ -94,7 +103,7 @@ def windows(model: str | None, window_names: tuple[str, ...], as_json: bool) -> 
     from streams.worker.reading import DEFAULT_WINDOWS, read_windows
 
     settings = load_settings()
-    store = RedisWindowStore.from_url(settings.redis_url_value(), prefix=settings.redis_prefix)
+    store = RedisWindowStore(redis_client(redis_connection(settings)), prefix=settings.redis_prefix)
     doc = read_windows(store, model=model, windows=window_names or DEFAULT_WINDOWS)
     store.close()
     _print(doc, as_json)

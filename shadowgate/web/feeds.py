@@ -28,6 +28,7 @@ from typing import Any
 
 from confluent_kafka import TopicPartition
 
+from governance.contract.connections import KafkaTarget
 from governance.contract.events import Alert, RecalibrationRequested
 from governance.contract.kafkaio import Record, make_consumer, partitions_of, poll_records, watermarks
 from governance.contract.publishing import decode_record, decode_signed_event
@@ -111,7 +112,7 @@ def judge_entry(record: Record, trust: Trust, now: datetime, seq: int, head: str
 class Feed:
     """Items from a Kafka topic, kept in memory (the newest ``keep``), pushed to asyncio subscribers."""
 
-    def __init__(self, bootstrap: str, topic: str, trust: Trust, *, keep: int, purpose: str,
+    def __init__(self, bootstrap: KafkaTarget, topic: str, trust: Trust, *, keep: int, purpose: str,
                  clock: Callable[[], datetime] = _now) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
@@ -217,7 +218,7 @@ class Feed:
 class AlertFeed(Feed):
     """The alerts topic, every message judged by :func:`judge_alert`."""
 
-    def __init__(self, bootstrap: str, topic: str, trust: Trust, *, backlog: int = 200, keep: int = 500,
+    def __init__(self, bootstrap: KafkaTarget, topic: str, trust: Trust, *, backlog: int = 200, keep: int = 500,
                  clock: Callable[[], datetime] = _now) -> None:
         super().__init__(bootstrap, topic, trust, keep=keep, purpose="alerts", clock=clock)
         self.backlog = backlog
@@ -236,7 +237,7 @@ class AlertFeed(Feed):
 class AuditFeed(Feed):
     """The audit log from its first entry, each verified by :func:`judge_entry` against the chain so far."""
 
-    def __init__(self, bootstrap: str, topic: str, trust: Trust, *, keep: int = 2000,
+    def __init__(self, bootstrap: KafkaTarget, topic: str, trust: Trust, *, keep: int = 2000,
                  clock: Callable[[], datetime] = _now) -> None:
         super().__init__(bootstrap, topic, trust, keep=keep, purpose="audit", clock=clock)
         self.seq, self.head = -1, GENESIS

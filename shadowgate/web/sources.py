@@ -28,6 +28,7 @@ from typing import Any
 import redis
 
 from governance.contract.comparison import ComparisonKey
+from governance.contract.connections import RedisTarget, redis_client
 from governance.contract.stages import Stage
 from governance.errors import ConfigError
 from governance.lifecycle.identities import Trust
@@ -70,8 +71,8 @@ class Sources:
     config: AggregateConfig
 
     @classmethod
-    def connect(cls, redis_url: str, prefix: str, policy: Policy, trust: Trust) -> Sources:
-        client: redis.Redis[bytes] = redis.Redis.from_url(redis_url, socket_timeout=10, socket_connect_timeout=5)
+    def connect(cls, redis_url: RedisTarget, prefix: str, policy: Policy, trust: Trust) -> Sources:
+        client: redis.Redis[bytes] = redis_client(redis_url)
         return cls(client, prefix, policy, trust, RedisWindowStore(client, prefix), AggregateConfig())
 
     def close(self) -> None:

@@ -68,6 +68,7 @@ import numpy as np
 import numpy.typing as npt
 import redis
 
+from governance.contract.connections import RedisTarget, redis_client
 from governance.errors import InfrastructureError, StoreError
 from streams.state.statelog import apply_log
 from streams.state.store import (
@@ -124,9 +125,9 @@ class RedisWindowStore(WindowStore):
         self._names_lock = threading.Lock()
 
     @classmethod
-    def from_url(cls, url: str, prefix: str = "sg", retention: Retention | None = None) -> RedisWindowStore:
+    def from_url(cls, url: RedisTarget, prefix: str = "sg", retention: Retention | None = None) -> RedisWindowStore:
         """A store with its own client for ``url`` (closed by :meth:`close`)."""
-        return cls(redis.Redis.from_url(url), prefix, retention)
+        return cls(redis_client(url), prefix, retention)
 
     def close(self) -> None:
         self._client.close()

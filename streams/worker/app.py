@@ -30,6 +30,7 @@ import faust
 import mode
 from faust.app.base import BootStrategy
 
+from governance.contract.connections import faust_broker, kafka_config, kafka_connection, redis_client, redis_connection
 from governance.contract.events import GovernanceEvent
 from governance.contract.settings import Settings
 from governance.crypto import Signer
@@ -100,8 +101,8 @@ def create_app(
     Redis client and Kafka client factories (default: the real ones for ``settings``).
     """
     clients = clients or WorkerClients.from_settings(settings)
-    store = store if store is not None else RedisWindowStore.from_url(
-        settings.redis_url_value(), prefix=settings.redis_prefix
+    store = store if store is not None else RedisWindowStore(
+        redis_client(redis_connection(settings)), prefix=settings.redis_prefix
     )
     metrics = metrics if metrics is not None else WorkerMetrics()
     app = _shell(settings, app_id, loop)
@@ -116,7 +117,7 @@ def create_app(
     ingest = Ingest(lambda: clients.consumer(consumer), _ingest_config(settings),
                     lambda records: processor.process(records, sink.deliver), processor.revoke, metrics,
                     observers=observers)  # fmt: skip
-    admin = clients.admin({"bootstrap.servers": settings.kafka_bootstrap})
+    admin = clients.admin(kafka_config(kafka_connection(settings)))
     health = Health(ingest.status, clients.redis.ping, lambda: kafka_answers(admin, settings.topics.scores),
                     keys_loaded=signer is not None)  # fmt: skip
     metrics.watch(lambda: ingest.status().batch_age_s, lambda: health.ready()[0])
@@ -142,9 +143,12 @@ class _Shell(faust.App):
 def _shell(settings: Settings, app_id: str | None, loop: asyncio.AbstractEventLoop | None) -> faust.App:
     """The Faust application shell: timer, producer of the governance events, signals; no consumer."""
     name = app_id or f"{settings.consumer_group}-shell"
+    # Every bootstrap host (Faust splits the list into aiokafka's bootstrap_servers), and the same security.
+    broker = faust_broker(kafka_connection(settings))
     return _Shell(
         name,
-        broker=f"kafka://{settings.kafka_bootstrap.split(',')[0]}",
+        broker=broker.urls,
+        broker_credentials=broker.credentials,
         topic_partitions=4,
         topic_allow_declare=True,
         web_enabled=False,

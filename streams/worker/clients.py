@@ -29,6 +29,7 @@ import confluent_kafka
 import redis
 from confluent_kafka.admin import AdminClient
 
+from governance.contract.connections import kafka_config, kafka_connection, redis_client, redis_connection
 from governance.contract.settings import Settings
 from governance.errors import ConfigError
 from streams.worker.deadletters import ProducerLike
@@ -51,7 +52,7 @@ def consumer_config(settings: Settings) -> dict[str, Any]:
             f"SHADOWGATE_SESSION_TIMEOUT_S={settings.session_timeout_s:g}"
         )
     config: dict[str, Any] = {
-        "bootstrap.servers": settings.kafka_bootstrap,
+        **kafka_config(kafka_connection(settings)),
         "group.id": settings.consumer_group,
         "partition.assignment.strategy": "range",
         "enable.auto.commit": False,
@@ -70,7 +71,7 @@ def consumer_config(settings: Settings) -> dict[str, Any]:
 def dead_letter_config(settings: Settings) -> dict[str, Any]:
     """librdkafka configuration of the dead-letter producer."""
     return {
-        "bootstrap.servers": settings.kafka_bootstrap,
+        **kafka_config(kafka_connection(settings)),
         "enable.idempotence": True,
         "acks": "all",
         "compression.type": "lz4",
@@ -92,7 +93,7 @@ def kafka_answers(admin: AdminLike, topic: str, timeout_s: float = 2.0) -> bool:
 
 
 def _admin(config: dict[str, Any]) -> AdminLike:
-    return cast(AdminLike, AdminClient({"bootstrap.servers": config["bootstrap.servers"], "log_level": 0}))
+    return cast(AdminLike, AdminClient({**config, "log_level": 0}))
 
 
 def _consumer(config: dict[str, Any]) -> ConsumerLike:
@@ -104,8 +105,8 @@ def _producer(config: dict[str, Any]) -> ProducerLike:
 
 
 def _redis_client(settings: Settings) -> redis.Redis[bytes]:
-    # Timeouts: a Redis that hangs fails the batch (which is tried again) instead of hanging the worker.
-    return redis.Redis.from_url(settings.redis_url_value(), socket_timeout=10.0, socket_connect_timeout=5.0)
+    # Timeouts (SHADOWGATE_REDIS__*): a Redis that hangs fails the batch (tried again), never hangs the worker.
+    return redis_client(redis_connection(settings))
 
 
 @dataclass

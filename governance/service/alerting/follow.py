@@ -16,6 +16,7 @@ from datetime import datetime
 
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
+from governance.contract.connections import KafkaTarget
 from governance.contract.kafkaio import make_consumer, partitions_of, poll_records, watermarks
 from governance.lifecycle.identities import Trust
 from governance.service.alerting.intake import Rejected, Source, verify
@@ -36,8 +37,9 @@ class Shown:
 class Follower:
     """Reads ``topics`` (source -> topic) and yields what to show; see the module docstring."""
 
-    def __init__(self, bootstrap: str, topics: Mapping[Source, str], trust: Trust, clock: Callable[[], datetime],
-                 *, last: int | None = 20, trigger_runbooks: Mapping[str, str] | None = None) -> None:
+    def __init__(self, bootstrap: KafkaTarget, topics: Mapping[Source, str], trust: Trust,
+                 clock: Callable[[], datetime], *, last: int | None = 20,
+                 trigger_runbooks: Mapping[str, str] | None = None) -> None:
         self.topics, self.trust, self.clock, self.last = dict(topics), trust, clock, last
         self.tracker = Tracker(trigger_runbooks=trigger_runbooks, rollbacks_from_audit="audit" in topics)
         self._consumer = make_consumer(bootstrap, "alerts-tail")

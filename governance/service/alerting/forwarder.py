@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 from prometheus_client import CollectorRegistry
 
+from governance.contract.connections import KafkaTarget
 from governance.contract.kafkaio import Record, SyncProducer, make_consumer, partitions_of, poll_records, watermarks
 from governance.contract.topics import ensure_topics
 from governance.errors import InfrastructureError
@@ -52,7 +53,7 @@ _POLL_STALE_S = 30.0
 class Forwarder:
     """See the module docstring. ``topics`` maps each configured source to its topic."""
 
-    def __init__(self, config: ForwarderConfig, *, bootstrap: str, topics: Mapping[Source, str], trust: Trust,
+    def __init__(self, config: ForwarderConfig, *, bootstrap: KafkaTarget, topics: Mapping[Source, str], trust: Trust,
                  registry: CollectorRegistry, trigger_runbooks: Mapping[str, str] | None = None,
                  clock: Callable[[], datetime] | None = None, channels: list[HttpChannel] | None = None) -> None:
         self.config, self.bootstrap, self.trust = config, bootstrap, trust
@@ -190,6 +191,14 @@ class Forwarder:
     def _check_replayed(self) -> None:
         if self._replayed:
             return
+        behind = [tp for tp, end in self._replay_until.items() if self._read.get(tp, 0) < end]
+        if behind and not self.stop.is_set():
+            # A transactional source (the audit log the governance consumer writes) ends with a commit marker,
+            # never delivered as a record: the consumer's position, past every record handled, passes it.
+            for found in self._consumer.position([TopicPartition(t, p) for t, p in behind]):
+                if found.offset >= 0:
+                    tp = (found.topic, found.partition)
+                    self._read[tp] = max(self._read.get(tp, 0), found.offset)
         if all(self._read.get(tp, 0) >= end for tp, end in self._replay_until.items()):
             self._replayed = True
             _LOG.info("start-up replay done: %d open condition(s)", len(self._conditions))

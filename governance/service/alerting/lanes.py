@@ -30,6 +30,7 @@ from typing import Any
 import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+from governance.contract.connections import KafkaTarget, kafka_config
 from governance.contract.kafkaio import SyncProducer, until_coordinated
 from governance.errors import InfrastructureError, ShadowgateError
 from governance.service.alerting.config import RetryConfig
@@ -77,13 +78,13 @@ class Committer:
     are returned as committed.
     """
 
-    def __init__(self, bootstrap: str, group: str) -> None:
+    def __init__(self, bootstrap: KafkaTarget, group: str) -> None:
         self.group = group
         self._answers: list[tuple[KafkaError | None, list[TopicPartition]]] = []
         try:
             # It never joins the group, so the session timeout only bounds how long a commit (and close) waits
             # for a coordinator that does not answer: 6 s instead of librdkafka's 45.
-            self._consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False,
+            self._consumer = Consumer({**kafka_config(bootstrap), "group.id": group, "enable.auto.commit": False,
                                        "session.timeout.ms": 6000, "logger": _KAFKA_LOG,
                                        "on_commit": self._on_commit})
         except KafkaException as exc:
