@@ -9,9 +9,9 @@ scores crowd near 0 or 1); labels are drawn as
 driven by one seeded ``numpy.random.Generator``: the same spec and seed give the same events.
 
 Each request carries two features: a log-normal amount and a category drawn uniformly from
-``categories``, named by ``feature_names`` (default ``amount`` and ``country``; the demo uses the
-catalog's ``transaction_amount_usd`` and ``merchant_category``). Names and categories do not change
-the random draws, so the same seed gives the same numbers whatever they are called.
+``categories``, named by ``feature_names`` (default: the shipped feature catalog's ``transaction_amount_usd``
+and ``merchant_category``, so the worker's catalog check finds nothing to report). Names and categories do
+not change the random draws, so the same seed gives the same numbers whatever they are called.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ class TrafficSpec:
     label_delay_s: float = 3600.0
     features: bool = True
     seed: int = 7
-    feature_names: tuple[str, str] = ("amount", "country")
+    feature_names: tuple[str, str] = ("transaction_amount_usd", "merchant_category")
     categories: tuple[str, ...] = ("DE", "FR", "US", "GB", "NL")
     delta_space: Literal["score", "logit"] = "score"
 

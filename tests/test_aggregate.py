@@ -16,6 +16,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 from governance.errors import ConfigError, SketchError
+from governance.policy.bounds import kl_estimate
 from streams.fold.aggregate import (
     AggregateConfig,
     fold_duplicates,
@@ -250,7 +251,10 @@ def test_one_class_labels_and_no_labels() -> None:
 def test_empty_window_is_none_not_zero() -> None:
     m, drift = metrics_from_fields({})
     assert drift == {}
-    counts = {"sample_count", "label_count", "orphan_count", "duplicate_count", "integrity_violations"}
+    counts = {"sample_count", "label_count", "orphan_count", "duplicate_count", "integrity_violations",
+              "feature_violations",
+              *(f"{side}{name}" for side in ("", "production_")
+                for name in ("request_count", "error_count", "latency_count"))}
     assert all(m[k] == 0 for k in counts)
     assert all(v is None for k, v in m.items() if k not in counts)
     assert fold_pairs([], [], [], []) == {} and fold_labels([], [], []) == {}
@@ -413,3 +417,44 @@ def test_a_string_is_always_a_category() -> None:
     one = int(np.floor(np.log1p(1.0) / 0.5))
     expected = {f"fp:s{bucket}:zip": 1, f"fp:{number}:zip": 1, "fp:na:zip": 1, f"fp:{one}:zip": 1}
     assert {k: v for k, v in fields.items() if k.startswith("fp:")} == expected
+
+
+def test_the_rollback_triggers_exact_inputs_are_in_every_window() -> None:
+    """Issue 14: request / error counts, latency count and count above the P99 threshold, KL bias and standard
+    error, calibration slope standard error: what governance.policy.observations reads instead of approximating."""
+    t = _traffic("risk", n=20_000, seed=4)
+    rng = np.random.default_rng(9)
+    errors = (rng.uniform(size=t.prod.size) < 0.03).astype(int)
+    fields = merge_fields(
+        fold_pairs(t.prod, t.cand, t.lat_p, t.lat_c, cand_error=errors),
+        fold_labels(t.prod, t.cand, t.labels),
+        fold_orphans(production=5, candidate=7, candidate_errors=2),
+    )
+    threshold = 40.0
+    m, _ = metrics_from_fields(fields, latency_above_ms=(threshold,))
+    assert (m["request_count"], m["error_count"]) == (t.prod.size + 7, int(errors.sum()) + 2)
+    assert (m["production_request_count"], m["production_error_count"]) == (t.prod.size + 5, 0)
+    assert m["latency_count"] == t.lat_c.size and m["production_latency_count"] == t.lat_p.size
+    for prefix, latencies in (("", t.lat_c), ("production_", t.lat_p)):
+        above = m[f"{prefix}latency_above_ms[40]"]
+        exact = int((latencies > threshold).sum())
+        # A lower bound, short by at most the values in the one 0.5 % bin that straddles the threshold.
+        straddling = int(((latencies > threshold / 1.01) & (latencies <= threshold * 1.01)).sum())
+        assert above is not None and exact - straddling <= above <= exact
+    scored = errors == 0  # score metrics leave out the pairs where a side reported an error
+    expected = kl_estimate(np.histogram(t.cand[scored], bins=20, range=(0.0, 1.0))[0],
+                           np.histogram(t.prod[scored], bins=20, range=(0.0, 1.0))[0])
+    assert expected is not None
+    assert m["kl_divergence"] == pytest.approx(expected.value, rel=1e-9)
+    assert m["kl_divergence_bias"] == pytest.approx(expected.bias, rel=1e-9)
+    assert m["kl_divergence_se"] == pytest.approx(expected.se, rel=1e-9)
+    # The slope's standard error against the inverse Fisher information of the unbinned fit.
+    x = logit(np.clip(t.cand, expit(-12.0), expit(12.0)))
+    slope, intercept = _calibration(t.cand, t.labels)
+    p = expit(intercept + slope * x)
+    design = np.column_stack([np.ones_like(x), x])
+    se = float(np.sqrt(np.linalg.inv(design.T @ (design * (p * (1 - p))[:, None]))[1, 1]))
+    assert _num(m, "calibration_slope_se") == pytest.approx(se, rel=0.03)
+    lite, _ = metrics_from_fields(fields, full=False, kl_bounds=False)
+    assert lite["calibration_slope_se"] is None and lite["kl_divergence_se"] is None
+    assert lite["error_count"] == m["error_count"]

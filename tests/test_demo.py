@@ -69,7 +69,8 @@ def test_demo_runs_the_whole_story_and_leaves_nothing_behind(kafka_bootstrap: st
         env={**os.environ, **env}, cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     reader = LineReader(proc)
     try:
-        url = reader.until("status page: http", 240).split()[2].rstrip("/")
+        # The rollback step waits for whole minutes of event time to close (up to two minutes, docs/demo.md).
+        url = reader.until("status page: http", 420).split()[2].rstrip("/")
         _look_at_the_status_page(url)
         _report_from_the_cli(env, next((tmp_path / "demo").iterdir()), tmp_path / "report.html")
         proc.send_signal(signal.SIGINT)  # Ctrl-C
@@ -114,7 +115,9 @@ def test_demo_runs_the_whole_story_and_leaves_nothing_behind(kafka_bootstrap: st
     summary = orjson.loads((root / "summary.json").read_bytes())
     verdict, *notes = summary["audit_verify"].splitlines()  # `audit verify` also checked the newest checkpoint
     assert summary["ok"] is True and verdict == str(report) and notes == ["  the newest checkpoint matches the log"]
-    assert 0 < summary["rollback_s"] < 30
+    # The P99 trigger judges whole minutes of event time, each once the stream is a join window (60 s) past it:
+    # up to two minutes from the first slow request, on top of the 30 s the rest of the rollback may take.
+    assert 0 < summary["rollback_s"] < 30 + 120
     assert [row["stage"] for row in summary["status"]] == ["PRODUCTION", "RETIRED"]
 
     assert _processes_of(f"demo-{run}") == []

@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from governance.contract.comparison import ComparisonKey
-from governance.contract.events import GateBlocked
+from governance.contract.events import Alert, GateBlocked, GateReady, GovernanceEvent
 from governance.contract.kafkaio import Record
 from governance.policy.document import load_policy
 from governance.policy.evaluator import EvaluationContext
@@ -17,6 +17,7 @@ from shadowgate.traffic import TrafficSpec, generate
 from streams.state.memory_store import MemoryWindowStore
 from streams.worker.processor import Processor
 from streams.worker.reading import comparison_keys
+from streams.worker.replay import replay_lines
 from streams.worker.rounds import EvaluationLoop, Evaluator, MemoryEvaluatorStates
 
 START = datetime(2026, 11, 26, 4, 0, tzinfo=UTC)
@@ -86,7 +87,7 @@ def test_late_labels_reach_the_gate_once_the_comparison_has_been_idle() -> None:
     ctx = _context(key, "SHADOW", START - timedelta(days=1))
     evaluator = Evaluator(store, load_policy(DEMO_POLICY), MemoryEvaluatorStates(), lambda k, first: ctx)
     clock = [1000.0]
-    wall = [START.timestamp() + 3600]
+    wall = [START.timestamp() + 150]  # the traffic (120 s of it) has just been seen: the source is fresh
     loop = EvaluationLoop(evaluator, None, TOPICS, lease_s=5.0, owner="w1", idle_s=60.0, idle_horizon_s=86400.0,
                           clock=lambda: clock[0], wall=lambda: wall[0])
 
@@ -106,7 +107,7 @@ def test_late_labels_reach_the_gate_once_the_comparison_has_been_idle() -> None:
     assert loop.round() == []  # same verdict: nothing new to say
     # Past the label horizon of its newest event nothing can change its windows: it is left alone.
     evaluated: list[ComparisonKey] = []
-    evaluator.evaluate = lambda key, now=None: evaluated.append(key) or []  # type: ignore[method-assign]
+    evaluator.evaluate = lambda key, now=None, **_: evaluated.append(key) or []  # type: ignore[method-assign]
     clock[0] += 61.0
     loop.round()
     assert evaluated == [key]
@@ -118,3 +119,76 @@ def test_late_labels_reach_the_gate_once_the_comparison_has_been_idle() -> None:
 
 def _outcome(event: GateBlocked, name: str) -> str:
     return next(c.outcome for c in event.failing_checks if c.name == name)
+
+
+def test_the_live_loop_calls_a_silent_source_unhealthy_by_its_wall_clock_and_replay_does_not() -> None:
+    """Issue 14.10: live, the evaluation time is the newest event, so its data never look old; the worker judges
+    their age at its wall clock (injected here) and SOURCE_UNHEALTHY fires. Replay keeps event time."""
+    store, key, last = _store()
+    policy = load_policy(None)
+    limit_s = policy.source.staleness_limit_s
+    ctx = _context(key, "STAGING", START)
+    clock, wall = [0.0], [last.timestamp() + 1.0]
+    loop = EvaluationLoop(Evaluator(store, policy, MemoryEvaluatorStates(), lambda k, first: ctx), None, TOPICS,
+                          lease_s=5.0, owner="w1", idle_s=60.0, clock=lambda: clock[0], wall=lambda: wall[0])
+
+    def alerts() -> list[Alert]:
+        return [e for _, _, _, e in loop.round() if isinstance(e, Alert)]
+
+    assert alerts() == []  # the worker keeps up: fresh
+    clock[0] += 61.0
+    wall[0] = last.timestamp() + limit_s - 1.0  # idle, but not yet stale
+    assert alerts() == []
+    clock[0] += 61.0
+    wall[0] = last.timestamp() + limit_s + 30.0
+    (alert,) = alerts()
+    assert alert.dedup_key == f"{key.as_id()}|source_unhealthy"
+    (check,) = alert.evidence.checks
+    assert check.value == pytest.approx(limit_s + 30.0, abs=1.0) and check.threshold == limit_s
+    assert alert.ts == last.replace(microsecond=0)  # stamped in event time, like every decision
+    clock[0] += 61.0
+    wall[0] += 60.0
+    assert alerts() == []  # once per episode
+
+    # The same traffic replayed: judged at its own event time, the source is never stale.
+    events = generate(TrafficSpec(pairs=600, start=START, rate_per_s=10.0, label_delay_s=5, seed=3))
+    doc = replay_lines(iter([orjson.dumps({k: v for k, v in e.items() if k != "kind"}) for e in events]))
+    assert not [e for e in doc["events"] if e["type"] == "Alert" and e["dedup_key"].endswith("|source_unhealthy")]
+
+
+def test_the_gate_of_a_silent_source_is_blocked_on_source_fresh_by_the_wall_clock() -> None:
+    store, key, last = _store()
+    ctx = _context(key, "STAGING", START)
+    evaluator = Evaluator(store, load_policy(DEMO_POLICY), MemoryEvaluatorStates(), lambda k, first: ctx)
+    fresh = evaluator.evaluate(key, last, clock=last)
+    stale = evaluator.evaluate(key, last, clock=last + timedelta(hours=1))
+
+    def source_fresh(events: list[GovernanceEvent]) -> str:
+        (gate,) = [e for e in events if isinstance(e, GateReady | GateBlocked)]
+        return next(c.outcome for c in gate.evidence.checks if c.name == "source_fresh")
+
+    assert source_fresh(fresh) == "PASS"
+    assert source_fresh(stale) == "FAIL"
+
+
+@pytest.mark.parametrize("republish_s", [0.0, 300.0])
+def test_a_blocked_gate_is_published_again_with_its_current_figures_every_republish_s(republish_s: float) -> None:
+    """Issue 14.11: gate events went out only on a verdict change, so the figures `model status` shows could be
+    hours old. With SHADOWGATE_GATE_REPUBLISH_S the decision goes out again, in event time, with today's figures."""
+    store, key, last = _store(pairs=6000)  # ten minutes at 10 pairs/s
+    ctx = _context(key, "SHADOW", START)
+    evaluator = Evaluator(store, load_policy(None), MemoryEvaluatorStates(), lambda k, first: ctx,
+                          republish_s=republish_s)
+    gates: list[tuple[datetime, float | None]] = []
+    for offset_s in (60, 200, 360, 420, 600):
+        for event in evaluator.evaluate(key, START + timedelta(seconds=offset_s)):
+            if isinstance(event, GateBlocked):
+                samples = next(c for c in event.evidence.checks if c.name == "min_samples_met")
+                gates.append((event.ts, samples.value))
+    if not republish_s:
+        assert [ts for ts, _ in gates] == [START + timedelta(seconds=60)]
+        return
+    assert [ts for ts, _ in gates] == [START + timedelta(seconds=s) for s in (60, 360)]
+    # The figures are those of the window at its own time (the store holds the later minutes already; a window
+    # reads whole minute slots, so it counts every pair of now's minute: 10 pairs/s up to its end).
+    assert [value for _, value in gates] == [10 * ((s // 60 + 1) * 60) for s in (60, 360)]

@@ -8,11 +8,13 @@ every whole minute of event time closed since the last evaluation, read each tri
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
+import redis
 
 from governance.contract.comparison import ComparisonKey, WindowSnapshot
 from governance.contract.events import GovernanceEvent, RollbackTrigger
@@ -21,8 +23,18 @@ from governance.policy.document import Policy, load_policy, window_seconds
 from governance.policy.evaluator import EvaluationContext, EvaluatorState, MinuteClose, evaluate, minutes_due
 from shadowgate.traffic import TrafficSpec, generate
 from streams.state.memory_store import MemoryWindowStore
+from streams.state.redis_store import RedisWindowStore
+from streams.state.store import WindowStore
 from streams.worker.processor import Processor
 from streams.worker.reading import comparison_keys, read_snapshot
+from streams.worker.replay import replay_lines
+from streams.worker.rounds import (
+    EvaluationLoop,
+    Evaluator,
+    EvaluatorStates,
+    MemoryEvaluatorStates,
+    RedisEvaluatorStates,
+)
 
 POLICY = load_policy()
 START = datetime(2026, 11, 26, 4, 0, tzinfo=UTC)
@@ -122,3 +134,92 @@ def test_a_backlog_and_the_live_worker_fire_the_same_rollback_with_the_same_even
     old_way = Judge(backlog_store, with_minutes=False)
     old_way.evaluate()
     assert old_way.rollbacks() == []
+
+
+# -- the worker's own path: Evaluator and EvaluationLoop read the minute closes themselves ----------------------
+
+
+def _recent_records() -> tuple[datetime, list[Record]]:
+    """The same twelve minutes, dated half an hour ago (Redis keeps minute slots by its wall clock)."""
+    start = datetime.fromtimestamp((int(datetime.now(UTC).timestamp()) // 60 - 30) * 60, UTC)
+    shift = start - START
+    out = []
+    for record in _records():
+        doc = orjson.loads(record.value)
+        doc["ts"] = (datetime.fromisoformat(doc["ts"]) + shift).isoformat()
+        out.append(Record("s", 0, record.offset, b"k", orjson.dumps(doc)))
+    return start, out
+
+
+def _loop(store: WindowStore, states: EvaluatorStates, newest: list[float]) -> EvaluationLoop:
+    # The wall clock just past the newest event, as in a worker that keeps up (the source is fresh).
+    return EvaluationLoop(Evaluator(store, POLICY, states), None, {"gates": "g", "rollbacks": "r", "alerts": "a"},
+                          lease_s=5.0, owner="w", wall=lambda: newest[0] + 1.0)
+
+
+def _rollbacks(events: list[GovernanceEvent]) -> list[tuple[str, Any, datetime]]:
+    return [(e.trigger, e.event_id, e.ts) for e in events if isinstance(e, RollbackTrigger)]
+
+
+def test_the_worker_loop_a_backlog_and_replay_reach_the_same_rollback(redis_url: str, redis_prefix: str) -> None:
+    start, records = _recent_records()
+    # Live, on the real Redis store: every second's events, then one evaluation round, as the worker does.
+    live_store = RedisWindowStore.from_url(redis_url, prefix=redis_prefix)
+    newest = [0.0]
+    live = _loop(live_store, RedisEvaluatorStates(redis.Redis.from_url(redis_url), redis_prefix), newest)
+    processor = _processor(live_store)
+    by_second: dict[datetime, list[Record]] = {}
+    for record in records:
+        by_second.setdefault(_ts(record).replace(microsecond=0), []).append(record)
+    live_events: list[GovernanceEvent] = []
+    for second in sorted(by_second):
+        processor.process(by_second[second])
+        newest[0] = second.timestamp()
+        live_events += [event for _, _, _, event in live.round()]
+    live_store.close()
+
+    # After an outage: all twelve minutes in one batch, one round.
+    backlog_store = MemoryWindowStore()
+    _processor(backlog_store).process(records)
+    backlog = _loop(backlog_store, MemoryEvaluatorStates(), [max(_ts(r) for r in records).timestamp()])
+    backlog_events = [event for _, _, _, event in backlog.round()]
+
+    replayed = replay_lines(iter([r.value for r in records]), evaluate_every_s=60)
+    replay_events = [(e["trigger"], uuid.UUID(e["event_id"]), datetime.fromisoformat(e["ts"]))
+                     for e in replayed["events"] if e["type"] == "RollbackTrigger"]
+
+    expected = [("error_rate", start + timedelta(minutes=7))]
+    assert [(t, ts) for t, _, ts in _rollbacks(live_events)] == expected
+    assert _rollbacks(backlog_events) == _rollbacks(live_events)
+    assert replay_events == _rollbacks(live_events)
+
+
+def test_a_breach_in_the_last_minutes_of_a_stream_that_stops_is_judged_once_it_stood_still() -> None:
+    """Only newer events close a minute; when the traffic stops right after a breach, the worker's idle
+    re-evaluation closes the minute of the newest event (and replay does at the end of its file): same id."""
+    events = [*_phase(2, 0, 0.0, 1), *_phase(5, 2, 0.5, 2)]  # the failures run to the very end
+    records = [Record("s", 0, i, b"k", orjson.dumps({k: v for k, v in e.items() if k != "kind"}))
+               for i, e in enumerate(events)]
+    store = MemoryWindowStore()
+    clock, newest = [0.0], [0.0]
+    loop = EvaluationLoop(Evaluator(store, POLICY, MemoryEvaluatorStates()), None,
+                          {"gates": "g", "rollbacks": "r", "alerts": "a"}, lease_s=5.0, owner="w", idle_s=60.0,
+                          clock=lambda: clock[0], wall=lambda: newest[0] + 1.0)
+    processor = _processor(store)
+    by_second: dict[datetime, list[Record]] = {}
+    for record in records:
+        by_second.setdefault(_ts(record).replace(microsecond=0), []).append(record)
+    live: list[GovernanceEvent] = []
+    for second in sorted(by_second):
+        processor.process(by_second[second])
+        newest[0], clock[0] = second.timestamp(), clock[0] + 1.0
+        live += [event for _, _, _, event in loop.round()]
+    assert _rollbacks(live) == []  # the last failing minutes wait for newer events that do not come
+    clock[0] += 61.0  # the comparison stood still for the idle period: its stream stopped
+    live += [event for _, _, _, event in loop.round()]
+    ((trigger, event_id, ts),) = _rollbacks(live)
+    assert (trigger, ts) == ("error_rate", START + timedelta(minutes=7))
+
+    replayed = replay_lines(iter([r.value for r in records]), evaluate_every_s=60)
+    assert [(e["trigger"], uuid.UUID(e["event_id"])) for e in replayed["events"] if e["type"] == "RollbackTrigger"] \
+        == [(trigger, event_id)]

@@ -180,6 +180,11 @@ class Settings(BaseSettings):
         60.0, ge=0, description="re-evaluate a comparison whose newest event time stands still this often "
         "(wall-clock s), so late labels reach its gates; 0 = only when event time advances"
     )
+    gate_republish_s: float = Field(
+        900.0, ge=0, description="the worker publishes a gate decision that is not READY again, with its current "
+        "figures, once the last one is this old (event time s), so `shadowgate model status` never shows figures "
+        "older than this; 0 = only when the verdict changes"
+    )
     policy_path: str | None = Field(None, description="policy YAML; None = the shipped default")
     keys_dir: str | None = Field(None, description="signing keys directory")
     catalog_path: str | None = Field(None, description="governed feature catalog YAML; None = the shipped one")

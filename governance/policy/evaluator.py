@@ -21,7 +21,8 @@ Events, and when:
 
 * ``GateReady`` / ``GateBlocked`` (SHADOW and STAGING) when the verdict differs from the last one
   emitted, or the policy hash changed (a new policy deserves a fresh decision); the first evaluation
-  always emits;
+  always emits; with ``republish_s`` a decision other than READY is emitted again once the last one is
+  that old in event time (its figures current);
 * ``RollbackTrigger`` when a trigger fires (once per breach episode, see :mod:`governance.policy.triggers`), and
   an ``Alert`` too when the trigger's policy says ``alert`` (always for SOURCE_UNHEALTHY, which never
   rolls back);
@@ -78,7 +79,16 @@ from governance.policy.triggers import (
     step_minutes,
 )
 
-__all__ = ["ContextSource", "EvaluationContext", "EvaluatorState", "MinuteClose", "Monitor", "evaluate", "minutes_due"]
+__all__ = [
+    "ContextSource",
+    "EvaluationContext",
+    "EvaluatorState",
+    "MinuteClose",
+    "Monitor",
+    "current_gate",
+    "evaluate",
+    "minutes_due",
+]
 
 # Fixed namespace: event ids are UUID5(namespace, decision), identical in replay and live evaluation.
 _NAMESPACE = uuid.UUID("5f1d3c2e-8a4b-5c6d-9e7f-0a1b2c3d4e5f")
@@ -127,6 +137,7 @@ class EvaluatorState(BaseModel):
     outcomes: dict[str, CheckOutcome] = Field(default_factory=dict)
     triggers: TriggerState = Field(default_factory=TriggerState)
     alerts: dict[str, AwareDatetime] = Field(default_factory=dict)
+    gate_at: AwareDatetime | None = None  # event time of the last gate decision emitted
 
     def to_json(self) -> bytes:
         return orjson.dumps(self.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
@@ -290,7 +301,11 @@ def _missing(policy: Policy, gate: str, window: str, now: datetime) -> GateResul
 
 
 def _gate(
-    policy: Policy, context: EvaluationContext, snapshots: Mapping[str, WindowSnapshot], now: datetime
+    policy: Policy,
+    context: EvaluationContext,
+    snapshots: Mapping[str, WindowSnapshot],
+    now: datetime,
+    clock: datetime | None = None,
 ) -> GateResult:
     name = policy.windows.stage
     gate = "shadow_completion" if context.stage == "SHADOW" else "staging"
@@ -309,13 +324,44 @@ def _gate(
             context.integrity_violations_7d,
             context.escalations_7d,
             now,
+            fresh_at=clock,
         )
-    return evaluate_staging_gate(policy, snapshot, started, context.canary_share, now)
+    return evaluate_staging_gate(policy, snapshot, started, context.canary_share, now, fresh_at=clock)
 
 
-def _emit_gate(emit: _Emitter, result: GateResult, state: EvaluatorState) -> None:
-    if (result.verdict, emit.policy.hash()) == (state.verdict, state.policy_hash):
-        return
+def _daily(policy: Policy, snapshots: Mapping[str, WindowSnapshot]) -> tuple[list[str], list[WindowSnapshot]]:
+    days = [f"{policy.windows.daily_prefix}{i}" for i in range(policy.production.stability_days, 0, -1)]
+    return days, [snapshots[name] for name in days if name in snapshots]
+
+
+def current_gate(
+    policy: Policy,
+    context: EvaluationContext,
+    snapshots: Mapping[str, WindowSnapshot],
+    now: datetime,
+    clock: datetime | None = None,
+) -> GateResult | None:
+    """The gate of the context's stage on ``snapshots`` at ``now``, as :func:`evaluate` judges it, with no state and
+    nothing emitted (``shadowgate model explain``). PRODUCTION: the production checks (None without their window).
+    """
+    if context.stage != "PRODUCTION":
+        return _gate(policy, context, snapshots, now, clock)
+    snapshot = snapshots.get(policy.windows.production)
+    if snapshot is None:
+        return None
+    return evaluate_production(policy, snapshot, _daily(policy, snapshots)[1], context.trained_at, now, fresh_at=clock)
+
+
+def _emit_gate(emit: _Emitter, result: GateResult, state: EvaluatorState, republish_s: float) -> bool:
+    """Emit the gate decision when it changed, or, not READY, when the last one is ``republish_s`` old (event time)."""
+    unchanged = (result.verdict, emit.policy.hash()) == (state.verdict, state.policy_hash)
+    due = (
+        republish_s > 0
+        and result.verdict != "READY"
+        and (state.gate_at is None or emit.now - state.gate_at >= timedelta(seconds=republish_s))
+    )
+    if unchanged and not due:
+        return False
     evidence = emit.evidence(result.checks, [result.window] if result.window else [], result)
     stage = emit.context.stage
     if result.verdict == "READY":
@@ -330,18 +376,18 @@ def _emit_gate(emit: _Emitter, result: GateResult, state: EvaluatorState) -> Non
             verdict=result.verdict,
             failing_checks=result.blocking,
         )
+    return True
 
 
 def _production(
-    emit: _Emitter, snapshots: Mapping[str, WindowSnapshot], state: EvaluatorState
+    emit: _Emitter, snapshots: Mapping[str, WindowSnapshot], state: EvaluatorState, clock: datetime | None = None
 ) -> tuple[GateResult | None, dict[str, CheckOutcome]]:
     policy, context = emit.policy, emit.context
     snapshot = snapshots.get(policy.windows.production)
     if snapshot is None:
         return None, dict(state.outcomes)
-    days = [f"{policy.windows.daily_prefix}{i}" for i in range(policy.production.stability_days, 0, -1)]
-    daily = [snapshots[name] for name in days if name in snapshots]
-    result = evaluate_production(policy, snapshot, daily, context.trained_at, emit.now)
+    days, daily = _daily(policy, snapshots)
+    result = evaluate_production(policy, snapshot, daily, context.trained_at, emit.now, fresh_at=clock)
     outcomes = dict(state.outcomes)
     for check in result.checks:
         before, outcomes[check.name] = outcomes.get(check.name), check.outcome
@@ -364,6 +410,11 @@ def _production(
     return result, outcomes
 
 
+def _aware(when: datetime) -> None:
+    if when.tzinfo is None or when.utcoffset() is None:
+        raise ValueError(f"clock must be a timezone-aware UTC datetime, got naive {when.isoformat()}")
+
+
 def minutes_due(
     state: EvaluatorState, now: datetime, first_event: datetime | None = None, limit: int = MAX_MINUTES
 ) -> list[datetime]:
@@ -382,6 +433,9 @@ def evaluate(
     state: EvaluatorState,
     now: datetime,
     minutes: Sequence[MinuteClose] | None = None,
+    clock: datetime | None = None,
+    republish_s: float = 0.0,
+    close_until: datetime | None = None,
 ) -> tuple[EvaluatorState, list[GovernanceEvent]]:
     """Evaluate one comparison at event time ``now``; see the module docstring for what is emitted.
 
@@ -389,26 +443,39 @@ def evaluate(
     ends :func:`minutes_due` names): the rollback triggers are then stepped once per minute, in event
     time, and a firing is stamped with its minute. None (the default) steps them once at ``now`` on the
     rolling windows of ``snapshots`` (sustain then timed between calls).
+
+    ``clock`` is the wall clock of a live caller: the source's freshness (SOURCE_UNHEALTHY and the gates'
+    ``source_fresh``) is judged against it, since ``now``, the newest event, never looks old. None (replay):
+    judged at ``now``. Nothing else depends on it.
+
+    ``republish_s`` > 0: a gate decision that is not READY is emitted again, with its current checks and
+    figures, once the last one emitted is that old in event time (``shadowgate model status`` then shows
+    figures at most that old); 0: only on change. ``close_until``: minute closes ending after ``now`` up to it
+    are judged too (a stream that stopped: the minute ``now`` is in will get no more events); default ``now``.
     """
     if now.tzinfo is None or now.utcoffset() is None:
         raise ValueError(f"now must be a timezone-aware UTC datetime, got naive {now.isoformat()}")
     now = now.astimezone(UTC)  # one spelling of the instant, so event ids do not depend on the caller's zone
+    if clock is not None:
+        _aware(clock)
     if state.triggers.last_step is not None and now < state.triggers.last_step:
         return state, []
     side: Literal["candidate", "production"] = "production" if context.stage == "PRODUCTION" else "candidate"
     emit = _Emitter(policy, context, state.alerts, now)
     if minutes is None:
-        triggers, firings = step(policy, state.triggers, snapshots, now, side)
+        triggers, firings = step(policy, state.triggers, snapshots, now, side, clock)
     else:
-        triggers, firings = step_minutes(policy, state.triggers, minutes, snapshots, now, side)
+        triggers, firings = step_minutes(policy, state.triggers, minutes, snapshots, now, side, clock, close_until)
     _emit_firings(emit, firings, snapshots if minutes is None else _close_windows(snapshots, minutes), side)
     outcomes = dict(state.outcomes)
+    gate_at = state.gate_at
     if context.stage == "PRODUCTION":
-        result, outcomes = _production(emit, snapshots, state)
+        result, outcomes = _production(emit, snapshots, state, clock)
         verdict = state.verdict if result is None else result.verdict
     else:
-        result = _gate(policy, context, snapshots, now)
-        _emit_gate(emit, result, state)
+        result = _gate(policy, context, snapshots, now, clock)
+        if _emit_gate(emit, result, state, republish_s):
+            gate_at = now
         verdict = result.verdict
     # Later calls step minutes after the last one stepped here (or observations at a later now), so a
     # dedup entry older than the alert period before that can no longer suppress anything.
@@ -419,5 +486,6 @@ def evaluate(
         outcomes=outcomes,
         triggers=triggers,
         alerts=emit.kept_alerts(horizon),
+        gate_at=gate_at,
     )
     return new_state, sorted(emit.events, key=lambda event: event.ts)

@@ -214,8 +214,12 @@ def evaluate_shadow_completion(
     integrity_violations_7d: int | None,
     escalations_7d: int | None,
     now: datetime,
+    *,
+    fresh_at: datetime | None = None,
 ) -> GateResult:
     """Spec 3.2 ``validate_shadow_completion`` over the whole shadow window.
+
+    ``fresh_at``: the instant the source's freshness is judged at (the live worker's wall clock); default ``now``.
 
     The eight checklist items, in spec order, then ``source_fresh`` (a stale source pauses promotion),
     then ``duration_guidance`` (WARNING once the shadow has run longer than spec 1.2's 14 days, or its
@@ -244,7 +248,7 @@ def evaluate_shadow_completion(
     checks.append(judge("performance_budget_met", latency, s.p99_latency_ms, pairs, policy.conclusive.min_pairs, " ms"))
     stats_check, statistics = statistical_tests(policy, snapshot)
     checks.append(stats_check)
-    checks.append(source_fresh(policy, snapshot, now))
+    checks.append(source_fresh(policy, snapshot, fresh_at or now))
     checks.extend(guidance_checks("duration_guidance", shadow_started_at, now, _shadow_max_days(policy, model_type)))
     checks.extend(c.model_copy(update={"name": f"metrics.{c.name}"}) for c in metrics.checks)
     return gate_result("shadow_completion", policy, snapshot, checks, now, statistics, severity)

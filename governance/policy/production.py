@@ -79,6 +79,8 @@ def evaluate_production(
     trained_at: datetime | None,
     now: datetime,
     side: Literal["production", "candidate"] = "production",
+    *,
+    fresh_at: datetime | None = None,
 ) -> GateResult:
     """Monitor the model on ``side`` of the comparison (the production model by default).
 
@@ -86,6 +88,7 @@ def evaluate_production(
     freshness; ``daily`` the last whole days, most recent last. Checks: ``staleness_warning_days``
     (WARNING), ``staleness_limit_days`` (the policy's enforcement: WARNING by default),
     ``calibration_drift`` (RECALIBRATE), ``score_stability_sigma`` (WARNING), ``source_fresh`` (BLOCK).
+    ``source_fresh`` is judged at ``fresh_at`` (the live worker's wall clock; default ``now``).
     Verdict BLOCKED means the source is stale, or the model is past a staleness limit the policy made BLOCK.
     """
     p = policy.production
@@ -118,7 +121,7 @@ def evaluate_production(
     labels = metric_count(snapshot, "label_count")
     checks.append(judge("calibration_drift", drift, p.calibration_drift, labels, policy.conclusive.min_labels))
     checks.append(_stability(policy, daily, side))
-    checks.append(source_fresh(policy, snapshot, now))
+    checks.append(source_fresh(policy, snapshot, fresh_at or now))
     return GateResult(
         gate="production",
         verdict=verdict_of(checks),

@@ -35,6 +35,8 @@ def evaluate_staging_gate(
     staging_started_at: datetime,
     canary_share: float | None,
     now: datetime,
+    *,
+    fresh_at: datetime | None = None,
 ) -> GateResult:
     """The STAGING table on canary versus production traffic, plus the stage's duration and share.
 
@@ -42,7 +44,7 @@ def evaluate_staging_gate(
     the maximum), ``canary_traffic_share`` (the assigned share must be within the policy range, BLOCK;
     None is INCONCLUSIVE), ``p99_latency_ms``, ``error_rate``, ``kl_divergence``, one
     ``feature_drift[<name>]`` per feature (no feature reported: one ``feature_drift`` "not measured"
-    warning), ``source_fresh``.
+    warning), ``source_fresh`` (judged at ``fresh_at``, the live worker's wall clock; default ``now``).
     """
     st, c = policy.staging, policy.conclusive
     pairs = metric_count(snapshot, "sample_count")
@@ -96,5 +98,5 @@ def evaluate_staging_gate(
                 c.min_pairs,
             )
         )
-    checks.append(source_fresh(policy, snapshot, now))
+    checks.append(source_fresh(policy, snapshot, fresh_at or now))
     return gate_result("staging", policy, snapshot, checks, now)

@@ -34,9 +34,12 @@ form: one step per call at ``now`` on the rolling windows, sustain timed between
 that passes no minute closes gets).
 
 **SOURCE_UNHEALTHY** (``source_unhealthy``): the newest event of the ``now`` snapshots is older than
-``source.staleness_limit_s`` (or there is none). It fires an alert (action None, never a rollback). In
-:func:`step` it also turns every other trigger's observation unknown (stale rolling windows roll nothing
-back); minute closes are complete minutes of data that did arrive, judged on their own.
+``source.staleness_limit_s`` (or there is none), judged at ``clock`` when the caller gives one (the live
+worker gives its wall clock: its ``now`` is the newest event, which never looks old) and at the event time
+``now`` otherwise (replay). The firing is stamped with ``now`` either way, so its event stays in event-time
+order. It fires an alert (action None, never a rollback). In :func:`step` it also turns every other
+trigger's observation unknown (stale rolling windows roll nothing back); minute closes are complete
+minutes of data that did arrive, judged on their own.
 
 Pure, deterministic; a ``now`` earlier than the previous step changes nothing; repeating a step with the
 same inputs fires nothing new. State is a pydantic model that round-trips through JSON for Redis.
@@ -386,10 +389,10 @@ def _aware(now: datetime) -> None:
 
 
 def _source(
-    policy: Policy, state: TriggerState, values: TriggerInputs, now: datetime
+    policy: Policy, state: TriggerState, values: TriggerInputs, now: datetime, clock: datetime | None = None
 ) -> tuple[Episode, list[TriggerFiring], bool]:
     latest = values.latest_event_ts
-    age_s = None if latest is None else max((now - latest).total_seconds(), 0.0)
+    age_s = None if latest is None else max(((clock or now) - latest).total_seconds(), 0.0)
     unhealthy = age_s is None or age_s > policy.source.staleness_limit_s
     episode, now_fired = _source_advance(policy, state.episode(SOURCE_UNHEALTHY), unhealthy, now)
     return episode, [_source_firing(policy, age_s, now)] if now_fired else [], unhealthy
@@ -423,6 +426,7 @@ def step(
     inputs: TriggerInputs | Mapping[str, WindowSnapshot],
     now: datetime,
     side: Literal["candidate", "production"] = "candidate",
+    clock: datetime | None = None,
 ) -> tuple[TriggerState, list[TriggerFiring]]:
     """Advance every trigger of one comparison to ``now`` on the rolling windows; firings in a fixed order.
 
@@ -434,7 +438,7 @@ def step(
     if state.last_step is not None and now < state.last_step:
         return state, []
     values = _values(policy, inputs, side)
-    source, fired, unhealthy = _source(policy, state, values, now)
+    source, fired, unhealthy = _source(policy, state, values, now, clock)
     episodes: dict[str, Episode] = {SOURCE_UNHEALTHY: source}
     for name in METRIC_TRIGGERS:
         observation = values.observations.get(name)
@@ -482,18 +486,22 @@ def step_minutes(
     inputs: TriggerInputs | Mapping[str, WindowSnapshot],
     now: datetime,
     side: Literal["candidate", "production"] = "candidate",
+    clock: datetime | None = None,
+    until: datetime | None = None,
 ) -> tuple[TriggerState, list[TriggerFiring]]:
     """Advance every metric trigger once per minute close (event time), and SOURCE_UNHEALTHY at ``now``.
 
     ``closes`` are the minutes :func:`minute_ends` named (others are ignored: already stepped, or ending
-    after ``now``); ``inputs`` are the rolling windows at ``now``, read only for the source's freshness.
+    after ``until``, default ``now``: a caller that knows no more event will come for the minute ``now`` is in,
+    a stream that stopped, may close it); ``inputs`` are the rolling windows at ``now``, read only for the
+    source's freshness.
     A firing's ``fired_at`` is the end of the minute that completed its evidence. ValueError when a close
     does not end on a whole minute.
     """
     _aware(now)
     if state.last_step is not None and now < state.last_step:
         return state, []
-    source, fired, _ = _source(policy, state, _values(policy, inputs, side), now)
+    source, fired, _ = _source(policy, state, _values(policy, inputs, side), now, clock)
     episodes = {name: state.episode(name) for name in METRIC_TRIGGERS}
     last = state.last_minute
     for close in sorted(closes, key=lambda c: c.end):
@@ -501,7 +509,7 @@ def step_minutes(
         end = close.end.astimezone(UTC)
         if end.timestamp() % 60:
             raise ValueError(f"a minute close must end on a whole minute, got {end.isoformat()}")
-        if (last is not None and end <= last) or end > now:
+        if (last is not None and end <= last) or end > (until or now):
             continue
         gap = last is not None and end - last > _MINUTE
         observations = _values(policy, close.snapshots, side).observations

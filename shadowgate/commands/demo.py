@@ -73,6 +73,10 @@ _BANNER = ("DEMO POLICY (deploy/demo-policy.yaml): minimum stage durations 0 day
            "spec 3.1, so the lifecycle runs in minutes. Never the default; never for a real model.")
 
 
+# The minute in progress and the join window (SHADOWGATE_JOIN_WINDOW_S, 60 s) before a minute of event time is judged.
+_MINUTE_CLOSE_S = 120.0
+
+
 def _step(number: int, title: str, proves: str) -> None:
     click.echo()
     click.secho(f"[{number}/8] {title}", bold=True)
@@ -234,10 +238,14 @@ def _lifecycle(run: Run, policy: Policy, pairs: int, timeout_s: float, steps: _S
     say(f"now {NEW} slows down to ~1.5 s per request, at {RATE_PER_S:,.0f} requests/s", 4)
     t0 = time.monotonic()
     service.slow[NEW], service.rate_per_s = 1500.0, RATE_PER_S
+    # The trigger judges whole minutes of event time, each once the stream is a join window past it
+    # (docs/gates.md, "Event time"): the breach is seen at the close of the minute it starts in, up to two
+    # minutes after the first slow request; the step's own timeout comes on top.
+    wait_s = timeout_s + _MINUTE_CLOSE_S
     try:
-        service.wait_routing(f"{OLD} serving again", lambda a: a.production == OLD, timeout_s)
+        service.wait_routing(f"{OLD} serving again", lambda a: a.production == OLD, wait_s)
     except DemoError:
-        raise DemoError(f"rollback of {NEW}: no RollbackTrigger acted on within {timeout_s:.0f} s of the breach "
+        raise DemoError(f"rollback of {NEW}: no RollbackTrigger acted on within {wait_s:.0f} s of the breach "
                         f"(worker logs in {run.root})") from None
     rollback_s = time.monotonic() - t0
     service.rate_per_s, service.standby = TRICKLE_PER_S, None

@@ -307,15 +307,21 @@ _from_log = click.option("--from-log", is_flag=True, help="Rebuild the state fro
 @click.argument("model_name", metavar="[MODEL]", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--policy", "policy_path", default=None, help="Policy YAML (default: settings, else the shipped one).")
+@click.option("--live", is_flag=True, help="Also evaluate each gate now on the live windows (as `model explain`).")
 @_from_log
-def status(model_name: str | None, as_json: bool, policy_path: str | None, from_log: bool) -> None:
+def status(model_name: str | None, as_json: bool, policy_path: str | None, live: bool, from_log: bool) -> None:
     """Every model version: stage, time in stage, role, and what blocks its next step."""
     from governance.lifecycle.report import status as status_rows
     from governance.policy.document import load_policy
 
-    rows = status_rows(_state(from_log), load_policy(policy_path or settings().policy_path), now_utc(), model_name)
+    state, policy, now = _state(from_log), load_policy(policy_path or settings().policy_path), now_utc()
+    rows = status_rows(state, policy, now, model_name)
+    figures = {(row.model, row.version): _figures(state, row.model, row.version, row.stage.value) for row in rows}
+    if live:
+        _live_figures(figures, policy, now)
     if as_json:
-        click.echo(orjson.dumps([row.model_dump(mode="json") for row in rows], option=orjson.OPT_INDENT_2).decode())
+        docs = [{**row.model_dump(mode="json"), **figures[(row.model, row.version)]} for row in rows]
+        click.echo(orjson.dumps(docs, option=orjson.OPT_INDENT_2).decode())
         return
     if not rows:
         click.echo("no model registered" + (f" under {model_name}" if model_name else ""))
@@ -324,13 +330,15 @@ def status(model_name: str | None, as_json: bool, policy_path: str | None, from_
     from rich.table import Table
 
     table = Table(title="shadowgate models", show_lines=True)
-    for column in ("model", "version", "stage", "in stage", "role", "next", "blocked by", "pending"):
+    for column in ("model", "version", "stage", "in stage", "role", "next", "blocked by", "pending",
+                   "gate figures taken"):
         table.add_column(column, overflow="fold")
     for row in rows:
         blocked = "\n".join(f"- {rule}" for rule in row.blocked_by) or ("ready" if row.next_stage else "-")
         table.add_row(row.model, row.version, row.stage.value, row.time_in_stage, row.role,
-                      row.next_stage.value if row.next_stage else "-", blocked, _pending_text(row))
-    Console(width=180).print(table)
+                      row.next_stage.value if row.next_stage else "-", blocked, _pending_text(row),
+                      _taken(figures[(row.model, row.version)], now))
+    Console(width=200).print(table)
 
 
 def _pending_text(row: Any) -> str:
@@ -345,6 +353,54 @@ def _pending_text(row: Any) -> str:
     if row.retry_at is not None:
         lines.append(f"promotion retried {row.retry_at:%Y-%m-%d %H:%M:%S}Z (only time blocks it)")
     return "\n".join(lines) or "-"
+
+
+def _figures(state: GovernanceState, model_name: str, version: str, stage: str) -> dict[str, Any]:
+    """When the gate figures behind ``blocked by`` were taken: the latest gate event's own time (event time)."""
+    from governance.lifecycle.state import latest_gate
+
+    record = latest_gate(state, model_name, version, stage) if stage in ("SHADOW", "STAGING") else None
+    if record is None:
+        return {"gate_verdict": None, "gate_taken_at": None}
+    return {"gate_verdict": "READY" if record.passed else "BLOCKED", "gate_taken_at": record.ts.isoformat()}
+
+
+def _live_figures(figures: dict[tuple[str, str], dict[str, Any]], policy: Any, now: Any) -> None:
+    from shadowgate.commands.explain import explanations
+
+    for (model_name, version), doc in figures.items():
+        gates = explanations(model_name, version, policy, now)
+        doc["live"] = [{"comparison": g["comparison"], "verdict": g["verdict"], "taken_at": g["evaluated_at"],
+                        "newest_event": g["newest_event"],
+                        "failing": [c["message"] for c in g["checks"] if _blocks(c)]}
+                       for g in gates]  # fmt: skip
+
+
+def _blocks(check: dict[str, Any]) -> bool:
+    # Check.blocks, on the JSON form.
+    return (check["outcome"] == "FAIL" and check["enforcement"] == "BLOCK") or check["outcome"] in ("INCONCLUSIVE",
+                                                                                                      "ERROR")
+
+
+def _taken(doc: dict[str, Any], now: Any) -> str:
+    from datetime import datetime
+
+    lines = []
+    if doc["gate_taken_at"] is not None:
+        at = datetime.fromisoformat(doc["gate_taken_at"])
+        lines.append(f"{doc['gate_verdict']} at {at:%Y-%m-%d %H:%M:%S} ({_ago(now - at)} ago)")
+    for gate in doc.get("live", []):
+        lines.append(f"live {gate['verdict']} at {datetime.fromisoformat(gate['taken_at']):%H:%M:%S} "
+                     f"(events to {gate['newest_event']})")
+        lines += [f"  - {failing}" for failing in gate["failing"]]
+    return "\n".join(lines) or "-"
+
+
+def _ago(delta: Any) -> str:
+    seconds = max(0, int(delta.total_seconds()))
+    if seconds < 3600:
+        return f"{seconds // 60} min"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min" if seconds < 86400 else f"{seconds // 86400} d"
 
 
 @model.command("history")
@@ -401,3 +457,13 @@ def proofpack(model_name: str, version: str, keys_dir: Path, phase: str | None, 
         click.echo(f"ProofPack {pack.proofpack_id} (signature verified) written to {output}")
         return
     click.echo(orjson.dumps(pack.model_dump(mode="json"), option=orjson.OPT_INDENT_2).decode())
+
+
+def _register_explain() -> None:
+    # Its own module (it reads the live windows through the worker's code); a subcommand of `model`.
+    from shadowgate.commands.explain import explain
+
+    model.add_command(explain)
+
+
+_register_explain()

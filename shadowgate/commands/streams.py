@@ -133,8 +133,10 @@ def replay(file: Path, window_names: tuple[str, ...], as_json: bool, model_type:
     Event time is bounded as in the live worker, around --now (default: now), so traffic replayed soon
     after it was recorded gives the live worker's windows.
     """
+    from governance.policy.catalog import load_catalog
     from governance.policy.document import load_policy
     from streams.decode.bounds import EventTimeBounds
+    from streams.fold.aggregate import catalog_config
     from streams.worker.reading import DEFAULT_WINDOWS
     from streams.worker.replay import replay_file
     from streams.worker.runtime import tune_gc
@@ -142,8 +144,10 @@ def replay(file: Path, window_names: tuple[str, ...], as_json: bool, model_type:
     settings = load_settings()
     tune_gc(Settings.model_fields["gc_young_threshold"].default)
     clock = None if now is None else (now if now.tzinfo else now.replace(tzinfo=UTC)).timestamp()
+    # The worker's binning and feature check: the catalog of SHADOWGATE_CATALOG_PATH (default: the shipped one).
+    config = catalog_config(load_catalog(settings.catalog_path))
     doc = replay_file(file, windows=window_names or DEFAULT_WINDOWS, policy=load_policy(policy_path),
-                      model_type=model_type, evaluate_every_s=evaluate_every,
+                      config=config, model_type=model_type, evaluate_every_s=evaluate_every,
                       bounds=EventTimeBounds(settings.max_event_lead_s, settings.max_event_lag_s), now_s=clock,
                       progress=lambda n: click.echo(f"  {n:,} lines", err=True))  # fmt: skip
     _print(doc, as_json, empty="no comparisons: the file holds no production event paired with a candidate's")
@@ -154,7 +158,7 @@ def replay(file: Path, window_names: tuple[str, ...], as_json: bool, model_type:
 
 _SHOWN = ("sample_count", "label_count", "mean_abs_delta", "p95_abs_delta", "p99_abs_delta", "kl_divergence",
           "psi", "decision_flip_rate", "p99_latency_ms", "error_rate", "brier_score", "auc_roc",
-          "precision_at_10", "calibration_slope", "orphan_rate", "integrity_violations")
+          "precision_at_10", "calibration_slope", "orphan_rate", "integrity_violations", "feature_violations")
 
 
 _NO_LIVE_COMPARISONS = "no comparisons yet: publish scores and run `shadowgate worker`"

@@ -54,18 +54,20 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import astuple, dataclass
+from dataclasses import astuple, dataclass, replace
 from functools import lru_cache
 
 import numpy as np
 import numpy.typing as npt
 
 from governance.errors import ConfigError, SketchError
-from streams.fold.features import FeatureColumn, feature_bin_counts
+from governance.policy.catalog import FeatureCatalog
+from streams.fold.features import FeatureColumn, feature_bin_counts, feature_violations
 from streams.fold.sketches import LinearHistogram, LogHistogram
 
 __all__ = [
     "AggregateConfig",
+    "catalog_config",
     "fold_duplicates",
     "fold_integrity",
     "fold_labels",
@@ -97,6 +99,10 @@ class AggregateConfig:
     ``len(edges) + 1`` bins, the first and last open-ended. Other numeric features use default bins of
     ``sign(x) * log1p(|x|)`` of width ``feature_log_width``; strings are hashed (CRC-32) into
     ``feature_hash_buckets`` buckets; missing values (None, NaN) get their own bin.
+
+    ``feature_dtypes`` is the feature catalog's ``(name, dtype)`` of every feature (None: no catalog, no check):
+    each feature value of a pair that the catalog does not know, or of the wrong type, is counted in the
+    ``fv`` field (``feature_violations``, spec 5.2; see :func:`streams.fold.features.feature_violations`).
     """
 
     fixed_point_scale: int = 1_000_000_000
@@ -114,6 +120,7 @@ class AggregateConfig:
     feature_log_width: float = 0.5
     feature_hash_buckets: int = 32
     feature_edges: tuple[tuple[str, tuple[float, ...]], ...] = ()
+    feature_dtypes: tuple[tuple[str, str], ...] | None = None
 
     def __post_init__(self) -> None:
         for name in (
@@ -182,9 +189,27 @@ class AggregateConfig:
                 return edges
         return None
 
+    def dtype_of(self, feature: str) -> str | None:
+        """The catalog dtype of ``feature``; None when the catalog does not list it."""
+        for name, dtype in self.feature_dtypes or ():
+            if name == feature:
+                return dtype
+        return None
+
     def fingerprint(self) -> str:
         """A short stable digest of the config: store it beside the fields to refuse mixed binning."""
         return hashlib.sha256(repr(astuple(self)).encode()).hexdigest()[:16]
+
+
+def catalog_config(catalog: FeatureCatalog, base: AggregateConfig | None = None) -> AggregateConfig:
+    """``base`` (default: the default binning) with the feature catalog's bin edges and dtypes: numeric features
+    are binned by the catalog's ``bins`` for drift, and every feature value is checked against the catalog."""
+    features = sorted(catalog.features.items())
+    return replace(
+        base or AggregateConfig(),
+        feature_edges=tuple((name, tuple(float(e) for e in spec.bins)) for name, spec in features if spec.bins),
+        feature_dtypes=tuple((name, spec.dtype) for name, spec in features),
+    )
 
 
 @dataclass(frozen=True)
@@ -264,6 +289,8 @@ def _flags(values: npt.ArrayLike | None, n: int, what: str) -> npt.NDArray[np.bo
 
 def _fold_features(out: dict[str, int], side: str, features: Features | None, config: AggregateConfig) -> None:
     for name, values in (features or {}).items():
+        if config.feature_dtypes is not None:
+            _add(out, "fv", feature_violations(values, config.dtype_of(name)))
         counts = feature_bin_counts(
             values,
             edges=config.edges_for(name),

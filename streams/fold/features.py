@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["FeatureColumn", "feature_bin_counts"]
+__all__ = ["FeatureColumn", "feature_bin_counts", "feature_violations"]
 
 
 @dataclass(frozen=True)
@@ -83,6 +83,46 @@ def feature_bin_counts(
     if not is_str.all():
         _count_numbers(counts, array[~is_str].astype(np.float64), edges, log_width)  # None becomes NaN: missing
     return counts
+
+
+_NUMBERS = ("float64", "float32")
+_INTEGERS = ("int64", "int32")
+
+
+def feature_violations(
+    values: npt.ArrayLike | Sequence[float | int | str | None] | FeatureColumn, dtype: str | None
+) -> int:
+    """How many of the values break the feature catalog (spec 5.2): all of them when the feature is not in the
+    catalog (``dtype`` None), else those of the wrong type. Missing values (None, NaN) are never a type error.
+
+    ``float64`` / ``float32`` want numbers; ``int64`` / ``int32`` whole numbers; ``bool`` 0 / 1 (JSON
+    true / false); ``category`` / ``string`` text; ``timestamp`` text or numbers (ISO 8601 or epoch).
+    """
+    column = values if isinstance(values, FeatureColumn) else _column(values)
+    if dtype is None:
+        return len(column)
+    is_str = column.codes >= 0
+    numbers = column.numbers[~is_str]
+    present = numbers[~np.isnan(numbers)]
+    if dtype in _NUMBERS:
+        return int(is_str.sum())
+    if dtype in _INTEGERS:
+        return int(is_str.sum()) + int((~np.isfinite(present) | (present != np.round(present))).sum())
+    if dtype == "bool":
+        return int(is_str.sum()) + int(((present != 0.0) & (present != 1.0)).sum())
+    if dtype in ("category", "string"):
+        return int(present.size)
+    return 0  # timestamp: text or epoch numbers
+
+
+def _column(values: npt.ArrayLike | Sequence[float | int | str | None]) -> FeatureColumn:
+    """Arbitrary values as a FeatureColumn (numbers, and strings as codes), for :func:`feature_violations`."""
+    items = list(np.asarray(values, dtype=object).ravel())
+    strings = sorted({v for v in items if isinstance(v, str)})
+    index = {word: i for i, word in enumerate(strings)}
+    codes = np.array([index[v] if isinstance(v, str) else -1 for v in items], dtype=np.int32)
+    numbers = np.array([np.nan if v is None or isinstance(v, str) else float(v) for v in items], dtype=np.float64)
+    return FeatureColumn(numbers, codes, strings)
 
 
 def _has_non_strings(values: object) -> bool:

@@ -20,7 +20,7 @@ labels into other slots than their pairs).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NoReturn
 
@@ -29,20 +29,33 @@ import numpy.typing as npt
 
 from governance.contract.comparison import DeltaSums
 from governance.errors import SketchError
+from governance.policy.bounds import kl_estimate, logistic_slope_se
+from governance.policy.observations import latency_above_metric
 from streams.fold import metrics
 from streams.fold.aggregate import AggregateConfig
 from streams.fold.sketches import LinearHistogram, LogHistogram
 
-__all__ = ["METRIC_NAMES", "SCALAR_FIELDS", "delta_sums", "histograms", "metrics_from_fields", "score_counts"]
+__all__ = [
+    "METRIC_NAMES",
+    "SCALAR_FIELDS",
+    "delta_sums",
+    "histograms",
+    "metrics_from_fields",
+    "score_counts",
+]
 
 IntArray = npt.NDArray[np.int64]
 
 _SPARSE_PREFIXES = frozenset({"lp", "lc", "fp", "fc"})
 
 SCALAR_FIELDS = frozenset(
-    {"n", "ns", "sd", "sd2", "sad", "ep", "ec", "op", "oc", "eop", "eoc", "dup", "iv", "nl", "l1", "bp", "bc"}
+    {"n", "ns", "sd", "sd2", "sad", "ep", "ec", "op", "oc", "eop", "eoc", "dup", "iv", "fv", "nl", "l1", "bp", "bc"}
 )
 _SIDE_METRICS = (
+    "request_count",
+    "error_count",
+    "latency_count",
+    "calibration_slope_se",
     "p50_latency_ms",
     "p95_latency_ms",
     "p99_latency_ms",
@@ -64,6 +77,8 @@ _PAIR_METRICS = (
     "p99_abs_delta",
     "mean_signed_delta",
     "kl_divergence",
+    "kl_divergence_bias",
+    "kl_divergence_se",
     "psi",
     "js_divergence",
     "decision_flip_rate",
@@ -71,6 +86,7 @@ _PAIR_METRICS = (
     "orphan_count",
     "duplicate_count",
     "integrity_violations",
+    "feature_violations",
 )
 METRIC_NAMES: tuple[str, ...] = _PAIR_METRICS + _SIDE_METRICS + tuple(f"production_{name}" for name in _SIDE_METRICS)
 
@@ -161,18 +177,24 @@ def _quantiles(sketch: LinearHistogram | LogHistogram, qs: tuple[float, ...]) ->
     return [sketch.quantile(q) for q in qs]
 
 
-def _side(parsed: _Fields, side: str, config: AggregateConfig, full: bool = True) -> dict[str, float | None]:
+def _side(
+    parsed: _Fields, side: str, config: AggregateConfig, full: bool = True, latency_above_ms: Sequence[float] = ()
+) -> dict[str, float | None]:
     """The per-side metrics of ``side`` (``p`` or ``c``); ``full=False`` skips the ranking metrics."""
     s = parsed.scalars
     scale = config.fixed_point_scale
     out: dict[str, float | None] = {}
-    latency = LogHistogram.from_counts(
-        parsed.latency[f"l{side}"], config.latency_relative_accuracy, config.latency_min_ms
-    )
+    counts = parsed.latency[f"l{side}"]
+    latency = LogHistogram.from_counts(counts, config.latency_relative_accuracy, config.latency_min_ms)
     p50, p95, p99 = _quantiles(latency, (0.5, 0.95, 0.99))
     out.update(p50_latency_ms=p50, p95_latency_ms=p95, p99_latency_ms=p99)
+    out["latency_count"] = sum(counts.values())
+    for threshold in latency_above_ms:
+        out[latency_above_metric(threshold)] = latency.count_above(threshold)
     requests = s.get("n", 0) + s.get(f"o{side}", 0)
-    out["error_rate"] = _ratio(s.get(f"e{side}", 0) + s.get(f"eo{side}", 0), requests)
+    errors = s.get(f"e{side}", 0) + s.get(f"eo{side}", 0)
+    out["request_count"], out["error_count"] = requests, errors
+    out["error_rate"] = _ratio(errors, requests)
     neg, pos = parsed.dense[f"y{side}0"], parsed.dense[f"y{side}1"]
     labelled = int(neg.sum() + pos.sum())
     out["brier_score"] = _ratio(s.get(f"b{side}", 0) / scale, labelled)
@@ -183,8 +205,10 @@ def _side(parsed: _Fields, side: str, config: AggregateConfig, full: bool = True
         out["precision_at_10"], out["recall_at_10"] = metrics.precision_recall_at(neg, pos, config.top_fraction)
     else:
         out["precision_at_10"] = out["recall_at_10"] = None
-    fit = metrics.logistic_calibration(neg, pos, config.logit_centers())
+    centers = config.logit_centers()
+    fit = metrics.logistic_calibration(neg, pos, centers)
     out["calibration_slope"], out["calibration_intercept"] = fit if fit is not None else (None, None)
+    out["calibration_slope_se"] = None if fit is None else logistic_slope_se(neg, pos, centers, fit[0], fit[1])
     return out
 
 
@@ -200,7 +224,12 @@ def _feature_drift(parsed: _Fields, config: AggregateConfig) -> dict[str, float 
 
 
 def metrics_from_fields(
-    fields: Mapping[str, int], config: AggregateConfig | None = None, *, full: bool = True
+    fields: Mapping[str, int],
+    config: AggregateConfig | None = None,
+    *,
+    full: bool = True,
+    latency_above_ms: Sequence[float] = (),
+    kl_bounds: bool = True,
 ) -> tuple[dict[str, float | None], dict[str, float | None]]:
     """(metrics, feature_drift) of one merged window; raises SketchError on fields it cannot read.
 
@@ -208,6 +237,13 @@ def metrics_from_fields(
     production side over the union of their non-empty bins (None when one side never sent it).
     ``full=False`` (the evaluator's short trigger windows) leaves the costly ranking metrics None:
     decision flip rate, AUC, precision / recall at 10 %, calibration, and feature drift.
+    ``latency_above_ms`` adds, per side, ``latency_above_ms[T]`` for each threshold ``T`` (the P99 trigger's).
+
+    The rollback triggers' exact inputs (:mod:`governance.policy.observations`) are here: ``request_count`` /
+    ``error_count`` (error_rate's numerator and denominator), ``latency_count`` and ``latency_above_ms[T]``,
+    ``kl_divergence_bias`` / ``kl_divergence_se`` (:func:`governance.policy.bounds.kl_estimate` of the drift
+    histograms; about 2 ms, left None with ``kl_bounds=False``) and ``calibration_slope_se``
+    (:func:`governance.policy.bounds.logistic_slope_se`, with the calibration fit: ``full`` only).
     """
     cfg = config or AggregateConfig()
     parsed = _parse(fields, cfg)
@@ -224,18 +260,22 @@ def metrics_from_fields(
         orphan_count=orphans,
         duplicate_count=s.get("dup", 0),
         integrity_violations=s.get("iv", 0),
+        feature_violations=s.get("fv", 0),
         orphan_rate=_ratio(orphans, n + orphans),
         mean_abs_delta=_ratio(s.get("sad", 0) / scale, ns),
         mean_signed_delta=_ratio(s.get("sd", 0) / scale, ns),
         kl_divergence=metrics.kl_divergence(dense["hc"], dense["hp"], floor),
+        **(_kl_bounds(dense["hc"], dense["hp"], floor) if kl_bounds else {}),
         psi=metrics.psi(dense["hc"], dense["hp"], floor),
         js_divergence=metrics.js_divergence(dense["hc"], dense["hp"], floor),
     )
-    delta = LinearHistogram.from_counts(0.0, 1.0, cfg.delta_bins, dict(enumerate(dense["a"].tolist())))
+    filled = np.flatnonzero(dense["a"])  # only the non-empty bins: a dict of all 1000 costs a minute close 1 ms
+    delta = LinearHistogram.from_counts(0.0, 1.0, cfg.delta_bins, dict(zip(filled.tolist(), dense["a"][filled].tolist(),
+                                                                             strict=True)))
     out["p50_abs_delta"], out["p95_abs_delta"], out["p99_abs_delta"] = _quantiles(delta, (0.5, 0.95, 0.99))
     if not full:
-        out.update(_side(parsed, "c", cfg, full=False))
-        out.update({f"production_{k}": v for k, v in _side(parsed, "p", cfg, full=False).items()})
+        out.update(_side(parsed, "c", cfg, False, latency_above_ms))
+        out.update({f"production_{k}": v for k, v in _side(parsed, "p", cfg, False, latency_above_ms).items()})
         return out, {}
     size = cfg.joint_bins
     out["decision_flip_rate"] = metrics.decision_flip_rate(
@@ -247,9 +287,16 @@ def metrics_from_fields(
         cfg.fine_offset,
         cfg.top_fraction,
     )
-    out.update(_side(parsed, "c", cfg))
-    out.update({f"production_{k}": v for k, v in _side(parsed, "p", cfg).items()})
+    out.update(_side(parsed, "c", cfg, True, latency_above_ms))
+    out.update({f"production_{k}": v for k, v in _side(parsed, "p", cfg, True, latency_above_ms).items()})
     return out, _feature_drift(parsed, cfg)
+
+
+def _kl_bounds(candidate: IntArray, production: IntArray, floor: float) -> dict[str, float | None]:
+    estimate = kl_estimate(candidate, production, floor)
+    if estimate is None:
+        return {"kl_divergence_bias": None, "kl_divergence_se": None}
+    return {"kl_divergence_bias": estimate.bias, "kl_divergence_se": estimate.se}
 
 
 def delta_sums(fields: Mapping[str, int], config: AggregateConfig | None = None) -> DeltaSums | None:

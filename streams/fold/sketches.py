@@ -264,6 +264,21 @@ class LogHistogram:
         at_rank = np.array([self.value(int(keys[i])) for i in b], dtype=np.float64)
         return _rank_interpolate(q, n, at_rank)
 
+    def count_above(self, threshold: float) -> int:
+        """Values in the bins wholly above ``threshold``: every one of them is ``> threshold``, and at most the
+        one bin that straddles ``threshold`` (``relative_accuracy`` wide either side) is left out, so this is
+        a lower bound of the values above it, exact when ``threshold`` is a bin edge."""
+        if not math.isfinite(threshold):
+            raise SketchError(f"count_above needs a finite threshold, got {threshold!r}")
+        if threshold < self.min_value:
+            # Every real bin holds values >= min_value; the zero bin's (in [0, min_value)) only beat a negative one.
+            return sum(c for k, c in self._counts.items() if k > self.zero_index or threshold < 0.0)
+        # Bin i holds (gamma**(i-1), gamma**i]: wholly above threshold when gamma**(i-1) >= threshold.
+        first = math.ceil(math.log(threshold) / self._ln_gamma) + 1
+        while math.exp((first - 1) * self._ln_gamma) < threshold:  # the rounding of log() must not let one in
+            first += 1
+        return sum(c for k, c in self._counts.items() if k >= first)
+
     def to_counts(self) -> dict[int, int]:
         """Sparse ``{bin index: count}`` of the non-empty bins (``zero_index`` is the zero bin)."""
         return {k: c for k, c in sorted(self._counts.items()) if c}

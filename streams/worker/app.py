@@ -35,9 +35,11 @@ from governance.contract.events import GovernanceEvent
 from governance.contract.settings import Settings
 from governance.crypto import Signer
 from governance.errors import InfrastructureError
+from governance.policy.catalog import load_catalog
 from governance.policy.document import Policy, load_policy
 from governance.policy.evaluator import ContextSource
 from streams.decode.bounds import EventTimeBounds
+from streams.fold.aggregate import AggregateConfig, catalog_config
 from streams.state.redis_store import RedisWindowStore
 from streams.state.store import WindowStore
 from streams.worker.clients import WorkerClients, consumer_config, dead_letter_config, kafka_answers
@@ -104,13 +106,15 @@ def create_app(
     )
     metrics = metrics if metrics is not None else WorkerMetrics()
     app = _shell(settings, app_id, loop)
-    processor = _processor(settings, store)
-    evaluator = _evaluator(settings, store, clients, policy or load_policy(settings.policy_path), context)
+    # The feature catalog's bins for drift, its names and dtypes for the integrity check (spec 5.2).
+    config = catalog_config(load_catalog(settings.catalog_path))
+    processor = _processor(settings, store, config)
+    evaluator = _evaluator(settings, store, clients, policy or load_policy(settings.policy_path), context, config)
     sink = DeadLetterSink(clients.producer(dead_letter_config(settings)), settings.topics.dlq, settings.dlq_timeout_s,
                           on_reference=lambda _dead, _why: metrics.dead_letter_references.inc())  # fmt: skip
-    config = consumer_config(settings)
+    consumer = consumer_config(settings)
     observers: list[Callable[[BatchOutcome], None]] = []
-    ingest = Ingest(lambda: clients.consumer(config), _ingest_config(settings),
+    ingest = Ingest(lambda: clients.consumer(consumer), _ingest_config(settings),
                     lambda records: processor.process(records, sink.deliver), processor.revoke, metrics,
                     observers=observers)  # fmt: skip
     admin = clients.admin(kafka_config(kafka_connection(settings)))
@@ -156,10 +160,11 @@ def _shell(settings: Settings, app_id: str | None, loop: asyncio.AbstractEventLo
     )
 
 
-def _processor(settings: Settings, store: WindowStore) -> Processor:
+def _processor(settings: Settings, store: WindowStore, config: AggregateConfig) -> Processor:
     topics = settings.topics
     return Processor(
         store,
+        config=config,
         scores_topic=topics.scores,
         labels_topic=topics.labels,
         fence_name=f"{settings.consumer_group}/{topics.scores}+{topics.labels}",
@@ -183,7 +188,12 @@ def _ingest_config(settings: Settings) -> IngestConfig:
 
 
 def _evaluator(
-    settings: Settings, store: WindowStore, clients: WorkerClients, policy: Policy, context: ContextSource | None
+    settings: Settings,
+    store: WindowStore,
+    clients: WorkerClients,
+    policy: Policy,
+    context: ContextSource | None,
+    config: AggregateConfig,
 ) -> Evaluator:
     monitor = None
     if context is None:
@@ -192,7 +202,8 @@ def _evaluator(
         context = lifecycle_context(clients.redis, settings.redis_prefix, default_context(policy))
         monitor = production_monitor(clients.redis, settings.redis_prefix)
     states = RedisEvaluatorStates(clients.redis, settings.redis_prefix)
-    return Evaluator(store, policy, states, context, monitor=monitor)
+    return Evaluator(store, policy, states, context, config, monitor=monitor, close_delay_s=settings.join_window_s,
+                     republish_s=settings.gate_republish_s)
 
 
 def _evaluation_timer(handle: WorkerHandle, settings: Settings, signer: Signer | None) -> None:

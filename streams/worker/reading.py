@@ -15,7 +15,7 @@ recorded traffic and the live store give the same figures for the same events.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,7 +26,14 @@ from streams.fold.readout import delta_sums, metrics_from_fields, score_counts
 from streams.state.store import WindowRead, WindowStore
 from streams.state.windows import named_window, to_epoch_s
 
-__all__ = ["DEFAULT_WINDOWS", "comparison_keys", "read_snapshot", "read_windows", "snapshot_document"]
+__all__ = [
+    "DEFAULT_WINDOWS",
+    "comparison_keys",
+    "read_snapshot",
+    "read_spans",
+    "read_windows",
+    "snapshot_document",
+]
 
 DEFAULT_WINDOWS: tuple[str, ...] = ("5m", "1h", "24h", "7d", "14d")
 
@@ -54,25 +61,63 @@ def read_snapshot(
     tests: bool = True,
     full: bool = True,
     comparison_id: str | None = None,
+    latency_above_ms: Sequence[float] = (),
+    kl_bounds: bool = True,
 ) -> WindowSnapshot:
     """One comparison over one named window (or ``[start, now)`` when ``start`` is given).
 
     ``tests=False`` leaves out the inputs of the statistical tests (fine score counts, delta sums), which
     only the stage gate needs; ``full=False`` leaves out the costly ranking metrics (see
-    :func:`streams.fold.readout.metrics_from_fields`).
+    :func:`streams.fold.readout.metrics_from_fields`, also for ``latency_above_ms``).
     """
     cfg = config or AggregateConfig()
     cid = comparison_id or key.as_id()  # another id: a pseudo comparison read on behalf of ``key``
     now_s = to_epoch_s(now or _latest(store, cid) or datetime.now(UTC))
     span = (to_epoch_s(start), now_s) if start is not None else named_window(window, now_s)
     read = store.read(cid, *span, now_s)
-    return _snapshot(key, window, read, cfg, tests=tests, full=full)
+    return _snapshot(key, window, read, cfg, tests=tests, full=full, latency_above_ms=latency_above_ms,
+                     kl_bounds=kl_bounds)
+
+
+def read_spans(
+    store: WindowStore,
+    key: ComparisonKey,
+    spans: Mapping[str, tuple[datetime, datetime]],
+    now: datetime,
+    config: AggregateConfig | None = None,
+    *,
+    full: Collection[str] = (),
+    kl_bounds: Collection[str] = (),
+    latency_above_ms: Sequence[float] = (),
+) -> dict[str, WindowSnapshot]:
+    """Windows ``name -> [start, end)`` of one comparison, all from one consistent read of the store at ``now``.
+
+    What the evaluator reads at each closed minute of event time (the trigger windows ending there); no
+    test inputs; the ranking metrics only for the names in ``full``, the KL bias and standard error only
+    for those in ``kl_bounds``.
+    """
+    cfg = config or AggregateConfig()
+    names = sorted(spans)
+    ranges = [(to_epoch_s(spans[name][0]), to_epoch_s(spans[name][1])) for name in names]
+    reads = store.read_many(key.as_id(), ranges, to_epoch_s(now))
+    return {name: _snapshot(key, name, read, cfg, tests=False, full=name in full, latency_above_ms=latency_above_ms,
+                            kl_bounds=name in kl_bounds)
+            for name, read in zip(names, reads, strict=True)}  # fmt: skip
 
 
 def _snapshot(
-    key: ComparisonKey, window: str, read: WindowRead, cfg: AggregateConfig, *, tests: bool = True, full: bool = True
+    key: ComparisonKey,
+    window: str,
+    read: WindowRead,
+    cfg: AggregateConfig,
+    *,
+    tests: bool = True,
+    full: bool = True,
+    latency_above_ms: Sequence[float] = (),
+    kl_bounds: bool = True,
 ) -> WindowSnapshot:
-    metrics, drift = metrics_from_fields(read.fields, cfg, full=full)
+    metrics, drift = metrics_from_fields(read.fields, cfg, full=full, latency_above_ms=latency_above_ms,
+                                         kl_bounds=kl_bounds)
     prod_counts, cand_counts = score_counts(read.fields, cfg) if tests else (None, None)
     meta = read.meta
     return WindowSnapshot(

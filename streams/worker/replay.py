@@ -103,7 +103,7 @@ class _Replay:
                                    config=config, join_window_s=join_window_s, label_horizon_s=label_horizon_s,
                                    bounds=bounds, clock=(lambda: window.now_s) if window else time.time)
         self.evaluator = Evaluator(self.store, policy, MemoryEvaluatorStates(), default_context(policy, model_type),
-                                   config)
+                                   config, close_delay_s=join_window_s)
         self.every_s = evaluate_every_s
         self.dead: list[DeadLetter] = []
         self.events: list[GovernanceEvent] = []
@@ -132,8 +132,18 @@ class _Replay:
             self._flush(None)
 
     def finish(self) -> None:
-        """Process what is pending and evaluate the last interval."""
+        """Process what is pending, evaluate the last interval, then close every comparison's last minutes.
+
+        The file ended: as the live worker does once a comparison's stream stood still (its idle
+        re-evaluation), the minute of each comparison's newest event is closed, so a breach in its last
+        minutes is judged (the same decision, with the same event id, as the live worker's)."""
         self._flush(None if self.interval is None else (self.interval + 1) * self.every_s)
+        for cid in sorted(self.evaluated):
+            try:
+                self.events.extend(self.evaluator.evaluate(ComparisonKey.from_id(cid), self.evaluated[cid], flush=True))
+            except Exception as exc:  # as _evaluate_one: one comparison must not stop the others
+                self.failed.append({"comparison": cid, "at": self.evaluated[cid].isoformat(),
+                                    "error": f"{type(exc).__name__}: {exc}"})
 
     def _flush(self, grid_s: float | None) -> None:
         if not self.batch:

@@ -30,12 +30,22 @@ from governance.contract.comparison import ComparisonKey, WindowSnapshot
 from governance.contract.events import GovernanceEvent
 from governance.contract.publishing import encode_signed_event
 from governance.crypto import Signer
+from governance.policy.checks import GateResult
 from governance.policy.document import Policy
-from governance.policy.evaluator import ContextSource, EvaluationContext, EvaluatorState, Monitor, evaluate
+from governance.policy.evaluator import (
+    ContextSource,
+    EvaluationContext,
+    EvaluatorState,
+    MinuteClose,
+    Monitor,
+    current_gate,
+    evaluate,
+    minutes_due,
+)
 from streams.fold.aggregate import AggregateConfig
 from streams.state.store import WindowStore
 from streams.worker.processor import integrity_id
-from streams.worker.reading import comparison_keys, read_snapshot
+from streams.worker.reading import comparison_keys, read_snapshot, read_spans
 
 __all__ = [
     "EvaluationLoop",
@@ -130,6 +140,15 @@ def default_context(policy: Policy, model_type: str | None = None) -> ContextSou
     return context
 
 
+def _findings(snapshot: WindowSnapshot) -> int:
+    return int(snapshot.metric("integrity_violations") or 0) + int(snapshot.metric("feature_violations") or 0)
+
+
+def _cadence_s(length_s: int) -> int:
+    """How often (s of event time, a whole number of minutes) a trigger window of ``length_s`` is re-read."""
+    return max(60, (length_s // 12) // 60 * 60)
+
+
 def _seconds(name: str) -> int | None:
     match = _DURATION.match(name)
     return int(match.group(1)) * _UNIT_S[match.group(2)] if match else None
@@ -148,8 +167,16 @@ class Evaluator:
         *,
         monitor: Monitor | None = None,
         max_refresh_s: float = 900.0,
+        close_delay_s: float = 60.0,
+        republish_s: float = 0.0,
     ) -> None:
+        if close_delay_s < 0:
+            raise ValueError(f"close_delay_s must be >= 0, got {close_delay_s}")
         self.store = store
+        self.close_delay = timedelta(seconds=close_delay_s)
+        self.republish_s = republish_s
+        # The P99 trigger's threshold: every window read counts the latencies above it (its exact input).
+        self.latency_above_ms = (policy.triggers.p99_latency_ms.threshold,)
         self.policy = policy
         self.states = states
         self.context = context or default_context(policy)
@@ -157,6 +184,7 @@ class Evaluator:
         self.max_refresh_s = max_refresh_s
         self.monitor = monitor
         self._cache: dict[tuple[str, str], tuple[datetime, WindowSnapshot]] = {}
+        self._closes: dict[tuple[str, str], tuple[datetime, WindowSnapshot]] = {}  # the last read at a cadence
 
     def _refresh_s(self, length_s: float) -> float:
         # Windows of up to two minutes (the rollback triggers' 1 m windows) are read at every evaluation:
@@ -219,20 +247,72 @@ class Evaluator:
                 continue
             tests = name == self.policy.windows.stage
             full = name not in self._lite_windows(context)
-            snap = read_snapshot(self.store, key, name, end, self.config, start=start, tests=tests, full=full)
+            # No KL bounds here: the triggers judge the minute closes (minute_closes), not these windows.
+            snap = read_snapshot(self.store, key, name, end, self.config, start=start, tests=tests, full=full,
+                                 latency_above_ms=self.latency_above_ms, kl_bounds=False)
             self._cache[(cid, name)] = (now, snap)
             out[name] = snap
         return out
 
+    def trigger_windows(self) -> dict[str, int]:
+        """Each rollback trigger's window name -> its length in seconds (``1m`` -> 60)."""
+        out: dict[str, int] = {}
+        for trigger in self.policy.triggers.model_dump().values():
+            if isinstance(trigger, dict) and isinstance(trigger.get("window"), str):
+                seconds = _seconds(trigger["window"])
+                if seconds is not None:
+                    out[trigger["window"]] = seconds
+        return out
+
+    def minute_closes(self, key: ComparisonKey, ends: list[datetime], now: datetime) -> list[MinuteClose]:
+        """For each closed minute ``T`` of ``ends``, every trigger window as it stood at ``T``.
+
+        A window of length ``L`` is read at the whole multiples of its cadence ``max(1 min, L / 12)`` of event
+        time (``1m`` every minute, ``1h`` every 5 minutes, ``1d`` every 2 hours): at ``T`` it is the window
+        ``[T' - L, T')`` with ``T'`` the last multiple at or before ``T``. The instants depend on event time
+        only, so live, backlog and replay judge the same windows at the same minutes; a long window moves
+        little in ``L / 12``, and reading a day's window every minute would cost a replay of 14 days about
+        20,000 day-window reads. Windows read at one ``T`` come from one consistent read; ranking metrics
+        only for the calibration window, KL bounds only for the KL window.
+        """
+        lengths = self.trigger_windows()
+        full = {self.policy.triggers.calibration_slope.window}
+        kl = {self.policy.triggers.kl_divergence.window}
+        cid = key.as_id()
+        closes = []
+        for end in ends:
+            end_s = int(end.timestamp())
+            snaps: dict[str, WindowSnapshot] = {}
+            spans: dict[str, tuple[datetime, datetime]] = {}
+            for name, length in lengths.items():
+                cadence = _cadence_s(length)
+                at = datetime.fromtimestamp(end_s - end_s % cadence, UTC)
+                cached = self._closes.get((cid, name))
+                if cached is not None and cached[0] == at:
+                    snaps[name] = cached[1]
+                else:
+                    spans[name] = (at - timedelta(seconds=length), at)
+            if spans:
+                read = read_spans(self.store, key, spans, now, self.config, full=full, kl_bounds=kl,
+                                  latency_above_ms=self.latency_above_ms)  # fmt: skip
+                for name, snap in read.items():
+                    self._closes[(cid, name)] = (spans[name][1], snap)
+                snaps.update(read)
+            closes.append(MinuteClose(end, snaps))
+        return closes
+
     def forget(self, comparison_id: str) -> None:
         """Drop the cached windows of a comparison: the next evaluation re-reads them all."""
         self._cache = {k: v for k, v in self._cache.items() if k[0] != comparison_id}
+        self._closes = {k: v for k, v in self._closes.items() if k[0] != comparison_id}
 
     def integrity_violations(self, key: ComparisonKey, context: EvaluationContext, now: datetime) -> int:
-        """Invalid messages of the model in the policy's lookback (spec 3.2 check 5), from the windows.
+        """Integrity findings of the model in the policy's lookback (spec 3.2 check 5), from the windows: invalid
+        messages, and feature values the feature catalog does not know or types otherwise (spec 5.2).
 
         Counted on this comparison and on the model's pseudo comparison (violations seen before any
-        comparison of the model existed); cached like the other long windows.
+        comparison of the model existed); cached like the other long windows. (The 8.1 rollback trigger counts
+        invalid messages only: an ungoverned feature blocks a promotion, it does not roll a model back.)
         """
         days = self.policy.shadow.lookback_days
         total = 0
@@ -240,19 +320,67 @@ class Evaluator:
             name = f"integrity-{days}d"
             cached = self._cache.get((cid, name))
             if cached is not None and timedelta(0) <= now - cached[0] < timedelta(seconds=self.max_refresh_s):
-                total += int(cached[1].metric("integrity_violations") or 0)
+                total += _findings(cached[1])
                 continue
             if self.store.meta(cid) is None:
                 continue
             snap = read_snapshot(self.store, key, name, now + timedelta(seconds=1),  # now's own second too
                                  self.config, start=now - timedelta(days=days), tests=False, full=False,
-                                 comparison_id=cid)
+                                 kl_bounds=False, comparison_id=cid)
             self._cache[(cid, name)] = (now, snap)
-            total += int(snap.metric("integrity_violations") or 0)
+            total += _findings(snap)
         return total
 
-    def evaluate(self, key: ComparisonKey, now: datetime | None = None) -> list[GovernanceEvent]:
+    def _judged(self, key: ComparisonKey, first: datetime) -> list[tuple[str, EvaluationContext]]:
+        """(state id, context) of each side of ``key`` this worker judges: the candidate, the serving production."""
+        cid = key.as_id()
+        judged: list[tuple[str, EvaluationContext]] = []
+        context = self.context(key, first)
+        if context is not None:
+            judged.append((cid, context))
+        if self.monitor is not None and (context is None or context.stage != "PRODUCTION"):
+            production = self.monitor(key)
+            if production is not None and self._monitors(key):
+                judged.append((f"{cid}#production", production))
+        return judged
+
+    def judge(
+        self, key: ComparisonKey, now: datetime | None = None, clock: datetime | None = None
+    ) -> list[tuple[EvaluationContext, GateResult, dict[str, WindowSnapshot]]]:
+        """The gate of each judged side of ``key`` at ``now`` (default: its newest event) on freshly read windows,
+        with the windows it read; no evaluator state is read or written, nothing is emitted."""
+        meta = self.store.meta(key.as_id())
+        if meta is None:
+            return []
+        first = datetime.fromtimestamp(meta.first_event_ms / 1000, UTC)
+        now = now or datetime.fromtimestamp(meta.last_event_ms / 1000, UTC)
+        self.forget(key.as_id())
+        out = []
+        for _, ctx in self._judged(key, first):
+            if ctx.stage_started_at is not None and ctx.stage_started_at > now:
+                continue
+            if ctx.integrity_violations_7d is None:
+                ctx = replace(ctx, integrity_violations_7d=self.integrity_violations(key, ctx, now))
+            snaps = self.snapshots(key, ctx, now)
+            result = current_gate(self.policy, ctx, snaps, now, clock)
+            if result is not None:
+                out.append((ctx, result, snaps))
+        return out
+
+    def evaluate(
+        self, key: ComparisonKey, now: datetime | None = None, clock: datetime | None = None, *, flush: bool = False
+    ) -> list[GovernanceEvent]:
         """Evaluate ``key`` at event time ``now`` (default: its newest event); return the events.
+
+        The rollback triggers are stepped once per whole minute of event time closed since the last
+        evaluation (:func:`~governance.policy.evaluator.minutes_due`), on the trigger windows ending at that
+        minute: the minute ``[T - 60 s, T)`` is closed once the comparison's newest event has passed
+        ``T + close_delay_s`` (default 60 s, the join window: its orphans are counted by then). So the same
+        events give the same rollback decisions and event ids whether they come live, as a backlog, or in
+        a replay. ``flush``: the comparison's stream stopped (no new event for a while, or the end of a
+        replay): every minute up to the end of the one its newest event is in is closed now, so a breach in its
+        last minutes is judged without waiting for traffic that may never come. ``clock`` (the live worker's
+        wall clock) is what the source's freshness is judged at; None (replay): at ``now``.
 
         The candidate side is judged by the stage its context names (SHADOW, STAGING); when a monitor
         says the production side is the serving PRODUCTION version, the production checks and triggers
@@ -263,19 +391,16 @@ class Evaluator:
         if meta is None:
             return []
         first = datetime.fromtimestamp(meta.first_event_ms / 1000, UTC)
+        newest = datetime.fromtimestamp(meta.last_event_ms / 1000, UTC)
         if now is None:
-            now = datetime.fromtimestamp(meta.last_event_ms / 1000, UTC)
-        cid = key.as_id()
-        judged: list[tuple[str, EvaluationContext]] = []
-        context = self.context(key, first)
-        if context is not None:
-            judged.append((cid, context))
-        if self.monitor is not None and (context is None or context.stage != "PRODUCTION"):
-            production = self.monitor(key)
-            if production is not None and self._monitors(key):
-                judged.append((f"{cid}#production", production))
+            now = newest
+        watermark = min(now, newest) - self.close_delay
+        until = None
+        if flush:  # no more events: the minute of the newest one is complete
+            until = datetime.fromtimestamp((math.floor(newest.timestamp()) // 60 + 1) * 60, UTC)
+            watermark = until
         events: list[GovernanceEvent] = []
-        for state_id, ctx in judged:
+        for state_id, ctx in self._judged(key, first):
             if ctx.stage_started_at is not None and ctx.stage_started_at > now:
                 # The stage began after the newest event (a transition the stream has not caught up with):
                 # none of its traffic is here yet, so there is nothing to judge, only an empty window.
@@ -284,7 +409,9 @@ class Evaluator:
                 ctx = replace(ctx, integrity_violations_7d=self.integrity_violations(key, ctx, now))
             raw = self.states.get(state_id)
             state = EvaluatorState.from_json(raw) if raw else EvaluatorState()
-            new_state, produced = evaluate(self.policy, self.snapshots(key, ctx, now), ctx, state, now)
+            closes = self.minute_closes(key, minutes_due(state, watermark, first), now) if watermark >= first else []
+            new_state, produced = evaluate(self.policy, self.snapshots(key, ctx, now), ctx, state, now, closes, clock,
+                                           self.republish_s, until)
             self.states.put(state_id, new_state.to_json())
             events += produced
         return sorted(events, key=lambda event: event.ts)
@@ -353,9 +480,15 @@ class EvaluationLoop:
                 if self.wall() - now_s > self.idle_horizon_s:
                     continue
                 self.evaluator.forget(cid)
+                idle = True
+            else:
+                idle = False
             self._last[cid] = (now_s, self.clock())
             try:
-                events = self.evaluator.evaluate(key, datetime.fromtimestamp(now_s, UTC))
+                # Idle: its event time stood still for idle_s of the clock; its stream stopped, so the minute
+                # of its newest event is closed too (flush) rather than waiting for traffic that may not come.
+                events = self.evaluator.evaluate(key, datetime.fromtimestamp(now_s, UTC),
+                                                 clock=datetime.fromtimestamp(self.wall(), UTC), flush=idle)
             except Exception:  # one comparison that cannot be evaluated must not stop the others
                 log.exception("evaluation of %s at event time %d failed; the other comparisons go on", cid, now_s)
                 if self.on_error is not None:
