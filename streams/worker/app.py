@@ -52,7 +52,7 @@ __all__ = ["WorkerHandle", "create_app"]
 
 log = logging.getLogger(__name__)
 
-BATCH_MAX_RECORDS = 2000
+BATCH_MAX_RECORDS = 20_000
 BATCH_WITHIN_S = 0.25
 
 
