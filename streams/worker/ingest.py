@@ -3,7 +3,7 @@
 Our own consumer (confluent-kafka, one consumer group ``SHADOWGATE_CONSUMER_GROUP``) runs in one thread,
 underneath the Faust application shell, and drives the processor::
 
-    consume(≤ 20,000 records, 32 MiB; ≤ 0.25 s) ─► process: decode, fold, deliver dead letters (broker ack), apply
+    consume(≤ 20,000 records, 32 MiB) ─► process: decode, fold, deliver dead letters (broker ack), apply
                      ▲                          │ raises?  pause every partition, wait 0.25 s, 0.5 s, … ≤ 5 s
                      │                          ▼          (consume() meanwhile: membership kept, rebalances served)
                      └──────── commit(offsets, sync) ◄─────  then the SAME batch again, never the next one
@@ -197,23 +197,29 @@ class Ingest:
 
     def _next_batch(self) -> list[Record]:
         """What is fetched already, at once (a backlog is never kept waiting), up to ``batch_max_records`` and
-        ``batch_max_bytes``; else whatever arrives within ``batch_within_s``. (``consume`` waits out its timeout
-        to fill a batch, so a backlog taken with it would wait ``batch_within_s`` per batch.) Each batch costs a
-        Redis apply and a synchronous commit whatever its size (~30 ms on a loaded machine): single-event
-        messages in batches of one ``consume`` (2,000 records, 1,000 pairs) spent most of their time there."""
-        records = self._poll(0.0, self.config.batch_chunk_records)
-        if not records:
-            return self._poll(self.config.batch_within_s, self.config.batch_chunk_records)
+        ``batch_max_bytes``; when nothing is, the first record to arrive within ``batch_within_s`` and what is
+        fetched with it. Never a wait to fill a batch: ``consume`` waits out its timeout to fill one, which
+        held every batch of a moderate load for ``batch_within_s`` (window freshness p50 0.38 s at 5,500
+        pairs/s). Under load the batches grow by themselves: what arrives while one is processed is the next.
+        Each batch costs a Redis apply and a synchronous commit whatever its size (~30 ms on a loaded
+        machine), so a backlog is taken in several ``consume`` calls of ``batch_chunk_records``: single-event
+        messages in batches of one call (2,000 records, 1,000 pairs) spent most of their time there."""
+        records = self._take([])
+        if records:
+            return records
+        first = self._poll(self.config.batch_within_s, 1)
+        return self._take(first) if first else []
+
+    def _take(self, records: list[Record]) -> list[Record]:
+        """``records`` and what is fetched already, within the batch bounds."""
         size = sum(len(r.value) for r in records)
-        chunk = len(records)
-        while chunk == self.config.batch_chunk_records and size < self.config.batch_max_bytes:
+        while len(records) < self.config.batch_max_records and size < self.config.batch_max_bytes:
             want = min(self.config.batch_chunk_records, self.config.batch_max_records - len(records))
-            if want <= 0:
-                break
             more = self._poll(0.0, want)
             records += more
             size += sum(len(r.value) for r in more)
-            chunk = len(more) if want == self.config.batch_chunk_records else 0
+            if len(more) < want:
+                break
         return records
 
     def _replace(self, exc: _ConsumerFailed) -> None:
