@@ -144,6 +144,10 @@ def _scrape_all(ports: list[int]) -> dict[str, float]:
     return total
 
 
+def _counted(metrics: dict[str, float], before: dict[str, float]) -> float:
+    return metrics.get("shadowgate_pairs_total", 0.0) - before.get("shadowgate_pairs_total", 0.0)
+
+
 def _owned(port: int) -> set[str]:
     """Partitions a worker has folded events of (its watermark gauge has them)."""
     return {line.split('partition="')[1].split('"')[0] for line in _metrics_lines(port)
@@ -226,7 +230,12 @@ def _worker(
         if spy is not None:
             spy.send_signal(signal.SIGINT)
             spy.wait(30)
+        # The counters move after the commit, a moment after the windows: wait for them (the clock has stopped).
         metrics = _scrape_all(ports)
+        until = time.monotonic() + 10
+        while _counted(metrics, before) < pairs and time.monotonic() < until:
+            time.sleep(0.1)
+            metrics = _scrape_all(ports)
         store.close()
     finally:
         h.cleanup()
@@ -239,7 +248,7 @@ def _worker(
         "workers": workers, "pairs": seen, "pairs_per_s": round(pairs / (done - t0)), "seconds": round(done - t0, 2),
         "publish_s": round(published, 2), "startup_s": round(ready - launched, 2), "cpu_s": cpu,
         "mean_batch_records": round(batch_sum / batches, 1) if batches > 0 else None,
-        "prometheus_pairs": metrics.get("shadowgate_pairs_total", 0.0) - before.get("shadowgate_pairs_total", 0.0),
+        "prometheus_pairs": _counted(metrics, before),
     }  # fmt: skip
 
 
@@ -266,11 +275,11 @@ def _naive(bootstrap: str, redis_url: str, records: list[Record], pairs: int, pi
         h.prefixes.append(prefix)
         env = {**os.environ, "NAIVE_GROUP": group, "NAIVE_PREFIX": prefix, "NAIVE_BOOTSTRAP": bootstrap,
                "NAIVE_REDIS_URL": redis_url, "NAIVE_TOPIC": h.topics.scores, "PYTHONPATH": str(REPO)}  # fmt: skip
-        log = (h.workdir / "worker-naive.log").open("wb")
-        proc = subprocess.Popen(  # our own script
-            [sys.executable, str(Path(__file__).with_name("naive_faust.py")), "worker", "-l", "warn"],
-            env=env, cwd=str(h.workdir), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+        with (h.workdir / "worker-naive.log").open("wb") as log:  # the child keeps its own descriptor
+            proc = subprocess.Popen(  # our own script
+                [sys.executable, str(Path(__file__).with_name("naive_faust.py")), "worker", "-l", "warn"],
+                env=env, cwd=str(h.workdir), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
         h.procs.append(proc)
         producer = Producer({"bootstrap.servers": bootstrap, **PRODUCER})
         probe_key = f"{prefix}:probe:1:2"

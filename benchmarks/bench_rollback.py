@@ -264,6 +264,8 @@ class Freshness(threading.Thread):
                     break
                 time.sleep(0.005)
             self.producer.poll(0)
+            if seen is None and self.stopping.is_set():
+                return  # stopped while it waited: not a sample
             self.samples.append({"from_ack_s": round(seen - acked[0], 4) if seen and acked else None,
                                  "from_produce_s": round(seen - produced, 4) if seen else None})  # fmt: skip
             if seen is None:

@@ -86,11 +86,11 @@ class Harness:
             env["SHADOWGATE_POLICY_PATH"] = str(policy_path)
         for name, value in self.topics.model_dump().items():
             env[f"SHADOWGATE_TOPICS__{name.upper()}"] = value
-        log = (self.workdir / f"worker-{run}.log").open("wb")
-        proc = subprocess.Popen(  # our own CLI
-            [sys.executable, "-m", "shadowgate", "worker", "--loglevel", "warning"],
-            env=env, cwd=str(REPO), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+        with (self.workdir / f"worker-{run}.log").open("wb") as log:  # the child keeps its own descriptor
+            proc = subprocess.Popen(  # our own CLI
+                [sys.executable, "-m", "shadowgate", "worker", "--loglevel", "warning"],
+                env=env, cwd=str(REPO), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
         self.procs.append(proc)
         return proc
 
