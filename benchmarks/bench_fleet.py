@@ -7,10 +7,12 @@
 throwaway Redis prefix. Before each round the worker's :class:`~streams.worker.processor.Processor` folds one
 pair of every comparison, one second of event time later than the round before (envelopes of 500 events, 4
 partitions), so every comparison's event time has moved and the round must evaluate all of them: the worst
-case. Then one :meth:`~streams.worker.rounds.EvaluationLoop.round` runs as the worker's evaluation thread runs
-it (the default policy, Redis evaluator states and leases, events signed with ML-DSA-65), and is timed. The
-first round reads every window cold; p50/p99/max are over the rounds after it (nearest rank; p99 of 30 is
-the maximum). Each round's count of evaluated comparisons is checked to be all of them.
+case. Each comparison got a first pair ``--stage-age-s`` (2 h) earlier, so its stage window is as long as in a
+fleet that has been running (0: every comparison new, its stage window re-read every round). Then one
+:meth:`~streams.worker.rounds.EvaluationLoop.round` runs as the worker's evaluation thread runs it (the
+default policy, Redis evaluator states and leases, events signed with ML-DSA-65), and is timed. The first
+round reads every window cold; p50/p99/max are over the rounds after it (nearest rank; p99 of 30 is the
+maximum). Each round's count of evaluated comparisons is checked to be all of them.
 
 **Memory.** ``MEMORY USAGE`` summed over every key of the prefix, and the ``INFO memory`` ``used_memory``
 delta, divided by the comparisons (their windows then hold only the rounds' minutes). Then ONE comparison is
@@ -108,8 +110,13 @@ def _round_events(comparisons: int, ts: datetime, round_: int) -> list[dict[str,
     return events
 
 
-def rounds(client: redis.Redis[bytes], prefix: str, comparisons: int, n_rounds: int, keys_dir: Path) -> dict[str, Any]:
-    """Fold one pair per comparison, then time one evaluation round; ``n_rounds`` times."""
+def rounds(
+    client: redis.Redis[bytes], prefix: str, comparisons: int, n_rounds: int, keys_dir: Path,
+    stage_age_s: float = 7200.0,
+) -> dict[str, Any]:  # fmt: skip
+    """Fold one pair per comparison, then time one evaluation round; ``n_rounds`` times. Every comparison
+    first gets one pair ``stage_age_s`` before the rounds: its stage window is that long, as in a fleet
+    that has run for a while (the evaluator re-reads a window at 1/60 of its length: 2 h, every 2 min)."""
     store = RedisWindowStore(client, prefix=prefix)
     processor = Processor(store, scores_topic="scores", labels_topic="labels", fence_name=f"{prefix}/fleet")
     policy = load_policy(None)
@@ -124,6 +131,8 @@ def rounds(client: redis.Redis[bytes], prefix: str, comparisons: int, n_rounds: 
     fold_s: list[float] = []
     evaluated: list[int] = []
     events_out = 0
+    if stage_age_s > 0:
+        processor.process(feed.records("scores", _round_events(comparisons, base - timedelta(seconds=stage_age_s), -1)))
     for r in range(n_rounds):
         ts = base + timedelta(seconds=r)
         t0 = time.perf_counter()
@@ -146,6 +155,7 @@ def rounds(client: redis.Redis[bytes], prefix: str, comparisons: int, n_rounds: 
                     "max": round(ordered[-1], 3), "min": round(ordered[0], 3)},
         "per_comparison_ms": round(statistics.median(ordered) / comparisons * 1e3, 3),
         "fold_s_median": round(statistics.median(fold_s), 3), "governance_events": events_out,
+        "stage_age_s": stage_age_s,
     }  # fmt: skip
 
 
@@ -188,14 +198,14 @@ def fill_one(client: redis.Redis[bytes], prefix: str, pairs: int, days: float = 
             "used_memory_delta_bytes": used, "fill_s": round(seconds, 1)}  # fmt: skip
 
 
-def run(url: str, comparisons: int, n_rounds: int, fill_pairs: int) -> dict[str, Any]:
+def run(url: str, comparisons: int, n_rounds: int, fill_pairs: int, stage_age_s: float = 7200.0) -> dict[str, Any]:
     client: redis.Redis[bytes] = redis.Redis.from_url(url)
     token = uuid.uuid4().hex[:10]
     fleet, one = f"benchfleet{token}", f"benchfill{token}"
     keys_dir = Path(tempfile.mkdtemp(prefix="sg-bench-fleet-"))
     try:
         used0 = int(client.info("memory")["used_memory"])
-        timed = rounds(client, fleet, comparisons, n_rounds, keys_dir / "keys")
+        timed = rounds(client, fleet, comparisons, n_rounds, keys_dir / "keys", stage_age_s)
         keys, key_bytes = _key_bytes(client, fleet)
         used = int(client.info("memory")["used_memory"]) - used0
         timed["memory"] = {"keys": keys, "memory_usage_bytes": key_bytes, "used_memory_delta_bytes": used,
@@ -223,11 +233,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=6 if quick else 30)
     # 14 days at one pair every 10 s (0 skips the fill).
     parser.add_argument("--fill-pairs", type=int, default=20_160 if quick else 120_960)
+    parser.add_argument("--stage-age-s", type=float, default=7200.0,
+                        help="each comparison's first pair this long before the rounds (0: all fresh)")  # fmt: skip
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if args.comparisons < 1 or args.rounds < 2:
         parser.error("--comparisons must be at least 1 and --rounds at least 2")
-    report = run(args.redis_url, args.comparisons, args.rounds, args.fill_pairs)
+    report = run(args.redis_url, args.comparisons, args.rounds, args.fill_pairs, args.stage_age_s)
     r = report["rounds"]
     print(f"{r['comparisons']:,} comparisons, {r['rounds']} rounds: round p50 {r['round_s']['p50']} s, "
           f"p99 {r['round_s']['p99']} s, max {r['round_s']['max']} s (first, cold: {r['first_round_s']} s); "
