@@ -199,7 +199,8 @@ def fill_one(client: redis.Redis[bytes], prefix: str, pairs: int, days: float = 
 
 
 def run(url: str, comparisons: int, n_rounds: int, fill_pairs: int, stage_age_s: float = 7200.0) -> dict[str, Any]:
-    client: redis.Redis[bytes] = redis.Redis.from_url(url)
+    # redis-py 8 gives up on a reply after 5 s; a Redis shared with other work on this machine stalled longer once.
+    client: redis.Redis[bytes] = redis.Redis.from_url(url, socket_timeout=60.0)
     token = uuid.uuid4().hex[:10]
     fleet, one = f"benchfleet{token}", f"benchfill{token}"
     keys_dir = Path(tempfile.mkdtemp(prefix="sg-bench-fleet-"))

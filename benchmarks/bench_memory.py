@@ -19,10 +19,14 @@ Reported: the growth of the process's RSS (``/proc/self/statm``) per entry, and 
 **Steady run.** One ``shadowgate worker`` on throwaway topics gets real-time traffic for ``--soak-s``
 seconds (``BENCH_SOAK_S``; 600 for the issue's 10 minutes): ``--rate`` pairs/s stamped now, as one envelope
 per partition every 50 ms, and every pair's label ``--label-delay-s`` later (one message each), so the
-joins hold about rate x delay pairs and labels at equilibrium. The worker's RSS is sampled every 2 s; after a
-warm-up of twice the label delay (the state filling up), the least-squares slope of RSS over time and the
-first/last/min/max are reported. "Flat": the fitted growth over the whole steady part is under 2 % of the
-RSS. The worker must have folded every pair and label at the end (checked on its windows).
+joins hold about rate x delay pairs waiting for labels. A label stays remembered until the label horizon has
+passed it (``SHADOWGATE_LABEL_HORIZON_S``, 3 days by default, so that a second pair of its request still
+joins it): at the default the labels grow for 3 days or up to ``max_label_pending`` (1,000,000), so the run
+sets a horizon of ``--label-horizon-s`` (30 s) to reach the steady state within minutes. The worker's RSS is
+sampled every 2 s; after a warm-up of label delay + horizon + 10 s (the state filling up), the least-squares
+slope of RSS over time and the first/last/min/max are reported. "Flat": the fitted growth over the whole
+steady part is under 2 % of the RSS. The worker must have folded every pair and label at the end (checked
+on its windows).
 """
 
 from __future__ import annotations
@@ -158,11 +162,13 @@ def per_entry(n: int, redis_url: str) -> list[dict[str, Any]]:
     return out
 
 
-def soak(bootstrap: str, redis_url: str, seconds: float, rate: float, label_delay_s: float) -> dict[str, Any]:
+def soak(
+    bootstrap: str, redis_url: str, seconds: float, rate: float, label_delay_s: float, label_horizon_s: float = 30.0
+) -> dict[str, Any]:
     h = Harness(bootstrap, redis_url)
     try:
         h.setup()
-        proc = h.start_worker("m")
+        proc = h.start_worker("m", settings={"SHADOWGATE_LABEL_HORIZON_S": str(label_horizon_s)})
         store = h.store("m")
         producer = Producer({"bootstrap.servers": bootstrap, **PRODUCER})
         key = ComparisonKey("soak", "1", "2", "shadow")
@@ -240,14 +246,16 @@ def soak(bootstrap: str, redis_url: str, seconds: float, rate: float, label_dela
         store.close()
     finally:
         h.cleanup()
-    warm = 2 * label_delay_s
+    # Full: pairs wait label_delay_s for their labels, labels stay label_horizon_s (of event time) after them.
+    warm = label_delay_s + label_horizon_s + 10.0
     steady = [(t, r) for t, r in samples if t >= warm] or samples
     t = np.array([s[0] for s in steady])
     r = np.array([s[1] for s in steady], dtype=float)
     slope = float(np.polyfit(t, r, 1)[0]) if len(steady) >= 3 else float("nan")
     growth = slope * (t[-1] - t[0]) if len(steady) >= 3 else float("nan")
     return {
-        "seconds": seconds, "rate_pairs_per_s": rate, "label_delay_s": label_delay_s, "sent_pairs": sent_pairs,
+        "seconds": seconds, "rate_pairs_per_s": rate, "label_delay_s": label_delay_s,
+        "label_horizon_s": label_horizon_s, "sent_pairs": sent_pairs,
         "sent_labels": sent_labels, "folded_pairs": folded, "folded_labels": labelled, "warm_up_s": warm,
         "rss_mb": {"first": round(r[0] / 2**20, 1), "last": round(r[-1] / 2**20, 1),
                    "min": round(r.min() / 2**20, 1), "max": round(r.max() / 2**20, 1)},
@@ -266,14 +274,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--soak-s", type=float, default=soak_default,
                         help="steady run (env BENCH_SOAK_S; 600: 10 min)")  # fmt: skip
     parser.add_argument("--rate", type=float, default=1000.0, help="pairs/s in the steady run")
-    parser.add_argument("--label-delay-s", type=float, default=5.0 if quick else 20.0)
+    parser.add_argument("--label-delay-s", type=float, default=3.0 if quick else 10.0)
+    parser.add_argument("--label-horizon-s", type=float, default=10.0 if quick else 30.0,
+                        help="the worker's SHADOWGATE_LABEL_HORIZON_S (its default: 3 days)")  # fmt: skip
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     entries = per_entry(args.entries, args.redis_url)
     for e in entries:
         print(f"{e['kind']:>20}: {e['rss_bytes_per_entry']:>7,.0f} B RSS, {e['redis_bytes_per_entry']:>6,.1f} B Redis "
               f"per entry ({e['entries']:,} entries)")  # fmt: skip
-    steady = soak(args.bootstrap, args.redis_url, args.soak_s, args.rate, args.label_delay_s)
+    steady = soak(args.bootstrap, args.redis_url, args.soak_s, args.rate, args.label_delay_s, args.label_horizon_s)
     rss = steady["rss_mb"]
     print(f"steady run {steady['seconds']:.0f} s at {steady['rate_pairs_per_s']:,.0f} pairs/s (labels "
           f"{steady['label_delay_s']:g} s later): RSS {rss['first']} -> {rss['last']} MB (min {rss['min']}, max "

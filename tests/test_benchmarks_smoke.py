@@ -65,7 +65,8 @@ def test_memory_counts_each_kind_of_waiting_entry_and_the_steady_run_folds_every
     entries = {e["kind"]: e for e in bench_memory.per_entry(1000, redis_url)}
     assert set(entries) == set(bench_memory.KINDS)
     assert all(e["counted"] == 1000 for e in entries.values())
-    steady = bench_memory.soak(kafka_bootstrap, redis_url, seconds=8.0, rate=200.0, label_delay_s=1.0)
+    steady = bench_memory.soak(kafka_bootstrap, redis_url, seconds=8.0, rate=200.0, label_delay_s=1.0,
+                               label_horizon_s=2.0)  # fmt: skip
     assert steady["sent_pairs"] > 0 and steady["folded_pairs"] == steady["sent_pairs"]
     assert steady["sent_labels"] > 0 and steady["folded_labels"] == steady["sent_labels"]
     assert len(steady["samples"]) >= 3
