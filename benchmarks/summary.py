@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["README", "rows", "table", "write_readme"]
+__all__ = ["README", "main", "rows", "table", "write_readme"]
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 START, END = "<!-- bench-table:start -->", "<!-- bench-table:end -->"
@@ -160,3 +160,24 @@ def write_readme(readme: Path, text: str) -> None:
     head, rest = doc.split(START, 1)
     _, tail = rest.split(END, 1)
     readme.write_text(f"{head}{START}\n{text}\n{END}{tail}", encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python benchmarks/summary.py [--since EPOCH] [--readme]``: the table of the result files (e.g. after
+    re-running one benchmark that failed in ``make bench``: ``--since`` the run's start keeps the rest)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="print (and write into the README) the table of result files")
+    parser.add_argument("--results", type=Path, default=Path(__file__).resolve().parent / "results")
+    parser.add_argument("--since", type=float, default=0.0, help="only files written since (epoch seconds)")
+    parser.add_argument("--readme", action="store_true", help="write the table into the README")
+    args = parser.parse_args(argv)
+    text = table(rows(args.results, args.since))
+    print(text)
+    if args.readme:
+        write_readme(README, text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
