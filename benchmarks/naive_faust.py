@@ -15,12 +15,12 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import faust
 import redis
+from faust.types import StreamT
 
 __all__ = ["create_app"]
 
@@ -42,7 +42,7 @@ def create_app(env: dict[str, str]) -> faust.App:
     waiting: dict[str, dict[str, Any]] = {}
 
     @app.agent(topic)
-    async def pair(events: AsyncIterator[dict[str, Any]]) -> None:
+    async def pair(events: StreamT[Any]) -> None:
         async for event in events:
             first = waiting.pop(event["request_id"], None)
             if first is None:
