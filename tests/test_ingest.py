@@ -271,3 +271,25 @@ def test_a_trickle_is_handed_on_when_its_first_record_comes_not_when_the_batch_w
     batch = ingest._next_batch()  # noqa: SLF001
     assert [r.value for r in batch] == [b"late"]
     assert time.monotonic() - started < 2.0  # not the 5 s that filling a batch of 2,000 would wait
+
+
+class _RevokingConsumer(FakeConsumer):
+    """Revokes partition 0 of the scores topic in its third ``consume`` call."""
+
+    calls = 0
+
+    def consume(self, num_messages: int = 1, timeout: float = -1) -> list[Any]:
+        self.calls += 1
+        if self.calls == 3:
+            self.revoke(SCORES, 0)
+        return super().consume(num_messages, timeout)
+
+
+def test_records_of_a_partition_revoked_while_a_backlog_is_taken_are_left_out_of_the_batch() -> None:
+    consumer = _RevokingConsumer(2)
+    ingest = _bare(consumer, batch_chunk_records=4, batch_max_records=100, batch_within_s=0.01)
+    for i in range(12):
+        consumer.put(SCORES, i % 2, b"x")
+    batch = ingest._next_batch()  # noqa: SLF001 - calls 1 and 2 take 8 records, call 3 revokes partition 0
+    assert consumer.calls >= 3
+    assert [(r.partition, r.offset) for r in batch] == [(1, offset) for offset in range(6)]

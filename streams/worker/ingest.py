@@ -157,6 +157,7 @@ class Ingest:
         self._joined = False
         self._partitions: set[tuple[str, int]] = set()
         self._lost: set[tuple[str, int]] = set()  # revoked while a batch was in hand: its records are given up
+        self._revoked_meanwhile: set[tuple[str, int]] = set()  # revoked while a batch is being taken
         self._held: list[Record] = []  # consumed while a batch failed (none while paused): the next batch
         self._paused = False
         self._batch_since: float | None = None
@@ -211,11 +212,18 @@ class Ingest:
         return self._take(first) if first else []
 
     def _take(self, records: list[Record]) -> list[Record]:
-        """``records`` and what is fetched already, within the batch bounds."""
+        """``records`` and what is fetched already, within the batch bounds. A rebalance served by one of the
+        ``consume`` calls leaves out what came before it from the partitions it revoked (their next owner reads
+        them from the committed offset; what the call returns is of the new assignment)."""
+        self._revoked_meanwhile = set()
         size = sum(len(r.value) for r in records)
         while len(records) < self.config.batch_max_records and size < self.config.batch_max_bytes:
             want = min(self.config.batch_chunk_records, self.config.batch_max_records - len(records))
             more = self._poll(0.0, want)
+            if self._revoked_meanwhile:
+                records = [r for r in records if (r.topic, r.partition) not in self._revoked_meanwhile]
+                self._revoked_meanwhile = set()
+                size = sum(len(r.value) for r in records)
             records += more
             size += sum(len(r.value) for r in more)
             if len(more) < want:
@@ -382,6 +390,7 @@ class Ingest:
 
     def _on_revoke(self, consumer: Any, partitions: list[TopicPartition], event: str = "revoked") -> None:
         gone = {(tp.topic, tp.partition) for tp in partitions}
+        self._revoked_meanwhile |= gone
         if self._paused and not self._broken:
             consumer.resume(partitions)  # no pause outlives the assignment (librdkafka would keep it)
         self._lost |= gone
