@@ -5,7 +5,7 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 STATE  ?= .local
 STAMP  := $(STATE)/.installed
 
-.PHONY: help install up down status demo test test-fast test-clock lint rules native-check helm-check schemas bench clean
+.PHONY: help install up down status demo test test-fast test-clock lint rules native-check helm-check schemas bench bench-quick clean
 
 help:
 	@echo "make demo       bring up Kafka + Redis and run the end-to-end demo"
@@ -16,7 +16,8 @@ help:
 	@echo "make rules      promtool check rules/config + promtool test rules (deploy/prometheus/tests) + amtool check-config"
 	@echo "make native-check  the native core: cargo test, clippy -D warnings, rustfmt (in native/)"
 	@echo "make helm-check the Helm chart: helm lint, helm template (defaults, every option on), kubeconform -strict"
-	@echo "make bench      run the benchmarks (figures land in benchmarks/results/)"
+	@echo "make bench      run the benchmarks (figures land in benchmarks/results/; one table, also into the README)"
+	@echo "make bench-quick  the same at small sizes in a few minutes (benchmarks/results/quick/, README untouched)"
 
 # The editable install compiles native/ once: changed Rust sources need a reinstall. The extension is optional
 # to pip (a machine without cargo gets the Python reference joins); where cargo is, a failed build (a stale
@@ -112,8 +113,12 @@ helm-check:
 schemas: install
 	$(PYTHON) -m shadowgate schemas
 
+# BENCH_SOAK_S=600 makes bench_memory's steady run the full 10 minutes (default 120 s).
 bench: up
 	$(PYTHON) benchmarks/run_all.py
+
+bench-quick: up
+	BENCH_QUICK=1 $(PYTHON) benchmarks/run_all.py
 
 clean:
 	rm -rf .pytest_cache .mypy_cache .ruff_cache build *.egg-info
