@@ -93,10 +93,10 @@ def test_two_workers_sigkilled_again_and_again(kafka_bootstrap: str, redis_url: 
         procs, ports = _start_two(env, tmp_path, unique)
         kills = 0
         for i, part in enumerate(parts):
+            before = live_counts(env)[0]
             publish(env, part)
             if i % 2 == 0 and kills < scale.kills:
                 victim = kills % 2
-                before = live_counts(env)[0]
                 wait_for(lambda b=before: live_counts(env)[0] > b, 180, "the workers to be folding", env, 0.05)
                 env.kill(procs[victim], signal.SIGKILL)
                 kills += 1
@@ -173,9 +173,9 @@ def test_redis_stopped_and_killed_mid_stream(kafka_bootstrap: str, unique: str, 
         try:
             _, ports = _start_two(env, tmp_path, unique)
             for i, part in enumerate(parts):
+                before = live_counts(env)[0]
                 publish(env, part)
                 if i in (1, 3):
-                    before = live_counts(env)[0]
                     wait_for(lambda b=before: live_counts(env)[0] > b, 180, "the workers to be folding", env, 0.05)
                     if i == 1:
                         server.stop()
@@ -202,9 +202,9 @@ def test_kafka_broker_stopped_and_killed_mid_stream(fault_kafka: KafkaBroker, re
     try:
         _, ports = _start_two(env, tmp_path, unique, {"SHADOWGATE_DLQ_TIMEOUT_S": "2"})
         for i, part in enumerate(parts):
+            before = live_counts(env)[0]
             publish(env, part, batch_size=20)
             if i in (1, 3):
-                before = live_counts(env)[0]
                 wait_for(lambda b=before: live_counts(env)[0] > b, 180, "the workers to be folding", env, 0.05)
                 if i == 1:
                     fault_kafka.stop()
@@ -241,7 +241,7 @@ def test_hostile_messages_of_every_kind(kafka_bootstrap: str, redis_url: str, un
                          "compression.type": "lz4", "linger.ms": 20, "acks": "all"})  # fmt: skip
     order: list[bytes | dict[str, Any]] = []
     with start_governance(kafka_bootstrap, redis_url, unique, make_topic, tmp_path) as gov:
-        governance_messages, reasons = governance_hostile(gov, gov_n)
+        governance_messages, reasons, gov_kinds = governance_hostile(gov, gov_n)
         try:
             env.start_worker(tmp_path)
             env.start_worker(tmp_path)
@@ -254,7 +254,7 @@ def test_hostile_messages_of_every_kind(kafka_bootstrap: str, redis_url: str, un
                     gov.send_many(governance_messages[(i - 1) * gov_n // 6 : i * gov_n // 6])
             _produce(producer, env, timeless)
             order.extend(v for _, _, v in timeless)
-            offline = _finish_ordered(env, tmp_path, order, events, report, hostile, gov, reasons)
+            offline = _finish_ordered(env, tmp_path, order, events, report, hostile, gov, reasons, gov_kinds)
         finally:
             env.stop_all()
     assert offline["stats"]["dead_letters"] == len(hostile)
@@ -279,7 +279,7 @@ def _produce(producer: Producer, env: WorkerEnv, messages: list[tuple[str, str, 
 
 def _finish_ordered(env: WorkerEnv, tmp_path: Path, order: list[bytes | dict[str, Any]], events: list[dict[str, Any]],
                     report: Callable[..., Row], hostile: list[tuple[str, str, bytes]], gov: Any,
-                    reasons: dict[str, int]) -> dict[str, Any]:  # fmt: skip
+                    reasons: dict[str, int], gov_kinds: dict[str, int]) -> dict[str, Any]:  # fmt: skip
     """The exact comparison of the hostile scenario: the replay file keeps the order of publication."""
     import orjson
 
@@ -307,11 +307,13 @@ def _finish_ordered(env: WorkerEnv, tmp_path: Path, order: list[bytes | dict[str
     rejected = gov.wait_rejected(sum(reasons.values()))
     kinds = collections.Counter(kind for kind, _, _ in hostile)
     row = report("hostile messages", events=len(events) + len(hostile) + sum(reasons.values()),
-                 faults=f"{len(hostile) + sum(reasons.values()):,} hostile messages of {len(kinds) + len(reasons)} "
+                 faults=f"{len(hostile) + sum(reasons.values()):,} hostile messages of {len(kinds) + len(gov_kinds)} "
                         "kinds", lost=lost, double=double,
-                 worker_kinds=dict(kinds), governance_reasons=reasons, governance_rejected=rejected,
+                 worker_kinds=dict(kinds), governance_kinds=gov_kinds, governance_reasons=reasons,
+                 governance_rejected=rejected,
                  dead_letters=len(sources), dead_letters_twice=sum(n > 1 for n in sources.values()),
-                 forged_accepted=gov.applied_other_than_genuine(), windows_equal_replay=not differences)
+                 forged_accepted=gov.applied_other_than_genuine(), windows_equal_replay=not differences,
+                 differences=differences[:20])
     assert not differences, differences[:20]
     assert (lost, double) == (0, 0), row
     assert (offline["stats"]["pairs"], offline["stats"]["labels"]) == (pairs, labels)
@@ -365,11 +367,12 @@ def test_soak_with_flat_memory(kafka_bootstrap: str, redis_url: str, unique: str
                 paced(ahead)
         rss = np.array([kib for _, kib in samples], dtype=float)
         t = np.array([s for s, _ in samples])
-        kept = rss[t >= 0.2 * t[-1]] if len(rss) >= 6 else rss
+        warm = t >= 0.2 * t[-1] if len(rss) >= 6 else np.ones(len(t), dtype=bool)  # after a warm-up
+        kept, kept_t = rss[warm], t[warm]
         third = max(1, len(kept) // 3)
         first, last = float(np.median(kept[:third])), float(np.median(kept[-third:]))
         growth = (last - first) / first
-        slope = float(np.polyfit(t[t >= 0.2 * t[-1]], kept, 1)[0]) * 60 / 1024 if len(kept) >= 2 else 0.0
+        slope = float(np.polyfit(kept_t, kept, 1)[0]) * 60 / 1024 if len(kept) >= 2 else 0.0
         _finish(env, tmp_path, events, report, f"soak {scale.soak_s / 60:.1f} min",
                 f"none (RSS sampled {len(samples)}x)", rss_first_mib=round(first / 1024, 1),
                 rss_last_mib=round(last / 1024, 1), rss_growth_pct=round(100 * growth, 1),
