@@ -65,7 +65,8 @@ def _parts(events: list[dict[str, Any]], n: int) -> list[list[dict[str, Any]]]:
 
 
 def _retries(ports: list[int]) -> int:
-    return int(sum(v for port in ports for k, v in scrape(port).items() if k.startswith("shadowgate_batch_retries")))
+    return int(sum(v for port in ports for k, v in scrape(port).items()
+                   if k.startswith("shadowgate_batch_retries_total{")))  # fmt: skip
 
 
 def _finish(env: WorkerEnv, tmp_path: Path, events: list[dict[str, Any]], report: Callable[..., Row], scenario: str,
