@@ -5,12 +5,14 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 STATE  ?= .local
 STAMP  := $(STATE)/.installed
 
-.PHONY: help install up down status demo test test-fast test-clock lint rules native-check helm-check schemas bench bench-quick clean
+.PHONY: help install up down status demo test test-fast test-clock reliability reliability-short lint rules native-check helm-check schemas bench bench-quick clean
 
 help:
 	@echo "make demo       bring up Kafka + Redis and run the end-to-end demo"
 	@echo "make test       bring up Kafka + Redis and run the whole test suite"
 	@echo "make up | down  start / stop the local Kafka broker and Redis server"
+	@echo "make reliability  the standing fault suite against real servers (RELIABILITY=full, ~25 min; figures in"
+	@echo "                 benchmarks/results/reliability.json); make reliability-short: its CI form (a few minutes)"
 	@echo "make test-clock  server-free tests again, with the clock moved 400 days ahead (faketime)"
 	@echo "make lint       native-check + ruff + mypy --strict + import directions + JSON Schemas current + crypto audit + rules"
 	@echo "make rules      promtool check rules/config + promtool test rules (deploy/prometheus/tests) + amtool check-config"
@@ -52,6 +54,16 @@ test: up
 
 test-fast: install
 	$(PYTHON) -m pytest -m "not integration and not slow"
+
+# The standing fault suite (tests/reliability, docs/reliability.md "The standing fault suite"): real SIGKILLs and
+# server restarts, each scenario ending in an exact comparison with `shadowgate replay`. Never part of `make test`
+# (tests/conftest.py collects tests/reliability only when RELIABILITY is set). RELIABILITY_SOAK_S scales the soak.
+RELIABILITY ?= full
+reliability: up
+	RELIABILITY=$(RELIABILITY) $(PYTHON) -m pytest tests/reliability -p no:cacheprovider -o timeout=2400 -q
+
+reliability-short:
+	$(MAKE) reliability RELIABILITY=short
 
 # A date bomb fails here the day it is written, not the day it goes off. Server tests stay out: the broker
 # refuses record timestamps far from its own clock. libfaketime 0.9.10 hangs librdkafka's timed waits,
