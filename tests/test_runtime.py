@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
 from governance.contract.settings import Settings
 from streams.worker.runtime import tune_gc
@@ -39,9 +40,17 @@ def test_gc_threshold_setting(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_readme_lists_every_setting_with_its_default() -> None:
     rows = dict(re.findall(r"^\| `SHADOWGATE_([A-Z0-9_<>]+)` \| ([^|]+) \|", README.read_text(), flags=re.M))
+    named = set(re.findall(r"`SHADOWGATE_([A-Z0-9_]+)`", "\n".join(
+        line for line in README.read_text().splitlines() if line.startswith("| `SHADOWGATE_"))))
     for name, info in Settings.model_fields.items():
         if name == "topics":
             assert "TOPICS__<NAME>" in rows
+            continue
+        group = info.annotation
+        if isinstance(group, type) and issubclass(group, BaseModel):  # a group: SHADOWGATE_KAFKA__X, in some row
+            for member in group.model_fields:
+                variable = f"{name}__{member}".upper()
+                assert variable in named, f"README settings table lacks SHADOWGATE_{variable}"
             continue
         assert name.upper() in rows, f"README settings table lacks SHADOWGATE_{name.upper()}"
         default = info.default
