@@ -192,3 +192,33 @@ def test_a_blocked_gate_is_published_again_with_its_current_figures_every_republ
     # The figures are those of the window at its own time (the store holds the later minutes already; a window
     # reads whole minute slots, so it counts every pair of now's minute: 10 pairs/s up to its end).
     assert [value for _, value in gates] == [10 * ((s // 60 + 1) * 60) for s in (60, 360)]
+
+
+def test_the_loop_signs_with_the_key_active_now_after_a_rotation_without_a_restart(tmp_path: Path) -> None:
+    """Issue 12.6: a running worker kept signing with the key it loaded at start, so after `keys rotate` its
+    events failed verification once the retired key's overlap ended. Given a LiveKeyring it follows the files."""
+    from governance.crypto.keyring import Keyring
+    from governance.crypto.live import LiveKeyring
+    from governance.crypto.record import verify_record
+    from governance.crypto.schedule import DEFAULT_SCHEDULE
+    from governance.crypto.signing import Context
+    from tests.governance_kit import gate_ready, make_keys
+
+    keys_dir, tick = make_keys(tmp_path), [0.0]
+    live = LiveKeyring(keys_dir, check_s=1.0, reload_s=300.0, monotonic=lambda: tick[0])
+    store, _key, _last = _store()
+    policy = load_policy(None)
+    loop = EvaluationLoop(Evaluator(store, policy, MemoryEvaluatorStates(), lambda k, first: None), live, TOPICS,
+                          lease_s=5.0, owner="w1")
+    event = gate_ready(policy, "fraud", "1.0.0", "2.0.0", "SHADOW")
+    before = orjson.loads(loop.sign(event))
+    now = datetime.now(UTC)
+    new, retired = Keyring(keys_dir).rotate(now)
+    assert [k.key_id for k in retired] == [before["signature"]["key_id"]]
+    tick[0] += 2.0  # past the check interval: the changed files are seen
+    after = orjson.loads(loop.sign(event))
+    assert after["signature"]["key_id"] == new.key_id
+    trust = Keyring(keys_dir).trust_store()
+    phase = DEFAULT_SCHEDULE.phase_at(now)
+    for record in (before, after):  # both verify (the retired key signs nothing more after its rotation)
+        assert verify_record(record, Context.EVENT, trust, now, phase)["event_id"] == str(event.event_id)

@@ -44,7 +44,8 @@ def worker(metrics_port: int | None, loglevel: str, keys_dir: Path | None, insta
     from prometheus_client import REGISTRY
 
     from governance.contract.topics import ensure_topics, topic_specs
-    from governance.crypto import Keyring, default_keys_dir
+    from governance.crypto import default_keys_dir
+    from governance.crypto.live import LiveKeyring
     from shadowgate.commands.metrics import serve_metrics
     from streams.worker.app import create_app
     from streams.worker.runtime import tune_gc
@@ -52,9 +53,11 @@ def worker(metrics_port: int | None, loglevel: str, keys_dir: Path | None, insta
 
     settings = load_settings(**({"instance_id": instance_id} if instance_id else {}))
     tune_gc(settings.gc_young_threshold)
-    keyring = Keyring(keys_dir or default_keys_dir())
+    # Reloaded while running (SHADOWGATE_KEYS_CHECK_S / _RELOAD_S): a rotated key signs from its rotation on.
+    signer = LiveKeyring(keys_dir or default_keys_dir(), check_s=settings.keys_check_s,
+                         reload_s=settings.keys_reload_s)
     try:
-        signer = keyring.signer(datetime.now(UTC))
+        signer.signer(datetime.now(UTC))
     except ShadowgateError as exc:
         raise ConfigError(
             f"the worker cannot sign governance events: {exc} "

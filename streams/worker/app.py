@@ -34,6 +34,7 @@ from governance.contract.connections import faust_broker, kafka_config, kafka_co
 from governance.contract.events import GovernanceEvent
 from governance.contract.settings import Settings
 from governance.crypto import Signer
+from governance.crypto.live import LiveKeyring
 from governance.errors import InfrastructureError
 from governance.policy.catalog import load_catalog
 from governance.policy.document import Policy, load_policy
@@ -87,7 +88,7 @@ def create_app(
     store: WindowStore | None = None,
     metrics: WorkerMetrics | None = None,
     app_id: str | None = None,
-    signer: Signer | None = None,
+    signer: Signer | LiveKeyring | None = None,
     policy: Policy | None = None,
     context: ContextSource | None = None,
     loop: asyncio.AbstractEventLoop | None = None,
@@ -95,7 +96,8 @@ def create_app(
 ) -> WorkerHandle:
     """Build the worker for ``settings`` (no I/O happens until the app starts).
 
-    ``signer`` signs every governance event (ML-DSA-65); without one events go out unsigned and the
+    ``signer`` signs every governance event (ML-DSA-65; a :class:`LiveKeyring` signs with the key active at
+    each event, following rotations without a restart); without one events go out unsigned and the
     governance consumer will refuse them, which is only useful in tests of the windows. ``clients``: the
     Redis client and Kafka client factories (default: the real ones for ``settings``).
     """
@@ -205,7 +207,7 @@ def _evaluator(
                      republish_s=settings.gate_republish_s)
 
 
-def _evaluation_timer(handle: WorkerHandle, settings: Settings, signer: Signer | None) -> None:
+def _evaluation_timer(handle: WorkerHandle, settings: Settings, signer: Signer | LiveKeyring | None) -> None:
     """Every ``evaluate_interval_s``: one evaluation round in its own thread, its events published."""
     app, metrics, topics = handle.app, handle.metrics, settings.topics
     rounds = EvaluationLoop(

@@ -30,6 +30,7 @@ from governance.contract.comparison import ComparisonKey, WindowSnapshot
 from governance.contract.events import GovernanceEvent
 from governance.contract.publishing import encode_signed_event
 from governance.crypto import Signer
+from governance.crypto.live import LiveKeyring
 from governance.policy.checks import GateResult
 from governance.policy.document import Policy
 from governance.policy.evaluator import (
@@ -439,7 +440,7 @@ class EvaluationLoop:
     def __init__(
         self,
         evaluator: Evaluator,
-        signer: Signer | None,
+        signer: Signer | LiveKeyring | None,
         topics: dict[str, str],
         lease_s: float,
         owner: str,
@@ -495,7 +496,7 @@ class EvaluationLoop:
                     self.on_error(cid)
                 continue
             for event in events:
-                out.append((self._topic(event), key.model.encode(), self._sign(event), event))
+                out.append((self._topic(event), key.model.encode(), self.sign(event), event))
         return out
 
     def _topic(self, event: GovernanceEvent) -> str:
@@ -506,7 +507,12 @@ class EvaluationLoop:
             return self.topics["rollbacks"]
         return self.topics["alerts"]
 
-    def _sign(self, event: GovernanceEvent) -> bytes:
+    def sign(self, event: GovernanceEvent) -> bytes:
+        """``event`` as message bytes, signed by the key active now (unsigned without a signer)."""
         if self.signer is None:
             return orjson.dumps(event.model_dump(mode="json"))
-        return encode_signed_event(event, self.signer, datetime.now(UTC))
+        now = datetime.now(UTC)
+        # A LiveKeyring follows `keys rotate` and a rotation by the governance consumer without a restart: the key
+        # active now signs (a retired one would fail verification once its overlap ends).
+        signer = self.signer.signer(now) if isinstance(self.signer, LiveKeyring) else self.signer
+        return encode_signed_event(event, signer, now)
