@@ -62,7 +62,7 @@ def _stream() -> list[Record]:
         mixed.append(event)
         if isinstance(event, ScoreEvent) and i % 41 == 0:
             mixed.append(event)  # a duplicate
-    records = _records(mixed, envelope=16)
+    records = _records(mixed, envelope=8)  # envelopes under the 4096-byte limit, the oversized message over it
     middle = len(records) // 2
     records[middle:middle] = [Record(topic, 0, 0, b"k", value) for _, topic, value, _, _ in INVALID]
     # Offsets in order per topic and partition, as Kafka gives them.
