@@ -231,10 +231,15 @@ class KafkaBroker(_Server):
 
 
 def _cluster_id() -> str:
-    """A KRaft cluster id: 16 random bytes, base64url without padding (what ``StorageTool random-uuid`` gives)."""
+    """A KRaft cluster id: 16 random bytes, base64url without padding (what ``StorageTool random-uuid`` gives),
+    never starting with "-" (Kafka's own Uuid.randomUuid avoids it too: ``-t -x...`` reads as an option; one in
+    64 ids failed a CI run that way)."""
     import base64
 
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    while True:
+        cluster = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster.startswith("-"):
+            return cluster
 
 
 def _kafka_jars() -> Path:
