@@ -185,6 +185,11 @@ class Settings(BaseSettings):
         "figures, once the last one is this old (event time s), so `shadowgate model status` never shows figures "
         "older than this; 0 = only when the verdict changes"
     )
+    minute_close_s: float | None = Field(
+        None, ge=0, description="a minute of event time is judged by the rollback triggers once the comparison's "
+        "newest event is this far past its end (None: the join window, so its orphans are counted first); shorter "
+        "fires an unsustained trigger (P99 latency) sooner, judging each minute before its late orphans"
+    )
     policy_path: str | None = Field(None, description="policy YAML; None = the shipped default")
     keys_dir: str | None = Field(None, description="signing keys directory")
     catalog_path: str | None = Field(None, description="governed feature catalog YAML; None = the shipped one")

@@ -152,6 +152,7 @@ def replay(file: Path, window_names: tuple[str, ...], as_json: bool, model_type:
     doc = replay_file(file, windows=window_names or DEFAULT_WINDOWS, policy=load_policy(policy_path),
                       config=config, model_type=model_type, evaluate_every_s=evaluate_every,
                       bounds=EventTimeBounds(settings.max_event_lead_s, settings.max_event_lag_s), now_s=clock,
+                      join_window_s=settings.join_window_s, close_delay_s=settings.minute_close_s,
                       progress=lambda n: click.echo(f"  {n:,} lines", err=True))  # fmt: skip
     _print(doc, as_json, empty="no comparisons: the file holds no production event paired with a candidate's")
     if not as_json:

@@ -203,8 +203,14 @@ def _evaluator(
         context = lifecycle_context(clients.redis, settings.redis_prefix, default_context(policy))
         monitor = production_monitor(clients.redis, settings.redis_prefix)
     states = RedisEvaluatorStates(clients.redis, settings.redis_prefix)
-    return Evaluator(store, policy, states, context, config, monitor=monitor, close_delay_s=settings.join_window_s,
+    return Evaluator(store, policy, states, context, config, monitor=monitor, close_delay_s=close_delay_s(settings),
                      republish_s=settings.gate_republish_s)
+
+
+def close_delay_s(settings: Settings) -> float:
+    """How far past a minute's end the newest event must be before the triggers judge it (SHADOWGATE_MINUTE_CLOSE_S,
+    default the join window)."""
+    return settings.join_window_s if settings.minute_close_s is None else settings.minute_close_s
 
 
 def _evaluation_timer(handle: WorkerHandle, settings: Settings, signer: Signer | LiveKeyring | None) -> None:

@@ -94,7 +94,7 @@ class _Replay:
 
     def __init__(self, policy: Policy, config: AggregateConfig | None, model_type: str | None, *,
                  evaluate_every_s: float, join_window_s: float, label_horizon_s: float,
-                 bounds: EventTimeBounds | None, now_s: float | None) -> None:
+                 bounds: EventTimeBounds | None, now_s: float | None, close_delay_s: float | None = None) -> None:
         self.store = MemoryWindowStore()
         # One clock for the whole file (the live worker reads its clock once per batch).
         self.window = None if bounds is None else bounds.window(time.time() if now_s is None else now_s)
@@ -103,7 +103,7 @@ class _Replay:
                                    config=config, join_window_s=join_window_s, label_horizon_s=label_horizon_s,
                                    bounds=bounds, clock=(lambda: window.now_s) if window else time.time)
         self.evaluator = Evaluator(self.store, policy, MemoryEvaluatorStates(), default_context(policy, model_type),
-                                   config, close_delay_s=join_window_s)
+                                   config, close_delay_s=join_window_s if close_delay_s is None else close_delay_s)
         self.every_s = evaluate_every_s
         self.dead: list[DeadLetter] = []
         self.events: list[GovernanceEvent] = []
@@ -206,13 +206,16 @@ def replay_lines(
     progress: Callable[[int], None] | None = None,
     bounds: EventTimeBounds | None = None,
     now_s: float | None = None,
+    close_delay_s: float | None = None,
 ) -> dict[str, Any]:
     """Replay raw lines; return ``{"comparisons", "events", "dead_letters", "stats"}`` (see module doc).
 
-    ``bounds``: event time admitted around ``now_s`` (default: the wall clock when the replay starts)."""
+    ``bounds``: event time admitted around ``now_s`` (default: the wall clock when the replay starts).
+    ``close_delay_s``: how far past a minute the newest event must be before its triggers are judged (default:
+    the join window), as the live worker's SHADOWGATE_MINUTE_CLOSE_S."""
     policy = policy or load_policy(None)
     replay = _Replay(policy, config, model_type, evaluate_every_s=evaluate_every_s, join_window_s=join_window_s,
-                     label_horizon_s=label_horizon_s, bounds=bounds, now_s=now_s)
+                     label_horizon_s=label_horizon_s, bounds=bounds, now_s=now_s, close_delay_s=close_delay_s)
     for number, raw in enumerate(lines):
         line = raw.strip()
         if not line:
