@@ -5,12 +5,13 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 STATE  ?= .local
 STAMP  := $(STATE)/.installed
 
-.PHONY: help install up down status demo test test-fast test-clock lint rules native-check helm-check schemas bench clean
+.PHONY: help install up up-secure down status demo test test-fast test-clock lint rules native-check helm-check schemas bench clean
 
 help:
 	@echo "make demo       bring up Kafka + Redis and run the end-to-end demo"
 	@echo "make test       bring up Kafka + Redis and run the whole test suite"
 	@echo "make up | down  start / stop the local Kafka broker and Redis server"
+	@echo "make up-secure  the same servers secured: SASL_SSL + ACLs, TLS + ACL users (docs/security.md)"
 	@echo "make test-clock  server-free tests again, with the clock moved 400 days ahead (faketime)"
 	@echo "make lint       native-check + ruff + mypy --strict + import directions + JSON Schemas current + crypto audit + rules"
 	@echo "make rules      promtool check rules/config + promtool test rules (deploy/prometheus/tests) + amtool check-config"
@@ -36,6 +37,9 @@ install: $(STAMP)
 
 up: install
 	bash deploy/local/servers.sh up
+
+up-secure: install
+	$(PYTHON) -m shadowgate up --secure
 
 down:
 	bash deploy/local/servers.sh down

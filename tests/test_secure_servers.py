@@ -25,7 +25,8 @@ from governance.contract.kafkaio import SyncProducer
 from governance.contract.settings import KafkaSecurity, RedisOptions, Settings, Topics
 from governance.contract.topics import ensure_topics, topic_specs
 from governance.errors import DeliveryError
-from governance.service.transactions import transactional_id
+from shadowgate.commands.secured import grant as secured_grant
+from shadowgate.commands.secured import role_grants
 from shadowgate.sdk import ScorePublisher
 from tests.secure_servers import Secured
 from tests.worker_kit import probe, traffic
@@ -57,18 +58,9 @@ class Deployment:
         self.grant()
 
     def grant(self) -> None:
-        t, k = self.topics, self.secured.kafka
-        k.grant("worker", read=(t.scores, t.labels), write=(t.dlq, t.gates, t.rollbacks, t.alerts),
-                groups=(self.group,))
-        k.grant("governance", read=(t.gates, t.rollbacks, t.approvals, t.commands, t.lifecycle, t.checkpoints,
-                                    t.routing),
-                write=(t.lifecycle, t.checkpoints, t.routing, t.alerts),
-                transactional_ids=(transactional_id(t.lifecycle),), group_prefixes=("shadowgate-",))
-        k.grant("operator", read=(t.lifecycle, t.checkpoints, t.routing), write=(t.commands, t.approvals),
-                group_prefixes=("shadowgate-",))
-        k.grant("publisher", read=(t.routing,), write=(t.scores, t.labels), group_prefixes=("shadowgate-routing",))
-        k.grant("forwarder", read=(t.alerts, t.rollbacks, t.gates, t.lifecycle), write=(f"{t.alerts}.dlq",),
-                group_prefixes=("shadowgate-alerts",))
+        """The ACLs of docs/security.md (``role_grants``, the ones ``shadowgate up --secure`` grants)."""
+        for role, allowed in role_grants(self.topics, self.group).items():
+            secured_grant(self.secured.kafka.client("admin"), role, allowed)
 
     def env(self, role: str, *, redis_role: str | None = None) -> dict[str, str]:
         """The environment of a process of ``role``: its SASL user and password file, the CA, Redis as
