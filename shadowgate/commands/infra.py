@@ -119,7 +119,9 @@ def _up_secure() -> None:
         _say(f"made a CA and a server certificate for 127.0.0.1 in {home / 'pki'} (valid 365 days)")
     marker.write_text("SASL_SSL + TLS\n")
 
-    if not _alive(redis_pid):
+    if _alive(redis_pid):
+        _say(f"Redis already running (pid {redis_pid.read_text().strip()})")
+    else:
         if _port_open(redis_port):
             raise ConfigError(f"port {redis_port} is taken by another process; set SHADOWGATE_REDIS_PORT")
         acl = secured.write_secret(home / "users.acl", secured.redis_acl(redis_pw, _prefix()))
@@ -130,7 +132,9 @@ def _up_secure() -> None:
              "redis-server", *secured.redis_tls_arguments(redis_port, pki, acl), "--dir", str(home / "redis-data"),
              "--appendonly", "yes", "--appendfsync", "everysec", "--save", "", "--daemonize", "yes",
              "--pidfile", str(redis_pid), "--logfile", str(logs / "redis.log")], check=True)  # fmt: skip
-    if not _alive(kafka_pid):
+    if _alive(kafka_pid):
+        _say(f"Kafka already running (pid {kafka_pid.read_text().strip()})")
+    else:
         for port in (kafka_port, kafka_port + 1):
             if _port_open(port):
                 raise ConfigError(f"port {port} (Kafka's, or its controller's at Kafka port + 1) is taken by "
