@@ -5,19 +5,22 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 STATE  ?= .local
 STAMP  := $(STATE)/.installed
 
-.PHONY: help install up up-secure down status demo test test-fast test-clock lint rules native-check helm-check schemas bench clean
+.PHONY: help install up up-secure down status demo test test-fast test-clock reliability reliability-short lint rules native-check helm-check schemas bench bench-quick clean
 
 help:
 	@echo "make demo       bring up Kafka + Redis and run the end-to-end demo"
 	@echo "make test       bring up Kafka + Redis and run the whole test suite"
 	@echo "make up | down  start / stop the local Kafka broker and Redis server"
 	@echo "make up-secure  the same servers secured: SASL_SSL + ACLs, TLS + ACL users (docs/security.md)"
+	@echo "make reliability  the standing fault suite against real servers (RELIABILITY=full, ~25 min; figures in"
+	@echo "                 benchmarks/results/reliability.json); make reliability-short: its CI form (a few minutes)"
 	@echo "make test-clock  server-free tests again, with the clock moved 400 days ahead (faketime)"
 	@echo "make lint       native-check + ruff + mypy --strict + import directions + JSON Schemas current + crypto audit + rules"
 	@echo "make rules      promtool check rules/config + promtool test rules (deploy/prometheus/tests) + amtool check-config"
 	@echo "make native-check  the native core: cargo test, clippy -D warnings, rustfmt (in native/)"
 	@echo "make helm-check the Helm chart: helm lint, helm template (defaults, every option on), kubeconform -strict"
-	@echo "make bench      run the benchmarks (figures land in benchmarks/results/)"
+	@echo "make bench      run the benchmarks (figures land in benchmarks/results/; one table, also into the README)"
+	@echo "make bench-quick  the same at small sizes in a few minutes (benchmarks/results/quick/, README untouched)"
 
 # The editable install compiles native/ once: changed Rust sources need a reinstall. The extension is optional
 # to pip (a machine without cargo gets the Python reference joins); where cargo is, a failed build (a stale
@@ -55,6 +58,16 @@ test: up
 
 test-fast: install
 	$(PYTHON) -m pytest -m "not integration and not slow"
+
+# The standing fault suite (tests/reliability, docs/reliability.md "The standing fault suite"): real SIGKILLs and
+# server restarts, each scenario ending in an exact comparison with `shadowgate replay`. Never part of `make test`
+# (tests/conftest.py collects tests/reliability only when RELIABILITY is set). RELIABILITY_SOAK_S scales the soak.
+RELIABILITY ?= full
+reliability: up
+	RELIABILITY=$(RELIABILITY) $(PYTHON) -m pytest tests/reliability -p no:cacheprovider -o timeout=2400 -q
+
+reliability-short:
+	$(MAKE) reliability RELIABILITY=short
 
 # A date bomb fails here the day it is written, not the day it goes off. Server tests stay out: the broker
 # refuses record timestamps far from its own clock. libfaketime 0.9.10 hangs librdkafka's timed waits,
@@ -116,8 +129,12 @@ helm-check:
 schemas: install
 	$(PYTHON) -m shadowgate schemas
 
+# BENCH_SOAK_S=600 makes bench_memory's steady run the full 10 minutes (default 120 s).
 bench: up
 	$(PYTHON) benchmarks/run_all.py
+
+bench-quick: up
+	BENCH_QUICK=1 $(PYTHON) benchmarks/run_all.py
 
 clean:
 	rm -rf .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import platform
 import statistics
 import sys
@@ -258,7 +259,7 @@ def _row(r: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0", help="'' to skip Redis")
-    parser.add_argument("--pairs", type=int, default=45_000)
+    parser.add_argument("--pairs", type=int, default=9_000 if os.environ.get("BENCH_QUICK") == "1" else 45_000)
     parser.add_argument("--rate", type=float, default=10.0, help="pairs per second of event time")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)

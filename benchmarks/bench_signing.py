@@ -153,7 +153,9 @@ def _cpu() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=7, help="timed batches per figure (median reported)")
-    parser.add_argument("--quick", action="store_true", help="batches 10x smaller (smoke test)")
+    parser.add_argument("--quick", action="store_true", default=os.environ.get("BENCH_QUICK") == "1",
+                        help="batches 10x smaller (smoke test; also BENCH_QUICK=1)")  # fmt: skip
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     scale = 0.1 if args.quick else 1.0
     signatures = _signature_rows(args.runs, scale)
@@ -198,9 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     machine = result["machine"]
     assert isinstance(machine, dict)
     print(f"{machine['cpu']}, {result['method']}, load average {machine['load_average_1m']:.1f}")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {RESULTS}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
     return 0
 
 

@@ -71,7 +71,10 @@ class Harness:
         settings = Settings(kafka_bootstrap=self.bootstrap, topics=self.topics)  # type: ignore[call-arg]
         ensure_topics(self.bootstrap, topic_specs(settings, self.partitions))
 
-    def start_worker(self, run: str, metrics_port: int = 0, policy_path: Path | None = None) -> subprocess.Popen[bytes]:
+    def start_worker(
+        self, run: str, metrics_port: int = 0, policy_path: Path | None = None, settings: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """A worker process; ``settings``: more ``SHADOWGATE_*`` environment settings."""
         group, prefix = f"bench-{self.unique}-{run}", f"bench{self.unique}{run}"
         self.groups.append(group)
         self.prefixes.append(prefix)
@@ -86,11 +89,12 @@ class Harness:
             env["SHADOWGATE_POLICY_PATH"] = str(policy_path)
         for name, value in self.topics.model_dump().items():
             env[f"SHADOWGATE_TOPICS__{name.upper()}"] = value
-        log = (self.workdir / f"worker-{run}.log").open("wb")
-        proc = subprocess.Popen(  # our own CLI
-            [sys.executable, "-m", "shadowgate", "worker", "--loglevel", "warning"],
-            env=env, cwd=str(REPO), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+        env.update(settings or {})
+        with (self.workdir / f"worker-{run}.log").open("wb") as log:  # the child keeps its own descriptor
+            proc = subprocess.Popen(  # our own CLI
+                [sys.executable, "-m", "shadowgate", "worker", "--loglevel", "warning"],
+                env=env, cwd=str(REPO), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
         self.procs.append(proc)
         return proc
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 # Imported up front: Faust (mode) raises the recursion limit when an app starts, and pytest's assertion
@@ -20,10 +22,18 @@ if TYPE_CHECKING:
     from tests.alerting_kit import AlertmanagerServer
     from tests.secure_servers import Secured
 
+_RELIABILITY = Path(__file__).resolve().parent / "reliability"
 _SERVER_FIXTURES = frozenset(
     {"infra", "kafka_bootstrap", "redis_url", "redis_prefix", "make_topic", "alertmanager", "fault_redis",
      "fault_kafka", "secured"}
 )
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """The standing fault suite (tests/reliability, ``make reliability``) runs only when RELIABILITY is set."""
+    if collection_path == _RELIABILITY and os.environ.get("RELIABILITY") not in ("short", "full"):
+        return True
+    return None
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

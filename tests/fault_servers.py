@@ -2,7 +2,8 @@
 
 The shared servers of ``deploy/local`` serve every other test, so a test that breaks a server starts its own:
 
-* :class:`RedisServer`: ``redis-server`` on a free port of 127.0.0.1, AOF on (``appendfsync everysec``), data
+* :class:`RedisServer`: ``redis-server`` on a free port of 127.0.0.1, AOF on (``appendfsync everysec``, or
+  ``fsync="always"``: then not even a SIGKILL loses an acknowledged write), data
   in a directory of the test. :meth:`~RedisServer.stop` sends SIGTERM (Redis writes its AOF and exits: nothing
   acknowledged is lost), :meth:`~RedisServer.kill` SIGKILL (up to about a second of acknowledged writes may
   be lost: that is Redis's own guarantee with ``everysec``), :meth:`~RedisServer.start` starts it again on the
@@ -138,11 +139,14 @@ class RedisServer(_Server):
 
     name = "redis"
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, fsync: str = "everysec") -> None:
         if shutil.which("redis-server") is None:
             raise ServerMissing("redis-server is not installed (Debian: apt-get install redis-server)")
+        if fsync not in ("always", "everysec", "no"):
+            raise ValueError(f"appendfsync {fsync!r}: use always, everysec or no")
         super().__init__(workdir)
         self.port = port or free_port()
+        self.fsync = fsync
 
     @property
     def url(self) -> str:
@@ -150,7 +154,7 @@ class RedisServer(_Server):
 
     def _command(self) -> list[str]:
         return ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.workdir),
-                "--appendonly", "yes", "--appendfsync", "everysec", "--save", "", "--daemonize", "no"]  # fmt: skip
+                "--appendonly", "yes", "--appendfsync", self.fsync, "--save", "", "--daemonize", "no"]  # fmt: skip
 
     def _answers(self) -> bool:
         import redis

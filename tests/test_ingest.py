@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -222,3 +223,73 @@ def test_a_consumer_failed_for_good_is_replaced_once_and_twice_means_a_twin() ->
 @pytest.mark.parametrize(("attempt", "delay"), [(1, 0.25), (2, 0.5), (3, 1.0), (5, 4.0), (6, 5.0), (60, 5.0)])
 def test_the_backoff_doubles_up_to_its_cap(attempt: int, delay: float) -> None:
     assert IngestConfig(topics=("s",)).backoff(attempt) == delay
+
+
+class _FillingConsumer(FakeConsumer):
+    """Waits out ``timeout`` to fill ``num_messages``, as librdkafka's ``consume`` does."""
+
+    def consume(self, num_messages: int = 1, timeout: float = -1) -> list[Any]:
+        deadline = time.monotonic() + max(timeout, 0.0)
+        got: list[Any] = []
+        while True:
+            got += super().consume(num_messages - len(got), 0)
+            if len(got) >= num_messages or time.monotonic() >= deadline:
+                return got
+            time.sleep(0.002)
+
+
+def _bare(consumer: FakeConsumer, **config: Any) -> Ingest:
+    ingest = Ingest(lambda: consumer, IngestConfig(topics=(SCORES, LABELS), **config), lambda r: BatchOutcome(),
+                    lambda p: None, WorkerMetrics())  # fmt: skip
+    ingest._consumer = consumer  # noqa: SLF001 - the batching alone, without the thread
+    consumer.subscribe([SCORES, LABELS], on_assign=ingest._on_assign, on_revoke=ingest._on_revoke)  # noqa: SLF001
+    return ingest
+
+
+def test_a_backlog_is_taken_in_batches_of_its_bounds() -> None:
+    consumer = _FillingConsumer(1)
+    ingest = _bare(consumer, batch_chunk_records=100, batch_max_records=250, batch_max_bytes=10**9,
+                   batch_within_s=5.0)  # fmt: skip
+    for _ in range(600):
+        consumer.put(SCORES, 0, b"x" * 10)
+    started = time.monotonic()
+    batches = [ingest._next_batch() for _ in range(3)]  # noqa: SLF001
+    assert [len(b) for b in batches] == [250, 250, 100]
+    assert [r.offset for b in batches for r in b] == list(range(600))  # in order, none twice, none lost
+    assert time.monotonic() - started < 1.0  # a backlog never waits out batch_within_s
+    ingest.config = IngestConfig(topics=(SCORES, LABELS), batch_chunk_records=100, batch_max_bytes=1500)
+    for _ in range(600):
+        consumer.put(SCORES, 0, b"x" * 10)
+    assert len(ingest._next_batch()) == 200  # noqa: SLF001 - past 1,500 bytes after the second call of 100
+
+
+def test_a_trickle_is_handed_on_when_its_first_record_comes_not_when_the_batch_would_be_full() -> None:
+    consumer = _FillingConsumer(1)
+    ingest = _bare(consumer, batch_within_s=5.0)
+    threading.Timer(0.1, lambda: consumer.put(SCORES, 0, b"late")).start()
+    started = time.monotonic()
+    batch = ingest._next_batch()  # noqa: SLF001
+    assert [r.value for r in batch] == [b"late"]
+    assert time.monotonic() - started < 2.0  # not the 5 s that filling a batch of 2,000 would wait
+
+
+class _RevokingConsumer(FakeConsumer):
+    """Revokes partition 0 of the scores topic in its third ``consume`` call."""
+
+    calls = 0
+
+    def consume(self, num_messages: int = 1, timeout: float = -1) -> list[Any]:
+        self.calls += 1
+        if self.calls == 3:
+            self.revoke(SCORES, 0)
+        return super().consume(num_messages, timeout)
+
+
+def test_records_of_a_partition_revoked_while_a_backlog_is_taken_are_left_out_of_the_batch() -> None:
+    consumer = _RevokingConsumer(2)
+    ingest = _bare(consumer, batch_chunk_records=4, batch_max_records=100, batch_within_s=0.01)
+    for i in range(12):
+        consumer.put(SCORES, i % 2, b"x")
+    batch = ingest._next_batch()  # noqa: SLF001 - calls 1 and 2 take 8 records, call 3 revokes partition 0
+    assert consumer.calls >= 3
+    assert [(r.partition, r.offset) for r in batch] == [(1, offset) for offset in range(6)]

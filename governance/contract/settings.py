@@ -225,6 +225,10 @@ class Settings(BaseSettings):
         2.0, gt=0, description="how often a worker tells the group coordinator it lives (under a third of "
         "the session timeout)"
     )
+    batch_max_records: int = Field(
+        20_000, gt=0, description="most records in one batch of the worker (a backlog is taken in consume() "
+        "calls of 2,000 up to this or 32 MiB); each batch costs one Redis apply and one synchronous commit"
+    )
     retry_backoff_s: float = Field(
         0.25, gt=0, description="first delay before a failed batch is tried again; it doubles per attempt"
     )

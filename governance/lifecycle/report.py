@@ -30,7 +30,7 @@ from governance.lifecycle.proofpack import build_proofpack
 from governance.lifecycle.state import GovernanceState, as_verdict, latest_gate, version_key
 from governance.policy.document import Policy
 
-__all__ = ["PendingRollback", "VersionStatus", "blockers", "status"]
+__all__ = ["PendingRollback", "VersionStatus", "blockers", "gate_figures", "status"]
 
 _PROOFPACK_RULE = "[7.1] ProofPack artifact required"
 
@@ -151,3 +151,12 @@ def status(state: GovernanceState, policy: Policy, now: datetime, model: str | N
                 )
             )
     return rows
+
+
+def gate_figures(state: GovernanceState, model: str, version: str, stage: str) -> dict[str, str | None]:
+    """When the gate figures behind a version's blockers were taken: the verdict of its stage's latest gate event
+    and that event's own time (event time); both None outside SHADOW and STAGING or before the first gate."""
+    record = latest_gate(state, model, version, stage) if stage in ("SHADOW", "STAGING") else None
+    if record is None:
+        return {"gate_verdict": None, "gate_taken_at": None}
+    return {"gate_verdict": "READY" if record.passed else "BLOCKED", "gate_taken_at": record.ts.isoformat()}

@@ -311,12 +311,13 @@ _from_log = click.option("--from-log", is_flag=True, help="Rebuild the state fro
 @_from_log
 def status(model_name: str | None, as_json: bool, policy_path: str | None, live: bool, from_log: bool) -> None:
     """Every model version: stage, time in stage, role, and what blocks its next step."""
+    from governance.lifecycle.report import gate_figures
     from governance.lifecycle.report import status as status_rows
     from governance.policy.document import load_policy
 
     state, policy, now = _state(from_log), load_policy(policy_path or settings().policy_path), now_utc()
     rows = status_rows(state, policy, now, model_name)
-    figures = {(row.model, row.version): _figures(state, row.model, row.version, row.stage.value) for row in rows}
+    figures = {(row.model, row.version): gate_figures(state, row.model, row.version, row.stage.value) for row in rows}
     if live:
         _live_figures(figures, policy, now)
     if as_json:
@@ -353,16 +354,6 @@ def _pending_text(row: Any) -> str:
     if row.retry_at is not None:
         lines.append(f"promotion retried {row.retry_at:%Y-%m-%d %H:%M:%S}Z (only time blocks it)")
     return "\n".join(lines) or "-"
-
-
-def _figures(state: GovernanceState, model_name: str, version: str, stage: str) -> dict[str, Any]:
-    """When the gate figures behind ``blocked by`` were taken: the latest gate event's own time (event time)."""
-    from governance.lifecycle.state import latest_gate
-
-    record = latest_gate(state, model_name, version, stage) if stage in ("SHADOW", "STAGING") else None
-    if record is None:
-        return {"gate_verdict": None, "gate_taken_at": None}
-    return {"gate_verdict": "READY" if record.passed else "BLOCKED", "gate_taken_at": record.ts.isoformat()}
 
 
 def _live_figures(figures: dict[tuple[str, str], dict[str, Any]], policy: Any, now: Any) -> None:

@@ -33,7 +33,7 @@ from governance.contract.stages import Stage
 from governance.errors import ConfigError
 from governance.lifecycle.identities import Trust
 from governance.lifecycle.proofpack import ProofPack, verify_proofpack
-from governance.lifecycle.report import status
+from governance.lifecycle.report import gate_figures, status
 from governance.lifecycle.state import GovernanceState
 from governance.policy.document import Policy
 from governance.service.statestore import StateStore
@@ -98,7 +98,8 @@ class Sources:
             assignment = store.assignment(name)
             routing[name] = None if assignment is None else assignment.model_dump(mode="json")
         return {
-            "models": [{**row.model_dump(mode="json"), "time_in_stage": row.time_in_stage} for row in rows],
+            "models": [{**row.model_dump(mode="json"), "time_in_stage": row.time_in_stage,
+                        **gate_figures(state, row.model, row.version, row.stage.value)} for row in rows],
             "routing": routing,
             "audit_seq": state.seq,
             "policy": {"policy_id": self.policy.policy_id, "version": self.policy.version,

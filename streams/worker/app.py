@@ -55,7 +55,6 @@ __all__ = ["WorkerHandle", "create_app"]
 
 log = logging.getLogger(__name__)
 
-BATCH_MAX_RECORDS = 2000
 BATCH_WITHIN_S = 0.25
 
 
@@ -179,7 +178,7 @@ def _processor(settings: Settings, store: WindowStore, config: AggregateConfig) 
 def _ingest_config(settings: Settings) -> IngestConfig:
     return IngestConfig(
         topics=(settings.topics.scores, settings.topics.labels),
-        batch_max_records=BATCH_MAX_RECORDS,
+        batch_max_records=settings.batch_max_records,
         batch_within_s=BATCH_WITHIN_S,
         backoff_s=settings.retry_backoff_s,
         backoff_max_s=settings.retry_backoff_max_s,

@@ -38,7 +38,7 @@ class WorkerMetrics:
         self.dead_letters = Counter("shadowgate_dead_letters", "invalid messages sent to the DLQ",
                                     ["model"], registry=reg)
         self.batch_size = Histogram("shadowgate_batch_records", "records per processed batch",
-                                    buckets=(1, 10, 100, 500, 1000, 2000, 5000), registry=reg)
+                                    buckets=(1, 10, 100, 500, 1000, 2000, 5000, 10000, 20000), registry=reg)
         self.watermark = Gauge("shadowgate_watermark_seconds", "newest event time seen per partition",
                                ["partition"], registry=reg)
         self.governance_events = Counter("shadowgate_governance_events", "signed events the evaluator published",
