@@ -9,7 +9,7 @@ as restartable private servers on free ports (:mod:`tests.fault_servers`):
   role of :data:`ROLES` (the roles of docs/security.md and ``intruder``, who gets no ACL).
   :meth:`SecureKafka.grant` adds ACLs for a role.
 * :class:`SecureRedis`: ``redis-server`` with TLS only, the default user off and one ACL user per role, each
-  limited to keys of its prefix (``intruder``: no keys).
+  limited to keys of its prefix (``intruder``, the publisher and the alert forwarder: no keys).
 """
 
 from __future__ import annotations
@@ -112,8 +112,9 @@ class SecureRedis(RedisServer):
                                     ssl_ca_certs=str(self.pki.ca), socket_timeout=5.0, **kwargs)
 
     def _command(self) -> list[str]:
+        keyless = (*secured.WITHOUT_REDIS_KEYS, "intruder")
         acl = secured.write_secret(self.workdir / "users.acl",
-                                   secured.redis_acl(self.passwords, self.prefix, keyless=("intruder",)))
+                                   secured.redis_acl(self.passwords, self.prefix, keyless=keyless))
         return ["redis-server", *secured.redis_tls_arguments(self.port, self.pki, acl), "--dir", str(self.workdir),
                 "--save", "", "--appendonly", "no", "--daemonize", "no"]  # fmt: skip
 

@@ -160,3 +160,28 @@ def test_a_wrong_role_is_refused_in_one_line(secure_up: SecureUp, role: str, arg
     assert line in err and "(SHADOWGATE_KAFKA__SASL_USERNAME): no ACL on the" in err, err
     for secret in secure_up.secrets():
         assert secret not in done.stdout + done.stderr
+
+
+def test_redis_users_have_the_keys_of_their_role(secure_up: SecureUp) -> None:
+    import redis
+
+    def client(role: str) -> redis.Redis[bytes]:
+        home = secure_up.home
+        return redis.Redis(host="127.0.0.1", port=int(secure_up.env["SHADOWGATE_REDIS_PORT"]), ssl=True,
+                           ssl_ca_certs=str(home / "pki" / "ca.pem"), username=role,
+                           password=(home / "secrets" / f"redis-{role}.password").read_text().strip())
+
+    worker, publisher = client("worker"), client("publisher")
+    try:
+        assert worker.set("sg:probe", b"1") and worker.get("sg:probe") == b"1"
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            worker.set("elsewhere", b"1")
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            publisher.get("sg:probe")
+    finally:
+        worker.close()
+        publisher.close()
+    plain = redis.Redis(host="127.0.0.1", port=int(secure_up.env["SHADOWGATE_REDIS_PORT"]), socket_timeout=3)
+    with pytest.raises(redis.exceptions.ConnectionError):  # TLS only
+        plain.ping()
+    plain.close()

@@ -30,13 +30,16 @@ from typing import Any
 from governance.contract.settings import Topics
 from governance.service.transactions import transactional_id
 
-__all__ = ["MECHANISM", "ROLES", "Grant", "Pki", "grant", "kafka_env", "kafka_properties", "make_pki", "redis_acl",
-           "redis_env", "redis_tls_arguments", "role_grants", "scram_arguments", "write_secret"]
+__all__ = ["MECHANISM", "ROLES", "WITHOUT_REDIS_KEYS", "Grant", "Pki", "grant", "kafka_env", "kafka_properties",
+           "make_pki", "redis_acl", "redis_env", "redis_tls_arguments", "role_grants", "scram_arguments",
+           "write_secret"]
 
 #: The roles of docs/security.md, each with a SCRAM user and a Redis ACL user of its own (``admin`` besides).
 ROLES = ("worker", "governance", "operator", "publisher", "forwarder", "status")
 #: The SASL mechanism clients log in with (the broker offers SCRAM-SHA-512 and SCRAM-SHA-256).
 MECHANISM = "SCRAM-SHA-512"
+#: Roles that never touch Redis (docs/security.md): their Redis users have no keys.
+WITHOUT_REDIS_KEYS = ("publisher", "forwarder")
 #: The lease the governance consumer holds in Redis is scoped to the audit log, not to a prefix.
 _LEASE_KEYS = "~shadowgate:audit-lease:*"
 
@@ -145,7 +148,7 @@ def scram_arguments(passwords: Mapping[str, str]) -> list[str]:
     return args
 
 
-def redis_acl(passwords: Mapping[str, str], prefix: str, *, keyless: tuple[str, ...] = ()) -> str:
+def redis_acl(passwords: Mapping[str, str], prefix: str, *, keyless: tuple[str, ...] = WITHOUT_REDIS_KEYS) -> str:
     """An ACL file: the default user off, ``admin`` with everything, every other user the keys of ``prefix``
     (Lua scripts included) and nothing of the server's administration; users in ``keyless`` no keys at all."""
     lines = ["user default off", f"user admin on >{passwords['admin']} ~* &* +@all"]
