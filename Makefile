@@ -5,12 +5,13 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 STATE  ?= .local
 STAMP  := $(STATE)/.installed
 
-.PHONY: help install up down status demo test test-fast test-clock reliability reliability-short lint rules native-check helm-check schemas bench bench-quick clean
+.PHONY: help install up up-secure down status demo test test-fast test-clock reliability reliability-short lint rules native-check helm-check schemas bench bench-quick clean
 
 help:
 	@echo "make demo       bring up Kafka + Redis and run the end-to-end demo"
 	@echo "make test       bring up Kafka + Redis and run the whole test suite"
 	@echo "make up | down  start / stop the local Kafka broker and Redis server"
+	@echo "make up-secure  the same servers secured: SASL_SSL + ACLs, TLS + ACL users (docs/security.md)"
 	@echo "make reliability  the standing fault suite against real servers (RELIABILITY=full, ~25 min; figures in"
 	@echo "                 benchmarks/results/reliability.json); make reliability-short: its CI form (a few minutes)"
 	@echo "make test-clock  server-free tests again, with the clock moved 400 days ahead (faketime)"
@@ -39,6 +40,9 @@ install: $(STAMP)
 
 up: install
 	bash deploy/local/servers.sh up
+
+up-secure: install
+	$(PYTHON) -m shadowgate up --secure
 
 down:
 	bash deploy/local/servers.sh down

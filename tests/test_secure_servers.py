@@ -25,7 +25,8 @@ from governance.contract.kafkaio import SyncProducer
 from governance.contract.settings import KafkaSecurity, RedisOptions, Settings, Topics
 from governance.contract.topics import ensure_topics, topic_specs
 from governance.errors import DeliveryError
-from governance.service.transactions import transactional_id
+from shadowgate.commands.secured import grant as secured_grant
+from shadowgate.commands.secured import role_grants
 from shadowgate.sdk import ScorePublisher
 from tests.secure_servers import Secured
 from tests.worker_kit import probe, traffic
@@ -57,18 +58,9 @@ class Deployment:
         self.grant()
 
     def grant(self) -> None:
-        t, k = self.topics, self.secured.kafka
-        k.grant("worker", read=(t.scores, t.labels), write=(t.dlq, t.gates, t.rollbacks, t.alerts),
-                groups=(self.group,))
-        k.grant("governance", read=(t.gates, t.rollbacks, t.approvals, t.commands, t.lifecycle, t.checkpoints,
-                                    t.routing),
-                write=(t.lifecycle, t.checkpoints, t.routing, t.alerts),
-                transactional_ids=(transactional_id(t.lifecycle),), group_prefixes=("shadowgate-",))
-        k.grant("operator", read=(t.lifecycle, t.checkpoints, t.routing), write=(t.commands, t.approvals),
-                group_prefixes=("shadowgate-",))
-        k.grant("publisher", read=(t.routing,), write=(t.scores, t.labels), group_prefixes=("shadowgate-routing",))
-        k.grant("forwarder", read=(t.alerts, t.rollbacks, t.gates, t.lifecycle), write=(f"{t.alerts}.dlq",),
-                group_prefixes=("shadowgate-alerts",))
+        """The ACLs of docs/security.md (``role_grants``, the ones ``shadowgate up --secure`` grants)."""
+        for role, allowed in role_grants(self.topics, self.group).items():
+            secured_grant(self.secured.kafka.client("admin"), role, allowed)
 
     def env(self, role: str, *, redis_role: str | None = None) -> dict[str, str]:
         """The environment of a process of ``role``: its SASL user and password file, the CA, Redis as
@@ -353,3 +345,93 @@ def test_the_whole_stack_runs_with_its_least_privileges(deployment: Deployment, 
     assert len(json_lines) > 3 and {"ts", "level", "logger", "msg"} <= set(json_lines[0])
     for secret in (secured.kafka.passwords["worker"], secured.redis.passwords["worker"]):
         assert secret not in worker_log
+
+
+def _signed_assignment(keys: Path, model: str, production: str) -> bytes:
+    """A routing assignment signed with the governance key of ``keys`` (what the consumer publishes)."""
+    from datetime import UTC, datetime
+
+    from governance.crypto import Keyring
+    from governance.lifecycle.routing import Assignment, encode_assignment
+
+    now = datetime.now(UTC)
+    return encode_assignment(Assignment(model=model, production=production, seq=1, issued_at=now),
+                             Keyring(keys).signer(now), now)
+
+
+def test_routing_client_reads_the_routing_topic_as_the_publisher(deployment: Deployment, secured: Secured,
+                                                                  tmp_path: Path) -> None:
+    """A scoring service's RoutingClient, logged in as the publisher, reads what the governance consumer's user
+    wrote to the routing topic; a principal with Read on the topic but no ACL on a group is refused in one line
+    naming the group and the setting (not librdkafka's "reading None[0]: ... Group authorization failed")."""
+    from datetime import UTC, datetime
+
+    from governance.crypto import Keyring
+    from governance.errors import InfrastructureError
+    from shadowgate.routing_client import RoutingClient
+
+    keys = tmp_path / "keys"
+    Keyring(keys).generate(datetime.now(UTC))
+    trust = Keyring(keys).trust_store()
+    governance = SyncProducer(_conn(secured, "governance"), timeout_s=30)
+    try:
+        governance.send(deployment.topics.routing, _signed_assignment(keys, "fraud", "3.1.0"), b"fraud")
+    finally:
+        governance.close()
+    client = RoutingClient(_conn(secured, "publisher"), deployment.topics.routing, trust)
+    try:
+        client.refresh(timeout_s=30)
+        assignment = client.assignment("fraud")
+        assert assignment is not None and assignment.production == "3.1.0" and client.rejected == 0
+        assert client.route("fraud", "r-1") == ("3.1.0", "production")
+    finally:
+        client.close()
+
+    secured.kafka.grant("intruder", read=(deployment.topics.routing,))  # the topic, no group
+    with pytest.raises(InfrastructureError) as refused:
+        stranger = RoutingClient(_conn(secured, "intruder"), deployment.topics.routing, trust)
+        try:
+            stranger.refresh(timeout_s=30)
+        finally:
+            stranger.close()
+    line = str(refused.value)
+    assert line.startswith("Kafka refused the consumer group shadowgate-routing-client-"), line
+    assert line.endswith(" to User:intruder (SHADOWGATE_KAFKA__SASL_USERNAME): no ACL on the group allows it; "
+                         "grant the role's ACLs (docs/security.md)"), line
+
+
+def test_serve_is_ready_with_the_status_role(deployment: Deployment, secured: Secured, tmp_path: Path) -> None:
+    """``shadowgate serve`` as the status user (its ACLs of docs/security.md): /readyz 200 once Redis answers
+    over TLS and both feeds follow their topics; as a user without them it stays unready, saying why."""
+    from datetime import UTC, datetime
+
+    from governance.crypto import Keyring
+    from tests.fault_servers import free_port
+
+    keys = tmp_path / "keys"
+    Keyring(keys).generate(datetime.now(UTC))
+    runs = {}
+    for role in ("status", "intruder"):
+        port = free_port()
+        env = {**deployment.env(role, redis_role="status"), "SHADOWGATE_KEYS_DIR": str(keys)}
+        runs[role] = (port, _start(env, tmp_path / f"serve-{role}.log", "serve", "--port", str(port)))
+    try:
+        port, proc = runs["status"]
+        _wait(lambda: _status(port) == 200, 90, "serve ready as the status user", tmp_path / "serve-status.log",
+              (proc,))
+        port, proc = runs["intruder"]
+        _wait(lambda: _status(port) == 503, 60, "serve answering as the intruder", tmp_path / "serve-intruder.log",
+              (proc,))
+        time.sleep(3)  # the feeds had time to be refused
+        import urllib.error
+        import urllib.request
+
+        with pytest.raises(urllib.error.HTTPError) as unready:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=10)  # noqa: S310
+        problems = orjson.loads(unready.value.read())["problems"]
+        assert problems and all("not following yet" in p for p in problems), problems
+    finally:
+        for _, proc in runs.values():
+            _stop(proc)
+    for secret in (secured.kafka.passwords["status"], secured.redis.passwords["status"]):
+        assert secret not in (tmp_path / "serve-status.log").read_text()

@@ -4,6 +4,9 @@
 #
 #   deploy/local/servers.sh up | down | status | install
 #
+# `shadowgate up --secure` (make up-secure) starts them secured instead (SASL_SSL + ACLs, TLS + ACL users; see
+# docs/security.md) with the same PID files, so `down` and `status` here serve both; $run/secure marks it.
+#
 # Environment (defaults in brackets):
 #   SHADOWGATE_STATE_DIR   [<repo>/.local]   jars cache, data, logs and PID files
 #   SHADOWGATE_KAFKA_PORT  [9092]            broker listener (controller listens on port+1)
@@ -151,14 +154,18 @@ mkdir -p "$logs" "$run"
 case "${1:-}" in
   install) install_redis; install_kafka ;;
   up)
+    if [ -f "$run/secure" ] && { pid_alive "$run/kafka.pid" || pid_alive "$run/redis.pid"; }; then
+      die "the secured servers of \`shadowgate up --secure\` are running; stop them with \`shadowgate down\` first"
+    fi
     install_redis; install_kafka
     start_redis; start_kafka; wait_ready
     say "Kafka listens on 127.0.0.1:$kafka_port   (SHADOWGATE_KAFKA_BOOTSTRAP=127.0.0.1:$kafka_port)"
     say "Redis listens on 127.0.0.1:$redis_port   (SHADOWGATE_REDIS_URL=redis://127.0.0.1:$redis_port/0)"
     say "state, logs and PID files: $state"
     ;;
-  down) stop_pid kafka; stop_pid redis ;;
+  down) stop_pid kafka; stop_pid redis; rm -f "$run/secure" ;;
   status)
+    [ -f "$run/secure" ] && say "mode: secured (SASL_SSL Kafka, TLS Redis; settings in $state/secure/env/<role>.env)"
     pid_alive "$run/kafka.pid" && say "Kafka running on 127.0.0.1:$kafka_port" || say "Kafka stopped"
     pid_alive "$run/redis.pid" && say "Redis running on 127.0.0.1:$redis_port" || say "Redis stopped"
     ;;

@@ -21,7 +21,7 @@ from typing import Any, NamedTuple, Protocol, TypeVar
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from governance.contract.connections import KafkaTarget, kafka_config
-from governance.contract.refusals import denied
+from governance.contract.refusals import denied, read_denied
 from governance.errors import DeliveryError, InfrastructureError
 
 __all__ = ["Record", "Sender", "SyncProducer", "make_consumer", "partitions_of", "poll_records", "read_range",
@@ -72,14 +72,23 @@ def until_coordinated(call: Callable[[], T], timeout_s: float, pause_s: float = 
             time.sleep(pause_s)
 
 
+class _Consumer(Consumer):
+    """A consumer that knows its connection and group: a refusal for want of an ACL names them (:func:`_check`)."""
+
+    target: KafkaTarget
+    group: str
+
+
 def make_consumer(bootstrap: KafkaTarget, purpose: str) -> Consumer:
     """A consumer that is only ever ``assign``-ed (no group membership, no commits)."""
+    # Required by librdkafka even when the consumer never joins the group (it still looks up the group's
+    # coordinator, so the principal needs Read on the group: docs/security.md grants the "shadowgate-" prefixes).
+    group = f"shadowgate-{purpose}-{uuid.uuid4().hex[:8]}"
     try:
-        return Consumer(
+        consumer = _Consumer(
             {
                 **kafka_config(bootstrap),
-                # Required by librdkafka even when the consumer never joins the group.
-                "group.id": f"shadowgate-{purpose}-{uuid.uuid4().hex[:8]}",
+                "group.id": group,
                 "enable.auto.commit": False,
                 "enable.auto.offset.store": False,
                 "auto.offset.reset": "earliest",
@@ -89,6 +98,8 @@ def make_consumer(bootstrap: KafkaTarget, purpose: str) -> Consumer:
         )
     except KafkaException as exc:
         raise InfrastructureError(f"cannot create a Kafka consumer for {bootstrap}: {exc}") from None
+    consumer.target, consumer.group = bootstrap, group
+    return consumer
 
 
 def partitions_of(consumer: Consumer, topic: str, timeout_s: float = 10.0) -> list[int]:
@@ -113,12 +124,19 @@ def watermarks(consumer: Consumer, topic: str, partition: int, timeout_s: float 
     return int(low), int(high)
 
 
-def _check(msg: Message) -> Record | None:
+def _check(msg: Message, consumer: Consumer) -> Record | None:
     error = msg.error()
     if error is not None:
         if error.code() == KafkaError._PARTITION_EOF:
             return None
-        raise InfrastructureError(f"reading {msg.topic()}[{msg.partition()}]: {error.str()}")
+        if isinstance(consumer, _Consumer):
+            topic = msg.topic()
+            topics = [topic] if topic else sorted({str(tp.topic) for tp in consumer.assignment()})
+            why = read_denied(consumer.target, error, group=consumer.group, topics=topics)
+            if why is not None:
+                raise InfrastructureError(why)
+        where = f"{msg.topic()}[{msg.partition()}]" if msg.topic() else "Kafka"
+        raise InfrastructureError(f"reading {where}: {error.str()}")
     return Record(
         topic=str(msg.topic()),
         partition=int(msg.partition() or 0),
@@ -134,7 +152,7 @@ def poll_records(consumer: Consumer, timeout_s: float, max_messages: int = 500) 
         messages = consumer.consume(num_messages=max_messages, timeout=timeout_s)
     except KafkaException as exc:
         raise InfrastructureError(f"Kafka consume failed: {exc}") from None
-    return [record for record in (_check(msg) for msg in messages) if record is not None]
+    return [record for record in (_check(msg, consumer) for msg in messages) if record is not None]
 
 
 def read_range(

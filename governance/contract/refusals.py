@@ -8,7 +8,9 @@ errors and turns them into an :class:`~governance.errors.InfrastructureError` su
     Kafka at 10.0.0.5:9093 refused the SASL login of user 'worker' (SCRAM-SHA-512): check
     SHADOWGATE_KAFKA__SASL_USERNAME and SHADOWGATE_KAFKA__SASL_PASSWORD_FILE / _PASSWORD
 
-:func:`denied` words an authorization failure (no ACL for the principal) the same way. No message holds a
+:func:`denied` words an authorization failure (no ACL for the principal) the same way; :func:`read_denied` does it
+for a consumer, whose refusal of its group comes without a topic (librdkafka: "FindCoordinator response error:
+Group authorization failed" on a message of topic None). No message holds a
 secret: only hosts, the user name, the mechanism and the setting names.
 """
 
@@ -30,7 +32,7 @@ from governance.contract.connections import (
 )
 from governance.errors import InfrastructureError
 
-__all__ = ["check_kafka", "check_redis", "denied", "refusal"]
+__all__ = ["check_kafka", "check_redis", "denied", "read_denied", "refusal"]
 
 _P = "SHADOWGATE_KAFKA__"
 # Errors that will not pass by waiting: the call fails at once with them.
@@ -80,6 +82,15 @@ def denied(target: KafkaTarget, error: KafkaError, what: str) -> str | None:
     principal = f"User:{sec.sasl_username}" if sec.sasl else f"the {sec.security_protocol} principal"
     return (f"Kafka refused {what} to {principal} ({_P}SASL_USERNAME): no ACL on the {kind} allows it; "
             "grant the role's ACLs (docs/security.md)")
+
+
+def read_denied(target: KafkaTarget, error: KafkaError, *, group: str, topics: list[str]) -> str | None:
+    """A consumer of ``group`` reading ``topics`` was refused for want of an ACL: :func:`denied`'s line naming the
+    group or the topics; None when ``error`` is not an authorization failure."""
+    kind = _DENIED.get(error.code())
+    if kind == "group":
+        return denied(target, error, f"the consumer group {group}")
+    return denied(target, error, f"reading topic {', '.join(topics) or '(none)'}")
 
 
 def check_kafka(target: KafkaTarget, timeout_s: float = 15.0) -> None:

@@ -10,9 +10,9 @@ from typing import Any
 import click
 import orjson
 
-from governance.contract.connections import kafka_config, kafka_connection
+from governance.contract.connections import KafkaConnection, kafka_config, kafka_connection
 from governance.contract.settings import load_settings
-from governance.errors import ConfigError
+from governance.errors import ConfigError, DeliveryError
 
 __all__ = ["consume", "export_schemas", "publish", "schemas"]
 
@@ -60,9 +60,12 @@ def publish(pairs: int, model: str, production_version: str, candidate_version: 
         click.echo(f"wrote {written:,} events to {out}")
         return
     settings = load_settings()
+    connection = kafka_connection(settings)
+    refused: list[DeliveryError] = []
     t0 = time.perf_counter()
-    with ScorePublisher(kafka_connection(settings), settings.topics.scores, batch_size=batch_size) as scores, \
-            LabelPublisher(kafka_connection(settings), settings.topics.labels) as label_pub:
+    with ScorePublisher(connection, settings.topics.scores, batch_size=batch_size,
+                        on_delivery_error=refused.append) as scores, \
+            LabelPublisher(connection, settings.topics.labels, on_delivery_error=refused.append) as label_pub:
         for i, event in enumerate(generate(spec)):
             kind = event.pop("kind")
             if kind == "score":
@@ -75,6 +78,23 @@ def publish(pairs: int, model: str, production_version: str, candidate_version: 
     click.echo(f"published {scores.stats.delivered:,} score events in {scores.stats.messages:,} messages "
                f"and {label_pub.stats.delivered:,} labels to {settings.kafka_bootstrap} in {elapsed:.1f} s "
                f"(failed: {scores.stats.failed + label_pub.stats.failed})")
+    if refused:
+        raise _undelivered(connection, refused[0], scores.stats.failed + label_pub.stats.failed)
+
+
+def _undelivered(connection: KafkaConnection, first: DeliveryError, failed: int) -> DeliveryError:
+    """The one line a publish that lost events ends with: a missing ACL named like every refusal
+    (docs/security.md), anything else as the client said it."""
+    from confluent_kafka import KafkaError
+
+    from governance.contract.refusals import denied
+
+    text = str(first)
+    topic = text.removeprefix("delivery to topic ").split(" ", 1)[0]
+    if "Topic authorization failed" in text:
+        why = denied(connection, KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED), f"a write to topic {topic}")
+        return DeliveryError(f"{failed} event(s) not delivered: {why}")
+    return DeliveryError(f"{failed} event(s) not delivered; the first: {text}")
 
 
 @click.command()
@@ -88,10 +108,13 @@ def consume(topic: str, from_beginning: bool, max_messages: int, idle_timeout: f
 
     from confluent_kafka import Consumer
 
+    from governance.contract.refusals import read_denied
+
     settings = load_settings()
+    connection, group = kafka_connection(settings), f"shadowgate-consume-{uuid.uuid4().hex[:8]}"
     consumer = Consumer({
-        **kafka_config(kafka_connection(settings)),
-        "group.id": f"shadowgate-consume-{uuid.uuid4().hex[:8]}",
+        **kafka_config(connection),
+        "group.id": group,
         "auto.offset.reset": "earliest" if from_beginning else "latest",
         "enable.auto.commit": False,
         "log_level": 0,  # connection errors come back through poll() and are reported once
@@ -107,7 +130,8 @@ def consume(topic: str, from_beginning: bool, max_messages: int, idle_timeout: f
                 continue
             error = msg.error()
             if error is not None:
-                raise ConfigError(f"topic {topic}: {error.str()}")
+                why = read_denied(connection, error, group=group, topics=[topic])
+                raise ConfigError(why or f"topic {topic}: {error.str()}")
             idle_since = time.monotonic()
             seen += 1
             value: Any
