@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 _RELIABILITY = Path(__file__).resolve().parent / "reliability"
 _SERVER_FIXTURES = frozenset(
     {"infra", "kafka_bootstrap", "redis_url", "redis_prefix", "make_topic", "alertmanager", "fault_redis",
-     "fault_kafka", "secured"}
+     "fault_kafka", "secured", "secure_up"}
 )
 
 

@@ -263,6 +263,7 @@ def test_a_backlog_is_taken_in_batches_of_its_bounds() -> None:
     assert len(ingest._next_batch()) == 200  # noqa: SLF001 - past 1,500 bytes after the second call of 100
 
 
+@pytest.mark.real_clock  # a timer thread and a timed wait: libfaketime's threaded clock made the wait miss it
 def test_a_trickle_is_handed_on_when_its_first_record_comes_not_when_the_batch_would_be_full() -> None:
     consumer = _FillingConsumer(1)
     ingest = _bare(consumer, batch_within_s=5.0)
