@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
+from governance.contract.connections import KafkaTarget
 from governance.contract.wire import LabelEvent, ScoreEvent, validate_label, validate_score
 from governance.errors import DeliveryError, InfrastructureError
 from shadowgate.sdk import DeliveryCallback, LabelPublisher, PublisherStats, ScorePublisher, Waiter
@@ -145,7 +146,7 @@ class AsyncScorePublisher(_AsyncBase[ScorePublisher]):
 
     def __init__(
         self,
-        bootstrap_servers: str = "127.0.0.1:9092",
+        bootstrap_servers: KafkaTarget = "127.0.0.1:9092",
         topic: str = "scores",
         *,
         batch_size: int = 500,
@@ -198,7 +199,7 @@ class AsyncLabelPublisher(_AsyncBase[LabelPublisher]):
 
     def __init__(
         self,
-        bootstrap_servers: str = "127.0.0.1:9092",
+        bootstrap_servers: KafkaTarget = "127.0.0.1:9092",
         topic: str = "labels",
         *,
         on_delivery_error: DeliveryCallback | None = None,
