@@ -8,20 +8,23 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 from confluent_kafka import Producer
+from prometheus_client import CollectorRegistry
 
 from governance.lifecycle.audit import AuditEntry, parse_entry
 from governance.lifecycle.commands import Escalate, new_command, sign_command
 from governance.lifecycle.identities import identity_signer
 from governance.service.auditlog import read_log
+from governance.service.consumer import GovernanceConsumer
 from governance.service.health import ConsumerHealth
 from tests.fault_servers import free_port
-from tests.governance_kit import Env, lifecycle_facts, make_env, make_keys, now_utc, seed_log
+from tests.governance_kit import Env, catalog, fast_policy, lifecycle_facts, make_env, make_keys, now_utc, seed_log
 from tests.worker_kit import probe
 
 REPO = Path(__file__).resolve().parent.parent
@@ -32,6 +35,17 @@ ESCALATIONS, JUNK = 240, 60
 def env(kafka_bootstrap: str, redis_url: str, redis_prefix: str, make_topic: Callable[..., str],
         tmp_path: Path) -> Env:
     return make_env(kafka_bootstrap, redis_url, redis_prefix, make_topic, make_keys(tmp_path))
+
+
+@pytest.fixture
+def started() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """The consumers a test starts: any still running at the end (a failed assertion) is killed, not leaked."""
+    procs: list[subprocess.Popen[bytes]] = []
+    yield procs
+    for proc in procs:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
 
 
 def _entries(env: Env) -> list[AuditEntry]:
@@ -84,7 +98,8 @@ def _sigterm(proc: subprocess.Popen[bytes]) -> tuple[int, float]:
     return code, time.monotonic() - began
 
 
-def test_sigterm_mid_work_stops_in_time_and_loses_or_doubles_nothing(env: Env, tmp_path: Path) -> None:
+def test_sigterm_mid_work_stops_in_time_and_loses_or_doubles_nothing(env: Env, tmp_path: Path,
+                                                                     started: list[subprocess.Popen[bytes]]) -> None:
     seed_log(env, [lifecycle_facts("fraud", "1.0.0", "SHADOW")])
     seeded = len(_entries(env))
     producer = Producer({"bootstrap.servers": env.bootstrap, "acks": "all", "linger.ms": 20})
@@ -94,6 +109,7 @@ def test_sigterm_mid_work_stops_in_time_and_loses_or_doubles_nothing(env: Env, t
     port, log = free_port(), tmp_path / "governance.log"
 
     proc = _start(env, port, log)
+    started.append(proc)
     _until(lambda: probe(port)[0] == 200, 120, "ready", proc, log)
     status, ready = probe(port)
     assert ready["failing"] == [] and ready["ok"] is True
@@ -102,6 +118,7 @@ def test_sigterm_mid_work_stops_in_time_and_loses_or_doubles_nothing(env: Env, t
     # A second instance waits for the lease: live, not ready.
     standby_port, standby_log = free_port(), tmp_path / "standby.log"
     standby = _start(env, standby_port, standby_log)
+    started.append(standby)
     _until(lambda: probe(standby_port, "/healthz")[0] == 200, 120, "standby live", standby, standby_log)
     standby_status, standby_ready = probe(standby_port)
     assert standby_status == 503 and {"lease", "started"} <= set(standby_ready["failing"])
@@ -165,3 +182,32 @@ def test_health_answers_from_its_probes() -> None:
     assert health.ready()[1]["failing"] == ["kafka", "redis"]
     clock[0] = 125.1 + 5  # the loop has not gone round for 35.1 s: stuck
     assert health.live() == (False, {"standby": False, "since_loop_s": 35.1})
+
+
+def test_a_consumer_is_started_only_once_its_inputs_are_assigned_and_live_from_then(env: Env) -> None:
+    """start() sets its running flag before it republishes and assigns the inputs (seconds, on a busy broker).
+    The probes must not see that half-way point: not ready until the inputs are assigned, and live (a beat)
+    the moment they are (a CI run answered /readyz 200 then /healthz 503 for a consumer that had not looped)."""
+    seed_log(env, [lifecycle_facts("fraud", "1.0.0", "SHADOW")])
+    consumer = GovernanceConsumer(env.config(), signer=env.signer(), trust=env.trust(), policy=fast_policy(),
+                                  catalog=catalog(), metrics=CollectorRegistry())
+    seen: list[tuple[bool, float | None]] = []
+    assign = consumer.clients.consumer.assign
+
+    def watched_assign(partitions: list[Any]) -> None:
+        seen.append((consumer.started, consumer.last_beat))  # mid-start: the probes' view
+        assign(partitions)
+
+    consumer.clients.consumer.assign = watched_assign  # type: ignore[method-assign]
+    health = ConsumerHealth(started=lambda: consumer.started, holds_lease=consumer.lease.ok,
+                            last_beat=lambda: consumer.last_beat, redis_ping=lambda: True, kafka_ping=lambda: True,
+                            keys_loaded=lambda: True)
+    try:
+        assert consumer.start()
+        assert seen == [(False, None)]
+        assert consumer.started and consumer.last_beat is not None
+        assert health.live()[0] and health.live()[1]["standby"] is False
+        assert health.ready() == (True, {"failing": [], "since_loop_s": health.ready()[1]["since_loop_s"]})
+    finally:
+        consumer.close()
+    assert not consumer.started and not health.ready()[0]

@@ -140,6 +140,8 @@ class GovernanceConsumer:
         self.routing = RoutingPublisher(self.clients.producer, config.bootstrap, config.routing_topic, first)
         self._expects = config.inputs()
         self._started = False
+        #: whether start() finished (inputs assigned): the readiness the probes see, not _check_running's flag.
+        self._assigned = False
         self.rotation_error: str | None = None
         self._rotation_retry_at: datetime | None = None
         #: time.monotonic() of the loop's last round (None: not started): what /healthz reads.
@@ -148,7 +150,7 @@ class GovernanceConsumer:
     @property
     def started(self) -> bool:
         """Whether it holds the lease and started (chain verified, inputs assigned), until it stops."""
-        return self._started
+        return self._started and self._assigned
 
     # ----------------------------------------------------------------------------------- keys
 
@@ -247,6 +249,8 @@ class GovernanceConsumer:
                 offset = self.state.positions.get(f"{topic}:{partition}", -1) + 1
                 assignments.append(TopicPartition(topic, partition, offset))
         self.clients.consumer.assign(assignments)
+        # Started counts as the loop's first round: /healthz must not see a started consumer that never beat.
+        self.last_beat, self._assigned = time.monotonic(), True
         return True
 
     def read_chain(self, now: datetime) -> ChainWalk:
@@ -492,7 +496,7 @@ class GovernanceConsumer:
 
     def close(self) -> None:
         """Release the lease and the Kafka and Redis clients."""
-        self._started = False
+        self._started = self._assigned = False
         self.lease.release()
         self.routing.close()
         self.clients.close()
