@@ -267,6 +267,8 @@ class Evaluator:
         self.max_refresh_s = max_refresh_s
         self.monitor = monitor
         self._cache: dict[tuple[str, str], tuple[datetime, WindowSnapshot]] = {}
+        self._triggers_of: Policy | None = None
+        self._trigger_list: list[tuple[str, str]] = []
         self._closes: dict[tuple[str, str], tuple[datetime, WindowSnapshot]] = {}  # the last read at a cadence
 
     def _refresh_s(self, length_s: float) -> float:
@@ -277,24 +279,31 @@ class Evaluator:
             return 0.0
         return min(length_s / 60.0, self.max_refresh_s)
 
+    def _triggers(self) -> list[tuple[str, str]]:
+        """(trigger name, window name) of each rollback trigger with a window; computed once per policy (frozen)."""
+        if self._triggers_of is not self.policy:
+            triggers = self.policy.triggers.model_dump().items()
+            self._trigger_list = [(name, trigger["window"]) for name, trigger in triggers
+                                  if isinstance(trigger, dict) and isinstance(trigger.get("window"), str)]  # fmt: skip
+            self._triggers_of = self.policy
+        return self._trigger_list
+
     def _lite_windows(self, context: EvaluationContext) -> set[str]:
         """Windows read only by triggers that need no ranking metric (no calibration slope)."""
         full = {self.policy.windows.stage, self.policy.windows.production}
         lite: set[str] = set()
-        for name, trigger in self.policy.triggers.model_dump().items():
-            if isinstance(trigger, dict) and isinstance(trigger.get("window"), str):
-                (full if name == "calibration_slope" else lite).add(trigger["window"])
+        for name, window in self._triggers():
+            (full if name == "calibration_slope" else lite).add(window)
         return lite - full
 
     def windows(self, context: EvaluationContext) -> dict[str, tuple[datetime | None, int | None]]:
         """Window name -> (fixed start or None, rolling length in s or None) that this stage needs."""
         w = self.policy.windows
         wanted: dict[str, tuple[datetime | None, int | None]] = {}
-        for trigger in self.policy.triggers.model_dump().values():
-            if isinstance(trigger, dict) and isinstance(trigger.get("window"), str):
-                seconds = _seconds(trigger["window"])
-                if seconds is not None:
-                    wanted[trigger["window"]] = (None, seconds)
+        for _, window in self._triggers():
+            seconds = _seconds(window)
+            if seconds is not None:
+                wanted[window] = (None, seconds)
         if context.stage == "PRODUCTION":
             seconds = _seconds(w.production)
             if seconds is not None:
@@ -357,11 +366,10 @@ class Evaluator:
     def trigger_windows(self) -> dict[str, int]:
         """Each rollback trigger's window name -> its length in seconds (``1m`` -> 60)."""
         out: dict[str, int] = {}
-        for trigger in self.policy.triggers.model_dump().values():
-            if isinstance(trigger, dict) and isinstance(trigger.get("window"), str):
-                seconds = _seconds(trigger["window"])
-                if seconds is not None:
-                    out[trigger["window"]] = seconds
+        for _, window in self._triggers():
+            seconds = _seconds(window)
+            if seconds is not None:
+                out[window] = seconds
         return out
 
     def _close_reads(self, cid: str, ends: list[datetime]) -> list[dict[str, tuple[datetime, datetime]]]:
