@@ -235,6 +235,15 @@ class RoundBatch:
     judged: dict[str, list[tuple[str, EvaluationContext]]] = field(default_factory=dict)
     states: dict[str, bytes | None] = field(default_factory=dict)
     puts: dict[str, bytes] = field(default_factory=dict)
+    _parsed: dict[str, EvaluatorState] = field(default_factory=dict)
+
+    def state(self, state_id: str) -> EvaluatorState:
+        """The fetched state of ``state_id``, parsed once (it is frozen: planning and evaluation share it)."""
+        parsed = self._parsed.get(state_id)
+        if parsed is None:
+            raw = self.states.get(state_id)
+            parsed = self._parsed[state_id] = EvaluatorState.from_json(raw) if raw else EvaluatorState()
+        return parsed
 
 
 class Evaluator:
@@ -545,10 +554,10 @@ class Evaluator:
             if ctx.integrity_violations_7d is None:
                 ctx = replace(ctx, integrity_violations_7d=self.integrity_violations(key, ctx, now, reader))
             if batch is not None and state_id in batch.states:
-                raw = batch.states[state_id]
+                state = batch.state(state_id)
             else:
                 raw = self.states.get(state_id)
-            state = EvaluatorState.from_json(raw) if raw else EvaluatorState()
+                state = EvaluatorState.from_json(raw) if raw else EvaluatorState()
             ends = minutes_due(state, watermark, first) if watermark >= first else []
             closes = self.minute_closes(key, ends, now, reader) if ends else []
             new_state, produced = evaluate(self.policy, self.snapshots(key, ctx, now, reader), ctx, state, now, closes,
@@ -640,8 +649,7 @@ class Evaluator:
                 if snap is None and batch.reads.meta(pid) is not None:
                     yield snapshot_request(pid, name, now + timedelta(seconds=1), now - timedelta(days=days))
         for state_id, ctx in batch.judged.get(cid, []):
-            raw = batch.states.get(state_id)
-            state = EvaluatorState.from_json(raw) if raw else EvaluatorState()
+            state = batch.state(state_id)
             if watermark >= first:
                 for spans in self._close_reads(cid, minutes_due(state, watermark, first)):
                     if spans:
