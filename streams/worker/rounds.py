@@ -616,14 +616,22 @@ class Evaluator:
             plans.append((job, meta, now))
         ids = [sid for sides in batch.judged.values() for sid, _ in sides]
         batch.states.update(zip(ids, self.states.get_many(ids), strict=True))
-        # The pseudo comparisons' metas (whether their integrity window exists) before the reads.
-        batch.reads.fetch_metas(cid for job, _, now in plans if self._needs_integrity(batch, job.key)
-                                for cid, snap in self._integrity_window(job.key, now)[1] if snap is None)  # fmt: skip
+        # The pseudo comparisons' metas (whether their integrity window exists) before the reads. A job whose
+        # planning raises is left to its evaluate(), which raises the same and is reported alone (e.g. an
+        # instant past year 9999): one comparison never stops the round.
+        pseudo: list[str] = []
+        for job, _, now in plans:
+            try:
+                if self._needs_integrity(batch, job.key):
+                    pseudo += [cid for cid, snap in self._integrity_window(job.key, now)[1] if snap is None]
+            except Exception:  # noqa: S112 - see above
+                continue
+        batch.reads.fetch_metas(pseudo)
         requests: list[ReadRequest] = []
         for job, meta, now in plans:
             try:
                 requests += self._requests(batch, job, meta, now)
-            except Exception:  # noqa: S112 - e.g. an instant past year 9999: its evaluate() reports it
+            except Exception:  # noqa: S112 - see above
                 continue
         batch.reads.fetch(requests)
         results: list[list[GovernanceEvent] | Exception] = []
