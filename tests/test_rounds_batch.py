@@ -302,3 +302,47 @@ def test_redis_failing_mid_round_records_nothing_and_the_next_round_evaluates_th
         if not fault_redis.running:
             fault_redis.start()
         client.close()
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, list[str]]] = []
+
+    def prefetch(self, keys: Sequence[ComparisonKey]) -> None:
+        self.calls.append(("prefetch", sorted(key.as_id() for key in keys)))
+
+    def clear(self) -> None:
+        self.calls.append(("clear", []))
+
+
+class _FailingPut(MemoryEvaluatorStates):
+    fail = False
+
+    def put_many(self, states: Any) -> None:
+        if self.fail:
+            raise InfrastructureError("redis: cannot store the evaluator states: refused; is the server up?")
+        super().put_many(states)
+
+
+def test_a_round_prefetches_what_its_contexts_read_and_drops_it_after_even_when_it_fails() -> None:
+    store = MemoryWindowStore()
+    policy = load_policy(None)
+    recorder = _Recorder()
+    states = _FailingPut()
+    clock = [0.0]
+    wall = [START.timestamp()]
+    evaluator = Evaluator(store, policy, states, default_context(policy), prefetch=recorder)
+    loop = EvaluationLoop(evaluator, None, TOPICS, lease_s=5.0, owner="w1", idle_s=60.0, clock=lambda: clock[0],
+                          wall=lambda: wall[0])  # fmt: skip
+    feed = _Feed(store)
+    traffic = _traffic(40)
+    feed.fold([e for e in traffic if e["ts"] < START + timedelta(seconds=20)])
+    assert loop.round()
+    every = sorted(key.as_id() for key in comparison_keys(store))
+    assert recorder.calls == [("prefetch", every), ("clear", [])]
+    feed.fold([e for e in traffic if e["ts"] >= START + timedelta(seconds=20)])
+    clock[0] += 1.0
+    states.fail = True
+    with pytest.raises(InfrastructureError):
+        loop.round()
+    assert recorder.calls[2:] == [("prefetch", every), ("clear", [])]

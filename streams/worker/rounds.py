@@ -66,6 +66,7 @@ __all__ = [
     "MemoryEvaluatorStates",
     "RedisEvaluatorStates",
     "RoundBatch",
+    "RoundPrefetch",
     "default_context",
     "strictest_model_type",
 ]
@@ -216,6 +217,14 @@ def _seconds(name: str) -> int | None:
     return int(match.group(1)) * _UNIT_S[match.group(2)] if match else None
 
 
+class RoundPrefetch(Protocol):
+    """What the contexts of a round read, fetched for all its comparisons at once (``RoundFacts``)."""
+
+    def prefetch(self, keys: Sequence[ComparisonKey]) -> None: ...
+
+    def clear(self) -> None: ...
+
+
 @dataclass(frozen=True)
 class Job:
     """One comparison a round evaluates: at event time ``now`` (None: its newest event), its freshness judged at
@@ -261,6 +270,7 @@ class Evaluator:
         max_refresh_s: float = 900.0,
         close_delay_s: float = 60.0,
         republish_s: float = 0.0,
+        prefetch: RoundPrefetch | None = None,
     ) -> None:
         if close_delay_s < 0:
             raise ValueError(f"close_delay_s must be >= 0, got {close_delay_s}")
@@ -275,6 +285,7 @@ class Evaluator:
         self.config = config or AggregateConfig()
         self.max_refresh_s = max_refresh_s
         self.monitor = monitor
+        self.prefetch = prefetch
         self._cache: dict[tuple[str, str], tuple[datetime, WindowSnapshot]] = {}
         self._triggers_of: Policy | None = None
         self._trigger_list: list[tuple[str, str]] = []
@@ -594,10 +605,23 @@ class Evaluator:
         the models' pseudo comparisons), every evaluator state (one ``get_many``) and every window read the
         jobs will make (planned as :meth:`snapshots`, :meth:`minute_closes` and :meth:`integrity_violations`
         will ask, then ONE :meth:`~streams.state.store.WindowStore.read_batch`); after them, every new state
-        in ONE ``put_many``. A job whose evaluation raises gets its exception and no state stored; a failing
+        in ONE ``put_many``; with a ``prefetch`` (the worker's lifecycle facts), what the contexts read, in one
+        read before the round. A job whose evaluation raises gets its exception and no state stored; a failing
         fetch or store raises (InfrastructureError when the server does not answer) and stores no state at all,
         so nothing of the round is acknowledged and the next round evaluates the jobs again.
         """
+        if self.prefetch is None:
+            return self._evaluate_many(jobs, metas)
+        # The contexts' lifecycle facts of every job in one read, as they stand when the round begins.
+        self.prefetch.prefetch([job.key for job in jobs])
+        try:
+            return self._evaluate_many(jobs, metas)
+        finally:
+            self.prefetch.clear()
+
+    def _evaluate_many(
+        self, jobs: Sequence[Job], metas: Mapping[str, ComparisonMeta | None] | None
+    ) -> list[list[GovernanceEvent] | Exception]:
         batch = RoundBatch(ReadAhead(self.store, metas))
         batch.reads.fetch_metas(job.key.as_id() for job in jobs)
         plans: list[tuple[Job, ComparisonMeta, datetime]] = []
