@@ -5,7 +5,9 @@ Time is the consumer's injected clock (``now_utc() + shift``), moved forward by 
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -151,6 +153,48 @@ def test_the_consumer_rotates_its_key_when_due_and_the_past_keeps_verifying(env:
         assert again.start(threading.Event()) and again.state.seq == rotation.seq
     finally:
         again.close()
+
+
+@pytest.mark.integration
+def test_a_rotation_the_keys_directory_refuses_keeps_the_old_key_and_is_tried_again(
+        env: Env, caplog: pytest.LogCaptureFixture) -> None:
+    """The keys directory refuses the new secret (a file where its private/ directory was: every write under it
+    fails, as on a full or read-only disk, even for root). The consumer keeps signing with the old key (valid
+    through its overlap), records no rotation, counts and logs the failure; once the directory is back, the next
+    try (a minute later on its clock) rotates and records it."""
+    seed_log(env, [lifecycle_facts("fraud", "1.0.0", "PRODUCTION")])
+    old = Keyring(env.keys_dir).signer(now_utc()).key
+    private, moved = env.keys_dir / "private", env.keys_dir / "private.away"
+    clock = Clock()
+
+    def rotations() -> list[AuditEntry]:
+        return [entry for entry in (parse_entry(orjson.loads(r.value)["payload"])
+                                    for r in read_log(env.bootstrap, env.topics["lifecycle"])) if entry.rotated]
+
+    caplog.set_level(logging.INFO, logger="shadowgate.governance")
+    with _live(env, clock) as consumer:
+        wait_until(lambda: consumer.state.seq >= 0, what="the start")
+        failures = consumer.metrics.key_reload_failures._value.get()
+        private.rename(moved)
+        private.write_bytes(b"")
+        clock.shift = old.rotate_after - now_utc() + timedelta(hours=1)
+        wait_until(lambda: consumer.rotation_error is not None, what="the refused rotation")
+        assert consumer.rotation_error is not None and str(private) in consumer.rotation_error
+        assert consumer.metrics.key_reload_failures._value.get() > failures
+        wait_until(lambda: any("key rotation failed" in r.getMessage() and old.key_id in r.getMessage()
+                               for r in caplog.records), what="the failure logged")  # logged just after it is set
+        time.sleep(0.5)  # rounds of its loop while the directory refuses: still the old key, nothing recorded
+        assert consumer.signer.key_id == old.key_id and rotations() == []
+        assert [k.key_id for k in Keyring(env.keys_dir).list_keys()] == [old.key_id]  # the trust store unchanged
+        private.unlink()
+        moved.rename(private)
+        clock.shift += timedelta(minutes=2)  # past the retry delay
+        wait_until(lambda: consumer.signer.key_id != old.key_id, what="the rotation, tried again")
+        wait_until(lambda: len(rotations()) == 1, what="the rotation entry")
+        assert consumer.rotation_error is None
+        assert rotations()[0].rotated[0].retired_key_id == old.key_id
+        assert rotations()[0].rotated[0].new_key_id == consumer.signer.key_id
+    assert any(r.getMessage().startswith("key rotation done after an earlier failure") for r in caplog.records)
 
 
 @pytest.mark.integration

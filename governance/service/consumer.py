@@ -45,6 +45,7 @@ Guarantees:
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
 import time
 import uuid
@@ -97,6 +98,7 @@ __all__ = ["CONSUMER", "DEFAULT_COMMANDS_TOPIC", "ConsumerClients", "ConsumerCon
            "Metrics", "read_log"]
 
 CONSUMER = "governance-consumer"
+log = logging.getLogger("shadowgate.governance")
 _ALERT_NS = uuid.UUID("0b6c7f38-5a51-4b1e-9d55-3f0d6c2f9a11")
 _ROTATION_RETRY = timedelta(minutes=1)
 _TIMERS_PER_POLL = 100  # timers due at once are many only after a long outage; the next poll takes the rest
@@ -202,7 +204,11 @@ class GovernanceConsumer:
         except (ShadowgateError, OSError) as exc:  # the old key stays valid through its overlap: retry later
             self.metrics.key_reload_failures.inc()
             self.rotation_error, self._rotation_retry_at = f"key rotation failed: {exc}", now + _ROTATION_RETRY
+            log.warning("%s; key %s keeps signing (it is valid through its overlap), tried again at %s",
+                        self.rotation_error, old.key_id, self._rotation_retry_at.isoformat())
             return []
+        if self.rotation_error is not None:
+            log.info("key rotation done after an earlier failure (%s)", self.rotation_error)
         self.rotation_error, self._rotation_retry_at = None, None
         self._keys.watch.invalidate()
         if isinstance(self._trust_source, LiveTrust):
