@@ -45,11 +45,12 @@ from governance.lifecycle.commands import (
     Register,
     Resolve,
 )
-from governance.lifecycle.handler import Plan, Rules, handle
+from governance.lifecycle.handler import Plan, handle
 from governance.lifecycle.identities import Trust
 from governance.lifecycle.intake import Received
 from governance.lifecycle.ledger import ApprovalRecorded, Transitioned
 from governance.lifecycle.machine import Assessment
+from governance.lifecycle.promotion import Rules
 from governance.lifecycle.proofpack import verify_proofpack
 from governance.lifecycle.registry import ModelLine, ModelVersion
 from governance.lifecycle.routing import Assignment, decode_assignment, encode_assignment

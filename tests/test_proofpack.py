@@ -25,10 +25,9 @@ from governance.crypto.schedule import Phase
 from governance.crypto.signing import Context, Signer
 from governance.errors import PolicyViolation, VerificationError
 from governance.lifecycle.audit import GateRecord
-from governance.lifecycle.handler import Rules, promote_to_production
 from governance.lifecycle.identities import Trust
 from governance.lifecycle.ledger import ApprovalRecorded, ArtifactRecorded, Event
-from governance.lifecycle.promotion import MoveRequest
+from governance.lifecycle.promotion import MoveRequest, Rules, promote_to_production
 from governance.lifecycle.proofpack import build_proofpack, sign_proofpack, verify_proofpack, write_encrypted
 from governance.lifecycle.registry import replay
 from governance.lifecycle.state import GovernanceState

@@ -15,7 +15,7 @@ escalate / resolve     EscalationRaised / EscalationResolved
 advance                the Transitioned fact decided by
                        :func:`~governance.lifecycle.promotion.decide_transition` with the recorded gate
                        verdicts and the policy's minimum durations; to PRODUCTION through
-                       :func:`promote_to_production`
+                       :func:`~governance.lifecycle.promotion.promote_to_production`
 rollback, and          a :class:`RollbackPlan` (a rollback needs the routing I/O of :mod:`governance.service.rollback`);
 RollbackTrigger        ``scheduled`` triggers are recorded with their ``due_at`` and carried out then by the
                        consumer's timer (:mod:`governance.lifecycle.timers`); ``manual_review`` ones are
@@ -48,17 +48,16 @@ Guarantees: pure and deterministic apart from the ProofPack signature; facts get
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from governance.contract.events import Escalation, GateBlocked, GateReady, GovernanceEvent, RollbackTrigger
-from governance.contract.stages import ModelType, Stage
-from governance.crypto.signing import Signer
+from governance.contract.stages import Stage
 from governance.errors import EventValidationError, PolicyViolation, VerificationError
-from governance.lifecycle.artifacts import artifact_rules, verify_manifest
-from governance.lifecycle.audit import EntryBody, EntryOutcome, GateRecord, Input, Rejection, Retry
+from governance.lifecycle.artifacts import verify_manifest
+from governance.lifecycle.audit import EntryBody, EntryOutcome, GateRecord, Input, Rejection
 from governance.lifecycle.commands import (
     Advance,
     Approve,
@@ -69,7 +68,6 @@ from governance.lifecycle.commands import (
     Register,
     Resolve,
 )
-from governance.lifecycle.identities import Trust
 from governance.lifecycle.intake import Received, Refused
 from governance.lifecycle.ledger import (
     ApprovalRecorded,
@@ -81,39 +79,26 @@ from governance.lifecycle.ledger import (
     FeaturesRecorded,
     LifecycleEvent,
     MetadataRecorded,
-    ProofPackRecorded,
     Registered,
     Transitioned,
 )
-from governance.lifecycle.machine import APPROVER_GOVERNANCE, FORWARD, Assessment
+from governance.lifecycle.machine import APPROVER_GOVERNANCE, Assessment
 from governance.lifecycle.metadata import validate_model_metadata
-from governance.lifecycle.promotion import MoveRequest, decide_transition
-from governance.lifecycle.proofpack import build_proofpack, sign_proofpack
+from governance.lifecycle.promotion import (
+    AUTOMATED,
+    MoveRequest,
+    Rules,
+    attempt_promotion,
+    decide,
+    decide_transition,
+    next_stage,
+    promote_to_production,
+)
 from governance.lifecycle.registry import ModelVersion, Registry, apply
-from governance.lifecycle.state import GovernanceState, as_verdict, latest_gate, version_key
-from governance.policy.catalog import FeatureCatalog, validate_feature_linkage
-from governance.policy.document import Policy
+from governance.lifecycle.state import GovernanceState, version_key
+from governance.policy.catalog import validate_feature_linkage
 
-__all__ = ["AUTOMATED", "Plan", "Rules", "RollbackPlan", "attempt_promotion", "handle", "min_durations", "next_stage",
-           "promote_to_production", "rejected", "rollback_plan"]
-
-AUTOMATED = "ALEX_AUTOMATED"
-_PROOFPACK_RULE = "[7.1] ProofPack artifact required"
-_SIGNED_STAGES = (Stage.STAGING, Stage.PRODUCTION)
-
-
-@dataclass(frozen=True)
-class Rules:
-    """What decisions depend on besides the state: policy, catalog, canary share, the ProofPack signer, and the
-    trust (system trust store, PQC phase) artifact manifests are verified against (None: none can be, so a
-    manifest is refused and no version reaches STAGING or PRODUCTION, spec 6.3)."""
-
-    policy: Policy
-    catalog: FeatureCatalog
-    canary_share: float
-    signer: Signer
-    trust: Trust | None = None
-
+__all__ = ["Plan", "RollbackPlan", "handle", "rejected", "rollback_plan"]
 
 @dataclass(frozen=True)
 class RollbackPlan:
@@ -141,22 +126,6 @@ class Plan:
 
     body: EntryBody
     rollback: RollbackPlan | None = None
-
-
-def min_durations(policy: Policy, model_type: ModelType) -> Mapping[Stage, timedelta]:
-    """Each stage's minimum duration under ``policy`` (SHADOW: the larger of the stage and model-type minimum)."""
-    days = {stage: getattr(policy.lifecycle, stage.value).min_days for stage in Stage}
-    requirement = policy.shadow.model_types.get(model_type)
-    if requirement is not None:
-        days[Stage.SHADOW] = max(days[Stage.SHADOW], requirement.min_duration_days)
-    return {stage: timedelta(days=value) for stage, value in days.items()}
-
-
-def next_stage(stage: Stage) -> Stage | None:
-    """The next forward stage (None from PRODUCTION and RETIRED)."""
-    if stage is Stage.RETIRED or stage is Stage.PRODUCTION:
-        return None
-    return FORWARD[FORWARD.index(stage) + 1]
 
 
 def rejected(refusal: Refused, now: datetime) -> EntryBody:
@@ -192,67 +161,6 @@ def _apply_all(registry: Registry, facts: list[Event]) -> Registry:
     for fact in facts:
         registry = apply(registry, fact)
     return registry
-
-
-def _decide(state: GovernanceState, rules: Rules, move: MoveRequest, *, event_id: str, now: datetime,
-            registry: Registry | None = None) -> Transitioned:
-    """:func:`decide_transition` of ``move`` on ``registry`` (default: the state's) with the state's latest gate
-    verdicts and the policy's minimum durations."""
-    registry = state.registry if registry is None else registry
-    record = registry.get(move.model, move.version)
-    judged = replace(
-        move,
-        shadow_checklist=as_verdict(latest_gate(state, move.model, move.version, Stage.SHADOW)),
-        staging_gate=as_verdict(latest_gate(state, move.model, move.version, Stage.STAGING)),
-        min_duration=min_durations(rules.policy, record.model_type),
-        shadow_review_required=rules.policy.lifecycle.shadow_review_required,
-        extra_rules=tuple(_artifact_rules(record, rules, now)) if move.target in _SIGNED_STAGES else (),
-    )
-    return decide_transition(registry, judged, event_id=event_id, now=now)
-
-
-def _artifact_rules(record: ModelVersion, rules: Rules, now: datetime) -> list[str]:
-    if rules.trust is None:
-        if record.artifact is not None and record.artifact.manifest is not None:
-            return [f"[6.3] the artifact manifest of {record.model}@{record.version} cannot be verified: the "
-                    "governance consumer has no trust store"]
-        return artifact_rules(record, None, now, None)
-    return artifact_rules(record, rules.trust.system, now, rules.trust.phase(now))
-
-
-def promote_to_production(
-    state: GovernanceState, rules: Rules, move: MoveRequest, *, now: datetime, new_id: Callable[[], str],
-    registry: Registry | None = None,
-) -> tuple[list[Event], dict[str, Any] | None]:
-    """Facts (and the signed ProofPack) of ``move`` STAGING -> PRODUCTION, or PolicyViolation with every rule.
-
-    ``move.target`` must be PRODUCTION; its gate verdicts and durations are the state's and the policy's.
-    ``registry`` (default: the state's) is the registry to decide on, e.g. one with a just-recorded approval.
-    """
-    if move.target is not Stage.PRODUCTION:
-        raise ValueError(f"promote_to_production moves to PRODUCTION, not to {move.target}")
-    registry = registry if registry is not None else state.registry
-    evidence = state.model_copy(update={"registry": registry})
-    model, version = move.model, move.version
-    if registry.get(model, version).proofpack_id is not None:
-        return [_decide(state, rules, move, event_id=new_id(), now=now, registry=registry)], None
-    try:
-        _decide(state, rules, move, event_id="dry-run", now=now, registry=registry)
-    except PolicyViolation as exc:
-        others = [rule for rule in exc.rules if rule != _PROOFPACK_RULE]
-        if others:
-            try:
-                build_proofpack(evidence, model, version, now, rules.policy.hash(), rules.policy.policy_id)
-            except PolicyViolation as missing:
-                others += missing.rules
-            raise PolicyViolation(f"{model}@{version} STAGING -> PRODUCTION refused: " + "; ".join(others),
-                                  others) from None
-    pack = build_proofpack(evidence, model, version, now, rules.policy.hash(), rules.policy.policy_id)
-    signed = sign_proofpack(pack, rules.signer, now)
-    recorded = ProofPackRecorded(event_id=new_id(), at=now, actor=move.actor, model=model, version=version,
-                                 proofpack_id=pack.proofpack_id)
-    moved = _decide(state, rules, move, event_id=new_id(), now=now, registry=apply(registry, recorded))
-    return [recorded, moved], signed
 
 
 def _linkage(rules: Rules, features: dict[str, str]) -> Assessment:
@@ -318,40 +226,6 @@ def _evidence(state: GovernanceState, received: Received, command: Register | Pr
     return Plan(_body(received, now, facts=facts))
 
 
-def attempt_promotion(state: GovernanceState, rules: Rules, model: str, version: str, target: Stage, reason: str, *,
-                      now: datetime, new_id: Callable[[], str], cause: str, registry: Registry | None = None,
-                      ) -> tuple[list[Event], dict[str, Any] | None, list[str], Retry | None]:
-    """An automatic promotion of ``model@version`` to ``target`` (STAGING or PRODUCTION) by ALEX_AUTOMATED.
-
-    Returns ``(facts, signed ProofPack or None, blocked rules, retry)``: the facts when every rule passes; else
-    the rules, and a :class:`Retry` at the earliest time they all pass when only time blocks the move (the
-    same decision taken at that time, on the same evidence, succeeds).
-    """
-    registry = state.registry if registry is None else registry
-    move = MoveRequest(model, version, target, AUTOMATED, reason)
-    try:
-        if target is Stage.PRODUCTION:
-            facts, pack = promote_to_production(state, rules, move, now=now, new_id=new_id, registry=registry)
-            return facts, pack, [], None
-        return [_decide(state, rules, move, event_id=new_id(), now=now, registry=registry)], None, [], None
-    except PolicyViolation as exc:
-        blocked = exc.rules
-    record = registry.get(model, version)
-    times = [record.entered_stage_at + min_durations(rules.policy, record.model_type)[record.stage],
-             *(until for _, until in record.held_escalations(now))]
-    due = max(times)
-    if due <= now:
-        return [], None, blocked, None
-    try:
-        if target is Stage.PRODUCTION:
-            promote_to_production(state, rules, move, now=due, new_id=_Ids("dry-run"), registry=registry)
-        else:
-            _decide(state, rules, move, event_id="dry-run", now=due, registry=registry)
-    except PolicyViolation:
-        return [], None, blocked, None  # something other than time blocks it too: the next input decides
-    return [], None, blocked, Retry(model=model, version=version, stage=record.stage.value, due_at=due, cause=cause)
-
-
 def _approve(state: GovernanceState, received: Received, command: Approve, rules: Rules, now: datetime) -> Plan:
     new_id = _Ids(command.command_id)
     fact = _fact(ApprovalRecorded, command, new_id(), now, approver=command.identity, target=command.target)
@@ -382,7 +256,7 @@ def _advance(state: GovernanceState, received: Received, command: Advance, rules
     if target is Stage.PRODUCTION and record.stage is Stage.STAGING:
         facts, pack = promote_to_production(state, rules, move, now=now, new_id=new_id)
         return Plan(_body(received, now, facts=facts, proofpack=pack))
-    return Plan(_body(received, now, facts=[_decide(state, rules, move, event_id=new_id(), now=now)]))
+    return Plan(_body(received, now, facts=[decide(state, rules, move, event_id=new_id(), now=now)]))
 
 
 def _command(state: GovernanceState, received: Received, command: Command, rules: Rules, now: datetime) -> Plan:

@@ -19,21 +19,46 @@ Guarantees: pure and deterministic (``now`` is the decision time and becomes the
 registry is not changed (apply the returned fact with :func:`governance.lifecycle.registry.apply`); a refusal
 names every broken rule, the lifecycle's first. It does not look at ``registry.applied``: check
 ``registry.is_applied(event_id)`` before deciding on a redelivered command.
+
+On the governance state (what the handler and the consumer's timers call): :func:`decide` fills a move's
+verdicts from the state's latest gates, the policy's minimum durations (:func:`min_durations`) and, for
+STAGING and PRODUCTION, the artifact rules (spec 6.3) under the :class:`Rules`; :func:`promote_to_production`
+adds the ProofPack (spec 7.1), generated and signed only when every other rule passes; :func:`attempt_promotion`
+is the automatic move by ALEX_AUTOMATED, which returns the blocking rules and, when only time blocks it, the
+:class:`~governance.lifecycle.audit.Retry` at the earliest time it passes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+import itertools
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from typing import Any
 
-from governance.contract.stages import Stage
+from governance.contract.stages import ModelType, Stage
+from governance.crypto.signing import Signer
 from governance.errors import PolicyViolation
-from governance.lifecycle.ledger import Transitioned
-from governance.lifecycle.machine import Assessment, LifecycleState, TransitionRequest, spec_min_durations, transition
-from governance.lifecycle.registry import ModelLine, ModelVersion, Registry
+from governance.lifecycle.artifacts import artifact_rules
+from governance.lifecycle.audit import Retry
+from governance.lifecycle.identities import Trust
+from governance.lifecycle.ledger import Event, ProofPackRecorded, Transitioned
+from governance.lifecycle.machine import (
+    FORWARD,
+    Assessment,
+    LifecycleState,
+    TransitionRequest,
+    spec_min_durations,
+    transition,
+)
+from governance.lifecycle.proofpack import build_proofpack, sign_proofpack
+from governance.lifecycle.registry import ModelLine, ModelVersion, Registry, apply
+from governance.lifecycle.state import GovernanceState, as_verdict, latest_gate
+from governance.policy.catalog import FeatureCatalog
+from governance.policy.document import Policy
 
-__all__ = ["MoveRequest", "decide_transition"]
+__all__ = ["AUTOMATED", "MoveRequest", "Rules", "attempt_promotion", "decide", "decide_transition", "min_durations",
+           "next_stage", "promote_to_production"]
 
 
 @dataclass(frozen=True)
@@ -161,3 +186,138 @@ def decide_transition(registry: Registry, move: MoveRequest, *, event_id: str, n
         shadow_checklist=move.shadow_checklist,
         staging_gate=move.staging_gate,
     )
+
+
+AUTOMATED = "ALEX_AUTOMATED"
+_PROOFPACK_RULE = "[7.1] ProofPack artifact required"
+_SIGNED_STAGES = (Stage.STAGING, Stage.PRODUCTION)
+
+
+@dataclass(frozen=True)
+class Rules:
+    """What decisions depend on besides the state: policy, catalog, canary share, the ProofPack signer, and the
+    trust (system trust store, PQC phase) artifact manifests are verified against (None: none can be, so a
+    manifest is refused and no version reaches STAGING or PRODUCTION, spec 6.3)."""
+
+    policy: Policy
+    catalog: FeatureCatalog
+    canary_share: float
+    signer: Signer
+    trust: Trust | None = None
+
+
+def min_durations(policy: Policy, model_type: ModelType) -> Mapping[Stage, timedelta]:
+    """Each stage's minimum duration under ``policy`` (SHADOW: the larger of the stage and model-type minimum)."""
+    days = {stage: getattr(policy.lifecycle, stage.value).min_days for stage in Stage}
+    requirement = policy.shadow.model_types.get(model_type)
+    if requirement is not None:
+        days[Stage.SHADOW] = max(days[Stage.SHADOW], requirement.min_duration_days)
+    return {stage: timedelta(days=value) for stage, value in days.items()}
+
+
+def next_stage(stage: Stage) -> Stage | None:
+    """The next forward stage (None from PRODUCTION and RETIRED)."""
+    if stage is Stage.RETIRED or stage is Stage.PRODUCTION:
+        return None
+    return FORWARD[FORWARD.index(stage) + 1]
+
+
+def decide(state: GovernanceState, rules: Rules, move: MoveRequest, *, event_id: str, now: datetime,
+            registry: Registry | None = None) -> Transitioned:
+    """:func:`decide_transition` of ``move`` on ``registry`` (default: the state's) with the state's latest gate
+    verdicts and the policy's minimum durations."""
+    registry = state.registry if registry is None else registry
+    record = registry.get(move.model, move.version)
+    judged = replace(
+        move,
+        shadow_checklist=as_verdict(latest_gate(state, move.model, move.version, Stage.SHADOW)),
+        staging_gate=as_verdict(latest_gate(state, move.model, move.version, Stage.STAGING)),
+        min_duration=min_durations(rules.policy, record.model_type),
+        shadow_review_required=rules.policy.lifecycle.shadow_review_required,
+        extra_rules=tuple(_artifact_rules(record, rules, now)) if move.target in _SIGNED_STAGES else (),
+    )
+    return decide_transition(registry, judged, event_id=event_id, now=now)
+
+
+def _artifact_rules(record: ModelVersion, rules: Rules, now: datetime) -> list[str]:
+    if rules.trust is None:
+        if record.artifact is not None and record.artifact.manifest is not None:
+            return [f"[6.3] the artifact manifest of {record.model}@{record.version} cannot be verified: the "
+                    "governance consumer has no trust store"]
+        return artifact_rules(record, None, now, None)
+    return artifact_rules(record, rules.trust.system, now, rules.trust.phase(now))
+
+
+def promote_to_production(
+    state: GovernanceState, rules: Rules, move: MoveRequest, *, now: datetime, new_id: Callable[[], str],
+    registry: Registry | None = None,
+) -> tuple[list[Event], dict[str, Any] | None]:
+    """Facts (and the signed ProofPack) of ``move`` STAGING -> PRODUCTION, or PolicyViolation with every rule.
+
+    ``move.target`` must be PRODUCTION; its gate verdicts and durations are the state's and the policy's.
+    ``registry`` (default: the state's) is the registry to decide on, e.g. one with a just-recorded approval.
+    """
+    if move.target is not Stage.PRODUCTION:
+        raise ValueError(f"promote_to_production moves to PRODUCTION, not to {move.target}")
+    registry = registry if registry is not None else state.registry
+    evidence = state.model_copy(update={"registry": registry})
+    model, version = move.model, move.version
+    if registry.get(model, version).proofpack_id is not None:
+        return [decide(state, rules, move, event_id=new_id(), now=now, registry=registry)], None
+    try:
+        decide(state, rules, move, event_id="dry-run", now=now, registry=registry)
+    except PolicyViolation as exc:
+        others = [rule for rule in exc.rules if rule != _PROOFPACK_RULE]
+        if others:
+            try:
+                build_proofpack(evidence, model, version, now, rules.policy.hash(), rules.policy.policy_id)
+            except PolicyViolation as missing:
+                others += missing.rules
+            raise PolicyViolation(f"{model}@{version} STAGING -> PRODUCTION refused: " + "; ".join(others),
+                                  others) from None
+    pack = build_proofpack(evidence, model, version, now, rules.policy.hash(), rules.policy.policy_id)
+    signed = sign_proofpack(pack, rules.signer, now)
+    recorded = ProofPackRecorded(event_id=new_id(), at=now, actor=move.actor, model=model, version=version,
+                                 proofpack_id=pack.proofpack_id)
+    moved = decide(state, rules, move, event_id=new_id(), now=now, registry=apply(registry, recorded))
+    return [recorded, moved], signed
+
+
+def attempt_promotion(state: GovernanceState, rules: Rules, model: str, version: str, target: Stage, reason: str, *,
+                      now: datetime, new_id: Callable[[], str], cause: str, registry: Registry | None = None,
+                      ) -> tuple[list[Event], dict[str, Any] | None, list[str], Retry | None]:
+    """An automatic promotion of ``model@version`` to ``target`` (STAGING or PRODUCTION) by ALEX_AUTOMATED.
+
+    Returns ``(facts, signed ProofPack or None, blocked rules, retry)``: the facts when every rule passes; else
+    the rules, and a :class:`Retry` at the earliest time they all pass when only time blocks the move (the
+    same decision taken at that time, on the same evidence, succeeds).
+    """
+    registry = state.registry if registry is None else registry
+    move = MoveRequest(model, version, target, AUTOMATED, reason)
+    try:
+        if target is Stage.PRODUCTION:
+            facts, pack = promote_to_production(state, rules, move, now=now, new_id=new_id, registry=registry)
+            return facts, pack, [], None
+        return [decide(state, rules, move, event_id=new_id(), now=now, registry=registry)], None, [], None
+    except PolicyViolation as exc:
+        blocked = exc.rules
+    record = registry.get(model, version)
+    times = [record.entered_stage_at + min_durations(rules.policy, record.model_type)[record.stage],
+             *(until for _, until in record.held_escalations(now))]
+    due = max(times)
+    if due <= now:
+        return [], None, blocked, None
+    try:
+        if target is Stage.PRODUCTION:
+            promote_to_production(state, rules, move, now=due, new_id=_dry_run_ids(), registry=registry)
+        else:
+            decide(state, rules, move, event_id="dry-run", now=due, registry=registry)
+    except PolicyViolation:
+        return [], None, blocked, None  # something other than time blocks it too: the next input decides
+    return [], None, blocked, Retry(model=model, version=version, stage=record.stage.value, due_at=due, cause=cause)
+
+
+def _dry_run_ids() -> Callable[[], str]:
+    """Fact ids ``dry-run#0``, ``#1``, ... for a decision taken only to see whether it would pass."""
+    counter = itertools.count()
+    return lambda: f"dry-run#{next(counter)}"

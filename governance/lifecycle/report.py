@@ -24,8 +24,7 @@ from pydantic import BaseModel, ConfigDict
 from governance.contract.stages import Stage
 from governance.errors import PolicyViolation
 from governance.lifecycle.artifacts import artifact_rules
-from governance.lifecycle.handler import min_durations, next_stage
-from governance.lifecycle.promotion import MoveRequest, decide_transition
+from governance.lifecycle.promotion import MoveRequest, decide_transition, min_durations, next_stage
 from governance.lifecycle.proofpack import build_proofpack
 from governance.lifecycle.state import GovernanceState, as_verdict, latest_gate, version_key
 from governance.policy.document import Policy

@@ -30,8 +30,8 @@ from datetime import datetime
 
 from governance.contract.stages import Stage
 from governance.lifecycle.audit import EntryBody, RollbackRecord, system_input
-from governance.lifecycle.handler import AUTOMATED, Plan, Rules, attempt_promotion, rollback_plan
-from governance.lifecycle.promotion import MoveRequest
+from governance.lifecycle.handler import Plan, rollback_plan
+from governance.lifecycle.promotion import AUTOMATED, MoveRequest, Rules, attempt_promotion
 from governance.lifecycle.state import RETRY, SCHEDULED_ROLLBACK, GovernanceState
 
 __all__ = ["next_due"]

@@ -74,10 +74,11 @@ from governance.lifecycle.audit import (
 )
 from governance.lifecycle.chain import NO_CHECKPOINT, ChainWalk, check_anchor, read_items, walk
 from governance.lifecycle.checkpoint import read_checkpoints
-from governance.lifecycle.handler import Plan, Rules, handle
+from governance.lifecycle.handler import Plan, handle
 from governance.lifecycle.identities import LiveTrust, Trust
 from governance.lifecycle.intake import Refused, intake
 from governance.lifecycle.ledger import Transitioned
+from governance.lifecycle.promotion import Rules
 from governance.lifecycle.proofpack import write_encrypted
 from governance.lifecycle.rejections import RejectionTally
 from governance.lifecycle.routing import Assignment, RoutingPublisher, assignment_for, encode_assignment
