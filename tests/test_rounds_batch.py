@@ -24,10 +24,16 @@ from shadowgate.traffic import TrafficSpec, generate
 from streams.state.memory_store import MemoryWindowStore
 from streams.state.redis_store import RedisWindowStore
 from streams.state.store import ComparisonMeta, ReadRequest, WindowRead, WindowStore
-from streams.worker.evaluator_states import EvaluatorStates, MemoryEvaluatorStates, RedisEvaluatorStates
 from streams.worker.processor import Processor
 from streams.worker.reading import comparison_keys
-from streams.worker.rounds import EvaluationLoop, Evaluator, default_context
+from streams.worker.rounds import (
+    EvaluationLoop,
+    Evaluator,
+    EvaluatorStates,
+    MemoryEvaluatorStates,
+    RedisEvaluatorStates,
+    default_context,
+)
 from tests.fault_servers import RedisServer
 
 # Recent traffic: the Redis store keeps its minute slots by the wall clock (26 h).

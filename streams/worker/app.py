@@ -45,12 +45,11 @@ from streams.state.redis_store import RedisWindowStore
 from streams.state.store import WindowStore
 from streams.worker.clients import WorkerClients, consumer_config, dead_letter_config, kafka_answers
 from streams.worker.deadletters import DeadLetterSink
-from streams.worker.evaluator_states import RedisEvaluatorStates
 from streams.worker.health import Health
 from streams.worker.ingest import Ingest, IngestConfig
 from streams.worker.lifecycle_view import RoundFacts, lifecycle_context, production_monitor
 from streams.worker.processor import BatchOutcome, Processor
-from streams.worker.rounds import EvaluationLoop, Evaluator, default_context
+from streams.worker.rounds import EvaluationLoop, Evaluator, RedisEvaluatorStates, default_context
 from streams.worker.telemetry import WorkerMetrics
 
 __all__ = ["WorkerHandle", "create_app"]

@@ -19,17 +19,20 @@ import math
 import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Literal, Protocol
 
 import orjson
+import redis
 
 from governance.contract.comparison import ComparisonKey, WindowSnapshot
 from governance.contract.events import GovernanceEvent
 from governance.contract.publishing import encode_signed_event
 from governance.crypto import Signer
 from governance.crypto.live import LiveKeyring
+from governance.errors import InfrastructureError
 from governance.policy.checks import GateResult
 from governance.policy.document import Policy
 from governance.policy.evaluator import (
@@ -44,7 +47,6 @@ from governance.policy.evaluator import (
 )
 from streams.fold.aggregate import AggregateConfig
 from streams.state.store import ComparisonMeta, ReadRequest, WindowStore
-from streams.worker.evaluator_states import EvaluatorStates
 from streams.worker.processor import integrity_id
 from streams.worker.reading import (
     ReadAhead,
@@ -59,7 +61,10 @@ from streams.worker.reading import (
 __all__ = [
     "EvaluationLoop",
     "Evaluator",
+    "EvaluatorStates",
     "Job",
+    "MemoryEvaluatorStates",
+    "RedisEvaluatorStates",
     "RoundBatch",
     "RoundPrefetch",
     "default_context",
@@ -71,6 +76,113 @@ log = logging.getLogger(__name__)
 _DURATION = re.compile(r"^(\d+)([smhd])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _DAY_S = 86400
+
+
+class EvaluatorStates(Protocol):
+    """Where evaluator states live between evaluations (and who may evaluate a comparison).
+
+    The ``*_many`` forms are what an evaluation round uses: one round trip for every comparison of the round.
+    ``put_many`` stores all of its states or none (the round then publishes nothing and evaluates them again).
+    """
+
+    def get(self, comparison_id: str) -> bytes | None: ...
+
+    def put(self, comparison_id: str, state: bytes) -> None: ...
+
+    def lease(self, comparison_id: str, owner: str, ttl_s: float) -> bool: ...
+
+    def get_many(self, comparison_ids: Sequence[str]) -> list[bytes | None]: ...
+
+    def put_many(self, states: Mapping[str, bytes]) -> None: ...
+
+    def lease_many(self, comparison_ids: Sequence[str], owner: str, ttl_s: float) -> list[bool]: ...
+
+
+class MemoryEvaluatorStates:
+    """States in a dict; every lease is granted (one process)."""
+
+    def __init__(self) -> None:
+        self._states: dict[str, bytes] = {}
+
+    def get(self, comparison_id: str) -> bytes | None:
+        return self._states.get(comparison_id)
+
+    def put(self, comparison_id: str, state: bytes) -> None:
+        self._states[comparison_id] = state
+
+    def lease(self, comparison_id: str, owner: str, ttl_s: float) -> bool:
+        return True
+
+    def get_many(self, comparison_ids: Sequence[str]) -> list[bytes | None]:
+        return [self._states.get(cid) for cid in comparison_ids]
+
+    def put_many(self, states: Mapping[str, bytes]) -> None:
+        self._states.update(states)
+
+    def lease_many(self, comparison_ids: Sequence[str], owner: str, ttl_s: float) -> list[bool]:
+        return [True] * len(comparison_ids)
+
+
+class RedisEvaluatorStates:
+    """States under ``<prefix>:eval:<comparison>``; a lease makes one worker the evaluator of a comparison."""
+
+    _LEASE = """
+    local cur = redis.call('GET', KEYS[1])
+    if not cur or cur == ARGV[1] then
+      redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+      return 1
+    end
+    return 0
+    """
+
+    def __init__(self, client: redis.Redis[bytes], prefix: str) -> None:
+        self._client = client
+        self._prefix = prefix
+        self._lease_script = client.register_script(self._LEASE)
+
+    def get(self, comparison_id: str) -> bytes | None:
+        value = self._client.get(f"{self._prefix}:eval:{{{comparison_id}}}")
+        return bytes(value) if value is not None else None
+
+    def put(self, comparison_id: str, state: bytes) -> None:
+        self._client.set(f"{self._prefix}:eval:{{{comparison_id}}}", state)
+
+    def lease(self, comparison_id: str, owner: str, ttl_s: float) -> bool:
+        key = f"{self._prefix}:evaluator:{{{comparison_id}}}"
+        return bool(self._lease_script(keys=[key], args=[owner, int(ttl_s * 1000)]))
+
+    def get_many(self, comparison_ids: Sequence[str]) -> list[bytes | None]:
+        if not comparison_ids:
+            return []
+        with _redis_errors(f"read the evaluator states of {len(comparison_ids)} comparisons"):
+            values = self._client.mget([f"{self._prefix}:eval:{{{cid}}}" for cid in comparison_ids])
+        return [bytes(value) if value is not None else None for value in values]
+
+    def put_many(self, states: Mapping[str, bytes]) -> None:
+        if states:  # one MSET: all of them or none
+            with _redis_errors(f"store the evaluator states of {len(states)} comparisons"):
+                self._client.mset({f"{self._prefix}:eval:{{{cid}}}": state for cid, state in states.items()})
+
+    def lease_many(self, comparison_ids: Sequence[str], owner: str, ttl_s: float) -> list[bool]:
+        if not comparison_ids:
+            return []
+        with _redis_errors(f"lease {len(comparison_ids)} comparisons"):
+            pipe = self._client.pipeline(transaction=False)
+            for cid in comparison_ids:
+                self._lease_script(keys=[f"{self._prefix}:evaluator:{{{cid}}}"], args=[owner, int(ttl_s * 1000)],
+                                   client=pipe)  # fmt: skip
+            return [bool(granted) for granted in pipe.execute()]
+
+
+@contextmanager
+def _redis_errors(what: str) -> Iterator[None]:
+    try:
+        yield
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise InfrastructureError(f"redis: cannot {what}: {exc}; is the server up? (the round is tried again)") from exc
+
+
+#: The candidate side's lifecycle facts (None: the candidate is not judged).
 
 
 def strictest_model_type(policy: Policy) -> str:
