@@ -56,7 +56,12 @@ class InfrastructureError(ShadowgateError):
 
 
 class DeliveryError(InfrastructureError):
-    """The broker refused or failed to deliver a message."""
+    """The broker refused or failed to deliver a message (to ``topic``, with librdkafka's error ``code``, when
+    known)."""
+
+    def __init__(self, message: str, *, topic: str | None = None, code: int | None = None) -> None:
+        super().__init__(message)
+        self.topic, self.code = topic, code
 
 
 class FencedError(InfrastructureError):

@@ -119,7 +119,7 @@ class _Base:
             key = msg.key()
             error = DeliveryError(
                 f"delivery to topic {msg.topic()} partition {msg.partition()} "
-                f"key {key!r} failed: {err.str()} ({count} event(s))"
+                f"key {key!r} failed: {err.str()} ({count} event(s))", topic=msg.topic(), code=err.code()
             )
             for waiter in waiters or ():
                 waiter(error)

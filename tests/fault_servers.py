@@ -36,9 +36,10 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Self
+
+from shadowgate.commands.secured import cluster_id
 
 __all__ = ["KafkaBroker", "RedisServer", "ServerMissing", "free_port"]
 
@@ -205,7 +206,7 @@ class KafkaBroker(_Server):
             "group.initial.rebalance.delay.ms=0\nauto.create.topics.enable=true\n"
         )
         out = subprocess.run(  # noqa: S603 - java of this machine, the jars of deploy/local
-            [*self._java(), "kafka.tools.StorageTool", "format", "--standalone", "-t", _cluster_id(),
+            [*self._java(), "kafka.tools.StorageTool", "format", "--standalone", "-t", cluster_id(),
              "-c", str(self.properties)],
             capture_output=True, check=False, timeout=180,
         )  # fmt: skip
@@ -228,18 +229,6 @@ class KafkaBroker(_Server):
         except Exception:  # not up yet: any client error means "not yet"
             return False
         return bool(md.brokers)
-
-
-def _cluster_id() -> str:
-    """A KRaft cluster id: 16 random bytes, base64url without padding (what ``StorageTool random-uuid`` gives),
-    never starting with "-" (Kafka's own Uuid.randomUuid avoids it too: ``-t -x...`` reads as an option; one in
-    64 ids failed a CI run that way)."""
-    import base64
-
-    while True:
-        cluster = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-        if not cluster.startswith("-"):
-            return cluster
 
 
 def _kafka_jars() -> Path:

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from shadowgate.commands import secured
-from shadowgate.commands.secured import Pki, make_pki
-from tests.fault_servers import KafkaBroker, RedisServer, _cluster_id
+from shadowgate.commands.secured import Pki, cluster_id, make_pki
+from tests.fault_servers import KafkaBroker, RedisServer
 
 __all__ = ["ROLES", "Pki", "SecureKafka", "SecureRedis", "Secured", "make_pki"]
 
@@ -61,7 +61,7 @@ class SecureKafka(KafkaBroker):
             port=self.port, controller_port=self.controller_port, log_dir=self.log_dir, pki=self.pki,
             admin_password=self.passwords["admin"]))
         out = subprocess.run(  # noqa: S603 - java of this machine, the jars of deploy/local
-            [*self._java(), "kafka.tools.StorageTool", "format", "--standalone", "-t", _cluster_id(),
+            [*self._java(), "kafka.tools.StorageTool", "format", "--standalone", "-t", cluster_id(),
              "-c", str(self.properties), *secured.scram_arguments(self.passwords)],
             capture_output=True, check=False, timeout=180,
         )  # fmt: skip

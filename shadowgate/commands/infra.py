@@ -28,6 +28,7 @@ from governance.errors import ConfigError
 
 if TYPE_CHECKING:
     from governance.contract.connections import KafkaConnection
+    from governance.contract.settings import Settings
     from shadowgate.commands.secured import Pki
 
 __all__ = ["down", "topics", "up"]
@@ -96,7 +97,7 @@ def _up_secure() -> None:
     from governance.contract.settings import KafkaSecurity
     from shadowgate.commands import secured
 
-    repo = _script().parents[2]
+    repo, settings = _script().parents[2], load_settings()
     state = Path(os.environ.get("SHADOWGATE_STATE_DIR") or repo / ".local").resolve()
     kafka_port = int(os.environ.get("SHADOWGATE_KAFKA_PORT") or 9092)
     redis_port = int(os.environ.get("SHADOWGATE_REDIS_PORT") or 6379)
@@ -124,7 +125,7 @@ def _up_secure() -> None:
     else:
         if _port_open(redis_port):
             raise ConfigError(f"port {redis_port} is taken by another process; set SHADOWGATE_REDIS_PORT")
-        acl = secured.write_secret(home / "users.acl", secured.redis_acl(redis_pw, _prefix()))
+        acl = secured.write_secret(home / "users.acl", secured.redis_acl(redis_pw, settings.redis_prefix))
         (home / "redis-data").mkdir(exist_ok=True)
         _say(f"starting Redis (TLS only, ACL users) on 127.0.0.1:{redis_port}")
         subprocess.run(  # noqa: S603 - the system's redis-server
@@ -145,19 +146,13 @@ def _up_secure() -> None:
         "security_protocol": "SASL_SSL", "sasl_mechanism": secured.MECHANISM, "sasl_username": "admin",
         "sasl_password_file": str(home / "secrets" / "kafka-admin.password"), "ssl_ca_file": str(pki.ca)}))
     _wait_ready(admin, redis_port, pki.ca, redis_pw["admin"], kafka_pid, logs, timeout_s)
-    env_files = _grant_and_write(admin, kafka_config(admin), home, pki, redis_port)
+    env_files = _grant_and_write(settings, admin, kafka_config(admin), home, pki, redis_port)
     _say(f"Kafka listens on 127.0.0.1:{kafka_port} (SASL_SSL, {secured.MECHANISM}; CA {pki.ca})")
     _say(f"Redis listens on rediss://127.0.0.1:{redis_port}/0 (TLS only, ACL users, default user off)")
     _say(f"users {', '.join(users)}: passwords in {home / 'secrets'} (mode 0600, never printed)")
     _say(f"each role's settings: {home / 'env'}/<role>.env ({', '.join(sorted(env_files))})")
     _say(f"e.g.  set -a; . {shlex.quote(str(env_files['operator']))}; set +a; shadowgate config show")
     _say(f"state, logs and PID files: {state}; stop with `shadowgate down`")
-
-
-def _prefix() -> str:
-    from governance.contract.settings import load_settings
-
-    return load_settings().redis_prefix
 
 
 def _start_kafka(home: Path, jars: Path, logs: Path, pid_file: Path, port: int, passwords: dict[str, str]) -> None:
@@ -172,13 +167,9 @@ def _start_kafka(home: Path, jars: Path, logs: Path, pid_file: Path, port: int, 
                                                          admin_password=passwords["admin"],
                                                          extra="log.retention.hours=840\n"))
     if not (data / "meta.properties").exists():
-        import base64
-        import uuid
-
         _say(f"formatting KRaft storage in {data} with the SCRAM users")
-        cluster = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         done = subprocess.run(  # noqa: S603 - java of this machine, the jars of deploy/local
-            [*java, "kafka.tools.StorageTool", "format", "--standalone", "-t", cluster, "-c", str(props),
+            [*java, "kafka.tools.StorageTool", "format", "--standalone", "-t", secured.cluster_id(), "-c", str(props),
              *secured.scram_arguments(passwords)], capture_output=True, check=False, timeout=180)  # fmt: skip
         if done.returncode != 0:  # its output names the users, not their passwords
             (logs / "kafka-format.log").write_bytes(done.stdout + done.stderr)
@@ -228,15 +219,12 @@ def _wait_ready(admin: KafkaConnection, redis_port: int, ca: Path, redis_admin: 
         time.sleep(1.0)
 
 
-def _grant_and_write(admin: KafkaConnection, admin_config: dict[str, Any], home: Path, pki: Pki,
-                     redis_port: int) -> dict[str, Path]:
+def _grant_and_write(settings: Settings, admin: KafkaConnection, admin_config: dict[str, Any], home: Path,
+                     pki: Pki, redis_port: int) -> dict[str, Path]:
     """Create the topics, grant each role its ACLs (for the topic names and worker group in effect now) and
     write ``env/<role>.env``; returns the env files by role."""
-    from governance.contract.settings import load_settings
-    from governance.contract.topics import ensure_topics, topic_specs
     from shadowgate.commands import secured
 
-    settings = load_settings()
     ensure_topics(admin, {**topic_specs(settings), f"{settings.topics.alerts}.dlq": (1, {})})
     for role, allowed in secured.role_grants(settings.topics, settings.consumer_group).items():
         secured.grant(admin_config, role, allowed)

@@ -89,12 +89,11 @@ def _undelivered(connection: KafkaConnection, first: DeliveryError, failed: int)
 
     from governance.contract.refusals import denied
 
-    text = str(first)
-    topic = text.removeprefix("delivery to topic ").split(" ", 1)[0]
-    if "Topic authorization failed" in text:
-        why = denied(connection, KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED), f"a write to topic {topic}")
-        return DeliveryError(f"{failed} event(s) not delivered: {why}")
-    return DeliveryError(f"{failed} event(s) not delivered; the first: {text}")
+    if first.code is not None:
+        why = denied(connection, KafkaError(first.code), f"a write to topic {first.topic}")
+        if why is not None:
+            return DeliveryError(f"{failed} event(s) not delivered: {why}")
+    return DeliveryError(f"{failed} event(s) not delivered; the first: {first}")
 
 
 @click.command()

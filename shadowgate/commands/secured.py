@@ -19,9 +19,11 @@ test fixtures (``tests/secure_servers.py``), so the servers the tests prove are 
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import ipaddress
 import os
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,9 +32,9 @@ from typing import Any
 from governance.contract.settings import Topics
 from governance.service.transactions import transactional_id
 
-__all__ = ["MECHANISM", "ROLES", "WITHOUT_REDIS_KEYS", "Grant", "Pki", "grant", "kafka_env", "kafka_properties",
-           "make_pki", "redis_acl", "redis_env", "redis_tls_arguments", "role_grants", "scram_arguments",
-           "write_secret"]
+__all__ = ["MECHANISM", "ROLES", "WITHOUT_REDIS_KEYS", "Grant", "Pki", "cluster_id", "grant", "kafka_env",
+           "kafka_properties", "make_pki", "redis_acl", "redis_env", "redis_tls_arguments", "role_grants",
+           "scram_arguments", "write_secret"]
 
 #: The roles of docs/security.md, each with a SCRAM user and a Redis ACL user of its own (``admin`` besides).
 ROLES = ("worker", "governance", "operator", "publisher", "forwarder", "status")
@@ -107,6 +109,16 @@ def write_secret(path: Path, content: str | bytes) -> Path:
         fh.write(data)
     path.chmod(0o600)
     return path
+
+
+def cluster_id() -> str:
+    """A KRaft cluster id: 16 random bytes, base64url without padding (what ``StorageTool random-uuid`` gives),
+    never starting with "-" (Kafka's own Uuid.randomUuid avoids it too: ``-t -x...`` reads as an option; one in
+    64 ids failed a CI run that way)."""
+    while True:
+        cluster = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster.startswith("-"):
+            return cluster
 
 
 def kafka_properties(*, port: int, controller_port: int, log_dir: Path, pki: Pki, admin_password: str,
