@@ -164,15 +164,22 @@ class Feed:
         self.newest_ts = now
 
     def run(self, seconds: float, until: Any = None) -> bool:
-        """Tick for ``seconds`` (serving delivery reports between ticks); True as soon as ``until()`` is."""
-        end = time.monotonic() + seconds
-        next_tick = time.monotonic()
-        while time.monotonic() < end:
-            self.tick()
-            if until is not None and until():
-                return True
-            next_tick += TICK_S
-            self.producer.poll(max(0.0, next_tick - time.monotonic()))
+        """Tick every TICK_S for ``seconds`` (serving delivery reports between ticks); True as soon as ``until()`` is.
+
+        ``poll`` returns as soon as it served a delivery report, before its timeout: the next tick is due by
+        the clock, not by the count of polls (counting them ran the schedule minutes ahead of the clock, and
+        then one ``poll`` waited that long: no traffic, and no look at ``until``, meanwhile).
+        """
+        now = time.monotonic()
+        end, next_tick = now + seconds, now
+        while now < end:
+            if now >= next_tick:
+                self.tick()
+                if until is not None and until():
+                    return True
+                next_tick = max(next_tick + TICK_S, now)
+            self.producer.poll(min(max(0.0, next_tick - time.monotonic()), TICK_S))
+            now = time.monotonic()
         return False
 
 

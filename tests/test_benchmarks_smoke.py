@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import json
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from confluent_kafka import Producer
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCH))
@@ -22,6 +25,7 @@ import bench_memory  # noqa: E402
 import bench_pipeline  # noqa: E402
 import bench_rollback  # noqa: E402
 import summary  # noqa: E402
+from harness import PRODUCER  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -70,6 +74,43 @@ def test_memory_counts_each_kind_of_waiting_entry_and_the_steady_run_folds_every
     assert steady["sent_pairs"] > 0 and steady["folded_pairs"] == steady["sent_pairs"]
     assert steady["sent_labels"] > 0 and steady["folded_labels"] == steady["sent_labels"]
     assert len(steady["samples"]) >= 3
+
+
+class _Polls:
+    """A real producer whose poll() timeouts are recorded (poll still does the real work)."""
+
+    def __init__(self, producer: Producer) -> None:
+        self.producer, self.timeouts = producer, []
+
+    def produce(self, *args: Any, **kwargs: Any) -> None:
+        self.producer.produce(*args, **kwargs)
+
+    def poll(self, timeout: float) -> int:
+        self.timeouts.append(timeout)
+        return int(self.producer.poll(timeout))
+
+    def flush(self, timeout: float) -> int:
+        return int(self.producer.flush(timeout))
+
+
+@pytest.mark.parametrize("rate", [100.0, 20_000.0])
+def test_the_rollback_feed_keeps_to_the_clock_when_delivery_reports_end_its_polls_early(
+    kafka_bootstrap: str, make_topic: Callable[..., str], rate: float
+) -> None:
+    # A real idempotent producer: its delivery reports end a poll() before its timeout.
+    topic = make_topic("feed", partitions=4)
+    producer = _Polls(Producer({"bootstrap.servers": kafka_bootstrap, **PRODUCER}))
+    feed = bench_rollback.Feed(producer, topic, 4)  # type: ignore[arg-type]
+    feed.set("c", rate)
+    started = time.monotonic()
+    assert feed.run(4.0) is False
+    took = time.monotonic() - started
+    producer.flush(30)
+    # No poll waits longer than a tick: the schedule never runs ahead of the clock (it used to, one
+    # tick per poll, and then waited minutes in one poll, producing nothing and not looking at until()).
+    assert max(producer.timeouts) <= bench_rollback.TICK_S + 1e-9, max(producer.timeouts)
+    assert took < 4.0 + 1.0, took
+    assert abs(feed.pairs - rate * took) < 0.1 * rate * took + 2, (feed.pairs, took)
 
 
 def test_rollback_at_half_the_sustained_rate_fires_verified_triggers_and_sees_every_freshness_probe(
