@@ -29,6 +29,7 @@ from streams.worker.processor import Processor
 from streams.worker.reading import comparison_keys, read_snapshot
 from streams.worker.replay import replay_lines
 from streams.worker.rounds import (
+    Emission,
     EvaluationLoop,
     Evaluator,
     EvaluatorStates,
@@ -223,3 +224,72 @@ def test_a_breach_in_the_last_minutes_of_a_stream_that_stops_is_judged_once_it_s
     replayed = replay_lines(iter([r.value for r in records]), evaluate_every_s=60)
     assert [(e["trigger"], uuid.UUID(e["event_id"])) for e in replayed["events"] if e["type"] == "RollbackTrigger"] \
         == [(trigger, event_id)]
+
+
+def test_a_trigger_whose_publish_fails_is_not_marked_fired_and_comes_with_the_same_id_once_it_can(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """A step that raises is never acknowledged as done: the round writes a comparison's evaluator state back only
+    once the broker acknowledged its events. It used to write it first, so a trigger whose publish failed was lost
+    for good: the state said fired, and the next evaluation stayed silent."""
+    start, records = _recent_records()
+    store = RedisWindowStore.from_url(redis_url, prefix=redis_prefix)
+    inner = RedisEvaluatorStates(redis.Redis.from_url(redis_url), redis_prefix)
+    newest = [0.0]
+    loop = _loop(store, inner, newest)
+    processor = _processor(store)
+    refused: list[GovernanceEvent] = []
+    delivered: list[GovernanceEvent] = []
+    errors: list[str] = []
+    loop.on_error = errors.append
+
+    def broker(emissions: list[Emission]) -> set[str]:
+        """Refuses every round that carries a RollbackTrigger, the first three times."""
+        if any(isinstance(e.event, RollbackTrigger) for e in emissions) and len(refused) < 3:
+            refused.append(next(e.event for e in emissions if isinstance(e.event, RollbackTrigger)))
+            return set()
+        delivered.extend(e.event for e in emissions)
+        return {e.comparison for e in emissions}
+
+    by_second: dict[datetime, list[Record]] = {}
+    for record in records:
+        by_second.setdefault(_ts(record).replace(microsecond=0), []).append(record)
+    returned: list[GovernanceEvent] = []
+    for second in sorted(by_second):
+        processor.process(by_second[second])
+        newest[0] = second.timestamp()
+        returned += [event for _, _, _, event in loop.round(broker)]
+        if refused and len(refused) < 3:  # while refused, the stored state has not fired
+            (cid,) = {k.as_id() for k in comparison_keys(store)}
+            state = EvaluatorState.from_json(inner.get(cid) or b"{}")
+            assert state.triggers.episodes["error_rate"].phase != "fired"
+    store.close()
+
+    # Refused three times, each time the same event; then delivered once, with that id, at its minute.
+    assert len(refused) == 3 and len({e.event_id for e in refused}) == 1
+    assert _rollbacks(delivered) == _rollbacks(refused[:1])
+    assert [(t, ts) for t, _, ts in _rollbacks(delivered)] == [("error_rate", start + timedelta(minutes=7))]
+    assert _rollbacks(returned) == _rollbacks(delivered)  # what the round returns is what was delivered
+    assert len(errors) == 3  # each refusal counted
+    replayed = replay_lines(iter([r.value for r in records]), evaluate_every_s=60)
+    assert [uuid.UUID(e["event_id"]) for e in replayed["events"] if e["type"] == "RollbackTrigger"] == [
+        refused[0].event_id
+    ]
+
+
+def test_a_flushed_minute_whose_publish_failed_is_flushed_again_in_the_next_round() -> None:
+    events = [*_phase(2, 0, 0.0, 1), *_phase(5, 2, 0.5, 2)]  # the failures run to the very end
+    records = [Record("s", 0, i, b"k", orjson.dumps({k: v for k, v in e.items() if k != "kind"}))
+               for i, e in enumerate(events)]  # fmt: skip
+    store = MemoryWindowStore()
+    _processor(store).process(records)
+    clock, newest = [0.0], [max(_ts(r) for r in records).timestamp()]
+    loop = EvaluationLoop(Evaluator(store, POLICY, MemoryEvaluatorStates()), None,
+                          {"gates": "g", "rollbacks": "r", "alerts": "a"}, lease_s=5.0, owner="w", idle_s=60.0,
+                          clock=lambda: clock[0], wall=lambda: newest[0] + 1.0)  # fmt: skip
+    assert _rollbacks([e for _, _, _, e in loop.round()]) == []  # the last minutes wait for newer events
+    clock[0] += 61.0  # stood still: the idle round flushes them, and its publish fails
+    assert loop.round(lambda emissions: set()) == []
+    # The next round (no more idle time passed) evaluates it again, flushed again: the trigger comes.
+    ((trigger, _, ts),) = _rollbacks([e for _, _, _, e in loop.round()])
+    assert (trigger, ts) == ("error_rate", START + timedelta(minutes=7))

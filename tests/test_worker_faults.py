@@ -22,6 +22,8 @@ import redis
 from confluent_kafka import Consumer
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from governance.contract.publishing import decode_signed_event
+from governance.crypto import DEFAULT_SCHEDULE, Keyring
 from tests.fault_servers import KafkaBroker, RedisServer, free_port
 from tests.worker_kit import (
     WorkerEnv,
@@ -286,5 +288,52 @@ def test_a_restarted_static_member_takes_its_partitions_back_without_a_rebalance
         stopped = a if a.poll() is not None else twin
         assert stopped.returncode != 0
         assert "fenced" in env.tail().lower()
+    finally:
+        env.stop_all()
+
+
+def _alter_max_bytes(bootstrap: str, topic: str, max_bytes: int) -> None:
+    from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
+
+    resource = ConfigResource(ConfigResource.Type.TOPIC, topic, incremental_configs=[
+        ConfigEntry("max.message.bytes", str(max_bytes), incremental_operation=AlterConfigOpType.SET)])  # fmt: skip
+    admin = AdminClient({"bootstrap.servers": bootstrap})  # held until the futures are done
+    for future in admin.incremental_alter_configs([resource]).values():
+        future.result(timeout=30)
+
+
+def test_a_gate_decision_the_broker_refuses_is_decided_again_and_delivered_once_it_can_be(
+    kafka_bootstrap: str, redis_url: str, unique: str, tmp_path: Path
+) -> None:
+    """The broker refuses every governance event for a while (the gates and alerts topics take no message of a
+    signed record's size): the worker must not write back the state that says the decision went out. It used to,
+    so the decision was lost for good (nothing new to say at the same verdict). Now the round is counted as an
+    evaluation error, the comparison is evaluated again each round, and once the topics take records again
+    the decision arrives, signed, with the id it had."""
+    env = make_env(kafka_bootstrap, redis_url, unique, tmp_path)
+    env.create_topics()
+    for topic in (env.topics.gates, env.topics.alerts):
+        _alter_max_bytes(kafka_bootstrap, topic, 512)  # a signed governance record is several KiB
+    port = free_port()
+    try:
+        env.start_worker(tmp_path, metrics_port=port)
+        publish(env, traffic(600))
+        wait_for(lambda: _metric([port], "shadowgate_evaluation_errors_total") >= 3, 120,
+                 "the refused publishes to be counted", env)  # fmt: skip
+        gates = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": f"gates-{unique}",
+                          "auto.offset.reset": "earliest", "enable.auto.commit": False})  # fmt: skip
+        gates.subscribe([env.topics.gates])
+        assert gates.consume(num_messages=10, timeout=3.0) == []  # refused: nothing on the topic yet
+        for topic in (env.topics.gates, env.topics.alerts):
+            _alter_max_bytes(kafka_bootstrap, topic, 1_048_576)
+        got = wait_for(lambda: [m for m in gates.consume(num_messages=10, timeout=1.0) if m.error() is None], 120,
+                       "the gate decision once the topic takes it", env)  # fmt: skip
+        got += gates.consume(num_messages=10, timeout=5.0)  # and no second one (the state now says it went out)
+        gates.close()
+        trust = Keyring(env.keys_dir).trust_store()
+        now = datetime.now(UTC)
+        decided = [decode_signed_event(m.value(), trust, now, DEFAULT_SCHEDULE.phase_at(now)) for m in got]
+        assert [type(e).__name__ for e in decided] == ["GateBlocked"], decided
+        assert decided[0].versions.candidate == "1.5.0"
     finally:
         env.stop_all()

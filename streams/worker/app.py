@@ -17,9 +17,11 @@ and the Kafka client factories; ``store``), so tests can give fakes.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -49,7 +51,7 @@ from streams.worker.health import Health
 from streams.worker.ingest import Ingest, IngestConfig
 from streams.worker.lifecycle_view import lifecycle_context, production_monitor
 from streams.worker.processor import BatchOutcome, Processor
-from streams.worker.rounds import EvaluationLoop, Evaluator, RedisEvaluatorStates, default_context
+from streams.worker.rounds import Emission, EvaluationLoop, Evaluator, RedisEvaluatorStates, default_context
 from streams.worker.telemetry import WorkerMetrics
 
 __all__ = ["WorkerHandle", "create_app"]
@@ -57,6 +59,9 @@ __all__ = ["WorkerHandle", "create_app"]
 log = logging.getLogger(__name__)
 
 BATCH_WITHIN_S = 0.25
+# How long the producer tries to deliver a governance event before it counts as not delivered (Faust's default
+# is 20 minutes); the evaluation round waits for the acknowledgements, then evaluates what failed again.
+PRODUCER_REQUEST_TIMEOUT_S = 30.0
 
 
 class WorkerHandle:
@@ -157,6 +162,7 @@ def _shell(settings: Settings, app_id: str | None, loop: asyncio.AbstractEventLo
         # Faust keeps nothing we need on disk (state is in Redis); keep its data dir out of the cwd.
         datadir=str(Path(tempfile.gettempdir()) / f"shadowgate-faust-{name}"),
         producer_compression_type="lz4",
+        producer_request_timeout=PRODUCER_REQUEST_TIMEOUT_S,
         loop=loop,
     )
 
@@ -230,11 +236,53 @@ def _evaluation_timer(handle: WorkerHandle, settings: Settings, signer: Signer |
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shadowgate-evaluate")
     handle.closers.append(lambda: executor.shutdown(wait=True))
 
+    async def send(emissions: list[Emission]) -> set[str]:
+        """Produce every emission and wait for the broker's acknowledgements (the producer gives up on a message
+        after PRODUCER_REQUEST_TIMEOUT_S); returns the comparisons all of whose events were acknowledged."""
+        sent: list[tuple[Emission, asyncio.Future[Any]]] = []
+        failed: set[str] = set()
+        for emission in emissions:
+            try:
+                ack = await out_topics[emission.topic].send(key=emission.key, value=emission.value)
+                sent.append((emission, asyncio.ensure_future(ack)))
+            except Exception as exc:  # refused before it was queued: this comparison is evaluated again
+                log.warning("publishing %s of %s failed: %s", type(emission.event).__name__, emission.comparison, exc)
+                failed.add(emission.comparison)
+        if sent:
+            await asyncio.wait([ack for _, ack in sent])
+        for emission, ack in sent:
+            if ack.exception() is not None:
+                log.warning("%s of %s was not acknowledged: %s", type(emission.event).__name__, emission.comparison,
+                            ack.exception())  # fmt: skip
+                failed.add(emission.comparison)
+                continue
+            metrics.governance_events.labels(type=type(emission.event).__name__).inc()
+            for callback in handle.emitted:
+                callback(emission.event)
+        return {e.comparison for e in emissions} - failed
+
+    def publish(emissions: list[Emission], loop: asyncio.AbstractEventLoop) -> set[str]:
+        """In the evaluation thread: the events sent by the event loop's producer, back when acknowledged."""
+        future = asyncio.run_coroutine_threadsafe(send(emissions), loop)
+        deadline = time.monotonic() + PRODUCER_REQUEST_TIMEOUT_S + 30.0
+        while True:
+            try:
+                return future.result(0.5)
+            except concurrent.futures.TimeoutError:
+                if loop.is_running() and time.monotonic() < deadline:
+                    continue
+                reason = "past the producer's own limit" if loop.is_running() else "the worker is stopping"
+            except Exception as exc:
+                reason = str(exc)
+            future.cancel()  # none counts as sent: evaluated again (in this worker or the next one)
+            log.warning("publishing %d events failed (%s)", len(emissions), reason)
+            return set()
+
     async def evaluate() -> None:
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:
-            produced = await loop.run_in_executor(executor, rounds.round)
+            await loop.run_in_executor(executor, rounds.round, lambda emissions: publish(emissions, loop))
         except InfrastructureError as exc:  # Redis away: one line a tick, no traceback; tried again next tick
             metrics.evaluation_errors.inc()
             log.warning("evaluation round failed: %s", exc)
@@ -244,11 +292,6 @@ def _evaluation_timer(handle: WorkerHandle, settings: Settings, signer: Signer |
             log.exception("evaluation round failed")
             return
         metrics.evaluation_seconds.observe(loop.time() - started)
-        for topic, key, value, event in produced:
-            await out_topics[topic].send(key=key, value=value)
-            metrics.governance_events.labels(type=type(event).__name__).inc()
-            for callback in handle.emitted:
-                callback(event)
 
     app.timer(settings.evaluate_interval_s, name="evaluate")(evaluate)
 

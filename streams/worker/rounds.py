@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Literal, Protocol
+from typing import Literal, NamedTuple, Protocol
 
 import orjson
 import redis
@@ -49,10 +49,13 @@ from streams.worker.processor import integrity_id
 from streams.worker.reading import comparison_keys, read_snapshot, read_spans
 
 __all__ = [
+    "Emission",
     "EvaluationLoop",
     "Evaluator",
     "EvaluatorStates",
+    "HeldStates",
     "MemoryEvaluatorStates",
+    "Publish",
     "RedisEvaluatorStates",
     "default_context",
     "strictest_model_type",
@@ -120,7 +123,56 @@ class RedisEvaluatorStates:
         return bool(self._lease_script(keys=[key], args=[owner, int(ttl_s * 1000)]))
 
 
-#: The candidate side's lifecycle facts (None: the candidate is not judged).
+class HeldStates:
+    """Evaluator states written back only once what their evaluation emitted was delivered.
+
+    The evaluator reads and writes its states through this; a write is held per comparison until
+    :meth:`commit` (its events were acknowledged by the broker, or it had none) or :meth:`discard` (a publish
+    failed: the comparison is evaluated again from its last committed state and emits the same events, with
+    the same ids). Otherwise a trigger whose state said "fired" while its event never reached Kafka would be
+    lost for good: the next evaluation sees it fired and stays silent.
+    """
+
+    def __init__(self, inner: EvaluatorStates) -> None:
+        self.inner = inner
+        self._held: dict[str, dict[str, bytes]] = {}  # comparison id -> state id -> state
+
+    def get(self, comparison_id: str) -> bytes | None:
+        held = self._held.get(comparison_id.split("#")[0], {}).get(comparison_id)
+        return held if held is not None else self.inner.get(comparison_id)
+
+    def put(self, comparison_id: str, state: bytes) -> None:
+        self._held.setdefault(comparison_id.split("#")[0], {})[comparison_id] = state
+
+    def lease(self, comparison_id: str, owner: str, ttl_s: float) -> bool:
+        return self.inner.lease(comparison_id, owner, ttl_s)
+
+    def held(self) -> list[str]:
+        """Comparisons with states not yet committed or discarded."""
+        return list(self._held)
+
+    def commit(self, comparison_id: str) -> None:
+        for state_id, state in self._held.pop(comparison_id, {}).items():
+            self.inner.put(state_id, state)
+
+    def discard(self, comparison_id: str) -> None:
+        self._held.pop(comparison_id, None)
+
+
+#: Sends a round's emissions; returns the comparisons all of whose emissions the broker acknowledged.
+Publish = Callable[[list["Emission"]], set[str]]
+
+
+class Emission(NamedTuple):
+    """One signed event of a round: where it goes, its key and bytes, the event, and its comparison."""
+
+    topic: str
+    key: bytes
+    value: bytes
+    event: GovernanceEvent
+    comparison: str
+
+
 
 
 def strictest_model_type(policy: Policy) -> str:
@@ -432,9 +484,15 @@ class EvaluationLoop:
     (the label horizon) of wall time after its newest event; the
     Redis lease (``3 x`` the timer period) makes exactly one worker the evaluator of each comparison, and
     the evaluator state lives in Redis, so a comparison moves to another worker without losing its
-    trigger and dedup state. Returns ``(topic, key, signed record bytes, event)`` to publish. A comparison
-    whose evaluation raises is logged and reported to ``on_error`` (its id); the round goes on with the others,
-    and that comparison is tried again when its event time moves (or it has stood idle).
+    trigger and dedup state. A comparison whose evaluation raises is logged and reported to ``on_error`` (its
+    id); the round goes on with the others, and that comparison is tried again when its event time moves (or it
+    has stood idle).
+
+    A round hands what it emitted to ``publish`` (:data:`Publish`), and writes a comparison's evaluator state
+    back only when all of its events were delivered (:class:`HeldStates`); a comparison whose publish failed is
+    reported to ``on_error``, keeps its last written state and is evaluated again in the next round, so it emits
+    the same events (same ids) again instead of losing them. Returns the delivered ``(topic, key, signed
+    record bytes, event)``; without ``publish`` every emission counts as delivered (nothing sends them).
     """
 
     def __init__(
@@ -462,10 +520,16 @@ class EvaluationLoop:
         self.clock = clock
         self.wall = wall
         self._last: dict[str, tuple[int, float]] = {}  # comparison -> (event time, clock) of its last evaluation
+        self._retry: dict[str, bool] = {}  # comparison -> flush: its last publish failed, evaluate it again
+        self._flushed: dict[str, bool] = {}  # this round: comparison -> whether it was evaluated with flush
+        self.states = HeldStates(evaluator.states)
+        evaluator.states = self.states  # the loop's evaluator writes states back through it
 
-    def round(self) -> list[tuple[str, bytes, bytes, GovernanceEvent]]:
-        out: list[tuple[str, bytes, bytes, GovernanceEvent]] = []
-        states = self.evaluator.states
+    def round(self, publish: Publish | None = None) -> list[tuple[str, bytes, bytes, GovernanceEvent]]:
+        states = self.states
+        for cid in states.held():  # a round that stopped before settling: nothing of it counts as delivered
+            states.discard(cid)
+        emitted: list[Emission] = []
         for key in comparison_keys(self.evaluator.store):
             cid = key.as_id()
             meta = self.evaluator.store.meta(cid)
@@ -473,7 +537,9 @@ class EvaluationLoop:
                 continue
             now_s = math.floor(meta.last_event_ms / 1000)
             last = self._last.get(cid)
-            if last is not None and now_s <= last[0]:
+            if cid in self._retry:
+                idle = self._retry.pop(cid)
+            elif last is not None and now_s <= last[0]:
                 # Event time stands still; labels (or late orphans) may still land in its windows, until
                 # the label horizon has passed its newest event (then nothing can change them).
                 if not self.idle_s or now_s < last[0] or self.clock() - last[1] < self.idle_s:
@@ -492,12 +558,27 @@ class EvaluationLoop:
                                                  clock=datetime.fromtimestamp(self.wall(), UTC), flush=idle)
             except Exception:  # one comparison that cannot be evaluated must not stop the others
                 log.exception("evaluation of %s at event time %d failed; the other comparisons go on", cid, now_s)
+                states.discard(cid)
                 if self.on_error is not None:
                     self.on_error(cid)
                 continue
-            for event in events:
-                out.append((self._topic(event), key.model.encode(), self.sign(event), event))
-        return out
+            if not events:
+                states.commit(cid)  # nothing to deliver
+                continue
+            emitted += [Emission(self._topic(e), key.model.encode(), self.sign(e), e, cid) for e in events]
+            self._flushed[cid] = idle
+        delivered = {e.comparison for e in emitted} if publish is None or not emitted else publish(emitted)
+        for cid in dict.fromkeys(e.comparison for e in emitted):
+            if cid in delivered:
+                states.commit(cid)
+                continue
+            states.discard(cid)
+            self._retry[cid] = self._flushed.get(cid, False)
+            log.warning("the events of %s were not delivered; it keeps its last state and is evaluated again", cid)
+            if self.on_error is not None:
+                self.on_error(cid)
+        self._flushed.clear()
+        return [(e.topic, e.key, e.value, e.event) for e in emitted if e.comparison in delivered]
 
     def _topic(self, event: GovernanceEvent) -> str:
         kind = type(event).__name__
