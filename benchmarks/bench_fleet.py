@@ -48,8 +48,9 @@ from governance.crypto import Keyring
 from governance.policy.document import load_policy
 from shadowgate.traffic import TrafficSpec, generate
 from streams.state.redis_store import RedisWindowStore
+from streams.worker.evaluator_states import RedisEvaluatorStates
 from streams.worker.processor import Processor
-from streams.worker.rounds import EvaluationLoop, Evaluator, RedisEvaluatorStates, default_context
+from streams.worker.rounds import EvaluationLoop, Evaluator, default_context
 
 __all__ = ["fill_one", "rounds", "run"]
 

@@ -15,10 +15,11 @@ from governance.policy.document import load_policy
 from governance.policy.evaluator import EvaluationContext
 from shadowgate.traffic import TrafficSpec, generate
 from streams.state.memory_store import MemoryWindowStore
+from streams.worker.evaluator_states import MemoryEvaluatorStates
 from streams.worker.processor import Processor
 from streams.worker.reading import comparison_keys
 from streams.worker.replay import replay_lines
-from streams.worker.rounds import EvaluationLoop, Evaluator, MemoryEvaluatorStates
+from streams.worker.rounds import EvaluationLoop, Evaluator
 
 START = datetime(2026, 11, 26, 4, 0, tzinfo=UTC)
 DEMO_POLICY = Path(__file__).resolve().parent.parent / "deploy" / "demo-policy.yaml"

@@ -25,17 +25,11 @@ from shadowgate.traffic import TrafficSpec, generate
 from streams.state.memory_store import MemoryWindowStore
 from streams.state.redis_store import RedisWindowStore
 from streams.state.store import WindowStore
+from streams.worker.evaluator_states import EvaluatorStates, MemoryEvaluatorStates, RedisEvaluatorStates
 from streams.worker.processor import Processor
 from streams.worker.reading import comparison_keys, read_snapshot
 from streams.worker.replay import replay_lines
-from streams.worker.rounds import (
-    Emission,
-    EvaluationLoop,
-    Evaluator,
-    EvaluatorStates,
-    MemoryEvaluatorStates,
-    RedisEvaluatorStates,
-)
+from streams.worker.rounds import Emission, EvaluationLoop, Evaluator
 
 POLICY = load_policy()
 START = datetime(2026, 11, 26, 4, 0, tzinfo=UTC)

@@ -28,10 +28,11 @@ from streams.decode.decoder import FastScore, decode_label_fast, decode_scores_f
 from streams.state.memory_store import MemoryWindowStore
 from streams.state.redis_store import RedisWindowStore
 from streams.state.store import WindowStore
+from streams.worker.evaluator_states import MemoryEvaluatorStates
 from streams.worker.processor import Processor
 from streams.worker.reading import read_windows
 from streams.worker.replay import replay_lines
-from streams.worker.rounds import EvaluationLoop, Evaluator, MemoryEvaluatorStates, default_context
+from streams.worker.rounds import EvaluationLoop, Evaluator, default_context
 
 # The injected clock of the processors: the wall clock's second at import (window reads judge slot retention by
 # the wall clock, so the data must be of now; the hostile times are decades or centuries away from any now).

@@ -21,9 +21,10 @@ from streams.fold.features import feature_violations
 from streams.fold.metrics import psi
 from streams.fold.readout import metrics_from_fields
 from streams.state.memory_store import MemoryWindowStore
+from streams.worker.evaluator_states import MemoryEvaluatorStates
 from streams.worker.processor import Processor
 from streams.worker.reading import comparison_keys, read_windows
-from streams.worker.rounds import Evaluator, MemoryEvaluatorStates
+from streams.worker.rounds import Evaluator
 
 START = datetime(2026, 11, 26, 4, 0, tzinfo=UTC)
 CATALOG = load_catalog()

@@ -210,3 +210,27 @@ def test_flip_rate_refuses_inconsistent_inputs() -> None:
     with pytest.raises(SketchError, match="band must be"):
         metrics.decision_flip_rate(np.zeros((4, 2)), joint, fine, fine, 2, 0)
     assert metrics.decision_flip_rate(np.zeros((4, 3)), joint, np.zeros(4), np.zeros(4), 2, 0) is None
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    cand=st.lists(st.integers(0, 50), min_size=8, max_size=8),
+    prod=st.lists(st.integers(0, 50), min_size=8, max_size=8),
+    floor=st.sampled_from([1e-4, 1e-2, 0.0]),
+)
+def test_divergences_are_the_three_divergences_bit_for_bit(cand: list[int], prod: list[int], floor: float) -> None:
+    with np.errstate(divide="ignore", invalid="ignore"):  # floor 0 with empty bins: NaN or inf, on both sides
+        got = metrics.divergences(np.array(cand), np.array(prod), floor)
+        want = (metrics.kl_divergence(cand, prod, floor), metrics.psi(cand, prod, floor),
+                metrics.js_divergence(cand, prod, floor))  # fmt: skip
+    assert [repr(v) for v in got] == [repr(v) for v in want]  # repr: NaN equals NaN, -0.0 differs from 0.0
+    if sum(cand) and sum(prod) and floor > 0:
+        p, q = np.maximum(np.array(cand) / sum(cand), floor), np.maximum(np.array(prod) / sum(prod), floor)
+        p, q = p / p.sum(), q / q.sum()
+        assert got[0] == pytest.approx(entropy(p, q), rel=1e-9, abs=1e-12)
+        assert got[2] == pytest.approx(jensenshannon(p, q) ** 2, rel=1e-9, abs=1e-12)
+
+
+def test_divergences_refuse_negative_counts_like_each_divergence() -> None:
+    with pytest.raises(SketchError, match="non-negative"):
+        metrics.divergences([1, -1], [1, 1])

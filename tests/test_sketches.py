@@ -239,3 +239,32 @@ def test_edges_and_zero_bin() -> None:
     assert log.index(np.array([log.min_value]))[0] == log.zero_index + 1
     log.update(np.zeros(10))
     assert log.quantile(0.5) == 0.0
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    values=st.lists(st.floats(0.0, 1.0), min_size=1, max_size=200),
+    qs=st.lists(st.floats(0.0, 1.0), min_size=1, max_size=5),
+)
+def test_quantiles_of_many_qs_are_each_quantile_within_its_bound_of_numpy(values: list[float], qs: list[float]) -> None:
+    linear = LinearHistogram(0.0, 1.0, 1000)
+    linear.update(np.array(values))
+    log = LogHistogram()
+    log.update(np.array(values) * 1000.0)
+    got_linear, got_log = linear.quantiles(qs), log.quantiles(qs)
+    assert got_linear == [linear.quantile(q) for q in qs] and got_log == [log.quantile(q) for q in qs]
+    for q, lin, lg in zip(qs, got_linear, got_log, strict=True):
+        assert abs(lin - float(np.quantile(values, q))) <= 0.001 + _SLACK
+        exact = float(np.quantile(np.array(values) * 1000.0, q))
+        assert abs(lg - exact) <= 0.005 * exact + 1e-6  # as for one quantile (test_log_quantile_property)
+
+
+def test_quantiles_refuse_a_bad_q_among_many_and_empty_sketches() -> None:
+    sketch = LinearHistogram(0.0, 1.0, 10)
+    sketch.update(np.array([0.5]))
+    with pytest.raises(SketchError, match="outside"):
+        sketch.quantiles([0.5, 1.5])
+    with pytest.raises(SketchError, match="outside"):
+        LogHistogram().quantiles([0.5, float("nan")])
+    with pytest.raises(SketchError, match="empty"):
+        LogHistogram().quantiles([0.5])

@@ -10,15 +10,16 @@ import pytest
 import redis
 
 from governance.contract.comparison import ComparisonKey
-from governance.contract.facts import read_version_facts
+from governance.contract.facts import gov_key, read_version_facts
 from governance.contract.stages import Stage
-from governance.errors import VerificationError
+from governance.errors import InfrastructureError, VerificationError
 from governance.lifecycle.audit import GENESIS, AuditEntry, GateRecord, Input, Rejection
 from governance.lifecycle.ledger import EscalationRaised, Registered, Transitioned
 from governance.lifecycle.machine import FORWARD
 from governance.lifecycle.state import GovernanceState, as_verdict, fold, latest_gate, rebuild
 from governance.service.statestore import StateStore, version_facts
-from streams.worker.lifecycle_view import lifecycle_context, production_monitor
+from streams.worker.lifecycle_view import RoundFacts, lifecycle_context, production_monitor
+from tests.fault_servers import RedisServer
 from tests.lifecycle_samples import MODEL_FEATURES, valid_metadata
 
 T0 = datetime(2026, 11, 1, 8, 0, tzinfo=UTC)
@@ -164,5 +165,55 @@ def test_redis_round_trip_and_worker_lookup(redis_url: str, redis_prefix: str) -
         watched = monitor(ComparisonKey("fraud", "1.0.0", "3.0.0", "shadow"))
         assert watched is not None and watched.stage == "PRODUCTION"
         assert monitor(ComparisonKey("fraud", "3.0.0", "1.0.0", "shadow")) is None
+    finally:
+        client.close()
+
+
+@pytest.mark.integration
+def test_a_round_reads_the_lifecycle_facts_of_all_its_comparisons_at_once(redis_url: str, redis_prefix: str) -> None:
+    client: redis.Redis[bytes] = redis.Redis.from_url(redis_url)
+    try:
+        StateStore(client, redis_prefix).save(rebuild(_log()), 0.05, T0)
+        fallback_calls: list[ComparisonKey] = []
+
+        def fallback(key: ComparisonKey, first: datetime | None) -> Any:
+            fallback_calls.append(key)
+            return None
+
+        def clock() -> datetime:
+            return T0 + timedelta(days=12)
+
+        keys = [ComparisonKey("fraud", "1.0.0", "3.0.0", "shadow"), ComparisonKey("fraud", "1.0.0", "2.0.0", "canary"),
+                ComparisonKey("fraud", "1.0.0", "2.0.0", "shadow"), ComparisonKey("fraud", "1.0.0", "9.9.9", "shadow"),
+                ComparisonKey("fraud", "3.0.0", "1.0.0", "shadow")]  # fmt: skip
+        plain, plain_monitor = lifecycle_context(client, redis_prefix, fallback, clock=clock), production_monitor(
+            client, redis_prefix)  # fmt: skip
+        want = [(plain(key, None), plain_monitor(key)) for key in keys]
+        assert want[0][0] is not None and want[1][0] is not None and want[0][1] is not None  # facts of both kinds
+        facts = RoundFacts(client, redis_prefix)
+        source = lifecycle_context(client, redis_prefix, fallback, clock=clock, facts=facts)
+        monitor = production_monitor(client, redis_prefix, facts=facts)
+        facts.prefetch(keys)
+        # Gone from Redis after the prefetch: the round still judges by the facts as they stood when it began,
+        # so it read them all in its one MGET, none afterwards.
+        client.delete(*{gov_key(redis_prefix, "version", k.model, v) for k in keys
+                        for v in (k.candidate_version, k.production_version)})  # fmt: skip
+        assert [(source(key, None), monitor(key)) for key in keys] == want
+        facts.clear()  # the end of the round: reads go to Redis again
+        assert source(keys[0], None) is None and fallback_calls[-1] == keys[0]
+        assert monitor(keys[0]) is None
+    finally:
+        client.close()
+
+
+@pytest.mark.integration
+def test_the_round_facts_fail_as_infrastructure_when_redis_stops(fault_redis: RedisServer) -> None:
+    client: redis.Redis[bytes] = redis.Redis.from_url(fault_redis.url, socket_timeout=5.0)
+    try:
+        facts = RoundFacts(client, "sg")
+        facts.prefetch([ComparisonKey("fraud", "1.0.0", "3.0.0", "shadow")])  # answered: nothing registered
+        fault_redis.stop()
+        with pytest.raises(InfrastructureError, match="lifecycle facts of 2 versions"):
+            facts.prefetch([ComparisonKey("fraud", "1.0.0", "3.0.0", "shadow")])
     finally:
         client.close()

@@ -148,6 +148,63 @@ class TestWindowStoreContract:
         assert [a for a, _, _ in seen] == sorted(a for a, _, _ in seen)
         assert reader.read_many(cid, [(now - 300, now + 1)], now)[0].fields["n"] == batches
 
+    def test_read_batch_and_metas_equal_one_read_many_and_one_meta_per_comparison(
+        self, store: WindowStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # Small MULTIs for Redis: the batch is split over several, as a round of 1,000 comparisons is.
+        monkeypatch.setattr("streams.state.redis_store._BATCH_COMMANDS", 5)
+        now = _now()
+        cids = [_cid() for _ in range(4)]
+        for i, cid in enumerate(cids):
+            events = [(now - 7200 + 37 * k * (i + 1), {"n": k + 1, "d:7": i - k}) for k in range(40)]
+            assert store.apply(_batch(cid, [e for e in events if e[0] < now]), Fence(cid, 0, 1))
+        unknown = _cid()
+        requests = [
+            (cids[0], ((now - 300, now + 1), (now - 7200, now + 1)), now),
+            (cids[1], ((now - 3600, now - 60),), now),
+            (unknown, ((now - 300, now + 1),), now),
+            (cids[2], ((now - 7200, now + 1), (now - 60, now + 1), (now - 60, now + 1)), now),
+            (cids[0], ((now - 300, now + 1), (now - 7200, now + 1)), now),  # twice
+            (cids[3], (), now),
+        ]
+        assert store.read_batch(requests) == [store.read_many(cid, ranges, t) for cid, ranges, t in requests]
+        assert store.read_batch([]) == []
+        ids = [*cids, unknown, cids[1]]
+        assert store.metas(ids) == [store.meta(cid) for cid in ids]
+        assert store.metas(ids)[4] is None and store.metas([]) == []
+
+    def test_read_batch_sees_a_concurrent_batch_in_every_window_of_a_request_or_in_none(
+        self, store_factory: StoreFactory, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr("streams.state.redis_store._BATCH_COMMANDS", 8)
+        cid, now = _cid(), _now()
+        writer, reader = store_factory(), store_factory()
+        batches = 150
+        done = threading.Event()
+        errors: list[BaseException] = []
+
+        def write() -> None:
+            try:
+                for b in range(batches):
+                    assert writer.apply(_batch(cid, [(now - 30, {"n": 1})]), Fence(cid, 0, b))
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread below
+                errors.append(exc)
+            finally:
+                done.set()
+
+        thread = threading.Thread(target=write)
+        thread.start()
+        ranges = ((now - 300, now + 1), (now - DAY_S, now + 1), (now - 60, now + 1))
+        seen: list[list[int]] = []
+        while not done.is_set():
+            for reads in reader.read_batch([(cid, ranges, now)] * 3):
+                seen.append([r.fields.get("n", 0) for r in reads])
+        thread.join(timeout=60)
+        assert not errors, errors
+        # Every event is in the three windows of a request: a request split by an apply would show them unequal.
+        assert all(len(set(counts)) == 1 for counts in seen), [c for c in seen if len(set(c)) > 1][:5]
+        assert reader.read_batch([(cid, ranges, now)])[0][0].fields["n"] == batches
+
     def test_fence_rejects_replays_and_older_offsets(self, store: WindowStore) -> None:
         cid, now = _cid(), _now()
         batch = _batch(cid, [(now - 90, {"n": 3, "sa": 2**59 + 1})])

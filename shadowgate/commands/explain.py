@@ -75,9 +75,10 @@ def explanations(model: str, version: str, policy: Policy, clock: datetime) -> l
     """One document per comparison that judges ``model@version``, from the live windows (see the module doc)."""
     from governance.contract.connections import redis_client, redis_connection
     from streams.state.redis_store import RedisWindowStore
+    from streams.worker.evaluator_states import MemoryEvaluatorStates
     from streams.worker.lifecycle_view import lifecycle_context, production_monitor
     from streams.worker.reading import comparison_keys
-    from streams.worker.rounds import Evaluator, MemoryEvaluatorStates, default_context
+    from streams.worker.rounds import Evaluator, default_context
 
     config = settings()
     client = redis_client(redis_connection(config))

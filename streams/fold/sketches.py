@@ -27,7 +27,7 @@ bad value and changes nothing. ``update`` returns nothing (batches are folded in
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -137,12 +137,20 @@ class LinearHistogram:
 
     def quantile(self, q: float) -> float:
         """The q-quantile (numpy ``linear`` definition), within one bin width of the exact value."""
-        _check_q(q)
+        return self.quantiles((q,))[0]
+
+    def quantiles(self, qs: Sequence[float]) -> list[float]:
+        """:meth:`quantile` of each of ``qs``, the same values, with the cumulative counts computed once."""
+        for q in qs:
+            _check_q(q)
         n = self.count
         if n == 0:
             raise SketchError("quantile of an empty LinearHistogram: fold values in first")
-        ranks = _ranks(q, n)
         cum = np.cumsum(self._counts)
+        return [self._quantile(q, n, cum) for q in qs]
+
+    def _quantile(self, q: float, n: int, cum: IntArray) -> float:
+        ranks = _ranks(q, n)
         b = np.searchsorted(cum, ranks, side="right")
         before = cum[b] - self._counts[b]
         # Ranks of a bin sit evenly inside it, so every estimate stays in its order statistic's bin.
@@ -254,12 +262,20 @@ class LogHistogram:
 
     def quantile(self, q: float) -> float:
         """The q-quantile (numpy ``linear`` definition), within ``relative_accuracy`` of the exact value."""
-        _check_q(q)
+        return self.quantiles((q,))[0]
+
+    def quantiles(self, qs: Sequence[float]) -> list[float]:
+        """:meth:`quantile` of each of ``qs``, the same values, with the sorted bins summed once."""
+        for q in qs:
+            _check_q(q)
         n = self.count
         if n == 0:
             raise SketchError("quantile of an empty LogHistogram: fold values in first")
         keys = np.array(sorted(k for k, c in self._counts.items() if c), dtype=np.int64)
         cum = np.cumsum([self._counts[int(k)] for k in keys])
+        return [self._quantile(q, n, keys, cum) for q in qs]
+
+    def _quantile(self, q: float, n: int, keys: IntArray, cum: IntArray) -> float:
         b = np.searchsorted(cum, _ranks(q, n), side="right")
         at_rank = np.array([self.value(int(keys[i])) for i in b], dtype=np.float64)
         return _rank_interpolate(q, n, at_rank)

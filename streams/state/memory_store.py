@@ -27,6 +27,7 @@ from streams.state.store import (
     ComparisonMeta,
     FencedState,
     FenceState,
+    ReadRequest,
     SlotBatch,
     SlotKey,
     WindowRead,
@@ -125,21 +126,21 @@ class MemoryWindowStore(WindowStore):
         return self.read_many(comparison_id, [(start_s, end_s)], now_s)[0]
 
     def read_many(self, comparison_id: str, ranges: Sequence[tuple[int, int]], now_s: int) -> list[WindowRead]:
-        windows = [plan(start_s, end_s, now_s, self.retention) for start_s, end_s in ranges]
-        out = []
         with self._lock:
-            meta = self._meta.get(comparison_id)
-            for window in windows:
-                merged: dict[str, int] = {}
-                for fields in self._read_slots_locked(comparison_id, window.slots, now_s).values():
-                    for name, value in fields.items():
-                        merged[name] = merged.get(name, 0) + value
-                out.append(WindowRead({k: v for k, v in merged.items() if v}, window, meta))
-        return out
+            return self._read_many_locked(comparison_id, ranges, now_s)
+
+    def read_batch(self, requests: Sequence[ReadRequest]) -> list[list[WindowRead]]:
+        # Under one lock: every request of the batch sees the same state (more than the protocol asks).
+        with self._lock:
+            return [self._read_many_locked(cid, ranges, now_s) for cid, ranges, now_s in requests]
 
     def meta(self, comparison_id: str) -> ComparisonMeta | None:
         with self._lock:
             return self._meta.get(comparison_id)
+
+    def metas(self, comparison_ids: Sequence[str]) -> list[ComparisonMeta | None]:
+        with self._lock:
+            return [self._meta.get(cid) for cid in comparison_ids]
 
     def comparisons(self, model: str | None = None) -> list[str]:
         with self._lock:
@@ -156,6 +157,18 @@ class MemoryWindowStore(WindowStore):
         """Drop every slot expired at ``now_s``; returns how many were dropped."""
         with self._lock:
             return self._expire_locked(now_s)
+
+    def _read_many_locked(self, comparison_id: str, ranges: Sequence[tuple[int, int]], now_s: int) -> list[WindowRead]:
+        meta = self._meta.get(comparison_id)
+        out = []
+        for start_s, end_s in ranges:
+            window = plan(start_s, end_s, now_s, self.retention)
+            merged: dict[str, int] = {}
+            for fields in self._read_slots_locked(comparison_id, window.slots, now_s).values():
+                for name, value in fields.items():
+                    merged[name] = merged.get(name, 0) + value
+            out.append(WindowRead({k: v for k, v in merged.items() if v}, window, meta))
+        return out
 
     def _read_slots_locked(self, comparison_id: str, slots: Iterable[Slot], now_s: int) -> dict[Slot, dict[str, int]]:
         out: dict[Slot, dict[str, int]] = {}

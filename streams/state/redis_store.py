@@ -45,7 +45,9 @@ outgrows the state it describes, so a read costs about the state, not its histor
 
 Reads: :meth:`RedisWindowStore.read` is ONE ``MULTI``/``EXEC`` of ``GET`` per planned slot plus the meta
 hash (a consistent snapshot), then a numpy int64 sum, with an exact Python-int fallback whenever the
-sum could pass 2**63. The field registry is cached per comparison and re-read only when a slot holds an
+sum could pass 2**63. :meth:`RedisWindowStore.read_batch` puts the reads of many comparisons in one ``MULTI``
+(up to 2,000 commands each); ``metas`` and ``comparisons`` pipeline their commands: a round trip per batch,
+not one per comparison or model. The field registry is cached per comparison and re-read only when a slot holds an
 index the cache does not know (the registry is append-only, so the cache is never wrong, only short;
 deleting keys by hand under a live prefix is not supported).
 
@@ -75,6 +77,7 @@ from streams.state.store import (
     ComparisonMeta,
     FencedState,
     FenceState,
+    ReadRequest,
     SlotBatch,
     SlotKey,
     WindowRead,
@@ -89,6 +92,7 @@ _I64 = np.dtype(">i8")  # BITFIELD i64 is big-endian two's complement
 _SAFE_SUM = 2**62  # below this bound on the sum of absolute values int64 addition cannot overflow
 _SCAN_COUNT = 10_000  # state entries per HSCAN call
 _LOG_CHUNK = 256  # state log records per LRANGE call
+_BATCH_COMMANDS = 2_000  # commands per MULTI of read_batch: one MULTI blocks the server while it runs
 
 
 class RedisWindowStore(WindowStore):
@@ -215,7 +219,7 @@ class RedisWindowStore(WindowStore):
 
     def read_slots(self, comparison_id: str, slots: Iterable[Slot], now_s: int) -> dict[Slot, dict[str, int]]:
         wanted = list(slots)
-        arrays, _ = self._fetch(comparison_id, wanted)
+        arrays, _ = self._fetch([(comparison_id, wanted)])[0]
         out: dict[Slot, dict[str, int]] = {}
         at_s = self._retained_at(now_s)
         for slot, values in zip(wanted, arrays, strict=True):
@@ -230,24 +234,52 @@ class RedisWindowStore(WindowStore):
         return self.read_many(comparison_id, [(start_s, end_s)], now_s)[0]
 
     def read_many(self, comparison_id: str, ranges: Sequence[tuple[int, int]], now_s: int) -> list[WindowRead]:
-        # One MULTI fetches every distinct slot of every window: the apply script never lands between them.
-        at_s = self._retained_at(now_s)
-        windows = [plan(start_s, end_s, at_s, self.retention) for start_s, end_s in ranges]
-        slots = list(dict.fromkeys(slot for window in windows for slot in window.slots))
-        arrays, meta = self._fetch(comparison_id, slots)
-        by_slot = dict(zip(slots, arrays, strict=True))
+        return self.read_batch([(comparison_id, tuple(ranges), now_s)])[0]
+
+    def read_batch(self, requests: Sequence[ReadRequest]) -> list[list[WindowRead]]:
+        # Each request's slots and meta are fetched in one MULTI (the apply script never lands between them);
+        # several requests share a MULTI up to _BATCH_COMMANDS commands, so a round of 1,000 comparisons
+        # costs a few round trips instead of 1,000.
+        planned = []
+        for cid, ranges, now_s in requests:
+            at_s = self._retained_at(now_s)
+            windows = [plan(start_s, end_s, at_s, self.retention) for start_s, end_s in ranges]
+            planned.append((cid, windows, list(dict.fromkeys(slot for window in windows for slot in window.slots))))
+        fetched: list[tuple[list[npt.NDArray[np.int64] | None], ComparisonMeta | None]] = []
+        chunk: list[tuple[str, list[Slot]]] = []
+        size = 0
+        for cid, _, slots in planned:
+            if chunk and size + len(slots) + 1 > _BATCH_COMMANDS:
+                fetched += self._fetch(chunk)
+                chunk, size = [], 0
+            chunk.append((cid, slots))
+            size += len(slots) + 1
+        if chunk:
+            fetched += self._fetch(chunk)
         out = []
-        for window in windows:
-            total = _sum([a for slot in window.slots if (a := by_slot[slot]) is not None])
-            out.append(WindowRead(self._named(comparison_id, total), window, meta))
+        for (cid, windows, slots), (arrays, meta) in zip(planned, fetched, strict=True):
+            by_slot = dict(zip(slots, arrays, strict=True))
+            reads = []
+            for window in windows:
+                total = _sum([a for slot in window.slots if (a := by_slot[slot]) is not None])
+                reads.append(WindowRead(self._named(cid, total), window, meta))
+            out.append(reads)
         return out
 
     def meta(self, comparison_id: str) -> ComparisonMeta | None:
         with self._errors(f"read meta of comparison {comparison_id!r}"):
             raw: dict[bytes, bytes] = self._client.hgetall(self._meta_key(comparison_id))
-        if raw.get(b"model") is None:
-            return None
-        return ComparisonMeta(raw[b"model"].decode(), int(raw[b"first_ms"]), int(raw[b"last_ms"]))
+        return _meta(raw)
+
+    def metas(self, comparison_ids: Sequence[str]) -> list[ComparisonMeta | None]:
+        if not comparison_ids:
+            return []
+        with self._errors(f"read meta of {len(comparison_ids)} comparisons"):
+            pipe = self._client.pipeline(transaction=False)
+            for cid in comparison_ids:
+                pipe.hgetall(self._meta_key(cid))
+            raws: list[dict[bytes, bytes]] = pipe.execute()
+        return [_meta(raw) for raw in raws]
 
     def comparisons(self, model: str | None = None) -> list[str]:
         with self._errors("list comparisons" if model is None else f"list comparisons of model {model!r}"):
@@ -256,36 +288,44 @@ class RedisWindowStore(WindowStore):
             else:
                 models = self._client.smembers(f"{self._prefix}:models")
                 keys = [f"{self._prefix}:model:{m.decode()}" for m in models]
-            members: set[bytes] = set()
+            pipe = self._client.pipeline(transaction=False)  # one round trip, not one per model
             for key in keys:
-                members |= self._client.smembers(key)
+                pipe.smembers(key)
+            members: set[bytes] = set().union(*pipe.execute())
         return sorted(m.decode() for m in members)
 
     def _fetch(
-        self, comparison_id: str, slots: list[Slot]
-    ) -> tuple[list[npt.NDArray[np.int64] | None], ComparisonMeta | None]:
-        with self._errors(f"read comparison {comparison_id!r}"):
+        self, requests: list[tuple[str, list[Slot]]]
+    ) -> list[tuple[list[npt.NDArray[np.int64] | None], ComparisonMeta | None]]:
+        """For each (comparison, slots): its slot arrays and meta, all from ONE MULTI."""
+        what = f"read comparison {requests[0][0]!r}"
+        if len(requests) > 1:
+            what += f" (and {len(requests) - 1} more)"
+        with self._errors(what):
             pipe = self._client.pipeline(transaction=True)
-            for slot in slots:
-                pipe.get(self.slot_key(comparison_id, slot))
-            pipe.hgetall(self._meta_key(comparison_id))
+            for comparison_id, slots in requests:
+                for slot in slots:
+                    pipe.get(self.slot_key(comparison_id, slot))
+                pipe.hgetall(self._meta_key(comparison_id))
             results: list[Any] = pipe.execute()
-        meta_raw: dict[bytes, bytes] = results.pop()
-        meta = None
-        if meta_raw.get(b"model") is not None:
-            meta = ComparisonMeta(meta_raw[b"model"].decode(), int(meta_raw[b"first_ms"]), int(meta_raw[b"last_ms"]))
-        arrays: list[npt.NDArray[np.int64] | None] = []
-        for slot, raw in zip(slots, results, strict=True):
-            if raw is None:
-                arrays.append(None)
-            elif len(raw) % 8:
-                raise StoreError(
-                    f"redis {self._server}: key {self.slot_key(comparison_id, slot)!r} holds {len(raw)} bytes, "
-                    "not whole int64 fields: written by something else? use a prefix of your own"
-                )
-            else:
-                arrays.append(np.frombuffer(raw, dtype=_I64).astype(np.int64))
-        return arrays, meta
+        out = []
+        at = 0
+        for comparison_id, slots in requests:
+            raws, meta_raw = results[at : at + len(slots)], results[at + len(slots)]
+            at += len(slots) + 1
+            arrays: list[npt.NDArray[np.int64] | None] = []
+            for slot, raw in zip(slots, raws, strict=True):
+                if raw is None:
+                    arrays.append(None)
+                elif len(raw) % 8:
+                    raise StoreError(
+                        f"redis {self._server}: key {self.slot_key(comparison_id, slot)!r} holds {len(raw)} bytes, "
+                        "not whole int64 fields: written by something else? use a prefix of your own"
+                    )
+                else:
+                    arrays.append(np.frombuffer(raw, dtype=_I64).astype(np.int64))
+            out.append((arrays, _meta(meta_raw)))
+        return out
 
     def _named(self, comparison_id: str, values: npt.NDArray[Any]) -> dict[str, int]:
         """The non-zero entries of ``values`` by field name."""
@@ -339,6 +379,12 @@ class RedisWindowStore(WindowStore):
             raise InfrastructureError(f"redis {self._server}: cannot {what}: {exc}; is the server up?{retry}") from exc
         except redis.RedisError as exc:
             raise StoreError(f"redis {self._server}: cannot {what}: {exc}") from exc
+
+
+def _meta(raw: dict[bytes, bytes]) -> ComparisonMeta | None:
+    if raw.get(b"model") is None:
+        return None
+    return ComparisonMeta(raw[b"model"].decode(), int(raw[b"first_ms"]), int(raw[b"last_ms"]))
 
 
 def _sum(arrays: list[npt.NDArray[np.int64]]) -> npt.NDArray[Any]:

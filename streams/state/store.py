@@ -61,6 +61,7 @@ __all__ = [
     "WindowRead",
     "WindowStore",
     "FencedState",
+    "ReadRequest",
     "check_parts",
     "state_log",
 ]
@@ -73,6 +74,8 @@ NO_FENCE = -1
 
 #: (comparison_id, granularity, slot start in epoch seconds)
 SlotKey = tuple[str, Granularity, int]
+#: One comparison's part of :meth:`WindowStore.read_batch`: (comparison_id, ranges ``(start_s, end_s)``, now_s)
+ReadRequest = tuple[str, tuple[tuple[int, int], ...], int]
 _FORBIDDEN = "{}"  # braces would break the Redis Cluster hash tag {comparison_id}
 
 
@@ -266,9 +269,22 @@ class WindowStore(ABC):
         A batch applied meanwhile is in every read or in none, so the windows of one document agree.
         """
 
+    def read_batch(self, requests: Sequence[ReadRequest]) -> list[list[WindowRead]]:
+        """:meth:`read_many` of each ``(comparison_id, ranges, now_s)`` request, in order, in few round trips.
+
+        Each request's windows come from one consistent state of the store, as with :meth:`read_many`
+        (a batch applied meanwhile is in all of one request's windows or in none). What the evaluation round
+        reads for every comparison it evaluates; this default reads one request after the other.
+        """
+        return [self.read_many(cid, ranges, now_s) for cid, ranges, now_s in requests]
+
     @abstractmethod
     def meta(self, comparison_id: str) -> ComparisonMeta | None:
         """The comparison's model and event-time span, or None if it was never applied."""
+
+    def metas(self, comparison_ids: Sequence[str]) -> list[ComparisonMeta | None]:
+        """:meth:`meta` of each id, in order, in few round trips (this default: one after the other)."""
+        return [self.meta(cid) for cid in comparison_ids]
 
     @abstractmethod
     def comparisons(self, model: str | None = None) -> list[str]:

@@ -47,11 +47,12 @@ from streams.state.redis_store import RedisWindowStore
 from streams.state.store import WindowStore
 from streams.worker.clients import WorkerClients, consumer_config, dead_letter_config, kafka_answers
 from streams.worker.deadletters import DeadLetterSink
+from streams.worker.evaluator_states import RedisEvaluatorStates
 from streams.worker.health import Health
 from streams.worker.ingest import Ingest, IngestConfig
-from streams.worker.lifecycle_view import lifecycle_context, production_monitor
+from streams.worker.lifecycle_view import RoundFacts, lifecycle_context, production_monitor
 from streams.worker.processor import BatchOutcome, Processor
-from streams.worker.rounds import Emission, EvaluationLoop, Evaluator, RedisEvaluatorStates, default_context
+from streams.worker.rounds import Emission, EvaluationLoop, Evaluator, default_context
 from streams.worker.telemetry import WorkerMetrics
 
 __all__ = ["WorkerHandle", "create_app"]
@@ -203,14 +204,17 @@ def _evaluator(
     config: AggregateConfig,
 ) -> Evaluator:
     monitor = None
+    facts = None
     if context is None:
         # Registered versions are judged by their lifecycle facts; others fail closed (strictest rules);
-        # the serving production version is monitored whatever its candidates' stages.
-        context = lifecycle_context(clients.redis, settings.redis_prefix, default_context(policy))
-        monitor = production_monitor(clients.redis, settings.redis_prefix)
+        # the serving production version is monitored whatever its candidates' stages. A round reads the facts
+        # of all its comparisons in one MGET.
+        facts = RoundFacts(clients.redis, settings.redis_prefix)
+        context = lifecycle_context(clients.redis, settings.redis_prefix, default_context(policy), facts=facts)
+        monitor = production_monitor(clients.redis, settings.redis_prefix, facts=facts)
     states = RedisEvaluatorStates(clients.redis, settings.redis_prefix)
     return Evaluator(store, policy, states, context, config, monitor=monitor, close_delay_s=close_delay_s(settings),
-                     republish_s=settings.gate_republish_s)
+                     republish_s=settings.gate_republish_s, prefetch=facts)
 
 
 def close_delay_s(settings: Settings) -> float:

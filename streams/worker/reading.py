@@ -17,20 +17,24 @@ from __future__ import annotations
 import logging
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from governance.contract.comparison import CANDIDATE_ROLES, ComparisonKey, WindowSnapshot
 from governance.errors import InfrastructureError
 from streams.fold.aggregate import AggregateConfig
 from streams.fold.readout import delta_sums, metrics_from_fields, score_counts
-from streams.state.store import WindowRead, WindowStore
+from streams.state.store import ComparisonMeta, ReadRequest, WindowRead, WindowStore
 from streams.state.windows import named_window, to_epoch_s
 
 __all__ = [
     "DEFAULT_WINDOWS",
+    "ReadAhead",
+    "WindowReader",
     "comparison_keys",
     "read_snapshot",
     "read_spans",
+    "snapshot_request",
+    "spans_request",
     "read_windows",
     "snapshot_document",
 ]
@@ -38,6 +42,71 @@ __all__ = [
 DEFAULT_WINDOWS: tuple[str, ...] = ("5m", "1h", "24h", "7d", "14d")
 
 log = logging.getLogger(__name__)
+
+
+class WindowReader(Protocol):
+    """What reading a comparison's windows needs of a store: a :class:`WindowStore`, or a :class:`ReadAhead`."""
+
+    def meta(self, comparison_id: str) -> ComparisonMeta | None: ...
+
+    def read_many(self, comparison_id: str, ranges: Sequence[tuple[int, int]], now_s: int) -> list[WindowRead]: ...
+
+
+class ReadAhead:
+    """Reads of many comparisons fetched ahead in a few round trips, served to the code that planned them.
+
+    The evaluation round plans every window read of every comparison it evaluates (the same requests
+    :func:`snapshot_request` and :func:`spans_request` make for the direct reads), fetches them with ONE
+    :meth:`WindowStore.read_batch` and the metas with ONE :meth:`WindowStore.metas`, then evaluates each
+    comparison as it would against the store: a request fetched ahead is answered from the batch (the same
+    :class:`WindowRead` the store would give, each request from one consistent state), any other goes to
+    the store. The results are therefore those of the direct reads; only the
+    number of round trips differs. Lives for one round: it holds what it fetched.
+    """
+
+    def __init__(self, store: WindowStore, metas: Mapping[str, ComparisonMeta | None] | None = None) -> None:
+        self.store = store
+        self._metas: dict[str, ComparisonMeta | None] = dict(metas or {})
+        self._reads: dict[ReadRequest, list[WindowRead]] = {}
+
+    def fetch_metas(self, comparison_ids: Iterable[str]) -> None:
+        """Fetch the metas of the ids not fetched yet, in one batch."""
+        wanted = [cid for cid in dict.fromkeys(comparison_ids) if cid not in self._metas]
+        if wanted:
+            self._metas.update(zip(wanted, self.store.metas(wanted), strict=True))
+
+    def fetch(self, requests: Iterable[ReadRequest]) -> None:
+        """Fetch the window reads of ``requests`` not fetched yet, in one batch."""
+        wanted = [request for request in dict.fromkeys(requests) if request not in self._reads]
+        if wanted:
+            self._reads.update(zip(wanted, self.store.read_batch(wanted), strict=True))
+
+    def meta(self, comparison_id: str) -> ComparisonMeta | None:
+        if comparison_id in self._metas:
+            return self._metas[comparison_id]
+        return self.store.meta(comparison_id)
+
+    def read_many(self, comparison_id: str, ranges: Sequence[tuple[int, int]], now_s: int) -> list[WindowRead]:
+        reads = self._reads.get((comparison_id, tuple(ranges), now_s))
+        if reads is not None:
+            return reads
+        return self.store.read_many(comparison_id, ranges, now_s)
+
+
+def snapshot_request(comparison_id: str, window: str, now: datetime, start: datetime | None = None) -> ReadRequest:
+    """The store read :func:`read_snapshot` makes for ``window`` at ``now`` (``[start, now)`` if ``start``)."""
+    now_s = to_epoch_s(now)
+    span = (to_epoch_s(start), now_s) if start is not None else named_window(window, now_s)
+    return comparison_id, (span,), now_s
+
+
+def spans_request(
+    comparison_id: str, spans: Mapping[str, tuple[datetime, datetime]], now: datetime
+) -> tuple[list[str], ReadRequest]:
+    """The window names in the order :func:`read_spans` reads them, and the store read it makes."""
+    names = sorted(spans)
+    ranges = tuple((to_epoch_s(spans[name][0]), to_epoch_s(spans[name][1])) for name in names)
+    return names, (comparison_id, ranges, to_epoch_s(now))
 
 
 def comparison_keys(store: WindowStore, model: str | None = None) -> list[ComparisonKey]:
@@ -51,7 +120,7 @@ def comparison_keys(store: WindowStore, model: str | None = None) -> list[Compar
 
 
 def read_snapshot(
-    store: WindowStore,
+    store: WindowReader,
     key: ComparisonKey,
     window: str,
     now: datetime | None = None,
@@ -72,15 +141,14 @@ def read_snapshot(
     """
     cfg = config or AggregateConfig()
     cid = comparison_id or key.as_id()  # another id: a pseudo comparison read on behalf of ``key``
-    now_s = to_epoch_s(now or _latest(store, cid) or datetime.now(UTC))
-    span = (to_epoch_s(start), now_s) if start is not None else named_window(window, now_s)
-    read = store.read(cid, *span, now_s)
+    _, ranges, now_s = snapshot_request(cid, window, now or _latest(store, cid) or datetime.now(UTC), start)
+    read = store.read_many(cid, ranges, now_s)[0]
     return _snapshot(key, window, read, cfg, tests=tests, full=full, latency_above_ms=latency_above_ms,
                      kl_bounds=kl_bounds)
 
 
 def read_spans(
-    store: WindowStore,
+    store: WindowReader,
     key: ComparisonKey,
     spans: Mapping[str, tuple[datetime, datetime]],
     now: datetime,
@@ -97,9 +165,8 @@ def read_spans(
     for those in ``kl_bounds``.
     """
     cfg = config or AggregateConfig()
-    names = sorted(spans)
-    ranges = [(to_epoch_s(spans[name][0]), to_epoch_s(spans[name][1])) for name in names]
-    reads = store.read_many(key.as_id(), ranges, to_epoch_s(now))
+    names, (cid, ranges, now_s) = spans_request(key.as_id(), spans, now)
+    reads = store.read_many(cid, ranges, now_s)
     return {name: _snapshot(key, name, read, cfg, tests=False, full=name in full, latency_above_ms=latency_above_ms,
                             kl_bounds=name in kl_bounds)
             for name, read in zip(names, reads, strict=True)}  # fmt: skip
@@ -136,7 +203,7 @@ def _snapshot(
     )
 
 
-def _latest(store: WindowStore, cid: str) -> datetime | None:
+def _latest(store: WindowReader, cid: str) -> datetime | None:
     meta = store.meta(cid)
     return None if meta is None else datetime.fromtimestamp(meta.last_event_ms / 1000, UTC)
 

@@ -44,9 +44,10 @@ from governance.policy.document import Policy, load_policy
 from streams.decode.bounds import EventTimeBounds
 from streams.fold.aggregate import AggregateConfig
 from streams.state.memory_store import MemoryWindowStore
+from streams.worker.evaluator_states import MemoryEvaluatorStates
 from streams.worker.processor import BatchOutcome, DeadLetter, Processor
 from streams.worker.reading import DEFAULT_WINDOWS, read_windows
-from streams.worker.rounds import Evaluator, MemoryEvaluatorStates, default_context
+from streams.worker.rounds import Evaluator, default_context
 
 __all__ = ["replay_file", "replay_lines"]
 

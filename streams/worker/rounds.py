@@ -18,13 +18,12 @@ import logging
 import math
 import re
 import time
-from collections.abc import Callable
-from dataclasses import replace
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Literal, NamedTuple, Protocol
 
 import orjson
-import redis
 
 from governance.contract.comparison import ComparisonKey, WindowSnapshot
 from governance.contract.events import GovernanceEvent
@@ -44,19 +43,27 @@ from governance.policy.evaluator import (
     minutes_due,
 )
 from streams.fold.aggregate import AggregateConfig
-from streams.state.store import WindowStore
+from streams.state.store import ComparisonMeta, ReadRequest, WindowStore
+from streams.worker.evaluator_states import EvaluatorStates, HeldStates
 from streams.worker.processor import integrity_id
-from streams.worker.reading import comparison_keys, read_snapshot, read_spans
+from streams.worker.reading import (
+    ReadAhead,
+    WindowReader,
+    comparison_keys,
+    read_snapshot,
+    read_spans,
+    snapshot_request,
+    spans_request,
+)
 
 __all__ = [
     "Emission",
     "EvaluationLoop",
     "Evaluator",
-    "EvaluatorStates",
-    "HeldStates",
-    "MemoryEvaluatorStates",
+    "Job",
     "Publish",
-    "RedisEvaluatorStates",
+    "RoundBatch",
+    "RoundPrefetch",
     "default_context",
     "strictest_model_type",
 ]
@@ -66,97 +73,6 @@ log = logging.getLogger(__name__)
 _DURATION = re.compile(r"^(\d+)([smhd])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _DAY_S = 86400
-
-
-class EvaluatorStates(Protocol):
-    """Where evaluator states live between evaluations (and who may evaluate a comparison)."""
-
-    def get(self, comparison_id: str) -> bytes | None: ...
-
-    def put(self, comparison_id: str, state: bytes) -> None: ...
-
-    def lease(self, comparison_id: str, owner: str, ttl_s: float) -> bool: ...
-
-
-class MemoryEvaluatorStates:
-    """States in a dict; every lease is granted (one process)."""
-
-    def __init__(self) -> None:
-        self._states: dict[str, bytes] = {}
-
-    def get(self, comparison_id: str) -> bytes | None:
-        return self._states.get(comparison_id)
-
-    def put(self, comparison_id: str, state: bytes) -> None:
-        self._states[comparison_id] = state
-
-    def lease(self, comparison_id: str, owner: str, ttl_s: float) -> bool:
-        return True
-
-
-class RedisEvaluatorStates:
-    """States under ``<prefix>:eval:<comparison>``; a lease makes one worker the evaluator of a comparison."""
-
-    _LEASE = """
-    local cur = redis.call('GET', KEYS[1])
-    if not cur or cur == ARGV[1] then
-      redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-      return 1
-    end
-    return 0
-    """
-
-    def __init__(self, client: redis.Redis[bytes], prefix: str) -> None:
-        self._client = client
-        self._prefix = prefix
-        self._lease_script = client.register_script(self._LEASE)
-
-    def get(self, comparison_id: str) -> bytes | None:
-        value = self._client.get(f"{self._prefix}:eval:{{{comparison_id}}}")
-        return bytes(value) if value is not None else None
-
-    def put(self, comparison_id: str, state: bytes) -> None:
-        self._client.set(f"{self._prefix}:eval:{{{comparison_id}}}", state)
-
-    def lease(self, comparison_id: str, owner: str, ttl_s: float) -> bool:
-        key = f"{self._prefix}:evaluator:{{{comparison_id}}}"
-        return bool(self._lease_script(keys=[key], args=[owner, int(ttl_s * 1000)]))
-
-
-class HeldStates:
-    """Evaluator states written back only once what their evaluation emitted was delivered.
-
-    The evaluator reads and writes its states through this; a write is held per comparison until
-    :meth:`commit` (its events were acknowledged by the broker, or it had none) or :meth:`discard` (a publish
-    failed: the comparison is evaluated again from its last committed state and emits the same events, with
-    the same ids). Otherwise a trigger whose state said "fired" while its event never reached Kafka would be
-    lost for good: the next evaluation sees it fired and stays silent.
-    """
-
-    def __init__(self, inner: EvaluatorStates) -> None:
-        self.inner = inner
-        self._held: dict[str, dict[str, bytes]] = {}  # comparison id -> state id -> state
-
-    def get(self, comparison_id: str) -> bytes | None:
-        held = self._held.get(comparison_id.split("#")[0], {}).get(comparison_id)
-        return held if held is not None else self.inner.get(comparison_id)
-
-    def put(self, comparison_id: str, state: bytes) -> None:
-        self._held.setdefault(comparison_id.split("#")[0], {})[comparison_id] = state
-
-    def lease(self, comparison_id: str, owner: str, ttl_s: float) -> bool:
-        return self.inner.lease(comparison_id, owner, ttl_s)
-
-    def held(self) -> list[str]:
-        """Comparisons with states not yet committed or discarded."""
-        return list(self._held)
-
-    def commit(self, comparison_id: str) -> None:
-        for state_id, state in self._held.pop(comparison_id, {}).items():
-            self.inner.put(state_id, state)
-
-    def discard(self, comparison_id: str) -> None:
-        self._held.pop(comparison_id, None)
 
 
 #: Sends a round's emissions; returns the comparisons all of whose emissions the broker acknowledged.
@@ -171,8 +87,6 @@ class Emission(NamedTuple):
     value: bytes
     event: GovernanceEvent
     comparison: str
-
-
 
 
 def strictest_model_type(policy: Policy) -> str:
@@ -207,6 +121,44 @@ def _seconds(name: str) -> int | None:
     return int(match.group(1)) * _UNIT_S[match.group(2)] if match else None
 
 
+class RoundPrefetch(Protocol):
+    """What the contexts of a round read, fetched for all its comparisons at once (``RoundFacts``)."""
+
+    def prefetch(self, keys: Sequence[ComparisonKey]) -> None: ...
+
+    def clear(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Job:
+    """One comparison a round evaluates: at event time ``now`` (None: its newest event), its freshness judged at
+    ``clock``, with ``flush`` (see :meth:`Evaluator.evaluate`)."""
+
+    key: ComparisonKey
+    now: datetime | None = None
+    clock: datetime | None = None
+    flush: bool = False
+
+
+@dataclass
+class RoundBatch:
+    """What :meth:`Evaluator.evaluate_many` fetched ahead for its jobs, and the states they produced."""
+
+    reads: ReadAhead
+    judged: dict[str, list[tuple[str, EvaluationContext]]] = field(default_factory=dict)
+    states: dict[str, bytes | None] = field(default_factory=dict)
+    puts: dict[str, bytes] = field(default_factory=dict)
+    _parsed: dict[str, EvaluatorState] = field(default_factory=dict)
+
+    def state(self, state_id: str) -> EvaluatorState:
+        """The fetched state of ``state_id``, parsed once (it is frozen: planning and evaluation share it)."""
+        parsed = self._parsed.get(state_id)
+        if parsed is None:
+            raw = self.states.get(state_id)
+            parsed = self._parsed[state_id] = EvaluatorState.from_json(raw) if raw else EvaluatorState()
+        return parsed
+
+
 class Evaluator:
     """Evaluates comparisons on demand; see the module docstring."""
 
@@ -222,6 +174,7 @@ class Evaluator:
         max_refresh_s: float = 900.0,
         close_delay_s: float = 60.0,
         republish_s: float = 0.0,
+        prefetch: RoundPrefetch | None = None,
     ) -> None:
         if close_delay_s < 0:
             raise ValueError(f"close_delay_s must be >= 0, got {close_delay_s}")
@@ -236,7 +189,10 @@ class Evaluator:
         self.config = config or AggregateConfig()
         self.max_refresh_s = max_refresh_s
         self.monitor = monitor
+        self.prefetch = prefetch
         self._cache: dict[tuple[str, str], tuple[datetime, WindowSnapshot]] = {}
+        self._triggers_of: Policy | None = None
+        self._trigger_list: list[tuple[str, str]] = []
         self._closes: dict[tuple[str, str], tuple[datetime, WindowSnapshot]] = {}  # the last read at a cadence
 
     def _refresh_s(self, length_s: float) -> float:
@@ -247,24 +203,31 @@ class Evaluator:
             return 0.0
         return min(length_s / 60.0, self.max_refresh_s)
 
+    def _triggers(self) -> list[tuple[str, str]]:
+        """(trigger name, window name) of each rollback trigger with a window; computed once per policy (frozen)."""
+        if self._triggers_of is not self.policy:
+            triggers = self.policy.triggers.model_dump().items()
+            self._trigger_list = [(name, trigger["window"]) for name, trigger in triggers
+                                  if isinstance(trigger, dict) and isinstance(trigger.get("window"), str)]  # fmt: skip
+            self._triggers_of = self.policy
+        return self._trigger_list
+
     def _lite_windows(self, context: EvaluationContext) -> set[str]:
         """Windows read only by triggers that need no ranking metric (no calibration slope)."""
         full = {self.policy.windows.stage, self.policy.windows.production}
         lite: set[str] = set()
-        for name, trigger in self.policy.triggers.model_dump().items():
-            if isinstance(trigger, dict) and isinstance(trigger.get("window"), str):
-                (full if name == "calibration_slope" else lite).add(trigger["window"])
+        for name, window in self._triggers():
+            (full if name == "calibration_slope" else lite).add(window)
         return lite - full
 
     def windows(self, context: EvaluationContext) -> dict[str, tuple[datetime | None, int | None]]:
         """Window name -> (fixed start or None, rolling length in s or None) that this stage needs."""
         w = self.policy.windows
         wanted: dict[str, tuple[datetime | None, int | None]] = {}
-        for trigger in self.policy.triggers.model_dump().values():
-            if isinstance(trigger, dict) and isinstance(trigger.get("window"), str):
-                seconds = _seconds(trigger["window"])
-                if seconds is not None:
-                    wanted[trigger["window"]] = (None, seconds)
+        for _, window in self._triggers():
+            seconds = _seconds(window)
+            if seconds is not None:
+                wanted[window] = (None, seconds)
         if context.stage == "PRODUCTION":
             seconds = _seconds(w.production)
             if seconds is not None:
@@ -275,10 +238,9 @@ class Evaluator:
             wanted[w.stage] = (context.stage_started_at, None)
         return wanted
 
-    def snapshots(self, key: ComparisonKey, context: EvaluationContext, now: datetime) -> dict[str, WindowSnapshot]:
-        """The windows of ``key`` at ``now``; long windows come from a cache refreshed at 1/12 of their length."""
-        out: dict[str, WindowSnapshot] = {}
-        cid = key.as_id()
+    def _spans(self, context: EvaluationContext, now: datetime) -> list[tuple[str, datetime | None, datetime, float]]:
+        """(name, start, end, span in s) of each window this stage needs at ``now``."""
+        out = []
         for name, (start, length_s) in self.windows(context).items():
             # Windows are [start, end) in whole seconds: end one second past ``now`` so the events of
             # now's own second (the newest event, at an idle re-evaluation) are in.
@@ -294,15 +256,33 @@ class Evaluator:
                 span_s = float(length_s)
             else:
                 span_s = (now - start).total_seconds() if start is not None else 0.0
-            cached = self._cache.get((cid, name))
-            if cached is not None and timedelta(0) <= now - cached[0] < timedelta(seconds=self._refresh_s(span_s)):
-                out[name] = cached[1]
+            out.append((name, start, end, span_s))
+        return out
+
+    def _cached(self, cid: str, name: str, now: datetime, refresh_s: float) -> WindowSnapshot | None:
+        """The cached window ``name`` of ``cid`` if it was read at most ``refresh_s`` before ``now``."""
+        cached = self._cache.get((cid, name))
+        if cached is not None and timedelta(0) <= now - cached[0] < timedelta(seconds=refresh_s):
+            return cached[1]
+        return None
+
+    def snapshots(
+        self, key: ComparisonKey, context: EvaluationContext, now: datetime, reader: WindowReader | None = None
+    ) -> dict[str, WindowSnapshot]:
+        """The windows of ``key`` at ``now``; long windows come from a cache refreshed at 1/12 of their length.
+        ``reader``: where the reads go (default the store; a round's :class:`ReadAhead`)."""
+        out: dict[str, WindowSnapshot] = {}
+        cid = key.as_id()
+        for name, start, end, span_s in self._spans(context, now):
+            cached = self._cached(cid, name, now, self._refresh_s(span_s))
+            if cached is not None:
+                out[name] = cached
                 continue
             tests = name == self.policy.windows.stage
             full = name not in self._lite_windows(context)
             # No KL bounds here: the triggers judge the minute closes (minute_closes), not these windows.
-            snap = read_snapshot(self.store, key, name, end, self.config, start=start, tests=tests, full=full,
-                                 latency_above_ms=self.latency_above_ms, kl_bounds=False)
+            snap = read_snapshot(reader or self.store, key, name, end, self.config, start=start, tests=tests,
+                                 full=full, latency_above_ms=self.latency_above_ms, kl_bounds=False)  # fmt: skip
             self._cache[(cid, name)] = (now, snap)
             out[name] = snap
         return out
@@ -310,14 +290,37 @@ class Evaluator:
     def trigger_windows(self) -> dict[str, int]:
         """Each rollback trigger's window name -> its length in seconds (``1m`` -> 60)."""
         out: dict[str, int] = {}
-        for trigger in self.policy.triggers.model_dump().values():
-            if isinstance(trigger, dict) and isinstance(trigger.get("window"), str):
-                seconds = _seconds(trigger["window"])
-                if seconds is not None:
-                    out[trigger["window"]] = seconds
+        for _, window in self._triggers():
+            seconds = _seconds(window)
+            if seconds is not None:
+                out[window] = seconds
         return out
 
-    def minute_closes(self, key: ComparisonKey, ends: list[datetime], now: datetime) -> list[MinuteClose]:
+    def _close_reads(self, cid: str, ends: list[datetime]) -> list[dict[str, tuple[datetime, datetime]]]:
+        """For each end of ``ends``, the trigger windows :meth:`minute_closes` reads there (``name -> [start,
+        end)``); the others it takes from its cache, as read at an earlier end or an earlier evaluation."""
+        lengths = self.trigger_windows()
+        seen: dict[str, datetime] = {}
+        for name in lengths:
+            cached = self._closes.get((cid, name))
+            if cached is not None:
+                seen[name] = cached[0]
+        out = []
+        for end in ends:
+            end_s = int(end.timestamp())
+            spans: dict[str, tuple[datetime, datetime]] = {}
+            for name, length in lengths.items():
+                cadence = _cadence_s(length)
+                at = datetime.fromtimestamp(end_s - end_s % cadence, UTC)
+                if seen.get(name) != at:
+                    spans[name] = (at - timedelta(seconds=length), at)
+                    seen[name] = at
+            out.append(spans)
+        return out
+
+    def minute_closes(
+        self, key: ComparisonKey, ends: list[datetime], now: datetime, reader: WindowReader | None = None
+    ) -> list[MinuteClose]:
         """For each closed minute ``T`` of ``ends``, every trigger window as it stood at ``T``.
 
         A window of length ``L`` is read at the whole multiples of its cadence ``max(1 min, L / 12)`` of event
@@ -333,20 +336,10 @@ class Evaluator:
         kl = {self.policy.triggers.kl_divergence.window}
         cid = key.as_id()
         closes = []
-        for end in ends:
-            end_s = int(end.timestamp())
-            snaps: dict[str, WindowSnapshot] = {}
-            spans: dict[str, tuple[datetime, datetime]] = {}
-            for name, length in lengths.items():
-                cadence = _cadence_s(length)
-                at = datetime.fromtimestamp(end_s - end_s % cadence, UTC)
-                cached = self._closes.get((cid, name))
-                if cached is not None and cached[0] == at:
-                    snaps[name] = cached[1]
-                else:
-                    spans[name] = (at - timedelta(seconds=length), at)
+        for end, spans in zip(ends, self._close_reads(cid, ends), strict=True):
+            snaps = {name: self._closes[(cid, name)][1] for name in lengths if name not in spans}
             if spans:
-                read = read_spans(self.store, key, spans, now, self.config, full=full, kl_bounds=kl,
+                read = read_spans(reader or self.store, key, spans, now, self.config, full=full, kl_bounds=kl,
                                   latency_above_ms=self.latency_above_ms)  # fmt: skip
                 for name, snap in read.items():
                     self._closes[(cid, name)] = (spans[name][1], snap)
@@ -359,7 +352,18 @@ class Evaluator:
         self._cache = {k: v for k, v in self._cache.items() if k[0] != comparison_id}
         self._closes = {k: v for k, v in self._closes.items() if k[0] != comparison_id}
 
-    def integrity_violations(self, key: ComparisonKey, context: EvaluationContext, now: datetime) -> int:
+    def _integrity_window(
+        self, key: ComparisonKey, now: datetime
+    ) -> tuple[str, list[tuple[str, WindowSnapshot | None]]]:
+        """The integrity window's name and, for the comparison and its model's pseudo comparison, the cached
+        window (None: to be read)."""
+        name = f"integrity-{self.policy.shadow.lookback_days}d"
+        return name, [(cid, self._cached(cid, name, now, self.max_refresh_s))
+                      for cid in (key.as_id(), integrity_id(key.model))]  # fmt: skip
+
+    def integrity_violations(
+        self, key: ComparisonKey, context: EvaluationContext, now: datetime, reader: WindowReader | None = None
+    ) -> int:
         """Integrity findings of the model in the policy's lookback (spec 3.2 check 5), from the windows: invalid
         messages, and feature values the feature catalog does not know or types otherwise (spec 5.2).
 
@@ -367,20 +371,18 @@ class Evaluator:
         comparison of the model existed); cached like the other long windows. (The 8.1 rollback trigger counts
         invalid messages only: an ungoverned feature blocks a promotion, it does not roll a model back.)
         """
+        source = reader or self.store
         days = self.policy.shadow.lookback_days
+        name, cached = self._integrity_window(key, now)
         total = 0
-        for cid in (key.as_id(), integrity_id(key.model)):
-            name = f"integrity-{days}d"
-            cached = self._cache.get((cid, name))
-            if cached is not None and timedelta(0) <= now - cached[0] < timedelta(seconds=self.max_refresh_s):
-                total += _findings(cached[1])
-                continue
-            if self.store.meta(cid) is None:
-                continue
-            snap = read_snapshot(self.store, key, name, now + timedelta(seconds=1),  # now's own second too
-                                 self.config, start=now - timedelta(days=days), tests=False, full=False,
-                                 kl_bounds=False, comparison_id=cid)
-            self._cache[(cid, name)] = (now, snap)
+        for cid, snap in cached:
+            if snap is None:
+                if source.meta(cid) is None:
+                    continue
+                snap = read_snapshot(source, key, name, now + timedelta(seconds=1),  # now's own second too
+                                     self.config, start=now - timedelta(days=days), tests=False, full=False,
+                                     kl_bounds=False, comparison_id=cid)  # fmt: skip
+                self._cache[(cid, name)] = (now, snap)
             total += _findings(snap)
         return total
 
@@ -421,7 +423,13 @@ class Evaluator:
         return out
 
     def evaluate(
-        self, key: ComparisonKey, now: datetime | None = None, clock: datetime | None = None, *, flush: bool = False
+        self,
+        key: ComparisonKey,
+        now: datetime | None = None,
+        clock: datetime | None = None,
+        *,
+        flush: bool = False,
+        batch: RoundBatch | None = None,
     ) -> list[GovernanceEvent]:
         """Evaluate ``key`` at event time ``now`` (default: its newest event); return the events.
 
@@ -439,35 +447,152 @@ class Evaluator:
         says the production side is the serving PRODUCTION version, the production checks and triggers
         run too, with their own state, on one comparison per production version (the first by id), so a
         serving version compared with both a shadow and a canary is not rolled back twice.
+
+        ``batch`` (from :meth:`evaluate_many`): the reads, contexts and states fetched ahead for the round; the
+        new states are left in it for the round to store together, instead of being stored here.
         """
-        meta = self.store.meta(key.as_id())
+        reader: WindowReader = batch.reads if batch is not None else self.store
+        meta = reader.meta(key.as_id())
         if meta is None:
             return []
-        first = datetime.fromtimestamp(meta.first_event_ms / 1000, UTC)
-        newest = datetime.fromtimestamp(meta.last_event_ms / 1000, UTC)
         if now is None:
-            now = newest
-        watermark = min(now, newest) - self.close_delay
-        until = None
-        if flush:  # no more events: the minute of the newest one is complete
-            until = datetime.fromtimestamp((math.floor(newest.timestamp()) // 60 + 1) * 60, UTC)
-            watermark = until
+            now = datetime.fromtimestamp(meta.last_event_ms / 1000, UTC)
+        first, watermark, until = self._watermark(meta, now, flush)
+        judged = batch.judged.get(key.as_id()) if batch is not None else None
         events: list[GovernanceEvent] = []
-        for state_id, ctx in self._judged(key, first):
+        puts: dict[str, bytes] = {}
+        for state_id, ctx in judged if judged is not None else self._judged(key, first):
             if ctx.stage_started_at is not None and ctx.stage_started_at > now:
                 # The stage began after the newest event (a transition the stream has not caught up with):
                 # none of its traffic is here yet, so there is nothing to judge, only an empty window.
                 continue
             if ctx.integrity_violations_7d is None:
-                ctx = replace(ctx, integrity_violations_7d=self.integrity_violations(key, ctx, now))
-            raw = self.states.get(state_id)
-            state = EvaluatorState.from_json(raw) if raw else EvaluatorState()
-            closes = self.minute_closes(key, minutes_due(state, watermark, first), now) if watermark >= first else []
-            new_state, produced = evaluate(self.policy, self.snapshots(key, ctx, now), ctx, state, now, closes, clock,
-                                           self.republish_s, until)
-            self.states.put(state_id, new_state.to_json())
+                ctx = replace(ctx, integrity_violations_7d=self.integrity_violations(key, ctx, now, reader))
+            if batch is not None and state_id in batch.states:
+                state = batch.state(state_id)
+            else:
+                raw = self.states.get(state_id)
+                state = EvaluatorState.from_json(raw) if raw else EvaluatorState()
+            ends = minutes_due(state, watermark, first) if watermark >= first else []
+            closes = self.minute_closes(key, ends, now, reader) if ends else []
+            new_state, produced = evaluate(self.policy, self.snapshots(key, ctx, now, reader), ctx, state, now, closes,
+                                           clock, self.republish_s, until)  # fmt: skip
+            puts[state_id] = new_state.to_json()
             events += produced
+        if batch is not None:
+            batch.puts.update(puts)  # only once every side is evaluated: the round stores them with its events
+        else:
+            for state_id, state_bytes in puts.items():
+                self.states.put(state_id, state_bytes)
         return sorted(events, key=lambda event: event.ts)
+
+    def _watermark(
+        self, meta: ComparisonMeta, now: datetime, flush: bool
+    ) -> tuple[datetime, datetime, datetime | None]:
+        """(first event, watermark up to which minutes close, the flush's close limit or None)."""
+        first = datetime.fromtimestamp(meta.first_event_ms / 1000, UTC)
+        newest = datetime.fromtimestamp(meta.last_event_ms / 1000, UTC)
+        watermark = min(now, newest) - self.close_delay
+        until = None
+        if flush:  # no more events: the minute of the newest one is complete
+            until = datetime.fromtimestamp((math.floor(newest.timestamp()) // 60 + 1) * 60, UTC)
+            watermark = until
+        return first, watermark, until
+
+    def evaluate_many(
+        self, jobs: Sequence[Job], metas: Mapping[str, ComparisonMeta | None] | None = None
+    ) -> list[list[GovernanceEvent] | Exception]:
+        """:meth:`evaluate` of each job, with the Redis work of all of them batched; the events or error of each.
+
+        Same results as one :meth:`evaluate` per job, in order (each job's reads come from one consistent
+        state, as they would). Before the evaluations: the metas (``metas``, those fetched by the caller, and
+        the models' pseudo comparisons), every evaluator state (one ``get_many``) and every window read the
+        jobs will make (planned as :meth:`snapshots`, :meth:`minute_closes` and :meth:`integrity_violations`
+        will ask, then ONE :meth:`~streams.state.store.WindowStore.read_batch`); after them, every new state
+        in ONE ``put_many``; with a ``prefetch`` (the worker's lifecycle facts), what the contexts read, in one
+        read before the round. A job whose evaluation raises gets its exception and no state stored; a failing
+        fetch or store raises (InfrastructureError when the server does not answer) and stores no state at all,
+        so nothing of the round is acknowledged and the next round evaluates the jobs again.
+        """
+        if self.prefetch is None:
+            return self._evaluate_many(jobs, metas)
+        # The contexts' lifecycle facts of every job in one read, as they stand when the round begins.
+        self.prefetch.prefetch([job.key for job in jobs])
+        try:
+            return self._evaluate_many(jobs, metas)
+        finally:
+            self.prefetch.clear()
+
+    def _evaluate_many(
+        self, jobs: Sequence[Job], metas: Mapping[str, ComparisonMeta | None] | None
+    ) -> list[list[GovernanceEvent] | Exception]:
+        batch = RoundBatch(ReadAhead(self.store, metas))
+        batch.reads.fetch_metas(job.key.as_id() for job in jobs)
+        plans: list[tuple[Job, ComparisonMeta, datetime]] = []
+        for job in jobs:
+            cid = job.key.as_id()
+            meta = batch.reads.meta(cid)
+            if meta is None:
+                continue
+            now = job.now or datetime.fromtimestamp(meta.last_event_ms / 1000, UTC)
+            first = datetime.fromtimestamp(meta.first_event_ms / 1000, UTC)
+            try:
+                batch.judged[cid] = [(sid, ctx) for sid, ctx in self._judged(job.key, first)
+                                     if ctx.stage_started_at is None or ctx.stage_started_at <= now]  # fmt: skip
+            except Exception:  # noqa: S112 - its evaluate() calls the context again and reports the error
+                continue
+            plans.append((job, meta, now))
+        ids = [sid for sides in batch.judged.values() for sid, _ in sides]
+        batch.states.update(zip(ids, self.states.get_many(ids), strict=True))
+        # The pseudo comparisons' metas (whether their integrity window exists) before the reads. A job whose
+        # planning raises is left to its evaluate(), which raises the same and is reported alone (e.g. an
+        # instant past year 9999): one comparison never stops the round.
+        pseudo: list[str] = []
+        for job, _, now in plans:
+            try:
+                if self._needs_integrity(batch, job.key):
+                    pseudo += [cid for cid, snap in self._integrity_window(job.key, now)[1] if snap is None]
+            except Exception:  # noqa: S112 - see above
+                continue
+        batch.reads.fetch_metas(pseudo)
+        requests: list[ReadRequest] = []
+        for job, meta, now in plans:
+            try:
+                requests += self._requests(batch, job, meta, now)
+            except Exception:  # noqa: S112 - see above
+                continue
+        batch.reads.fetch(requests)
+        results: list[list[GovernanceEvent] | Exception] = []
+        for job in jobs:
+            try:
+                results.append(self.evaluate(job.key, job.now, clock=job.clock, flush=job.flush, batch=batch))
+            except Exception as exc:  # one comparison that cannot be evaluated must not stop the others
+                results.append(exc)
+        self.states.put_many(batch.puts)
+        return results
+
+    def _needs_integrity(self, batch: RoundBatch, key: ComparisonKey) -> bool:
+        return any(ctx.integrity_violations_7d is None for _, ctx in batch.judged.get(key.as_id(), []))
+
+    def _requests(self, batch: RoundBatch, job: Job, meta: ComparisonMeta, now: datetime) -> Iterator[ReadRequest]:
+        """The window reads :meth:`evaluate` will make for ``job`` (what is cached now is not read)."""
+        cid = job.key.as_id()
+        first, watermark, _ = self._watermark(meta, now, job.flush)
+        if self._needs_integrity(batch, job.key):
+            name, cached = self._integrity_window(job.key, now)
+            days = self.policy.shadow.lookback_days
+            for pid, snap in cached:
+                if snap is None and batch.reads.meta(pid) is not None:
+                    yield snapshot_request(pid, name, now + timedelta(seconds=1), now - timedelta(days=days))
+        for state_id, ctx in batch.judged.get(cid, []):
+            state = batch.state(state_id)
+            if watermark >= first:
+                for spans in self._close_reads(cid, minutes_due(state, watermark, first)):
+                    if spans:
+                        yield spans_request(cid, spans, now)[1]
+            for name, start, end, span_s in self._spans(ctx, now):
+                if self._cached(cid, name, now, self._refresh_s(span_s)) is None:
+                    yield snapshot_request(cid, name, end, start)
 
     def _monitors(self, key: ComparisonKey) -> bool:
         """Whether ``key`` is the comparison that monitors its production version (the first by id)."""
@@ -521,24 +646,38 @@ class EvaluationLoop:
         self.wall = wall
         self._last: dict[str, tuple[int, float]] = {}  # comparison -> (event time, clock) of its last evaluation
         self._retry: dict[str, bool] = {}  # comparison -> flush: its last publish failed, evaluate it again
-        self._flushed: dict[str, bool] = {}  # this round: comparison -> whether it was evaluated with flush
         self.states = HeldStates(evaluator.states)
         evaluator.states = self.states  # the loop's evaluator writes states back through it
 
     def round(self, publish: Publish | None = None) -> list[tuple[str, bytes, bytes, GovernanceEvent]]:
-        states = self.states
+        """Evaluate every comparison due (see the class docstring) in one batch; publish its events; the delivered.
+
+        The round's Redis work is a few round trips whatever the number of comparisons: the list of
+        comparisons, their metas, their leases, then :meth:`Evaluator.evaluate_many` (states, window reads),
+        then the new states of the comparisons with nothing to publish in one write, and those of the delivered
+        ones in another. If a batch step fails the round raises and records nothing: no state stored, no
+        event returned, and the next round evaluates the same comparisons again (same events, same ids).
+        """
+        evaluator, states = self.evaluator, self.states
         for cid in states.held():  # a round that stopped before settling: nothing of it counts as delivered
             states.discard(cid)
-        emitted: list[Emission] = []
-        for key in comparison_keys(self.evaluator.store):
+        keys = comparison_keys(evaluator.store)
+        metas = dict(zip((key.as_id() for key in keys), evaluator.store.metas([key.as_id() for key in keys]),
+                         strict=True))  # fmt: skip
+        known = [key for key in keys if metas[key.as_id()] is not None]
+        leased = states.lease_many([key.as_id() for key in known], self.owner, self.lease_s)
+        jobs: list[Job] = []
+        stamps: dict[str, tuple[int, float]] = {}
+        retried: dict[str, bool] = {}
+        for key, granted in zip(known, leased, strict=True):
             cid = key.as_id()
-            meta = self.evaluator.store.meta(cid)
-            if meta is None or not states.lease(cid, self.owner, self.lease_s):
+            meta = metas[cid]
+            if not granted or meta is None:
                 continue
             now_s = math.floor(meta.last_event_ms / 1000)
             last = self._last.get(cid)
             if cid in self._retry:
-                idle = self._retry.pop(cid)
+                idle = retried[cid] = self._retry.pop(cid)
             elif last is not None and now_s <= last[0]:
                 # Event time stands still; labels (or late orphans) may still land in its windows, until
                 # the label horizon has passed its newest event (then nothing can change them).
@@ -546,38 +685,57 @@ class EvaluationLoop:
                     continue
                 if self.wall() - now_s > self.idle_horizon_s:
                     continue
-                self.evaluator.forget(cid)
+                evaluator.forget(cid)
                 idle = True
             else:
                 idle = False
-            self._last[cid] = (now_s, self.clock())
-            try:
-                # Idle: its event time stood still for idle_s of the clock; its stream stopped, so the minute
-                # of its newest event is closed too (flush) rather than waiting for traffic that may not come.
-                events = self.evaluator.evaluate(key, datetime.fromtimestamp(now_s, UTC),
-                                                 clock=datetime.fromtimestamp(self.wall(), UTC), flush=idle)
-            except Exception:  # one comparison that cannot be evaluated must not stop the others
-                log.exception("evaluation of %s at event time %d failed; the other comparisons go on", cid, now_s)
+            stamps[cid] = (now_s, self.clock())
+            # Idle: its event time stood still for idle_s of the clock; its stream stopped, so the minute
+            # of its newest event is closed too (flush) rather than waiting for traffic that may not come.
+            jobs.append(Job(key, datetime.fromtimestamp(now_s, UTC), datetime.fromtimestamp(self.wall(), UTC), idle))
+        try:
+            emitted = self._settle(jobs, evaluator.evaluate_many(jobs, metas), stamps, publish)
+        except Exception:
+            self._retry.update(retried)  # still owed
+            raise
+        self._last.update(stamps)  # only now: a round that raised above is tried again in full
+        return emitted
+
+    def _settle(
+        self, jobs: list[Job], results: list[list[GovernanceEvent] | Exception], stamps: dict[str, tuple[int, float]],
+        publish: Publish | None,
+    ) -> list[tuple[str, bytes, bytes, GovernanceEvent]]:
+        """Publish the round's events; store the states of the comparisons with nothing to publish and of the
+        delivered ones; the others are evaluated again next round."""
+        states = self.states
+        emitted: list[Emission] = []
+        quiet: list[str] = []
+        flushed = {job.key.as_id(): job.flush for job in jobs}
+        for job, result in zip(jobs, results, strict=True):
+            cid = job.key.as_id()
+            if isinstance(result, Exception):
+                log.error("evaluation of %s at event time %d failed; the other comparisons go on", cid,
+                          stamps[cid][0], exc_info=result)  # fmt: skip
                 states.discard(cid)
                 if self.on_error is not None:
                     self.on_error(cid)
                 continue
-            if not events:
-                states.commit(cid)  # nothing to deliver
+            if not result:
+                quiet.append(cid)  # nothing to deliver
                 continue
-            emitted += [Emission(self._topic(e), key.model.encode(), self.sign(e), e, cid) for e in events]
-            self._flushed[cid] = idle
+            emitted += [Emission(self._topic(e), job.key.model.encode(), self.sign(e), e, cid) for e in result]
+        states.commit_many(quiet)
         delivered = {e.comparison for e in emitted} if publish is None or not emitted else publish(emitted)
-        for cid in dict.fromkeys(e.comparison for e in emitted):
+        sent = list(dict.fromkeys(e.comparison for e in emitted))
+        states.commit_many([cid for cid in sent if cid in delivered])
+        for cid in sent:
             if cid in delivered:
-                states.commit(cid)
                 continue
             states.discard(cid)
-            self._retry[cid] = self._flushed.get(cid, False)
+            self._retry[cid] = flushed[cid]
             log.warning("the events of %s were not delivered; it keeps its last state and is evaluated again", cid)
             if self.on_error is not None:
                 self.on_error(cid)
-        self._flushed.clear()
         return [(e.topic, e.key, e.value, e.event) for e in emitted if e.comparison in delivered]
 
     def _topic(self, event: GovernanceEvent) -> str:
