@@ -14,6 +14,7 @@ rules of the policy apply (longest minimum duration, largest minimum sample).
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import re
@@ -116,7 +117,9 @@ def _cadence_s(length_s: int) -> int:
     return max(60, (length_s // 12) // 60 * 60)
 
 
+@functools.lru_cache(maxsize=256)
 def _seconds(name: str) -> int | None:
+    """``1m`` -> 60, ``14d`` -> 1209600; None if not a duration (cached: a round asks ~15 times per comparison)."""
     match = _DURATION.match(name)
     return int(match.group(1)) * _UNIT_S[match.group(2)] if match else None
 
