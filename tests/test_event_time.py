@@ -108,11 +108,8 @@ def test_a_backlog_and_the_live_worker_fire_the_same_rollback_with_the_same_even
     live, backlog = Judge(live_store), Judge(backlog_store)
 
     processor = _processor(live_store)
-    by_second: dict[datetime, list[Record]] = {}
-    for record in records:
-        by_second.setdefault(_ts(record).replace(microsecond=0), []).append(record)
-    for second in sorted(by_second):  # real time: every second's events, then an evaluation
-        processor.process(by_second[second])
+    for _, batch in _by_second(records):  # real time: every second's events, then an evaluation
+        processor.process(batch)
         live.evaluate()
 
     _processor(backlog_store).process(records)  # after an outage: all twelve minutes at once, one evaluation
@@ -146,6 +143,14 @@ def _recent_records() -> tuple[datetime, list[Record]]:
     return start, out
 
 
+def _by_second(records: list[Record]) -> list[tuple[datetime, list[Record]]]:
+    """The records grouped by their event-time second, in order: what a worker that keeps up folds each second."""
+    by_second: dict[datetime, list[Record]] = {}
+    for record in records:
+        by_second.setdefault(_ts(record).replace(microsecond=0), []).append(record)
+    return sorted(by_second.items())
+
+
 def _loop(store: WindowStore, states: EvaluatorStates, newest: list[float]) -> EvaluationLoop:
     # The wall clock just past the newest event, as in a worker that keeps up (the source is fresh).
     return EvaluationLoop(Evaluator(store, POLICY, states), None, {"gates": "g", "rollbacks": "r", "alerts": "a"},
@@ -163,12 +168,9 @@ def test_the_worker_loop_a_backlog_and_replay_reach_the_same_rollback(redis_url:
     newest = [0.0]
     live = _loop(live_store, RedisEvaluatorStates(redis.Redis.from_url(redis_url), redis_prefix), newest)
     processor = _processor(live_store)
-    by_second: dict[datetime, list[Record]] = {}
-    for record in records:
-        by_second.setdefault(_ts(record).replace(microsecond=0), []).append(record)
     live_events: list[GovernanceEvent] = []
-    for second in sorted(by_second):
-        processor.process(by_second[second])
+    for second, batch in _by_second(records):
+        processor.process(batch)
         newest[0] = second.timestamp()
         live_events += [event for _, _, _, event in live.round()]
     live_store.close()
@@ -201,12 +203,9 @@ def test_a_breach_in_the_last_minutes_of_a_stream_that_stops_is_judged_once_it_s
                           {"gates": "g", "rollbacks": "r", "alerts": "a"}, lease_s=5.0, owner="w", idle_s=60.0,
                           clock=lambda: clock[0], wall=lambda: newest[0] + 1.0)
     processor = _processor(store)
-    by_second: dict[datetime, list[Record]] = {}
-    for record in records:
-        by_second.setdefault(_ts(record).replace(microsecond=0), []).append(record)
     live: list[GovernanceEvent] = []
-    for second in sorted(by_second):
-        processor.process(by_second[second])
+    for second, batch in _by_second(records):
+        processor.process(batch)
         newest[0], clock[0] = second.timestamp(), clock[0] + 1.0
         live += [event for _, _, _, event in loop.round()]
     assert _rollbacks(live) == []  # the last failing minutes wait for newer events that do not come
@@ -245,12 +244,9 @@ def test_a_trigger_whose_publish_fails_is_not_marked_fired_and_comes_with_the_sa
         delivered.extend(e.event for e in emissions)
         return {e.comparison for e in emissions}
 
-    by_second: dict[datetime, list[Record]] = {}
-    for record in records:
-        by_second.setdefault(_ts(record).replace(microsecond=0), []).append(record)
     returned: list[GovernanceEvent] = []
-    for second in sorted(by_second):
-        processor.process(by_second[second])
+    for second, batch in _by_second(records):
+        processor.process(batch)
         newest[0] = second.timestamp()
         returned += [event for _, _, _, event in loop.round(broker)]
         if refused and len(refused) < 3:  # while refused, the stored state has not fired

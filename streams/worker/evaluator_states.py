@@ -126,7 +126,7 @@ class HeldStates:
     """Evaluator states written back only once what their evaluation emitted was delivered.
 
     The evaluator reads and writes its states through this; a write is held per comparison until
-    :meth:`commit` (its events were acknowledged by the broker, or it had none) or :meth:`discard` (a publish
+    :meth:`commit_many` (its events were acknowledged by the broker, or it had none) or :meth:`discard` (a publish
     failed: the comparison is evaluated again from its last committed state and emits the same events, with
     the same ids). Otherwise a trigger whose state said "fired" while its event never reached Kafka would be
     lost for good: the next evaluation sees it fired and stays silent.
@@ -164,9 +164,6 @@ class HeldStates:
     def held(self) -> list[str]:
         """Comparisons with states not yet committed or discarded."""
         return list(self._held)
-
-    def commit(self, comparison_id: str) -> None:
-        self.commit_many([comparison_id])
 
     def commit_many(self, comparison_ids: Sequence[str]) -> None:
         """Write the held states of ``comparison_ids`` back, in one ``put_many``."""
