@@ -50,6 +50,7 @@ class FakeConsumer:
         self.pauses = 0
         self.closed = False
         self.fail_commits = 0  # the next n commits raise
+        self.events: list[tuple[str, dict[tuple[str, int], int]]] | None = None  # ("commit", offsets), if set
         self._assigned: list[TopicPartition] | None = None
         self._callbacks: dict[str, Callable[..., Any]] = {}
         self._topics: list[str] = []
@@ -59,10 +60,15 @@ class FakeConsumer:
 
     def put(self, topic: str, partition: int, value: bytes, key: bytes | None = b"k") -> None:
         """Append a message at the partition's next offset."""
+        self.put_many([(topic, partition, value)], key)
+
+    def put_many(self, messages: list[tuple[str, int, bytes]], key: bytes | None = b"k") -> None:
+        """Append (topic, partition, value) messages at once: no ``consume`` sees a part of them."""
         with self._lock:
-            offset = self._offsets.get((topic, partition), 0)
-            self._offsets[(topic, partition)] = offset + 1
-            self.queue.append(FakeMessage(topic, partition, offset, key, value))
+            for topic, partition, value in messages:
+                offset = self._offsets.get((topic, partition), 0)
+                self._offsets[(topic, partition)] = offset + 1
+                self.queue.append(FakeMessage(topic, partition, offset, key, value))
 
     def revoke(self, topic: str, partition: int) -> None:
         self._revoke.append(TopicPartition(topic, partition))
@@ -93,6 +99,8 @@ class FakeConsumer:
             self.fail_commits -= 1
             raise KafkaException(KafkaError(KafkaError._WAIT_COORD, "Commit failed: Local: Waiting for coordinator"))
         self.commits.append([(tp.topic, tp.partition, tp.offset) for tp in offsets])
+        if self.events is not None:
+            self.events.append(("commit", {(tp.topic, tp.partition): tp.offset for tp in offsets}))
         for tp in offsets:
             self.committed[(tp.topic, tp.partition)] = tp.offset
         return offsets

@@ -19,7 +19,7 @@ from shadowgate.traffic import TrafficSpec, generate
 from streams.state.memory_store import MemoryWindowStore
 from streams.state.store import FencedState, SlotBatch
 from streams.worker.deadletters import DeadLetterSink
-from streams.worker.ingest import Ingest, IngestConfig
+from streams.worker.ingest import Ingest, IngestConfig, Pipeline
 from streams.worker.processor import BatchOutcome, Processor
 from streams.worker.reading import read_windows
 from streams.worker.telemetry import WorkerMetrics
@@ -46,10 +46,12 @@ class FlakyStore(MemoryWindowStore):
 
 
 class Loop:
-    """An ingest loop over fakes, run in a thread."""
+    """An ingest loop over fakes, run in a thread; ``pipelined``: each batch folded while the one before it is
+    applied (as the worker runs it), else each batch done whole."""
 
-    def __init__(self, partitions: int = 2, **config: Any) -> None:
-        self.consumer, self.producer, self.store = FakeConsumer(partitions), FakeProducer(), FlakyStore()
+    def __init__(self, partitions: int = 2, *, pipelined: bool = True, store: FlakyStore | None = None,
+                 **config: Any) -> None:  # fmt: skip
+        self.consumer, self.producer, self.store = FakeConsumer(partitions), FakeProducer(), store or FlakyStore()
         self.metrics = WorkerMetrics()
         self.processor = Processor(self.store, scores_topic=SCORES, labels_topic=LABELS, fence_name="f")
         self.sink = DeadLetterSink(self.producer, DLQ, 1.0, on_reference=lambda d, why: self.references.append(why))
@@ -60,10 +62,14 @@ class Loop:
         self.ingest = Ingest(self._next_consumer, IngestConfig(topics=(SCORES, LABELS), **{
             "batch_within_s": 0.01, "backoff_s": 0.01, "backoff_max_s": 0.02, **config}),
             lambda records: self.processor.process(records, self.sink.deliver), self._revoke, self.metrics,
-            observers=[self.outcomes.append])  # fmt: skip
+            observers=[self.outcomes.append], pipeline=self._pipeline() if pipelined else None)  # fmt: skip
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run)
         self.error: BaseException | None = None
+
+    def _pipeline(self) -> Pipeline:
+        p = self.processor
+        return Pipeline(p.fold, lambda folded: p.apply(folded, self.sink.deliver), p.settle, p.discard)
 
     def _next_consumer(self) -> FakeConsumer:
         return self.consumers.pop(0)
@@ -93,22 +99,25 @@ class Loop:
         return sum(o.records for o in self.outcomes)
 
 
-def _pairs(n: int, partitions: int = 2) -> Iterator[tuple[int, bytes]]:
-    spec = TrafficSpec(pairs=n, start=datetime.now(UTC) - timedelta(minutes=5), rate_per_s=10, label_share=0.0)
+def _pairs(n: int, partitions: int = 2, seed: int = 7) -> Iterator[tuple[int, bytes]]:
+    spec = TrafficSpec(pairs=n, start=datetime.now(UTC) - timedelta(minutes=5), rate_per_s=10, label_share=0.0,
+                       seed=seed)  # fmt: skip
     for i, event in enumerate(generate(spec)):
         event.pop("kind")
         yield (i // 2) % partitions, orjson.dumps(event)
 
 
-def _feed(loop: Loop, n: int = 50, invalid: Sequence[bytes] = ()) -> int:
-    count = 0
-    for partition, raw in _pairs(n):
-        loop.consumer.put(SCORES, partition, raw)
-        count += 1
-    for raw in invalid:
-        loop.consumer.put(SCORES, 0, raw)
-        count += 1
-    return count
+def _feed(loop: Loop, n: int = 50, invalid: Sequence[bytes] = (), seed: int = 7) -> int:
+    """Put ``n`` pairs (two score events each, request ids of ``seed``) and ``invalid`` at once; their count."""
+    messages = [(SCORES, partition, raw) for partition, raw in _pairs(n, seed=seed)]
+    messages += [(SCORES, 0, raw) for raw in invalid]
+    loop.consumer.put_many(messages)
+    return len(messages)
+
+
+@pytest.fixture(params=[True, False], ids=["pipelined", "serial"])
+def pipelined(request: pytest.FixtureRequest) -> bool:
+    return bool(request.param)
 
 
 def _samples(store: MemoryWindowStore) -> int:
@@ -116,8 +125,8 @@ def _samples(store: MemoryWindowStore) -> int:
     return int(doc["comparisons"][0]["windows"]["24h"]["sample_count"]) if doc["comparisons"] else 0
 
 
-def test_a_batch_whose_apply_fails_is_tried_again_paused_and_committed_only_once_applied() -> None:
-    loop = Loop()
+def test_a_batch_whose_apply_fails_is_tried_again_paused_and_committed_only_once_applied(pipelined: bool) -> None:
+    loop = Loop(pipelined=pipelined)
     loop.store.failures = 3
     with loop:
         sent = _feed(loop)
@@ -128,8 +137,8 @@ def test_a_batch_whose_apply_fails_is_tried_again_paused_and_committed_only_once
     assert _samples(loop.store) == 50 and loop.store.applies == 1
 
 
-def test_dead_letters_not_acknowledged_hold_the_apply_and_the_commit() -> None:
-    loop = Loop()
+def test_dead_letters_not_acknowledged_hold_the_apply_and_the_commit(pipelined: bool) -> None:
+    loop = Loop(pipelined=pipelined)
     loop.producer.down = True
     with loop:
         sent = _feed(loop, invalid=[b"not json"])
@@ -142,8 +151,8 @@ def test_dead_letters_not_acknowledged_hold_the_apply_and_the_commit() -> None:
     assert _samples(loop.store) == 50 and len(loop.consumer.commits) == 1
 
 
-def test_a_failed_commit_is_tried_again_without_applying_twice() -> None:
-    loop = Loop()
+def test_a_failed_commit_is_tried_again_without_applying_twice(pipelined: bool) -> None:
+    loop = Loop(pipelined=pipelined)
     loop.consumer.fail_commits = 2
     with loop:
         sent = _feed(loop)
@@ -152,8 +161,8 @@ def test_a_failed_commit_is_tried_again_without_applying_twice() -> None:
     assert loop.store.applies == 1 and _samples(loop.store) == 50
 
 
-def test_a_batch_stuck_past_the_limit_is_unready_then_ready_once_done() -> None:
-    loop = Loop(unready_after_s=0.2)
+def test_a_batch_stuck_past_the_limit_is_unready_then_ready_once_done(pipelined: bool) -> None:
+    loop = Loop(unready_after_s=0.2, pipelined=pipelined)
     loop.store.failures = 10**6
     with loop:
         _feed(loop)
@@ -164,8 +173,8 @@ def test_a_batch_stuck_past_the_limit_is_unready_then_ready_once_done() -> None:
     assert _samples(loop.store) == 50 and not loop.consumer.paused
 
 
-def test_a_partition_revoked_while_its_batch_fails_is_given_up_and_the_rest_resumes() -> None:
-    loop = Loop()
+def test_a_partition_revoked_while_its_batch_fails_is_given_up_and_the_rest_resumes(pipelined: bool) -> None:
+    loop = Loop(pipelined=pipelined)
     loop.store.failures = 10**6
     with loop:
         _feed(loop)
@@ -179,8 +188,8 @@ def test_a_partition_revoked_while_its_batch_fails_is_given_up_and_the_rest_resu
     assert _samples(loop.store) == 25
 
 
-def test_a_dead_letter_the_broker_refuses_is_replaced_by_its_reference() -> None:
-    loop = Loop()
+def test_a_dead_letter_the_broker_refuses_is_replaced_by_its_reference(pipelined: bool) -> None:
+    loop = Loop(pipelined=pipelined)
     big = b'{"model":"fraud-risk","pad":"' + b"x" * 5000 + b'"}'
     loop.producer.refuse = lambda value: KafkaError.MSG_SIZE_TOO_LARGE if value == big else None
     with loop:
@@ -205,14 +214,14 @@ class _Fatal:
         return KafkaError(KafkaError._FATAL, "Fatal error: Broker: Static consumer fenced by other consumer")
 
 
-def test_a_consumer_failed_for_good_is_replaced_once_and_twice_means_a_twin() -> None:
-    loop = Loop()
+def test_a_consumer_failed_for_good_is_replaced_once_and_twice_means_a_twin(pipelined: bool) -> None:
+    loop = Loop(pipelined=pipelined)
     loop.consumers = [_FatalConsumer(), loop.consumer]
     with loop:
         sent = _feed(loop)
         wait_for(lambda: loop.records() >= sent, 30, "the new consumer to do the batch")
     assert loop.error is None and _samples(loop.store) == 50
-    twins = Loop()
+    twins = Loop(pipelined=pipelined)
     twins.consumers = [_FatalConsumer(), _FatalConsumer()]
     with twins:
         twins.thread.join(30)
@@ -294,3 +303,131 @@ def test_records_of_a_partition_revoked_while_a_backlog_is_taken_are_left_out_of
     batch = ingest._next_batch()  # noqa: SLF001 - calls 1 and 2 take 8 records, call 3 revokes partition 0
     assert consumer.calls >= 3
     assert [(r.partition, r.offset) for r in batch] == [(1, offset) for offset in range(6)]
+
+
+# -- the pipeline: a batch folded while the one before it is applied -------------------------------------------
+
+
+class GatedStore(FlakyStore):
+    """Holds its first apply until ``gate`` is set, then applies, raises (``failures``) or refuses (``refusals``,
+    as when another worker moved a fence); logs ("apply", next offset of each topic/partition) it applied."""
+
+    def __init__(self, events: list[tuple[str, dict[tuple[str, int], int]]]) -> None:
+        super().__init__()
+        self.events = events
+        self.entered, self.gate = threading.Event(), threading.Event()
+        self.refusals = 0
+
+    def apply_many(self, batch: SlotBatch, parts: Sequence[FencedState]) -> bool:
+        self.entered.set()
+        assert self.gate.wait(30)
+        if self.refusals:
+            self.refusals -= 1
+            return False
+        applied = super().apply_many(batch, parts)
+        offsets = {(topic, part.fence.partition): offset for part in parts
+                   for topic, offset in orjson.loads(part.checkpoint)["offsets"].items()}  # fmt: skip
+        self.events.append(("apply", offsets))
+        return applied
+
+
+def _gated(**loop: Any) -> tuple[Loop, GatedStore, list[tuple[str, dict[tuple[str, int], int]]]]:
+    events: list[tuple[str, dict[tuple[str, int], int]]] = []
+    store = GatedStore(events)
+    built = Loop(store=store, **loop)
+    built.folds: list[int] = []  # type: ignore[misc]
+    fold = built.processor.fold
+    built.ingest._pipeline = Pipeline(  # noqa: SLF001 - the worker's pipeline, its folds counted
+        lambda records: (built.folds.append(len(records)), fold(records))[1],
+        lambda folded: built.processor.apply(folded, built.sink.deliver), built.processor.settle,
+        built.processor.discard,
+    )
+    built.consumer.events = events
+    return built, store, events
+
+
+def _committed_only_what_was_applied(events: list[tuple[str, dict[tuple[str, int], int]]]) -> None:
+    """Every commit names offsets already applied (the fence's checkpoint), never ahead of them."""
+    applied: dict[tuple[str, int], int] = {}
+    for kind, offsets in events:
+        if kind == "apply":
+            applied.update(offsets)
+        elif kind == "commit":
+            assert all(offset <= applied.get(tp, 0) for tp, offset in offsets.items()), (offsets, applied)
+
+
+def test_the_next_batch_is_folded_while_one_is_applied_and_each_is_committed_after_its_apply() -> None:
+    loop, store, events = _gated()
+    first = _feed(loop, 50, seed=1)
+    with loop:
+        assert store.entered.wait(30)  # the first batch's apply holds
+        second = _feed(loop, 50, seed=2)
+        wait_for(lambda: loop.folds == [first, second], 30, "the second batch folded while the first is applied")
+        assert loop.consumer.commits == [] and store.applies == 0
+        store.gate.set()
+        wait_for(lambda: loop.records() >= first + second, 30, "both batches done")
+    assert [kind for kind, _ in events].count("apply") == 2 and store.applies == 2
+    _committed_only_what_was_applied(events)
+    assert loop.consumer.committed == {(SCORES, 0): 100, (SCORES, 1): 100}
+    assert _samples(store) == 100 and [o.pairs for o in loop.outcomes] == [50, 50]
+
+
+def test_when_the_apply_in_flight_fails_the_batch_folded_on_it_is_done_again_and_none_counts_twice() -> None:
+    loop, store, events = _gated()
+    store.failures = 1
+    first = _feed(loop, 50, seed=1)
+    with loop:
+        assert store.entered.wait(30)
+        second = _feed(loop, 50, seed=2)
+        wait_for(lambda: len(loop.folds) == 2, 30, "the second batch folded on the first")
+        store.gate.set()  # the first apply raises
+        wait_for(lambda: loop.records() >= first + second, 30, "both batches done")
+    assert loop.retries("apply") == 1 and loop.consumer.pauses >= 1 and not loop.consumer.paused
+    _committed_only_what_was_applied(events)
+    assert loop.consumer.committed == {(SCORES, 0): 100, (SCORES, 1): 100}
+    assert _samples(store) == 100 and sum(o.pairs for o in loop.outcomes) == 100
+
+
+def test_when_a_fence_refuses_the_apply_in_flight_both_batches_are_redone_from_the_stored_state() -> None:
+    loop, store, events = _gated()
+    store.refusals = 1
+    first = _feed(loop, 50, seed=1)
+    with loop:
+        assert store.entered.wait(30)
+        second = _feed(loop, 50, seed=2)
+        wait_for(lambda: len(loop.folds) == 2, 30, "the second batch folded on the first")
+        store.gate.set()
+        wait_for(lambda: loop.records() >= first + second, 30, "both batches done")
+    assert loop.retries("apply") == 0  # another worker's move is no failure: redone at once
+    _committed_only_what_was_applied(events)
+    assert _samples(store) == 100 and sum(o.pairs for o in loop.outcomes) == 100
+
+
+class _RevokeInFlight(FakeConsumer):
+    """Revokes scores partition 1 in the first ``consume`` after ``store``'s apply began."""
+
+    def __init__(self, store: GatedStore) -> None:
+        super().__init__(2)
+        self.store, self.asked = store, threading.Event()
+
+    def consume(self, num_messages: int = 1, timeout: float = -1) -> list[Any]:
+        if self.store.entered.is_set() and not self.asked.is_set():
+            self.asked.set()
+            self.revoke(SCORES, 1)
+        return super().consume(num_messages, timeout)
+
+
+def test_a_batch_in_flight_when_its_partition_is_revoked_is_committed_before_the_revocation_returns() -> None:
+    loop, store, events = _gated()
+    loop.consumer = loop.consumers[0] = _RevokeInFlight(store)
+    loop.consumer.events = events
+    revoke = loop.ingest._revoke  # noqa: SLF001
+    loop.ingest._revoke = lambda partitions: (events.append(("revoke", {})), revoke(partitions))[1]  # noqa: SLF001
+    first = _feed(loop, 50, seed=1)
+    with loop:
+        assert loop.consumer.asked.wait(30)
+        store.gate.set()
+        wait_for(lambda: loop.records() >= first, 30, "the batch done")
+        wait_for(lambda: 1 in loop.revoked, 30, "the revocation")
+    assert [kind for kind, _ in events] == ["apply", "commit", "revoke"]
+    assert loop.consumer.committed == {(SCORES, 0): 50, (SCORES, 1): 50} and _samples(store) == 50

@@ -31,7 +31,7 @@ from streams.state.memory_store import MemoryWindowStore
 from streams.state.redis_store import RedisWindowStore
 from streams.state.store import FencedState, SlotBatch, WindowStore
 from streams.state.windows import DAY_S
-from streams.worker.processor import Processor, integrity_id
+from streams.worker.processor import BatchOutcome, Processor, integrity_id
 
 SCORES, LABELS = "scores", "labels"
 PARTITIONS = 2
@@ -168,7 +168,7 @@ class TestExactlyOnce:
         reference = _single_pass(new_store, stream)
         assert reference[SHADOW_ID]["n"] == 600 and reference[SHADOW_ID]["nl"] == 600
         store = new_store()
-        processor = _processor(store)
+        processor = _processor(store, fold_threads=data.draw(st.sampled_from([1, 3])))
         cuts = sorted(set(data.draw(st.lists(st.integers(1, len(stream) - 1), max_size=12))))
         for batch in _batches(stream, cuts):
             processor.process(batch)
@@ -252,6 +252,45 @@ def test_a_batch_of_several_partitions_is_one_apply(stream: list[Record]) -> Non
     # One apply per batch, carrying the fence of every partition the batch touched.
     assert calls == [sorted({r.partition for r in batch}) for batch in batches]
     assert any(len(parts) > 1 for parts in calls)
+    assert _fields(store) == _single_pass(MemoryWindowStore, stream)
+
+
+def test_partitions_folded_in_parallel_give_what_one_thread_gives(stream: list[Record]) -> None:
+    junk = [Record(SCORES, p, 10_000 + p, None, b"not json") for p in range(PARTITIONS)]
+    batches = _batches(stream + junk, list(range(250, len(stream), 250)))
+    results = []
+    for threads in (1, PARTITIONS):
+        store = MemoryWindowStore()
+        processor = _processor(store, fold_threads=threads)
+        outcomes = [processor.process(batch) for batch in batches]
+        processor.close()
+        results.append((
+            _fields(store), [(o.pairs, o.labeled_pairs, o.orphans, o.watermark_s) for o in outcomes],
+            [(d.record.partition, d.record.offset, d.reason) for o in outcomes for d in o.dead_letters],
+        ))  # fmt: skip
+    assert results[0] == results[1]
+    assert results[0][0] == _single_pass(MemoryWindowStore, stream)  # the junk counts as violations only
+    assert len(results[0][2]) == PARTITIONS
+
+
+def test_a_fold_that_raises_in_one_partition_drops_every_partition_of_the_batch(stream: list[Record]) -> None:
+    store = MemoryWindowStore()
+    processor = _processor(store, fold_threads=PARTITIONS)
+    processor.process(stream[:200])
+    before = _fields(store)
+    original = processor._fold_partition  # white-box: a bug in one partition's fold
+
+    def failing(state: Any, records: list[Record], batch: SlotBatch, outcome: BatchOutcome) -> None:
+        if records[0].partition == 1:
+            raise RuntimeError("a bug")
+        original(state, records, batch, outcome)
+
+    processor._fold_partition = failing  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="a bug"):
+        processor.process(stream[200:400])
+    assert processor._states == {} and _fields(store) == before  # nothing applied, nothing kept ahead
+    processor._fold_partition = original  # type: ignore[method-assign]
+    processor.process(stream[200:])
     assert _fields(store) == _single_pass(MemoryWindowStore, stream)
 
 

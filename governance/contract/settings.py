@@ -234,6 +234,11 @@ class Settings(BaseSettings):
         20_000, gt=0, description="most records in one batch of the worker (a backlog is taken in consume() "
         "calls of 2,000 up to this or 32 MiB); each batch costs one Redis apply and one synchronous commit"
     )
+    fold_threads: int = Field(
+        default_factory=lambda: min(4, os.cpu_count() or 1), ge=1, le=64, description="partitions of one "
+        "batch the worker folds at once (decoding, pairing and the label join run in the native core without "
+        "the GIL); default: the cores, at most 4"
+    )
     retry_backoff_s: float = Field(
         0.25, gt=0, description="first delay before a failed batch is tried again; it doubles per attempt"
     )

@@ -169,6 +169,16 @@ class SlotBatch:
         old = self.meta.get(comparison_id)
         self.meta[comparison_id] = new if old is None else old.merge(new)
 
+    def merge(self, other: SlotBatch) -> None:
+        """Add every increment and meta of ``other`` (the batch of another partition) to this one."""
+        for key, fields in other.increments.items():
+            target = self.increments.setdefault(key, {})
+            for name, value in fields.items():
+                target[name] = target.get(name, 0) + value
+        for cid, meta in other.meta.items():
+            old = self.meta.get(cid)
+            self.meta[cid] = meta if old is None else old.merge(meta)
+
     def validate(self) -> None:
         """Raise StoreError naming the first bad comparison id, slot, field or value."""
         for (cid, gran, start_s), fields in self.increments.items():

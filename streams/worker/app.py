@@ -49,7 +49,7 @@ from streams.worker.clients import WorkerClients, consumer_config, dead_letter_c
 from streams.worker.deadletters import DeadLetterSink
 from streams.worker.evaluator_states import RedisEvaluatorStates
 from streams.worker.health import Health
-from streams.worker.ingest import Ingest, IngestConfig
+from streams.worker.ingest import Ingest, IngestConfig, Pipeline
 from streams.worker.lifecycle_view import RoundFacts, lifecycle_context, production_monitor
 from streams.worker.processor import BatchOutcome, Processor
 from streams.worker.rounds import Emission, EvaluationLoop, Evaluator, default_context
@@ -121,16 +121,18 @@ def create_app(
                           on_reference=lambda _dead, _why: metrics.dead_letter_references.inc())  # fmt: skip
     consumer = consumer_config(settings)
     observers: list[Callable[[BatchOutcome], None]] = []
+    pipeline = Pipeline(processor.fold, lambda folded: processor.apply(folded, sink.deliver), processor.settle,
+                        processor.discard)  # fmt: skip
     ingest = Ingest(lambda: clients.consumer(consumer), _ingest_config(settings),
                     lambda records: processor.process(records, sink.deliver), processor.revoke, metrics,
-                    observers=observers)  # fmt: skip
+                    observers=observers, pipeline=pipeline)  # fmt: skip
     admin = clients.admin(kafka_config(kafka_connection(settings)))
     health = Health(ingest.status, clients.redis.ping, lambda: kafka_answers(admin, settings.topics.scores),
                     keys_loaded=signer is not None)  # fmt: skip
     metrics.watch(lambda: ingest.status().batch_age_s, lambda: health.ready()[0])
     handle = WorkerHandle(app, processor, store, metrics, evaluator, ingest, sink, health)
     handle.outcomes = observers
-    handle.closers += [clients.redis.close, store.close]
+    handle.closers += [clients.redis.close, store.close, processor.close]
     _evaluation_timer(handle, settings, signer)
     # Faust starts (and stops) an instance given here as it does a class (``App._prepare_subservice``).
     app.service(cast(Any, _IngestThread(ingest, app)))
@@ -181,6 +183,7 @@ def _processor(settings: Settings, store: WindowStore, config: AggregateConfig) 
         label_horizon_s=settings.label_horizon_s,
         max_message_bytes=settings.max_message_bytes,
         bounds=EventTimeBounds(settings.max_event_lead_s, settings.max_event_lag_s),
+        fold_threads=settings.fold_threads,
     )
 
 

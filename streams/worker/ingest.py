@@ -8,12 +8,19 @@ underneath the Faust application shell, and drives the processor::
                      │                          ▼          (consume() meanwhile: membership kept, rebalances served)
                      └──────── commit(offsets, sync) ◄─────  then the SAME batch again, never the next one
 
+With a :class:`Pipeline` (the worker's) the steps of two batches overlap: the ingest thread folds batch n+1
+(``Pipeline.fold``) while the applier thread delivers batch n's dead letters and applies it
+(``Pipeline.apply``); once batch n is applied, batch n+1's apply starts and batch n is committed. If batch
+n's apply failed (or a fence refused it), the in-memory state of both batches' partitions is dropped and the
+two are done again whole by ``process``, as above, that failure counted as their first try.
+
 Guarantees:
 
-* A batch's offsets are committed only after its fenced apply succeeded and its dead letters were
-  acknowledged (the processor delivers them before the apply). Nothing is skipped: a failing batch is tried
-  again until it is done, or until its partitions are revoked (their next owner reads them again from the
-  committed offset). The fence makes every retry and every redelivery harmless.
+* A batch's offsets are committed only after its fenced apply succeeded and its dead letters were acknowledged
+  (the processor delivers them before the apply), by this thread (the only user of the consumer); a revocation
+  first waits for the batch in flight and commits it. Nothing is skipped: a failing batch is tried again until
+  it is done, or until its partitions are revoked (their next owner reads them again from the committed
+  offset). The fence makes every retry and every redelivery harmless.
 * A failure pauses every assigned partition (nothing more is fetched) and the batch is tried again with
   exponential backoff (``SHADOWGATE_RETRY_BACKOFF_S`` doubling up to ``SHADOWGATE_RETRY_BACKOFF_MAX_S``),
   each try logged and counted (``shadowgate_batch_retries{stage}``). A batch not done after
@@ -35,6 +42,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -45,7 +53,7 @@ from governance.errors import DeliveryError, InfrastructureError
 from streams.decode.records import BatchOutcome
 from streams.worker.telemetry import WorkerMetrics
 
-__all__ = ["ConsumerLike", "Ingest", "IngestConfig", "IngestStatus"]
+__all__ = ["ConsumerLike", "Ingest", "IngestConfig", "IngestStatus", "Pipeline"]
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +83,10 @@ def _is_fatal(err: KafkaError) -> bool:
     return bool(err.fatal()) or err.code() == KafkaError._FATAL
 
 
+#: While a batch is applied and nothing more is fetched: how long each look for the next batch waits.
+_WHILE_APPLIED_S = 0.005
+
+
 class _ConsumerFailed(Exception):
     """The consumer failed for good (a librdkafka fatal error): only a new one can go on."""
 
@@ -87,6 +99,37 @@ class _NoConsumer:
 
     def __getattr__(self, name: str) -> Any:
         raise RuntimeError(f"no consumer yet ({name})")
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """A batch in steps, so that the next batch is folded while this one is applied (see the module doc).
+
+    ``fold`` runs in the ingest thread and advances the in-memory state as if the batch were applied;
+    ``apply`` (dead letters, then the fenced apply) runs in the applier thread and touches nothing ``fold``
+    does; False means a fence refused. ``settle`` gives the outcome of an applied batch; ``discard`` drops the
+    in-memory state of partitions whose folds were not applied (reloaded from the store when next needed)."""
+
+    fold: Callable[[list[Record]], Any]
+    apply: Callable[[Any], bool]
+    settle: Callable[[Any], BatchOutcome]
+    discard: Callable[[Iterable[int]], None]
+
+
+@dataclass
+class _InFlight:
+    """A folded batch whose apply runs in the applier thread."""
+
+    pipeline: Pipeline
+    records: list[Record]
+    folded: Any
+    partitions: set[int]
+    applied: Future[bool]
+    since: float
+
+
+class _Refused(Exception):
+    """A fence refused a pipelined apply: another worker moved it (redone from the stored state)."""
 
 
 @dataclass(frozen=True)
@@ -140,8 +183,11 @@ class Ingest:
         observers: Sequence[Callable[[BatchOutcome], None]] = (),
         clock: Callable[[], float] = time.monotonic,
         refence_window_s: float = 60.0,
+        pipeline: Pipeline | None = None,
     ) -> None:
-        """``consumer`` makes a new consumer (one at start, another after one failed for good)."""
+        """``consumer`` makes a new consumer (one at start, another after one failed for good). With a
+        ``pipeline`` each batch is folded while the one before it is applied (``process`` does a batch whole:
+        after a failure, and without a pipeline)."""
         self._new_consumer = consumer
         self._consumer: ConsumerLike = _NoConsumer()
         self._refence_window_s = refence_window_s
@@ -164,6 +210,10 @@ class Ingest:
         self._failures = 0
         self._last_error: str | None = None
         self._fatal: str | None = None
+        self._pipeline = pipeline
+        self._inflight: _InFlight | None = None
+        # The applier thread (started at the first apply, ended with run()).
+        self._applier = ThreadPoolExecutor(1, thread_name_prefix="shadowgate-apply")
 
     # -- the thread ---------------------------------------------------------------------------------------
 
@@ -185,18 +235,27 @@ class Ingest:
             raise
         finally:
             self._running = False
+            self._applier.shutdown()
 
     def _consume(self, stop: threading.Event) -> None:
         self._consumer.subscribe(
             list(self.config.topics), on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
         )
-        while not stop.is_set():
-            polled = self._next_batch()  # first: a rebalance in it may drop held records
-            records, self._held = self._held + polled, []
-            if records:
-                self._complete(records, stop)
+        try:
+            while not stop.is_set():
+                # First: a rebalance in it may drop held records. While a batch is applied, only what is fetched.
+                polled = self._next_batch(wait=self._inflight is None)
+                records, self._held = self._held + polled, []
+                if records and self._pipeline is not None:
+                    self._overlap(self._pipeline, records, stop)
+                elif records:
+                    self._complete(records, stop)
+                else:
+                    self._land(stop)
+        finally:
+            self._land_now()
 
-    def _next_batch(self) -> list[Record]:
+    def _next_batch(self, *, wait: bool = True) -> list[Record]:
         """What is fetched already, at once (a backlog is never kept waiting), up to ``batch_max_records`` and
         ``batch_max_bytes``; when nothing is, the first record to arrive within ``batch_within_s`` and what is
         fetched with it. Never a wait to fill a batch: ``consume`` waits out its timeout to fill one, which
@@ -204,10 +263,18 @@ class Ingest:
         pairs/s). Under load the batches grow by themselves: what arrives while one is processed is the next.
         Each batch costs a Redis apply and a synchronous commit whatever its size (~30 ms on a loaded
         machine), so a backlog is taken in several ``consume`` calls of ``batch_chunk_records``: single-event
-        messages in batches of one call (2,000 records, 1,000 pairs) spent most of their time there."""
+        messages in batches of one call (2,000 records, 1,000 pairs) spent most of their time there. While a
+        batch is applied, the next is taken as soon as its first record is fetched (``wait`` False: none once
+        the apply is done)."""
         records = self._take([])
         if records:
             return records
+        inflight = self._inflight
+        while inflight is not None and not inflight.applied.done():  # the next batch, or the apply done: first
+            if first := self._poll(_WHILE_APPLIED_S, 1):
+                return self._take(first)
+        if not wait:
+            return []
         first = self._poll(self.config.batch_within_s, 1)
         return self._take(first) if first else []
 
@@ -252,7 +319,9 @@ class Ingest:
             log.warning("closing the consumer: %s", exc)
 
     def status(self) -> IngestStatus:
-        since = self._batch_since
+        inflight = self._inflight
+        started = [t for t in (self._batch_since, inflight.since if inflight else None) if t is not None]
+        since = min(started) if started else None
         age = 0.0 if since is None else max(0.0, self._clock() - since)
         return IngestStatus(
             running=self._running, joined=self._joined, partitions=len(self._partitions), paused=self._paused,
@@ -260,14 +329,92 @@ class Ingest:
             stuck=age > self.config.unready_after_s, fatal=self._fatal,
         )  # fmt: skip
 
+    # -- one batch, overlapped with the next ----------------------------------------------------------------
+
+    def _overlap(self, pipeline: Pipeline, records: list[Record], stop: threading.Event) -> None:
+        """Fold ``records`` while the batch in flight is applied; once that one is, apply these and commit it.
+        If the one in flight was not applied, both are done again whole (:meth:`_complete`), its failure
+        counted as their first try: the fold of ``records`` went on from its unapplied state."""
+        since = self._clock()
+        partitions = {r.partition for r in records}
+        try:
+            folded, failure = pipeline.fold(records), None
+        except Exception as exc:  # the fold dropped the states it advanced
+            folded, failure = None, ("apply", exc)
+        before, self._inflight = self._inflight, None
+        if before is not None and (lost := self._landed(before)) is not None:
+            pipeline.discard(before.partitions | partitions)
+            self._complete(before.records + records, stop, first=lost)
+            return
+        if folded is None:
+            if before is not None:
+                self._commit_landed(before, stop)
+            self._complete(records, stop, first=failure)
+            return
+        applied = self._applier.submit(pipeline.apply, folded)
+        self._inflight = _InFlight(pipeline, records, folded, partitions, applied, since)
+        if before is not None:
+            self._commit_landed(before, stop)
+
+    def _landed(self, inflight: _InFlight) -> tuple[str, Exception] | None:
+        """Wait for the apply of ``inflight``: None once applied, else the failure (stage, exception)."""
+        try:
+            if inflight.applied.result():
+                return None
+            return "apply", _Refused("a fence moved (another worker)")
+        except Exception as exc:
+            return ("dead_letters" if isinstance(exc, DeliveryError) else "apply"), exc
+
+    def _commit_landed(self, inflight: _InFlight, stop: threading.Event) -> None:
+        self._complete(inflight.records, stop, outcome=inflight.pipeline.settle(inflight.folded))
+
+    def _land(self, stop: threading.Event) -> None:
+        """Nothing more fetched: finish the batch in flight (commit it, or do it again whole if it failed)."""
+        inflight, self._inflight = self._inflight, None
+        if inflight is None:
+            return
+        if (lost := self._landed(inflight)) is None:
+            self._commit_landed(inflight, stop)
+        else:
+            inflight.pipeline.discard(inflight.partitions)
+            self._complete(inflight.records, stop, first=lost)
+
+    def _land_now(self) -> None:
+        """Finish the batch in flight without waiting for retries (stopping, a rebalance, a failed consumer):
+        commit it once if it was applied, else hold its records for the next batch (its failure counted)."""
+        inflight, self._inflight = self._inflight, None
+        if inflight is None:
+            return
+        lost = self._landed(inflight)
+        if lost is not None:
+            inflight.pipeline.discard(inflight.partitions)
+            self._count_failure(*lost)
+            self._held = inflight.records + self._held
+            return
+        outcome = inflight.pipeline.settle(inflight.folded)
+        if not self._broken:
+            try:
+                self._commit(inflight.records)
+            except Exception as exc:  # noqa: BLE001 - applied; the fence skips what is delivered again
+                self._count_failure("commit", exc)
+        self._done(outcome)
+
     # -- one batch ----------------------------------------------------------------------------------------
 
-    def _complete(self, records: list[Record], stop: threading.Event) -> None:
-        """Process and commit ``records``, trying again until done, revoked or stopped."""
+    def _complete(
+        self, records: list[Record], stop: threading.Event, *, outcome: BatchOutcome | None = None,
+        first: tuple[str, Exception] | None = None,
+    ) -> None:
+        """Process and commit ``records`` (only commit them when their ``outcome`` is known), trying again
+        until done, revoked or stopped; ``first``: the failure of a try already made (counted, then waited
+        out, unless a fence refused: that batch is redone at once)."""
         self._batch_since = self._clock()
         self._lost.clear()
-        outcome: BatchOutcome | None = None
         try:
+            if first is not None and not isinstance(first[1], _Refused):
+                self._failed(*first, stop)
+            elif first is not None:
+                log.warning("%s: redoing the batch from the stored state", first[1])
             while not stop.is_set():
                 records = self._owned(records)
                 if not records:
@@ -301,13 +448,16 @@ class Ingest:
         self._failures += 1
         self._last_error = f"{stage}: {type(exc).__name__}: {exc}"
         delay = self.config.backoff(self._failures)
-        self._metrics.batch_retries.labels(stage=stage).inc()
-        log.warning("batch of %s failed at %s (try %d): %s: %s; trying the same batch again in %.2f s",
-                    "+".join(self.config.topics), stage, self._failures, type(exc).__name__, exc, delay)  # fmt: skip
+        self._count_failure(stage, exc, f"trying the same batch again in {delay:.2f} s")
         self._pause()
         deadline = self._clock() + delay
         while not stop.is_set() and (left := deadline - self._clock()) > 0:
             self._held += self._poll(min(left, 0.5))
+
+    def _count_failure(self, stage: str, exc: Exception, then: str = "its records are read again") -> None:
+        self._metrics.batch_retries.labels(stage=stage).inc()
+        log.warning("batch of %s failed at %s (try %d): %s: %s; %s", "+".join(self.config.topics), stage,
+                    max(self._failures, 1), type(exc).__name__, exc, then)  # fmt: skip
 
     def _done(self, outcome: BatchOutcome) -> None:
         if self._failures:
@@ -389,6 +539,7 @@ class Ingest:
             consumer.resume(partitions)
 
     def _on_revoke(self, consumer: Any, partitions: list[TopicPartition], event: str = "revoked") -> None:
+        self._land_now()  # its offsets committed (or its records held) while its partitions are still ours
         gone = {(tp.topic, tp.partition) for tp in partitions}
         self._revoked_meanwhile |= gone
         if self._paused and not self._broken:

@@ -50,6 +50,8 @@ import math
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
+from concurrent.futures import ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -84,7 +86,7 @@ from streams.state.statelog import StateLog, pack_log
 from streams.state.store import NO_FENCE, Fence, FencedState, FenceState, SlotBatch, WindowStore
 from streams.state.windows import slots_for
 
-__all__ = ["INTEGRITY_ROLE", "BatchOutcome", "DeadLetter", "Deliver", "Processor", "Record", "integrity_id"]
+__all__ = ["INTEGRITY_ROLE", "BatchOutcome", "DeadLetter", "Deliver", "Folded", "Processor", "Record", "integrity_id"]
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +95,22 @@ _MAX_RETRIES = 5
 FloatArray = npt.NDArray[np.float64]
 #: Stores a batch's dead letters elsewhere (the dead-letter topic) before its apply; raises if it cannot.
 Deliver = Callable[[list[DeadLetter]], None]
+
+
+@dataclass
+class Folded:
+    """A batch folded by :meth:`Processor.fold`, to be applied by :meth:`Processor.apply`."""
+
+    records: int
+    by_partition: dict[int, list[Record]]
+    batch: SlotBatch = field(default_factory=SlotBatch)
+    fenced: list[FencedState] = field(default_factory=list)
+    parts: list[BatchOutcome] = field(default_factory=list)
+
+    @property
+    def partitions(self) -> list[int]:
+        """The partitions whose in-memory states this batch advanced."""
+        return list(self.by_partition)
 
 
 class _PartitionState:
@@ -142,10 +160,13 @@ class Processor:
         native: bool | None = None,
         bounds: EventTimeBounds | None = None,
         clock: Callable[[], float] = time.time,
+        fold_threads: int = 1,
     ) -> None:
         """``native``: the native core's joins (True), the Python reference's (False), or the native ones
         when the core is built (None, with a warning when it is not). ``bounds``: event time admitted
-        around ``clock()`` (read once per batch; None: any, for tools and tests on fixed dates)."""
+        around ``clock()`` (read once per batch; None: any, for tools and tests on fixed dates).
+        ``fold_threads``: partitions of one batch folded at once (the native core's decoding, joins and
+        state records run without the GIL, so two threads use two cores)."""
         self.store = store
         self.scores_topic = scores_topic
         self.labels_topic = labels_topic
@@ -164,6 +185,15 @@ class Processor:
         self._window: TimeWindow | None = None  # the bounds at the clock of the batch being processed
         self._states: dict[int, _PartitionState] = {}
         self._joins = select(native)
+        self._fold_pool = (
+            ThreadPoolExecutor(fold_threads, thread_name_prefix="shadowgate-fold") if fold_threads > 1 else None
+        )
+
+    def close(self) -> None:
+        """End the fold threads (the processor folds on in this thread if used again)."""
+        pool, self._fold_pool = self._fold_pool, None
+        if pool is not None:
+            pool.shutdown()
 
     @property
     def native(self) -> bool:
@@ -232,8 +262,7 @@ class Processor:
 
     def revoke(self, partitions: Iterable[int]) -> None:
         """Forget the state of partitions this worker no longer owns (reloaded from the store if back)."""
-        for partition in partitions:
-            self._states.pop(partition, None)
+        self.discard(partitions)
 
     def pending(self) -> dict[int, tuple[int, int]]:
         """Per partition: (half-pairs remembered, pairs waiting for labels)."""
@@ -254,47 +283,88 @@ class Processor:
         it returns they are stored elsewhere (the broker acknowledged them), when it raises nothing is
         applied and the exception propagates as any failure does. So a dead letter is never lost to a
         crash between the apply and its delivery (after a crash it may be delivered twice).
+
+        The same in three steps, for a caller that folds the next batch while this one is applied:
+        :meth:`fold`, :meth:`apply` (touches only the folded batch and the store), :meth:`settle`.
         """
-        outcome = BatchOutcome(records=len(records))
+        folded = self.fold(records)
+        try:
+            applied = self.apply(folded, deliver)
+        except BaseException:
+            self.discard(folded.partitions)
+            raise
+        if applied:
+            return self.settle(folded)
+        self.discard(folded.partitions)
+        outcome = BatchOutcome(records=len(records), retries=1)
+        log.warning("a fence of %s moved (another worker): redoing the batch per partition", self.fence_name)
+        for partition, part_records in sorted(folded.by_partition.items()):
+            self._process_partition(partition, part_records, outcome, deliver)
+        return outcome
+
+    def fold(self, records: Sequence[Record]) -> Folded:
+        """Decode, join and fold ``records`` into one apply, advancing the partitions' in-memory states as if
+        it were applied: the next batch may be folded on top of it before it is. If it is then not applied
+        (:meth:`apply` raised or returned False), :meth:`discard` every partition of it and of what was folded
+        after it: their states are reloaded from the store when next needed."""
         self._window = None if self._bounds is None else self._bounds.window(self._clock())
         by_partition: dict[int, list[Record]] = defaultdict(list)
         for record in records:
             by_partition[record.partition].append(record)
-        if self._apply_together(by_partition, outcome, deliver):
-            return outcome
-        for partition, part_records in sorted(by_partition.items()):
-            self._process_partition(partition, part_records, outcome, deliver)
+        folded = Folded(len(records), by_partition)
+        try:
+            work = [(partition, self._states.get(partition) or self._load(partition), part_records)
+                    for partition, part_records in sorted(by_partition.items())]  # fmt: skip
+            pool = self._fold_pool
+            if pool is None or len(work) < 2:
+                done = [self._fold_one(*item) for item in work]
+            else:
+                futures = [pool.submit(self._fold_one, *item) for item in work]
+                wait(futures)  # all of them, before a failure drops their states
+                done = [future.result() for future in futures]
+        except BaseException:
+            # A failure mid-fold: the in-memory states may be ahead of the store.
+            self.discard(by_partition)
+            raise
+        for fenced, part, batch in done:
+            if fenced is not None:
+                folded.fenced.append(fenced)
+            folded.parts.append(part)
+            if not folded.batch.increments and not folded.batch.meta:
+                folded.batch = batch
+            else:
+                folded.batch.merge(batch)
+        return folded
+
+    def _fold_one(
+        self, partition: int, state: _PartitionState, records: list[Record]
+    ) -> tuple[FencedState | None, BatchOutcome, SlotBatch]:
+        """One partition's part of :meth:`fold` (partitions may be folded in parallel: each has its own
+        state and batch)."""
+        batch = SlotBatch()
+        fenced, part = self._fold_fresh(state, partition, records, batch)
+        if fenced is not None:
+            state.stored_offset = fenced.fence.offset  # what the store holds once this is applied
+        return fenced, part, batch
+
+    def apply(self, folded: Folded, deliver: Deliver | None = None) -> bool:
+        """Deliver the dead letters of ``folded``, then apply it in one atomic step; False if a fence refused
+        (nothing applied). Reads no in-memory state: it may run in another thread while the next is folded."""
+        if deliver is not None:
+            deliver([dead for part in folded.parts for dead in part.dead_letters])
+        return not folded.fenced or self.store.apply_many(folded.batch, folded.fenced)
+
+    def settle(self, folded: Folded) -> BatchOutcome:
+        """The outcome of ``folded``, once applied."""
+        outcome = BatchOutcome(records=folded.records)
+        for part in folded.parts:
+            outcome.absorb(part)
         return outcome
 
-    def _apply_together(
-        self, by_partition: dict[int, list[Record]], outcome: BatchOutcome, deliver: Deliver | None
-    ) -> bool:
-        batch = SlotBatch()
-        done: list[tuple[_PartitionState, FencedState | None, BatchOutcome]] = []
-        try:
-            for partition, records in sorted(by_partition.items()):
-                state = self._states.get(partition) or self._load(partition)
-                done.append((state, *self._fold_fresh(state, partition, records, batch)))
-            if deliver is not None:
-                deliver([dead for _, _, part in done for dead in part.dead_letters])
-            parts = [fenced for _, fenced, _ in done if fenced is not None]
-            applied = not parts or self.store.apply_many(batch, parts)
-        except BaseException:
-            # Apply outcome unknown, or a failure mid-fold: the in-memory states may be ahead of the store.
-            for partition in by_partition:
-                self._states.pop(partition, None)
-            raise
-        if not applied:
-            for partition in by_partition:
-                self._states.pop(partition, None)
-            outcome.retries += 1
-            log.warning("a fence of %s moved (another worker): redoing the batch per partition", self.fence_name)
-            return False
-        for state, fenced, part in done:
-            if fenced is not None:
-                state.stored_offset = fenced.fence.offset
-            outcome.absorb(part)
-        return True
+    def discard(self, partitions: Iterable[int]) -> None:
+        """Drop the in-memory states of ``partitions`` (ahead of the store): reloaded when next needed."""
+        for partition in partitions:
+            self._states.pop(partition, None)
 
     def _process_partition(
         self, partition: int, records: list[Record], outcome: BatchOutcome, deliver: Deliver | None
@@ -349,8 +419,9 @@ class Processor:
         if not fresh:
             return None, part
         self._fold_partition(state, fresh, batch, part)
-        for record in fresh:
-            state.next_offsets[record.topic] = max(state.next_offsets.get(record.topic, 0), record.offset + 1)
+        for topic in {r.topic for r in fresh}:
+            last = max([r.offset for r in fresh if r.topic == topic])
+            state.next_offsets[topic] = max(state.next_offsets.get(topic, 0), last + 1)
         fence = Fence(self.fence_name, partition, state.fence_offset(), state.stored_offset)
         return FencedState(fence, self._checkpoint(state), self._state_record(state)), part
 

@@ -337,17 +337,23 @@ impl Pairs {
     /// names in order of first appearance; rows without the feature add nothing.
     fn feature_arrays<'py>(&self, py: Python<'py>, i: usize, side: &str) -> PyResult<Bound<'py, PyDict>> {
         let c = self.0.get(i).map_err(value_error)?;
+        let features = c.features(self::side(side)?);
+        // The columns are built without the GIL (another partition's fold may run meanwhile).
+        let columns = py.allow_threads(|| {
+            block::feature_arrays(features)
+                .into_iter()
+                .map(|column| {
+                    let rows: Vec<u8> = column.rows.iter().flat_map(|r| r.to_le_bytes()).collect();
+                    let codes: Vec<u8> = column.codes.iter().flat_map(|c| c.to_le_bytes()).collect();
+                    (column.name, rows, column.numbers, codes, column.strings)
+                })
+                .collect::<Vec<_>>()
+        });
         let out = PyDict::new_bound(py);
-        for column in block::feature_arrays(c.features(self::side(side)?)) {
-            let rows: Vec<u8> = column.rows.iter().flat_map(|r| r.to_le_bytes()).collect();
-            let codes: Vec<u8> = column.codes.iter().flat_map(|c| c.to_le_bytes()).collect();
-            let arrays = (
-                PyBytes::new_bound(py, &rows),
-                f64_bytes(py, &column.numbers),
-                PyBytes::new_bound(py, &codes),
-                column.strings,
-            );
-            out.set_item(column.name, arrays)?;
+        for (name, rows, numbers, codes, strings) in columns {
+            let arrays =
+                (PyBytes::new_bound(py, &rows), f64_bytes(py, &numbers), PyBytes::new_bound(py, &codes), strings);
+            out.set_item(name, arrays)?;
         }
         Ok(out)
     }

@@ -124,9 +124,13 @@ impl NativePairer {
 
     /// The same delta as one state log record, every key under `prefix` (`streams/joinstate.py`).
     fn state_delta_blob<'py>(&mut self, py: Python<'py>, prefix: &str) -> Bound<'py, PyBytes> {
-        let mut sink = BlobSink::new(prefix);
-        self.0.delta_into(&mut sink);
-        PyBytes::new_bound(py, &sink.finish())
+        let inner = &mut self.0;
+        let blob = py.allow_threads(|| {
+            let mut sink = BlobSink::new(prefix);
+            inner.delta_into(&mut sink);
+            sink.finish()
+        });
+        PyBytes::new_bound(py, &blob)
     }
 
     /// The whole state as entries (items in seq order, then the meta entry): `Pairer.entries`.
@@ -138,9 +142,13 @@ impl NativePairer {
 
     /// The whole state as one state log record of upserts, every key under `prefix`.
     fn entries_blob<'py>(&mut self, py: Python<'py>, prefix: &str) -> Bound<'py, PyBytes> {
-        let mut sink = BlobSink::new(prefix);
-        self.0.entries_into(&mut sink);
-        PyBytes::new_bound(py, &sink.finish())
+        let inner = &mut self.0;
+        let blob = py.allow_threads(|| {
+            let mut sink = BlobSink::new(prefix);
+            inner.entries_into(&mut sink);
+            sink.finish()
+        });
+        PyBytes::new_bound(py, &blob)
     }
 
     /// Replace the whole state by `entries` (the meta entry `"m"` already read by the caller: its
