@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--comparisons", type=int, default=1000)
-    parser.add_argument("--rounds", type=int, default=6 if quick else 30)
+    parser.add_argument("--rounds", type=int, default=6 if quick else 90)
     # 14 days at one pair every 10 s (0 skips the fill).
     parser.add_argument("--fill-pairs", type=int, default=20_160 if quick else 120_960)
     parser.add_argument("--stage-age-s", type=float, default=7200.0,

@@ -340,3 +340,49 @@ def test_a_round_prefetches_what_its_contexts_read_and_drops_it_after_even_when_
     with pytest.raises(InfrastructureError):
         loop.round()
     assert recorder.calls[2:] == [("prefetch", every), ("clear", [])]
+
+
+def test_a_window_only_the_triggers_read_is_re_read_once_a_minute_with_the_newest_event_time_current(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The 1 m trigger window at the rolling evaluation serves the source's freshness only (the triggers judge
+    the minute closes): it is read once per minute of event time, at a phase of each comparison's own, and the
+    snapshot the policy sees carries the comparison's newest event time at every evaluation."""
+    import streams.worker.rounds as rounds_module
+
+    store = MemoryWindowStore()
+    policy = load_policy(None)
+    evaluator = Evaluator(store, policy, MemoryEvaluatorStates(), default_context(policy))
+    reads: dict[str, list[float]] = {}
+    seen: list[tuple[datetime | None, datetime]] = []
+    read_snapshot, evaluate = rounds_module.read_snapshot, rounds_module.evaluate
+
+    def counting_read(reader: Any, key: ComparisonKey, name: str, end: datetime, *args: Any, **kw: Any) -> Any:
+        if name == "1m":
+            reads.setdefault(key.as_id(), []).append(end.timestamp())
+        return read_snapshot(reader, key, name, end, *args, **kw)
+
+    def watching(policy: Any, snapshots: dict[str, WindowSnapshot], ctx: EvaluationContext, *rest: Any) -> Any:
+        meta = store.meta(ctx.key.as_id())
+        assert meta is not None
+        seen.append((snapshots["1m"].latest_event_ts, datetime.fromtimestamp(meta.last_event_ms / 1000, UTC)))
+        return evaluate(policy, snapshots, ctx, *rest)
+
+    monkeypatch.setattr(rounds_module, "read_snapshot", counting_read)
+    monkeypatch.setattr(rounds_module, "evaluate", watching)
+    feed = _Feed(store)
+    traffic = _traffic(240)
+    evaluations = 0
+    for second in range(240):
+        begin = START + timedelta(seconds=second)
+        feed.fold([e for e in traffic if begin <= e["ts"] < begin + timedelta(seconds=1)])
+        for key in comparison_keys(store):
+            evaluator.evaluate(key)
+            evaluations += 1
+    assert evaluations >= 4 * 230 and len(seen) == evaluations
+    assert all(latest == newest for latest, newest in seen)  # never the cached read's own, older, newest event
+    for cid, instants in reads.items():
+        assert 4 <= len(instants) <= 5, cid  # 240 s of event time: the first read and one per minute after
+        assert all(b - a >= 59 for a, b in zip(instants[1:], instants[2:], strict=False)), cid
+    phases = {int(instants[1]) % 60 for instants in reads.values()}
+    assert len(phases) > 1  # the fleet's re-reads are spread over the minute, not all in one round

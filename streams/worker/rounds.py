@@ -19,6 +19,7 @@ import logging
 import math
 import re
 import time
+import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -74,6 +75,8 @@ log = logging.getLogger(__name__)
 _DURATION = re.compile(r"^(\d+)([smhd])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _DAY_S = 86400
+#: How often (s of event time) a window only the rollback triggers name is re-read for the rolling evaluation.
+TRIGGER_WINDOW_REFRESH_S = 60.0
 
 
 #: Sends a round's emissions; returns the comparisons all of whose emissions the broker acknowledged.
@@ -106,6 +109,14 @@ def default_context(policy: Policy, model_type: str | None = None) -> ContextSou
                                  model_type=kind, integrity_violations_7d=None, escalations_7d=0)
 
     return context
+
+
+def _newest(snapshot: WindowSnapshot, meta: ComparisonMeta | None) -> WindowSnapshot:
+    """``snapshot`` (a cached read) with the comparison's newest event time as it is now."""
+    if meta is None:
+        return snapshot
+    latest = datetime.fromtimestamp(meta.last_event_ms / 1000, UTC)
+    return snapshot if snapshot.latest_event_ts == latest else replace(snapshot, latest_event_ts=latest)
 
 
 def _findings(snapshot: WindowSnapshot) -> int:
@@ -199,9 +210,9 @@ class Evaluator:
         self._closes: dict[tuple[str, str], tuple[datetime, WindowSnapshot]] = {}  # the last read at a cadence
 
     def _refresh_s(self, length_s: float) -> float:
-        # Windows of up to two minutes (the rollback triggers' 1 m windows) are read at every evaluation:
-        # a breach must be seen at once. A longer window moves little in a short time: it is re-read
-        # at 1/60 of its length (1 h: every minute), at most every max_refresh_s.
+        # Windows of up to two minutes are read at every evaluation (the rollback triggers' 1 m windows are
+        # not: see _reusable). A longer window moves little in a short time: it is re-read at 1/60 of its
+        # length (1 h: every minute), at most every max_refresh_s.
         if length_s <= 120.0:
             return 0.0
         return min(length_s / 60.0, self.max_refresh_s)
@@ -214,6 +225,26 @@ class Evaluator:
                                   if isinstance(trigger, dict) and isinstance(trigger.get("window"), str)]  # fmt: skip
             self._triggers_of = self.policy
         return self._trigger_list
+
+    def _reusable(self, cid: str, name: str, now: datetime, span_s: float) -> WindowSnapshot | None:
+        """The cached read of window ``name`` of ``cid`` if it may stand in at ``now``. A window only the rollback
+        triggers name serves only the source's freshness and the evidence of SOURCE_UNHEALTHY (the triggers
+        judge the minute closes, :meth:`minute_closes`): it is re-read once per ``TRIGGER_WINDOW_REFRESH_S`` of
+        event time (or its own refresh, if longer), at a phase of its own so a fleet's re-reads are spread over
+        the rounds, and its newest event time is kept current from the comparison's meta (:meth:`snapshots`)."""
+        if name not in self._trigger_only():
+            return self._cached(cid, name, now, self._refresh_s(span_s))
+        cached = self._cache.get((cid, name))
+        if cached is None or now < cached[0]:
+            return None
+        period = max(self._refresh_s(span_s), TRIGGER_WINDOW_REFRESH_S)
+        phase = zlib.crc32(cid.encode()) % int(period)
+        return cached[1] if (cached[0].timestamp() + phase) // period == (now.timestamp() + phase) // period else None
+
+    def _trigger_only(self) -> set[str]:
+        """The windows that only rollback triggers read (not the stage's, nor production's)."""
+        w = self.policy.windows
+        return {window for _, window in self._triggers()} - {w.stage, w.production}
 
     def _lite_windows(self, context: EvaluationContext) -> set[str]:
         """Windows read only by triggers that need no ranking metric (no calibration slope)."""
@@ -276,10 +307,11 @@ class Evaluator:
         ``reader``: where the reads go (default the store; a round's :class:`ReadAhead`)."""
         out: dict[str, WindowSnapshot] = {}
         cid = key.as_id()
+        trigger_only = self._trigger_only()
         for name, start, end, span_s in self._spans(context, now):
-            cached = self._cached(cid, name, now, self._refresh_s(span_s))
+            cached = self._reusable(cid, name, now, span_s)
             if cached is not None:
-                out[name] = cached
+                out[name] = _newest(cached, (reader or self.store).meta(cid)) if name in trigger_only else cached
                 continue
             tests = name == self.policy.windows.stage
             full = name not in self._lite_windows(context)
@@ -594,7 +626,7 @@ class Evaluator:
                     if spans:
                         yield spans_request(cid, spans, now)[1]
             for name, start, end, span_s in self._spans(ctx, now):
-                if self._cached(cid, name, now, self._refresh_s(span_s)) is None:
+                if self._reusable(cid, name, now, span_s) is None:
                     yield snapshot_request(cid, name, end, start)
 
     def _monitors(self, key: ComparisonKey) -> bool:
