@@ -8,19 +8,23 @@ throwaway Redis prefix. The bench feeds it real-time traffic: every 50 ms (the S
 pairs due at the target rate, ``ts`` = now, production ``1.4.0`` and one shadow candidate per request, two
 features, as one ``ScoreBatch`` envelope per partition (both sides of a request in the same envelope).
 
-Trial: a fresh candidate version (a fresh comparison, so a fresh trigger state) gets ``--warm-s`` plus a
-random 0-5 s of normal traffic (P99 latency ~50 ms; the random part puts the breach at a random phase of
-the worker's timers), then its latency becomes 2,000 ms, which breaches the P99-latency rollback trigger
+Trial: a fresh candidate version (a fresh comparison, so a fresh trigger state) gets at least ``--warm-s`` of
+normal traffic (P99 latency ~50 ms), more until the breach falls at its phase of the minute (the triggers
+judge whole minutes of event time, so where in its minute a breach starts decides how long it waits: trial
+``k`` of ``n`` breaches at a random point of the ``k``-th ``n``-th of the minute, so the trials cover every
+phase), then its latency becomes 2,000 ms, which breaches the P99-latency rollback trigger
 (``> 1000 ms`` on the 1 m window, no sustain, action immediate). The clock starts when the first
 breaching envelope is handed to ``produce()`` (and, reported beside it, when the broker acknowledged it)
 and stops when a consumer of the rollbacks topic receives that candidate's ``RollbackTrigger``; traffic
 keeps flowing meanwhile. Every received record is verified against the worker's trust store
 (``governance.contract.publishing.decode_signed_event``). The record's ``signed_at`` and the event time it was
 evaluated at (its ``ts``) split the time into: breach to evaluated event time, evaluated event time to
-signature, signature to consumer. A trial with no trigger within 240 s counts as infinitely slow in the
-percentiles (nearest rank), with what the worker did publish for it and its late trigger, if any.
+signature, signature to consumer; and the time from the end of the minute that completed the evidence (the
+trigger's ``ts``) to the consumer, the part that is not waiting for the minute. A trial with no trigger within
+240 s counts as infinitely slow in the percentiles (nearest rank), with what the worker did publish for it and
+its late trigger, if any.
 
-Rates: ``--trials`` trials at 1,000 pairs/s; then the rate steps up (``--step-rates``, ``--step-s`` each,
+Rates: ``--base-trials`` trials at 1,000 pairs/s; then the rate steps up (``--step-rates``, ``--step-s`` each,
 a fresh candidate per step) while the worker keeps up: a step is sustained when the producer reached
 95 % of the rate and the worker's newest folded event time is within 2 s of the wall clock at the end of
 the step, no further behind than at its middle (+0.5 s). Then ``--trials`` trials at half the highest
@@ -73,7 +77,7 @@ BASE_RATE = 1000.0
 STEP_RATES = (2000, 3000, 4000, 6000, 8000, 11000, 15000, 20000, 27000, 36000, 48000, 64000)
 # A breach is judged when its event-time minute closes: up to a minute + SHADOWGATE_MINUTE_CLOSE_S.
 TRIAL_TIMEOUT_S = 240.0
-JITTER_S = 5.0
+MINUTE_S = 60.0
 TARGET_P99_S = 5.0  # issue 5
 TARGET_FRESH_P99_S = 0.25  # issue 17
 COUNTRIES = ("DE", "FR", "US", "GB", "NL")
@@ -302,9 +306,10 @@ def _trials(feed: Feed, listener: Listener, rate: float, trials: int, warm_s: fl
     for k in range(trials):
         candidate = f"{tag}-{k}"
         feed.set(candidate, rate)
-        # A random extra 0-5 s puts the breach at a random phase of the worker's 1 s evaluation timer and
-        # of its 5 s re-read of the 1 m window (Evaluator._refresh_s), as in production.
-        warm = warm_s + float(feed.rng.uniform(0.0, JITTER_S))
+        # The breach at a random point of the k-th of `trials` equal parts of the minute (the triggers judge
+        # whole minutes of event time: the phase decides the wait), stratified so the trials cover the minute.
+        phase = (k + float(feed.rng.uniform())) / trials * MINUTE_S
+        warm = warm_s + (phase - (time.time() + warm_s)) % MINUTE_S
         feed.run(warm)
         feed.set(candidate, rate, breach=True)
         found: list[tuple[float, bytes]] = []
@@ -333,6 +338,7 @@ def _trials(feed: Feed, listener: Listener, rate: float, trials: int, warm_s: fl
                     "detect_s": round(signed_at - produced, 3), "deliver_s": round(received - signed_at, 3),
                     "evaluated_event_time_s": round(evaluated_at - produced, 3),
                     "signed_after_event_time_s": round(signed_at - evaluated_at, 3),
+                    "after_minute_end_s": round(received - evaluated_at, 3),
                     "record": value.decode()})  # fmt: skip
         print(f"  {rate:>6,.0f} pairs/s trial {k + 1}: {received - produced:.2f} s", flush=True)
     return out
@@ -391,7 +397,10 @@ def _summary(rate: float, trials: list[dict[str, Any]], verified: int, cpu: dict
         "from_ack_p99_s": pct("from_ack_s", 99), "detect_p50_s": pct("detect_s", 50),
         "deliver_p50_s": pct("deliver_s", 50),
         "breach_to_evaluated_p50_s": pct("evaluated_event_time_s", 50),
-        "evaluated_to_signed_p50_s": pct("signed_after_event_time_s", 50), "cpu_s": cpu,
+        "evaluated_to_signed_p50_s": pct("signed_after_event_time_s", 50),
+        "after_minute_end_p50_s": pct("after_minute_end_s", 50),
+        "after_minute_end_p99_s": pct("after_minute_end_s", 99),
+        "cpu_s": cpu,
         "latencies_s": [t["latency_s"] for t in fired],
     }  # fmt: skip
 
@@ -421,8 +430,10 @@ def _verify(h: Harness, trials: list[dict[str, Any]]) -> int:
 
 
 def run(
-    bootstrap: str, redis_url: str, trials: int, warm_s: float, rates: list[float], step_s: float
+    bootstrap: str, redis_url: str, trials: int, warm_s: float, rates: list[float], step_s: float,
+    base_trials: int | None = None,
 ) -> dict[str, Any]:
+    """``trials`` at half the highest sustained rate, ``base_trials`` (default ``trials``) at 1,000 pairs/s."""
     pids = server_pids()
     h = Harness(bootstrap, redis_url)
     phases: list[dict[str, Any]] = []
@@ -448,7 +459,8 @@ def run(
             if fresh is not None:
                 fresh.start()
             with cpu_meter({"worker": proc.pid, **pids}) as cpu:
-                done = _trials(feed, listener, rate, trials, warm_s, f"{tag}{rate:.0f}")
+                count = trials if tag == "half" else (base_trials or trials)
+                done = _trials(feed, listener, rate, count, warm_s, f"{tag}{rate:.0f}")
             phase: dict[str, Any] = {"done": done, "rate": rate, "cpu": cpu, "tag": tag}
             if fresh is not None:
                 fresh.stopping.set()
@@ -486,6 +498,7 @@ def run(
         "trigger": {"metric": "p99_latency_ms", "window": "1m", "threshold_ms": 1000, "sustain_s": 0,
                     "breach_latency_ms": BREACH_LATENCY_MS},
         "method": {"warm_s": warm_s, "tick_s": TICK_S, "partitions": h.partitions, "trials": trials,
+                   "base_trials": base_trials or trials,
                    "step_s": step_s},
         "step_up": steps,
         "max_sustained_rate": max(sustained) if sustained else None,
@@ -523,19 +536,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--bootstrap", default="127.0.0.1:9092")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
-    parser.add_argument("--trials", type=int, default=4 if quick else 12, help="trials per rate")
+    parser.add_argument("--trials", type=int, default=4 if quick else 8,
+                        help="trials at half the highest sustained rate (each about a minute)")
+    parser.add_argument("--base-trials", type=int, default=2 if quick else 4, help="trials at 1,000 pairs/s")
     parser.add_argument(
         "--warm-s",
         type=float,
         default=1.5,
-        help="normal traffic of each candidate before it breaches (plus 0-5 s at random)",
+        help="normal traffic of each candidate before it breaches (then more, to its phase of the minute)",
     )
     parser.add_argument("--step-rates", default=",".join(map(str, STEP_RATES)), help="'' = only 1,000 pairs/s")
     parser.add_argument("--step-s", type=float, default=3.0 if quick else 5.0)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     rates = [float(r) for r in args.step_rates.split(",") if r.strip()]
-    report = run(args.bootstrap, args.redis_url, args.trials, args.warm_s, rates, args.step_s)
+    report = run(args.bootstrap, args.redis_url, args.trials, args.warm_s, rates, args.step_s, args.base_trials)
     _table(report)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

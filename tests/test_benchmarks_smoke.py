@@ -121,6 +121,8 @@ def test_rollback_at_half_the_sustained_rate_fires_verified_triggers_and_sees_ev
     assert set(phases) == {"base", "half"}
     for result in phases.values():
         assert result["fired"] == result["verified"] == 1
+        # The trigger is stamped with the end of the minute that holds the breach: after the breach was produced.
+        assert 0 < result["after_minute_end_p99_s"] <= result["p99_s"]
     fresh = phases["half"]["freshness"]
     assert fresh["probes"] >= 1 and fresh["not_seen_10s"] == 0
 
