@@ -386,3 +386,52 @@ def test_a_window_only_the_triggers_read_is_re_read_once_a_minute_with_the_newes
         assert all(b - a >= 59 for a, b in zip(instants[1:], instants[2:], strict=False)), cid
     phases = {int(instants[1]) % 60 for instants in reads.values()}
     assert len(phases) > 1  # the fleet's re-reads are spread over the minute, not all in one round
+
+
+def test_a_long_trigger_window_is_re_read_once_a_cadence_at_its_comparisons_own_phase() -> None:
+    """The 1 h window every 5 minutes and the 1 d window every 2 hours of event time, each at instants of the
+    comparison's own phase, so a fleet's day windows are not all read in one round; at every minute close the
+    window standing is the last one read at or before it, less than a cadence old."""
+    policy = load_policy(None)
+    evaluator = Evaluator(MemoryWindowStore(), policy, MemoryEvaluatorStates(), default_context(policy))
+    hour0 = START.replace(minute=0) - timedelta(hours=7)
+    ends = [hour0 + timedelta(minutes=m) for m in range(1, 7 * 60 + 1)]
+    cadence = {"1m": timedelta(minutes=1), "1h": timedelta(minutes=5), "1d": timedelta(hours=2)}
+    length = {"1m": timedelta(minutes=1), "1h": timedelta(hours=1), "1d": timedelta(days=1)}
+    phases: dict[str, set[int]] = {"1h": set(), "1d": set()}
+    for i in range(60):
+        cid = ComparisonKey(f"m{i}", "1", "2", "shadow").as_id()
+        standing: dict[str, datetime] = {}
+        read_at: dict[str, list[datetime]] = {name: [] for name in cadence}
+        for end, spans in zip(ends, evaluator._close_reads(cid, ends), strict=True):  # noqa: SLF001
+            for name, (start, at) in spans.items():
+                assert at - start == length[name]
+                standing[name] = at
+                read_at[name].append(at)
+            for name, every in cadence.items():
+                assert end - every < standing[name] <= end, (cid, name, end)
+        for name, every in cadence.items():
+            steps = {b - a for a, b in zip(read_at[name][1:], read_at[name][2:], strict=False)}
+            assert steps == {every}, (cid, name, steps)
+        for name in phases:
+            phases[name].add(int(read_at[name][1].timestamp()) % int(cadence[name].total_seconds()))
+    assert len(phases["1h"]) == 5 and len(phases["1d"]) > 20  # spread over the cadence's minutes
+
+
+def test_a_minute_closes_its_close_delay_after_its_end_plus_the_comparisons_own_share_of_a_fifteenth() -> None:
+    """The comparisons of a fleet pass each minute's end together; their closes spread over up to 4 s of the
+    default 60 s delay, each at an offset of its own id (the same in a replay)."""
+    policy = load_policy(None)
+    evaluator = Evaluator(MemoryWindowStore(), policy, MemoryEvaluatorStates(), default_context(policy))
+    newest = START + timedelta(minutes=3, seconds=30)
+    meta = ComparisonMeta("m", int(START.timestamp() * 1000), int(newest.timestamp() * 1000))
+    delays = []
+    for i in range(200):
+        cid = ComparisonKey(f"m{i}", "1", "2", "shadow").as_id()
+        _, watermark, until = evaluator._watermark(cid, meta, newest, flush=False)  # noqa: SLF001
+        assert until is None and watermark == evaluator._watermark(cid, meta, newest, flush=False)[1]  # noqa: SLF001
+        delays.append((newest - watermark).total_seconds())
+    assert all(60.0 <= d < 64.0 for d in delays)
+    assert max(delays) - min(delays) > 3.0 and len(set(delays)) > 150
+    _, flushed, until = evaluator._watermark("x", meta, newest, flush=True)  # noqa: SLF001
+    assert flushed == until == START + timedelta(minutes=4)  # a stream that stopped closes its last minute at once

@@ -128,6 +128,13 @@ def _cadence_s(length_s: int) -> int:
     return max(60, (length_s // 12) // 60 * 60)
 
 
+def _phase_s(comparison_id: str, cadence_s: int) -> int:
+    """The comparison's own offset (whole minutes, below ``cadence_s``) of the instants its windows are re-read
+    at: a function of its id only, so live, backlog and replay agree, and a fleet's re-reads of a long window
+    spread over the cadence's minutes instead of falling in one round."""
+    return zlib.crc32(comparison_id.encode()) % (cadence_s // 60) * 60
+
+
 @functools.lru_cache(maxsize=256)
 def _seconds(name: str) -> int | None:
     """``1m`` -> 60, ``14d`` -> 1209600; None if not a duration (cached: a round asks ~15 times per comparison)."""
@@ -207,6 +214,7 @@ class Evaluator:
         self._cache: dict[tuple[str, str], tuple[datetime, WindowSnapshot]] = {}
         self._triggers_of: Policy | None = None
         self._trigger_list: list[tuple[str, str]] = []
+        self._trigger_only_set: set[str] = set()
         self._closes: dict[tuple[str, str], tuple[datetime, WindowSnapshot]] = {}  # the last read at a cadence
 
     def _refresh_s(self, length_s: float) -> float:
@@ -223,6 +231,8 @@ class Evaluator:
             triggers = self.policy.triggers.model_dump().items()
             self._trigger_list = [(name, trigger["window"]) for name, trigger in triggers
                                   if isinstance(trigger, dict) and isinstance(trigger.get("window"), str)]  # fmt: skip
+            w = self.policy.windows
+            self._trigger_only_set = {window for _, window in self._trigger_list} - {w.stage, w.production}
             self._triggers_of = self.policy
         return self._trigger_list
 
@@ -242,9 +252,9 @@ class Evaluator:
         return cached[1] if (cached[0].timestamp() + phase) // period == (now.timestamp() + phase) // period else None
 
     def _trigger_only(self) -> set[str]:
-        """The windows that only rollback triggers read (not the stage's, nor production's)."""
-        w = self.policy.windows
-        return {window for _, window in self._triggers()} - {w.stage, w.production}
+        """The windows that only rollback triggers read (not the stage's, nor production's); once per policy."""
+        self._triggers()
+        return self._trigger_only_set
 
     def _lite_windows(self, context: EvaluationContext) -> set[str]:
         """Windows read only by triggers that need no ranking metric (no calibration slope)."""
@@ -346,7 +356,7 @@ class Evaluator:
             spans: dict[str, tuple[datetime, datetime]] = {}
             for name, length in lengths.items():
                 cadence = _cadence_s(length)
-                at = datetime.fromtimestamp(end_s - end_s % cadence, UTC)
+                at = datetime.fromtimestamp(end_s - (end_s - _phase_s(cid, cadence)) % cadence, UTC)
                 if seen.get(name) != at:
                     spans[name] = (at - timedelta(seconds=length), at)
                     seen[name] = at
@@ -358,10 +368,12 @@ class Evaluator:
     ) -> list[MinuteClose]:
         """For each closed minute ``T`` of ``ends``, every trigger window as it stood at ``T``.
 
-        A window of length ``L`` is read at the whole multiples of its cadence ``max(1 min, L / 12)`` of event
-        time (``1m`` every minute, ``1h`` every 5 minutes, ``1d`` every 2 hours): at ``T`` it is the window
-        ``[T' - L, T')`` with ``T'`` the last multiple at or before ``T``. The instants depend on event time
-        only, so live, backlog and replay judge the same windows at the same minutes; a long window moves
+        A window of length ``L`` is read once per its cadence ``max(1 min, L / 12)`` of event time (``1m`` every
+        minute, ``1h`` every 5 minutes, ``1d`` every 2 hours), at the instants ``phase + k * cadence`` (``phase``:
+        whole minutes below the cadence, from the comparison's id, so a fleet's day windows are not all read at
+        one round): at ``T`` it is the window ``[T' - L, T')`` with ``T'`` the last such instant at or before
+        ``T``. The instants depend on event time and the id only, so live, backlog and replay judge the same
+        windows at the same minutes; a long window moves
         little in ``L / 12``, and reading a day's window every minute would cost a replay of 14 days about
         20,000 day-window reads. Windows read at one ``T`` come from one consistent read; ranking metrics
         only for the calibration window, KL bounds only for the KL window.
@@ -471,7 +483,8 @@ class Evaluator:
         The rollback triggers are stepped once per whole minute of event time closed since the last
         evaluation (:func:`~governance.policy.evaluator.minutes_due`), on the trigger windows ending at that
         minute: the minute ``[T - 60 s, T)`` is closed once the comparison's newest event has passed
-        ``T + close_delay_s`` (default 60 s, the join window: its orphans are counted by then). So the same
+        ``T + close_delay_s`` (default 60 s, the join window: its orphans are counted by then), plus the
+        comparison's own share of a fifteenth of that (:meth:`_watermark`). So the same
         events give the same rollback decisions and event ids whether they come live, as a backlog, or in
         a replay. ``flush``: the comparison's stream stopped (no new event for a while, or the end of a
         replay): every minute up to the end of the one its newest event is in is closed now, so a breach in its
@@ -492,7 +505,7 @@ class Evaluator:
             return []
         if now is None:
             now = datetime.fromtimestamp(meta.last_event_ms / 1000, UTC)
-        first, watermark, until = self._watermark(meta, now, flush)
+        first, watermark, until = self._watermark(key.as_id(), meta, now, flush)
         judged = batch.judged.get(key.as_id()) if batch is not None else None
         events: list[GovernanceEvent] = []
         puts: dict[str, bytes] = {}
@@ -522,12 +535,16 @@ class Evaluator:
         return sorted(events, key=lambda event: event.ts)
 
     def _watermark(
-        self, meta: ComparisonMeta, now: datetime, flush: bool
+        self, cid: str, meta: ComparisonMeta, now: datetime, flush: bool
     ) -> tuple[datetime, datetime, datetime | None]:
-        """(first event, watermark up to which minutes close, the flush's close limit or None)."""
+        """(first event, watermark up to which minutes close, the flush's close limit or None). A minute closes
+        ``close_delay`` after its end plus the comparison's own share of a fifteenth of it (up to 4 s of the
+        default 60 s, from its id: the same live, in a backlog and in a replay), so the minute closes of a
+        fleet, whose comparisons pass each minute's end together, spread over a few rounds."""
         first = datetime.fromtimestamp(meta.first_event_ms / 1000, UTC)
         newest = datetime.fromtimestamp(meta.last_event_ms / 1000, UTC)
-        watermark = min(now, newest) - self.close_delay
+        stagger = self.close_delay * (zlib.crc32(cid.encode()) % 1000 / 1000 / 15)
+        watermark = min(now, newest) - self.close_delay - stagger
         until = None
         if flush:  # no more events: the minute of the newest one is complete
             until = datetime.fromtimestamp((math.floor(newest.timestamp()) // 60 + 1) * 60, UTC)
@@ -612,7 +629,7 @@ class Evaluator:
     def _requests(self, batch: RoundBatch, job: Job, meta: ComparisonMeta, now: datetime) -> Iterator[ReadRequest]:
         """The window reads :meth:`evaluate` will make for ``job`` (what is cached now is not read)."""
         cid = job.key.as_id()
-        first, watermark, _ = self._watermark(meta, now, job.flush)
+        first, watermark, _ = self._watermark(cid, meta, now, job.flush)
         if self._needs_integrity(batch, job.key):
             name, cached = self._integrity_window(job.key, now)
             days = self.policy.shadow.lookback_days
