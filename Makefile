@@ -20,7 +20,7 @@ help:
 	@echo "make native-check  the native core: cargo test, clippy -D warnings, rustfmt (in native/)"
 	@echo "make helm-check the Helm chart: helm lint, helm template (defaults, every option on), kubeconform -strict"
 	@echo "make bench      run the benchmarks (figures land in benchmarks/results/; one table, also into the README)"
-	@echo "make bench-quick  the same at small sizes in a few minutes (benchmarks/results/quick/, README untouched)"
+	@echo "make bench-quick  the same at small sizes in about 13 minutes (benchmarks/results/quick/, README untouched)"
 
 # The editable install compiles native/ once: changed Rust sources need a reinstall. The extension is optional
 # to pip (a machine without cargo gets the Python reference joins); where cargo is, a failed build (a stale
