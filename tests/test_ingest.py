@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -356,16 +356,29 @@ def _committed_only_what_was_applied(events: list[tuple[str, dict[tuple[str, int
             assert all(offset <= applied.get(tp, 0) for tp, offset in offsets.items()), (offsets, applied)
 
 
-def test_the_next_batch_is_folded_while_one_is_applied_and_each_is_committed_after_its_apply() -> None:
-    loop, store, events = _gated()
+def _two_batches_the_second_folded_while_the_first_is_held(
+    loop: Loop, store: GatedStore, while_held: Callable[[int, int], None] = lambda first, second: None
+) -> None:
+    """Batch one (50 pairs) held in its apply, batch two (50 more) folded meanwhile; ``while_held`` checks that
+    moment; then the apply is let go and both are done."""
     first = _feed(loop, 50, seed=1)
     with loop:
         assert store.entered.wait(30)  # the first batch's apply holds
         second = _feed(loop, 50, seed=2)
-        wait_for(lambda: loop.folds == [first, second], 30, "the second batch folded while the first is applied")
-        assert loop.consumer.commits == [] and store.applies == 0
+        wait_for(lambda: len(loop.folds) == 2, 30, "the second batch folded while the first is applied")
+        while_held(first, second)
         store.gate.set()
         wait_for(lambda: loop.records() >= first + second, 30, "both batches done")
+
+
+def test_the_next_batch_is_folded_while_one_is_applied_and_each_is_committed_after_its_apply() -> None:
+    loop, store, events = _gated()
+
+    def held(first: int, second: int) -> None:
+        assert loop.folds == [first, second]
+        assert loop.consumer.commits == [] and store.applies == 0
+
+    _two_batches_the_second_folded_while_the_first_is_held(loop, store, held)
     assert [kind for kind, _ in events].count("apply") == 2 and store.applies == 2
     _committed_only_what_was_applied(events)
     assert loop.consumer.committed == {(SCORES, 0): 100, (SCORES, 1): 100}
@@ -374,14 +387,8 @@ def test_the_next_batch_is_folded_while_one_is_applied_and_each_is_committed_aft
 
 def test_when_the_apply_in_flight_fails_the_batch_folded_on_it_is_done_again_and_none_counts_twice() -> None:
     loop, store, events = _gated()
-    store.failures = 1
-    first = _feed(loop, 50, seed=1)
-    with loop:
-        assert store.entered.wait(30)
-        second = _feed(loop, 50, seed=2)
-        wait_for(lambda: len(loop.folds) == 2, 30, "the second batch folded on the first")
-        store.gate.set()  # the first apply raises
-        wait_for(lambda: loop.records() >= first + second, 30, "both batches done")
+    store.failures = 1  # the first apply raises once let go
+    _two_batches_the_second_folded_while_the_first_is_held(loop, store)
     assert loop.retries("apply") == 1 and loop.consumer.pauses >= 1 and not loop.consumer.paused
     _committed_only_what_was_applied(events)
     assert loop.consumer.committed == {(SCORES, 0): 100, (SCORES, 1): 100}
@@ -391,13 +398,7 @@ def test_when_the_apply_in_flight_fails_the_batch_folded_on_it_is_done_again_and
 def test_when_a_fence_refuses_the_apply_in_flight_both_batches_are_redone_from_the_stored_state() -> None:
     loop, store, events = _gated()
     store.refusals = 1
-    first = _feed(loop, 50, seed=1)
-    with loop:
-        assert store.entered.wait(30)
-        second = _feed(loop, 50, seed=2)
-        wait_for(lambda: len(loop.folds) == 2, 30, "the second batch folded on the first")
-        store.gate.set()
-        wait_for(lambda: loop.records() >= first + second, 30, "both batches done")
+    _two_batches_the_second_folded_while_the_first_is_held(loop, store)
     assert loop.retries("apply") == 0  # another worker's move is no failure: redone at once
     _committed_only_what_was_applied(events)
     assert _samples(store) == 100 and sum(o.pairs for o in loop.outcomes) == 100
